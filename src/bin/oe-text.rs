@@ -1,0 +1,120 @@
+//! `oe-text`: Outlier Exposure for text classifiers. A thin layer over the `oe` library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use oe::cli::{DeviceArgs, EvalCommandArgs, MetricsArgs, TrainArgs};
+use oe::progress::{Progress, Style};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "oe-text",
+    version,
+    about = "Out-of-distribution detection for text classifiers with Outlier Exposure",
+    long_about = "Out-of-distribution detection for text classifiers with Outlier Exposure \
+(Hendrycks, Mazeika & Dietterich, ICLR 2019).\n\nAnomaly scores are oriented so that higher always \
+means more anomalous; every metric names its positive class (OOD-positive by default, as the paper)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a baseline and (with --oe) an OE model, then evaluate both against every OOD set.
+    Train(Box<TrainArgs>),
+    /// Evaluate a model directory (or released weights) against OOD sets.
+    Eval(Box<EvalCommandArgs>),
+    /// Datasets: list, show, fetch, verify.
+    Data(oe::data::cli::DataArgs),
+    /// AUROC, AUPR, FPR at a TPR level and detection error from two files of anomaly scores.
+    Metrics(MetricsArgs),
+    /// Show which device --device would select, and why.
+    Device(DeviceArgs),
+}
+
+fn device(args: &DeviceArgs, quiet: bool) -> anyhow::Result<tch::Device> {
+    oe::device::set_torch_threads(args.threads);
+    let choice = oe::device::resolve(args.device)?;
+    if !quiet {
+        eprintln!("{}", choice.description);
+    }
+    Ok(choice.device)
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train(args) => {
+            let dev = device(&args.device, args.quiet)?;
+            let req = args.request(dev)?;
+            let mut progress = Progress::new(Style::detect(args.quiet));
+            let out = oe::pipeline::run_train(&req, &mut progress)
+                .with_context(|| format!("training run in {}", req.out_dir.display()))?;
+            print!("{}", out.table);
+        }
+        Command::Eval(args) => {
+            let dev = device(&args.device, false)?;
+            let cfg = args.eval.config()?;
+            let root = args.data.root();
+            let (model, test, method) = match (&args.model, &args.weights) {
+                (Some(dir), _) => {
+                    let m = oe::pipeline::LoadedModel::load(dir, dev)?;
+                    let text = m.config.text.clone();
+                    let ind = oe::data::load_in_distribution(&m.config.in_dataset, &root, &text)?;
+                    let method = args.method.clone().unwrap_or_else(|| {
+                        if m.config.method == oe::train::Method::Baseline {
+                            "baseline".into()
+                        } else {
+                            "oe".into()
+                        }
+                    });
+                    (m, ind.test, method)
+                }
+                (None, Some(w)) => {
+                    let name = args.in_dataset.clone().context("--weights needs --in")?;
+                    let stem = w.file_stem().and_then(|s| s.to_str()).unwrap_or("weights");
+                    let out = args
+                        .out
+                        .clone()
+                        .unwrap_or_else(|| std::path::PathBuf::from("runs").join(format!("weights-{stem}")));
+                    let (m, ind) =
+                        oe::pipeline::import_weights(w, &name, &root, &args.data.text(), &out, dev)?;
+                    let method = args.method.clone().unwrap_or_else(|| {
+                        if stem.contains("oe") { "oe".into() } else { "baseline".into() }
+                    });
+                    (m, ind.test, method)
+                }
+                (None, None) => anyhow::bail!("give --model DIR or --weights FILE --in NAME"),
+            };
+            let ood = oe::pipeline::load_ood_inputs(args.eval.ood.as_deref(), &root, &model.config.text)?;
+            let (report, out) = oe::pipeline::evaluate_model(&model, &test, &ood, &cfg, &method)?;
+            print!(
+                "{}",
+                oe::report::comparison_table(&model.config.in_dataset, &[(method.as_str(), &report)])
+            );
+            eprintln!("results: {}", out.display());
+        }
+        Command::Data(args) => oe::data::cli::run_data(&args)?,
+        Command::Metrics(args) => {
+            let out = oe::cli::run_metrics(&args).context("computing metrics")?;
+            print!("{out}");
+        }
+        Command::Device(args) => {
+            let choice = oe::device::resolve(args.device)?;
+            println!("{}", choice.description);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", oe::cli::error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}

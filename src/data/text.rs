@@ -1,0 +1,174 @@
+//! Small text helpers shared by the parsers: file reading with line-numbered errors, casing,
+//! truncation, archive iteration.
+
+use crate::error::{OeError, Result};
+use std::io::Read;
+use std::path::Path;
+
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            OeError::Data(format!(
+                "missing file {} (run `oe-text data fetch <dataset>` or point --data-dir / OE_DATA_DIR at a data root that has it)",
+                path.display()
+            ))
+        } else {
+            OeError::io(path, e)
+        }
+    })
+}
+
+/// Splits UTF-8 text into lines (without `\n` / `\r\n`); invalid UTF-8 is an error naming the line.
+pub fn utf8_lines<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<&'a str>> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let mut line_no = 0;
+    while !rest.is_empty() {
+        line_no += 1;
+        let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let s = std::str::from_utf8(line).map_err(|e| {
+            OeError::parse(
+                path,
+                line_no,
+                format!("invalid UTF-8 at byte {} of the line", e.valid_up_to() + 1),
+            )
+        })?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Whole-file UTF-8 check with a line-numbered error.
+pub fn utf8_text<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let upto = e.valid_up_to();
+        let line = bytes[..upto].iter().filter(|&&b| b == b'\n').count() + 1;
+        OeError::parse(path, line, "invalid UTF-8")
+    })
+}
+
+/// Latin-1 bytes to a `String` (every byte is one code point).
+pub fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+/// Python `str.lower()` (close enough: Rust's Unicode lower-casing).
+pub fn lower(s: &str) -> String {
+    if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        s.to_lowercase()
+    }
+}
+
+/// Applies casing and truncation (first `max_tokens` whitespace tokens, re-joined by one space).
+pub fn finish(s: &str, lowercase: bool, max_tokens: Option<usize>) -> String {
+    let s = match max_tokens {
+        Some(n) if s.split_whitespace().nth(n).is_some() => {
+            s.split_whitespace().take(n).collect::<Vec<_>>().join(" ")
+        }
+        _ => s.to_string(),
+    };
+    if lowercase {
+        lower(&s)
+    } else {
+        s
+    }
+}
+
+/// Iterates over the regular-file members of a `.tar.gz`, calling `f(member_path, bytes)` for
+/// those `want` accepts.
+pub fn for_each_tar_gz_member(
+    path: &Path,
+    want: impl Fn(&str) -> bool,
+    mut f: impl FnMut(&str, Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
+    let gz = flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut ar = tar::Archive::new(gz);
+    let bad = |e: std::io::Error| OeError::Data(format!("{}: unreadable tar.gz archive: {e}", path.display()));
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        if !want(&name) {
+            continue;
+        }
+        let mut buf = Vec::with_capacity(entry.size() as usize);
+        entry
+            .read_to_end(&mut buf)
+            .map_err(|e| OeError::Data(format!("{}: member {name}: {e}", path.display())))?;
+        f(&name, buf)?;
+    }
+    Ok(())
+}
+
+/// Reads a gzip-compressed file fully.
+pub fn read_gz(path: &Path) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut out)
+        .map_err(|e| OeError::Data(format!("{}: bad gzip data: {e}", path.display())))?;
+    Ok(out)
+}
+
+/// Python's `csv.reader` first field of one line (what torchtext's single-field CSV datasets
+/// saw): an unquoted field ends at the first comma; a quoted field ends at its closing quote
+/// (`""` is a literal quote) and text after it up to a comma is appended. Used for the WMT16
+/// "comma cut" of the paper protocol.
+pub fn csv_first_field(line: &str) -> String {
+    let mut out = String::new();
+    let mut cs = line.chars().peekable();
+    if cs.peek() == Some(&'"') {
+        cs.next();
+        while let Some(c) = cs.next() {
+            if c == '"' {
+                if cs.peek() == Some(&'"') {
+                    cs.next();
+                    out.push('"');
+                } else {
+                    break;
+                }
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    for c in cs {
+        if c == ',' {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_and_csv() {
+        assert_eq!(finish("A b C d", true, Some(2)), "a b");
+        assert_eq!(finish("A  b", false, Some(5)), "A  b");
+        assert_eq!(csv_first_field("a b , c"), "a b ");
+        assert_eq!(csv_first_field("\"a , b\" c , d"), "a , b c ");
+        assert_eq!(csv_first_field("\"say \"\"hi\"\"\""), "say \"hi\"");
+    }
+
+    #[test]
+    fn utf8_errors_name_the_line() {
+        let p = Path::new("x.txt");
+        assert_eq!(utf8_lines(p, b"a\r\nb\n").unwrap(), vec!["a", "b"]);
+        let e = utf8_lines(p, b"a\nb\xff\n").unwrap_err().to_string();
+        assert!(e.contains("x.txt:2:") && e.contains("UTF-8"), "{e}");
+    }
+}

@@ -1,0 +1,449 @@
+//! OOD evaluation protocols for text classifiers.
+//!
+//! - [`Protocol::Paper`] reproduces the reference evaluation (protocol.md §2.6): in-distribution test
+//!   texts in length-sorted batches of 64, `64·(⌊⌊N/5⌋/64⌋ + 1)` OOD texts per draw, SNLI and IMDB
+//!   taking their shortest examples deterministically, the other sets redrawn by shuffling, WMT16
+//!   cut at its first comma, left padding without masking, 10 draws.
+//! - [`Protocol::Clean`] draws `⌊N/ratio⌋` OOD texts uniformly at random (seeded) per draw and
+//!   computes every score independently of batch composition (texts are batched by exact length).
+//!
+//! Metrics are OOD-positive; FPR uses the paper's closest-recall rule at the configured level.
+
+use crate::error::{OeError, Result};
+use crate::metrics::{DetectionMetrics, FprRule, MetricsConfig, Positive};
+use crate::models::{TextModel, TokenBatch};
+use crate::score::Score;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tch::{Device, Kind, Tensor};
+
+/// Which evaluation protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// The reference's protocol and quirks (the paper's numbers).
+    #[default]
+    Paper,
+    /// Seeded uniform OOD draws, batch-independent scores.
+    Clean,
+}
+
+/// Evaluation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EvalConfig {
+    pub protocol: Protocol,
+    pub score: Score,
+    /// Number of OOD draws per set.
+    pub repeats: usize,
+    /// In-distribution test examples per OOD example (5 → the paper's 1:5 OOD:ID ratio).
+    pub id_per_ood: usize,
+    /// Recall level for FPR (0.9 for text).
+    pub tpr: f64,
+    pub fpr_rule: FprRule,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::Paper,
+            score: Score::Msp,
+            repeats: 10,
+            id_per_ood: 5,
+            tpr: 0.9,
+            fpr_rule: FprRule::Closest,
+            batch_size: 64,
+            seed: 1,
+        }
+    }
+}
+
+/// The texts of an OOD set as the evaluation sees them (already lower-cased by the data layer).
+#[derive(Clone, Debug)]
+pub struct OodInput {
+    pub name: String,
+    pub texts: Vec<String>,
+    /// SNLI premises (the reference sorts SNLI by premise and hypothesis lengths).
+    pub premises: Option<Vec<String>>,
+}
+
+/// Mean and (population) standard deviation over draws, as the reference's `np.std`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeanStd {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl MeanStd {
+    pub fn of(xs: &[f64]) -> Self {
+        if xs.is_empty() {
+            return Self::default();
+        }
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        Self {
+            mean,
+            std: var.sqrt(),
+        }
+    }
+}
+
+/// Results for one OOD set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetResult {
+    pub ood_set: String,
+    /// OOD examples per draw.
+    pub n_ood: usize,
+    pub n_available: usize,
+    pub draws: Vec<DetectionMetrics>,
+    pub fpr: MeanStd,
+    pub auroc: MeanStd,
+    pub aupr_out: MeanStd,
+    /// Per draw: (index into the set's texts, anomaly score).
+    #[serde(skip)]
+    pub scores: Vec<Vec<(usize, f64)>>,
+}
+
+/// A whole evaluation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub config: EvalConfig,
+    pub n_in: usize,
+    pub in_accuracy: f64,
+    pub sets: Vec<SetResult>,
+    /// In-distribution anomaly scores, in test-file order.
+    #[serde(skip)]
+    pub in_scores: Vec<f64>,
+}
+
+impl EvalReport {
+    /// Mean over sets of the per-set means: (FPR, AUROC, AUPR-Out).
+    pub fn mean_over_sets(&self) -> (f64, f64, f64) {
+        let n = self.sets.len().max(1) as f64;
+        let f = |g: fn(&SetResult) -> f64| self.sets.iter().map(g).sum::<f64>() / n;
+        (f(|s| s.fpr.mean), f(|s| s.auroc.mean), f(|s| s.aupr_out.mean))
+    }
+}
+
+/// What the evaluation needs from a trained model.
+pub struct Scorer<'a> {
+    pub model: &'a TextModel,
+    pub device: Device,
+    /// In-distribution inputs padded to exactly this length (20NG: 100).
+    pub in_fix_len: Option<usize>,
+    /// Truncation applied to every input (transformers).
+    pub max_len: Option<usize>,
+}
+
+impl Scorer<'_> {
+    fn truncate<'b>(&self, s: &'b [i64]) -> &'b [i64] {
+        match self.max_len {
+            Some(m) if s.len() > m => &s[..m],
+            _ => s,
+        }
+    }
+
+    /// Logits `[n, k]` for `order` (indices into `ids`), batched as consecutive chunks of `batch` and
+    /// left-padded to the batch's longest (or `fix_len`). Row i is `ids[order[i]]`.
+    pub fn logits_in_order(
+        &self,
+        ids: &[Vec<i64>],
+        order: &[usize],
+        batch: usize,
+        fix_len: Option<usize>,
+    ) -> Tensor {
+        tch::no_grad(|| {
+            let parts: Vec<Tensor> = order
+                .chunks(batch.max(1))
+                .map(|c| {
+                    let seqs: Vec<&[i64]> = c.iter().map(|&i| self.truncate(&ids[i])).collect();
+                    let b = TokenBatch::left_padded(&seqs, fix_len, self.device);
+                    self.model.logits(&b, false).to_device(Device::Cpu)
+                })
+                .collect();
+            Tensor::cat(&parts, 0)
+        })
+    }
+
+    /// Logits `[n, k]` in input order, each text computed in a batch of texts of exactly its own
+    /// length (so no padding, and no dependence on other texts).
+    pub fn logits_bucketed(&self, ids: &[Vec<i64>], batch: usize, fix_len: Option<usize>) -> Tensor {
+        let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, s) in ids.iter().enumerate() {
+            let len = match fix_len {
+                Some(f) => f,
+                None => self.truncate(s).len(),
+            };
+            by_len.entry(len).or_default().push(i);
+        }
+        let mut order = Vec::with_capacity(ids.len());
+        let mut parts = Vec::new();
+        tch::no_grad(|| {
+            for idx in by_len.values() {
+                for c in idx.chunks(batch.max(1)) {
+                    let seqs: Vec<&[i64]> = c.iter().map(|&i| self.truncate(&ids[i])).collect();
+                    let b = TokenBatch::left_padded(&seqs, fix_len, self.device);
+                    parts.push(self.model.logits(&b, false).to_device(Device::Cpu));
+                    order.extend_from_slice(c);
+                }
+            }
+        });
+        if parts.is_empty() {
+            return Tensor::zeros([0, 0], (Kind::Float, Device::Cpu));
+        }
+        let cat = Tensor::cat(&parts, 0);
+        // Undo the bucketing permutation.
+        let mut inverse = vec![0i64; order.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            inverse[i] = pos as i64;
+        }
+        cat.index_select(0, &Tensor::from_slice(&inverse))
+    }
+}
+
+/// torchtext's `interleave_keys(a, b)`: the bits of two 16-bit values interleaved, `a`'s first.
+pub fn interleave_keys(a: usize, b: usize) -> u64 {
+    let mut k = 0u64;
+    for bit in (0..16).rev() {
+        k = (k << 1) | ((a as u64 >> bit) & 1);
+        k = (k << 1) | ((b as u64 >> bit) & 1);
+    }
+    k
+}
+
+/// Undoes PTB tokenisation of punctuation and clitics (`"roof 's edge ."` → `"roof's edge."`), to
+/// give SNLI hypotheses the raw form the reference fed its model.
+pub fn detokenize_ptb(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for tok in s.split_whitespace() {
+        let attach = matches!(tok, "." | "," | "!" | "?" | ";" | ":" | "n't" | "'s" | "'re" | "'ve" | "'ll" | "'d" | "'m" | ")")
+            || out.ends_with('(');
+        if !out.is_empty() && !attach {
+            out.push(' ');
+        }
+        out.push_str(tok);
+    }
+    out
+}
+
+/// The reference reads WMT16 sentences as one-column CSV, which keeps only the text before the first
+/// comma.
+pub fn wmt16_csv_cut(s: &str) -> String {
+    s.split(',').next().unwrap_or("").trim_end().to_string()
+}
+
+fn draw_rng(seed: u64, set: &str, draw: usize) -> ChaCha8Rng {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
+    for b in set.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    ChaCha8Rng::seed_from_u64(h.wrapping_add(draw as u64))
+}
+
+/// Encodes texts in parallel with `encode`.
+pub fn encode_all<F>(texts: &[String], encode: F) -> Vec<Vec<i64>>
+where
+    F: Fn(&str) -> Vec<i64> + Sync,
+{
+    texts.par_iter().map(|t| encode(t)).collect()
+}
+
+/// Runs the evaluation. `in_ids`/`in_labels`: the in-distribution test set in file order;
+/// `ood`: the OOD sets; `encode`: the model's vocabulary.
+pub fn evaluate<F>(
+    scorer: &Scorer,
+    in_ids: &[Vec<i64>],
+    in_labels: &[i64],
+    ood: &[OodInput],
+    encode: F,
+    cfg: &EvalConfig,
+) -> Result<EvalReport>
+where
+    F: Fn(&str) -> Vec<i64> + Sync,
+{
+    if in_ids.is_empty() || in_ids.len() != in_labels.len() {
+        return Err(OeError::Data(format!(
+            "in-distribution test set: {} texts, {} labels",
+            in_ids.len(),
+            in_labels.len()
+        )));
+    }
+    if cfg.repeats == 0 || cfg.id_per_ood == 0 || cfg.batch_size == 0 {
+        return Err(OeError::Config("repeats, ratio and batch size must be positive".into()));
+    }
+    let mcfg = MetricsConfig {
+        positive: Positive::Ood,
+        tpr: cfg.tpr,
+        fpr_rule: cfg.fpr_rule,
+    };
+    let n_in = in_ids.len();
+    // In-distribution logits, in file order.
+    let in_logits = match cfg.protocol {
+        Protocol::Paper => {
+            let mut order: Vec<usize> = (0..n_in).collect();
+            if scorer.in_fix_len.is_none() {
+                order.sort_by_key(|&i| in_ids[i].len()); // stable, as Python's sorted
+            }
+            let l = scorer.logits_in_order(in_ids, &order, cfg.batch_size, scorer.in_fix_len);
+            let mut inverse = vec![0i64; n_in];
+            for (pos, &i) in order.iter().enumerate() {
+                inverse[i] = pos as i64;
+            }
+            l.index_select(0, &Tensor::from_slice(&inverse))
+        }
+        Protocol::Clean => scorer.logits_bucketed(in_ids, 256, scorer.in_fix_len),
+    };
+    let in_scores = cfg.score.compute_vec(&in_logits);
+    let pred = Vec::<i64>::try_from(&in_logits.argmax(-1, false)).map_err(OeError::Torch)?;
+    let correct = pred.iter().zip(in_labels).filter(|(p, y)| p == y).count();
+
+    let mut sets = Vec::new();
+    for set in ood {
+        if set.texts.is_empty() {
+            return Err(OeError::Data(format!("OOD set `{}` has no texts", set.name)));
+        }
+        let texts: Vec<String> = match (cfg.protocol, set.name.as_str()) {
+            (Protocol::Paper, "snli") => set.texts.iter().map(|t| detokenize_ptb(t)).collect(),
+            (Protocol::Paper, "wmt16") => set.texts.iter().map(|t| wmt16_csv_cut(t)).collect(),
+            _ => set.texts.clone(),
+        };
+        let ids = encode_all(&texts, &encode);
+        let n_avail = ids.len();
+        let mut draws = Vec::with_capacity(cfg.repeats);
+        let mut scores = Vec::with_capacity(cfg.repeats);
+        match cfg.protocol {
+            Protocol::Paper => {
+                let per = n_in / cfg.id_per_ood;
+                let n_ood = (cfg.batch_size * (per / cfg.batch_size + 1)).min(n_avail);
+                let fixed_order: Option<Vec<usize>> = match set.name.as_str() {
+                    "snli" => {
+                        let prem = set.premises.as_ref().map(|p| {
+                            p.iter()
+                                .map(|t| detokenize_ptb(t).split_whitespace().count())
+                                .collect::<Vec<_>>()
+                        });
+                        let mut o: Vec<usize> = (0..n_avail).collect();
+                        o.sort_by_key(|&i| {
+                            interleave_keys(prem.as_ref().map_or(0, |p| p[i]), ids[i].len())
+                        });
+                        Some(o)
+                    }
+                    "imdb" => {
+                        let mut o: Vec<usize> = (0..n_avail).collect();
+                        o.sort_by_key(|&i| ids[i].len());
+                        Some(o)
+                    }
+                    _ => None,
+                };
+                let fixed = fixed_order.map(|o| {
+                    let take = &o[..n_ood];
+                    let l = scorer.logits_in_order(&ids, take, cfg.batch_size, None);
+                    let s = cfg.score.compute_vec(&l);
+                    take.iter().copied().zip(s).collect::<Vec<_>>()
+                });
+                for r in 0..cfg.repeats {
+                    let drawn = match &fixed {
+                        Some(f) => f.clone(),
+                        None => {
+                            let mut o: Vec<usize> = (0..n_avail).collect();
+                            o.shuffle(&mut draw_rng(cfg.seed, &set.name, r));
+                            let take = &o[..n_ood];
+                            let l = scorer.logits_in_order(&ids, take, cfg.batch_size, None);
+                            take.iter().copied().zip(cfg.score.compute_vec(&l)).collect()
+                        }
+                    };
+                    let s: Vec<f64> = drawn.iter().map(|p| p.1).collect();
+                    draws.push(DetectionMetrics::compute(&in_scores, &s, &mcfg)?);
+                    scores.push(drawn);
+                }
+            }
+            Protocol::Clean => {
+                let n_ood = (n_in / cfg.id_per_ood).max(1).min(n_avail);
+                let picks: Vec<Vec<usize>> = (0..cfg.repeats)
+                    .map(|r| {
+                        let mut o: Vec<usize> = (0..n_avail).collect();
+                        o.shuffle(&mut draw_rng(cfg.seed, &set.name, r));
+                        o.truncate(n_ood);
+                        o
+                    })
+                    .collect();
+                // Score the union of all draws once.
+                let mut needed: Vec<usize> = picks.iter().flatten().copied().collect();
+                needed.sort_unstable();
+                needed.dedup();
+                let sub: Vec<Vec<i64>> = needed.iter().map(|&i| ids[i].clone()).collect();
+                let l = scorer.logits_bucketed(&sub, 256, None);
+                let s = cfg.score.compute_vec(&l);
+                let lookup: std::collections::HashMap<usize, f64> =
+                    needed.iter().copied().zip(s).collect();
+                for p in picks {
+                    let drawn: Vec<(usize, f64)> = p.iter().map(|&i| (i, lookup[&i])).collect();
+                    let s: Vec<f64> = drawn.iter().map(|x| x.1).collect();
+                    draws.push(DetectionMetrics::compute(&in_scores, &s, &mcfg)?);
+                    scores.push(drawn);
+                }
+            }
+        }
+        let col = |f: fn(&DetectionMetrics) -> f64| MeanStd::of(&draws.iter().map(f).collect::<Vec<_>>());
+        sets.push(SetResult {
+            ood_set: set.name.clone(),
+            n_ood: scores.first().map_or(0, |s| s.len()),
+            n_available: n_avail,
+            fpr: col(|m| m.fpr),
+            auroc: col(|m| m.auroc),
+            aupr_out: col(|m| m.aupr),
+            draws,
+            scores,
+        });
+    }
+    Ok(EvalReport {
+        config: cfg.clone(),
+        n_in,
+        in_accuracy: correct as f64 / n_in as f64,
+        sets,
+        in_scores,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleave_keys_matches_torchtext() {
+        // torchtext: int(''.join(interleave(format(x, '016b') for x in (a, b))), base=2)
+        // (a, b) = (3, 5): a = ...011, b = ...101 -> pairs (0,1)(1,0)(1,1) -> 0b011011 = 27
+        assert_eq!(interleave_keys(3, 5), 27);
+        assert_eq!(interleave_keys(0, 1), 1);
+        assert_eq!(interleave_keys(1, 0), 2);
+        assert!(interleave_keys(2, 0) > interleave_keys(1, 3));
+    }
+
+    #[test]
+    fn detokenizes_snli_hypotheses() {
+        assert_eq!(
+            detokenize_ptb("The crowd is watching the roof 's edge . "),
+            "The crowd is watching the roof's edge."
+        );
+        assert_eq!(detokenize_ptb("The boy does n't want it , ok ?"), "The boy doesn't want it, ok?");
+    }
+
+    #[test]
+    fn wmt16_cut_at_first_comma() {
+        assert_eq!(wmt16_csv_cut("today , the parliament dismissed , x"), "today");
+        assert_eq!(wmt16_csv_cut("no comma here"), "no comma here");
+    }
+
+    #[test]
+    fn mean_std_is_population_std() {
+        let m = MeanStd::of(&[1.0, 3.0]);
+        assert_eq!((m.mean, m.std), (2.0, 1.0));
+    }
+}

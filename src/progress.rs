@@ -1,0 +1,146 @@
+//! Rendering of training progress for the binaries: indicatif bars with loss, accuracy and ETA on a
+//! terminal, plain periodic lines otherwise, nothing with `--quiet`.
+
+use crate::pipeline::PipelineObserver;
+use crate::train::{EpochSummary, Observer};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Instant;
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    Bars,
+    Lines,
+    Quiet,
+}
+
+impl Style {
+    /// Bars on a terminal (stderr), plain lines otherwise; quiet when asked.
+    pub fn detect(quiet: bool) -> Self {
+        if quiet {
+            Style::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Style::Bars
+        } else {
+            Style::Lines
+        }
+    }
+}
+
+/// The binaries' observer; writes to stderr.
+pub struct Progress {
+    style: Style,
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+    loss_ema: f64,
+    acc_ema: f64,
+    steps: usize,
+}
+
+impl Progress {
+    pub fn new(style: Style) -> Self {
+        Self {
+            style,
+            bar: None,
+            last_line: Instant::now(),
+            loss_ema: f64::NAN,
+            acc_ema: f64::NAN,
+            steps: 0,
+        }
+    }
+}
+
+fn ema(prev: f64, x: f64) -> f64 {
+    if prev.is_nan() {
+        x
+    } else {
+        0.9 * prev + 0.1 * x
+    }
+}
+
+impl Observer for Progress {
+    fn phase_start(&mut self, phase: &str, epochs: usize, steps_per_epoch: usize, start_epoch: usize) {
+        self.steps = steps_per_epoch;
+        match self.style {
+            Style::Bars => {
+                let total = ((epochs - start_epoch.min(epochs)) * steps_per_epoch) as u64;
+                let bar = ProgressBar::new(total);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>12} [{bar:30}] {pos}/{len} steps {msg} (ETA {eta})",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(phase.to_string());
+                self.bar = Some(bar);
+            }
+            Style::Lines => eprintln!(
+                "[{phase}] {epochs} epochs x {steps_per_epoch} steps (starting at epoch {})",
+                start_epoch + 1
+            ),
+            Style::Quiet => {}
+        }
+    }
+
+    fn step(&mut self, phase: &str, epoch: usize, step: usize, loss: f64, accuracy: f64) {
+        self.loss_ema = ema(self.loss_ema, loss);
+        self.acc_ema = ema(self.acc_ema, accuracy);
+        match self.style {
+            Style::Bars => {
+                if let Some(b) = &self.bar {
+                    b.inc(1);
+                    b.set_message(format!(
+                        "epoch {} loss {:.4} acc {:.1}%",
+                        epoch + 1,
+                        self.loss_ema,
+                        self.acc_ema * 100.0
+                    ));
+                }
+            }
+            Style::Lines => {
+                if self.last_line.elapsed().as_secs() >= 10 {
+                    self.last_line = Instant::now();
+                    eprintln!(
+                        "[{phase}] epoch {} step {}/{} loss {:.4} acc {:.1}%",
+                        epoch + 1,
+                        step + 1,
+                        self.steps,
+                        self.loss_ema,
+                        self.acc_ema * 100.0
+                    );
+                }
+            }
+            Style::Quiet => {}
+        }
+    }
+
+    fn epoch_end(&mut self, phase: &str, _epoch: usize, s: &EpochSummary) {
+        let line = format!(
+            "[{phase}] epoch {} done: lr {:.6} loss {:.4} train acc {:.1}% ({} steps, {:.1} s)",
+            s.epoch,
+            s.lr,
+            s.loss,
+            s.train_accuracy * 100.0,
+            s.steps,
+            s.seconds
+        );
+        match (&self.style, &self.bar) {
+            (Style::Bars, Some(b)) => b.println(line),
+            (Style::Quiet, _) => {}
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
+impl PipelineObserver for Progress {
+    fn status(&mut self, msg: &str) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if self.style != Style::Quiet {
+            eprintln!("{msg}");
+        }
+    }
+}
