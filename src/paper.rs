@@ -62,7 +62,9 @@ mod tests {
         assert_eq!((r.fpr90, r.auroc, r.aupr_out), (32.6, 85.9, 51.5));
         let r = nlp_lookup("trec", "mean", "oe").unwrap();
         assert_eq!(r.fpr90, 0.78);
-        // Table 8 per-set means reproduce its own mean rows (to rounding).
+        // Table 8 per-set means reproduce its own mean rows (to rounding), except SST +OE, whose
+        // printed mean row (90.07) disagrees with its own per-set rows (89.27), which agree with
+        // Table 2 (89.3) instead: a typo in the paper's Table 8 mean row.
         for d in ["20ng", "trec", "sst"] {
             for m in ["baseline", "oe"] {
                 let sets: Vec<_> = rows
@@ -71,7 +73,14 @@ mod tests {
                     .collect();
                 assert_eq!(sets.len(), 10);
                 let mean = sets.iter().map(|r| r.auroc).sum::<f64>() / 10.0;
-                let want = nlp_lookup(d, "mean", m).unwrap().auroc;
+                let want = if (d, m) == ("sst", "oe") {
+                    rows.iter()
+                        .find(|r| r.table == "table2" && r.in_dataset == "sst" && r.method == "oe")
+                        .unwrap()
+                        .auroc
+                } else {
+                    nlp_lookup(d, "mean", m).unwrap().auroc
+                };
                 assert!((mean - want).abs() < 0.06, "{d} {m}: {mean} vs {want}");
             }
         }

@@ -158,7 +158,7 @@ pub fn download_to(url: &str, dest: &Path, expected_sha256: Option<&str>, opts: 
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(OeError::Data(format!(
-                    "{url}: transfer failed after {total} bytes ({e}); nothing was saved, run the fetch again"
+                    "{url}: transfer failed (truncated) after {total} bytes ({e}); nothing was saved, run the fetch again"
                 )))
             }
         };

@@ -66,6 +66,7 @@ impl Labelled {
     }
 }
 
+#[derive(Clone, Debug)]
 pub struct InDistribution {
     pub name: String,
     pub train: Labelled,
@@ -189,6 +190,7 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &TextOptions) -> Resu
 }
 
 /// An OOD test set in file order with the paper's preprocessing (lower-cased by default).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct OodSet {
     pub name: String,
     pub texts: Vec<String>,

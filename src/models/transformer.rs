@@ -201,7 +201,7 @@ mod tests {
                 pooling,
                 ..Default::default()
             };
-            let m = TransformerClassifier::new(&vs.root() / format!("{pooling:?}"), &cfg, 40, 4).unwrap();
+            let m = TransformerClassifier::new(&(&vs.root() / format!("{pooling:?}")), &cfg, 40, 4).unwrap();
             let a: Vec<i64> = vec![5, 6, 7];
             let b: Vec<i64> = (2..30).collect();
             let alone = m.features_and_logits(&TokenBatch::left_padded(&[&a], None, Device::Cpu), false).1;

@@ -1,0 +1,379 @@
+//! Integration tests of the text pipeline: the paper's released weights against independent logits,
+//! seeded determinism, checkpoint/resume, and the `oe-text` binary end to end on generated data.
+
+use oe::data::TextOptions;
+use oe::eval::Scorer;
+use oe::models::{GruConfig, ModelConfig, TokenBatch};
+use oe::pipeline::{import_weights, LoadedModel};
+use oe::train::{self, CheckpointState, EncodedSet, Method, TrainConfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{nn, Device, Tensor};
+
+fn shared() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if p.join("data").is_dir() && p.join("reference-models").is_dir() {
+        Some(p)
+    } else {
+        eprintln!("skipped: ../shared/data or ../shared/reference-models not present");
+        None
+    }
+}
+
+fn read_logits(path: &Path) -> Vec<Vec<f64>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| l.split(',').skip(1).map(|v| v.parse().unwrap()).collect())
+        .collect()
+}
+
+/// SST sentences (binary, neutral dropped) the way the fixture's author read the trees: only
+/// single-token leaves `(label token)`. Nodes such as `(2 2 1\/2)` (two leaves under one label, which
+/// nltk and torchtext read as two tokens) are dropped. Used only to reproduce the fixture.
+fn sst_fixture_style(path: &Path) -> (Vec<String>, Vec<String>) {
+    let leaf = regex::Regex::new(r"\(\d ([^()\s]+)\)").unwrap();
+    let (mut texts, mut labels) = (vec![], vec![]);
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let y = line.as_bytes()[1];
+        if y == b'2' {
+            continue;
+        }
+        let toks: Vec<&str> = leaf.captures_iter(line).map(|c| c.get(1).unwrap().as_str()).collect();
+        texts.push(toks.join(" "));
+        labels.push(if y > b'2' { "positive" } else { "negative" }.to_string());
+    }
+    (texts, labels)
+}
+
+fn max_abs_diff(got: &Tensor, want: &[Vec<f64>]) -> f64 {
+    let got = Vec::<Vec<f32>>::try_from(got).unwrap();
+    assert_eq!(got.len(), want.len());
+    let mut d = 0f64;
+    for (g, w) in got.iter().zip(want) {
+        for (a, b) in g.iter().zip(w) {
+            d = d.max((*a as f64 - b).abs());
+        }
+    }
+    d
+}
+
+fn accuracy(logits: &Tensor, labels: &[i64]) -> f64 {
+    let pred = Vec::<i64>::try_from(&logits.argmax(-1, false)).unwrap();
+    pred.iter().zip(labels).filter(|(p, y)| p == y).count() as f64 / labels.len() as f64
+}
+
+/// The released GRU weights with our GRU reproduce per-example test logits computed by an independent
+/// PyTorch implementation (each example alone, no padding).
+///
+/// TREC: our vocabulary and labels reproduce the fixture directly. SST: the fixture's vocabulary
+/// was built from trees read with single-token leaves only; with that reading our GRU matches it to
+/// 1e-4. Our SST parser follows nltk/torchtext (as the reference did), and with *its* vocabulary the
+/// released baseline is more accurate (79.3% vs the fixture's 75.5%; checked in numpy as well),
+/// which is the evidence that ours is the vocabulary the weights were trained with.
+#[test]
+fn released_weights_reproduce_independent_logits() {
+    let Some(shared) = shared() else { return };
+    let data = shared.join("data");
+    for (ds, stem, fixture_acc) in [
+        ("trec", "trec-baseline", 0.770),
+        ("trec", "trec-oe-wikitext2-finetune", 0.706),
+        ("sst", "sst-baseline", 0.755),
+        ("sst", "sst-oe-wikitext2-finetune", 0.738),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = shared.join(format!("reference-models/{stem}.safetensors"));
+        let (m, ind) =
+            import_weights(&weights, ds, &data, &TextOptions::default(), dir.path(), Device::Cpu).unwrap();
+        let want = read_logits(&shared.join(format!("reference-models/logits/{stem}.test-logits.csv")));
+        let labels = m.labels.indices(ind.test.labels.iter().map(String::as_str)).unwrap();
+        let ids: Vec<Vec<i64>> = ind.test.texts.iter().map(|t| m.vocab.encode(t)).collect();
+        // Batched by exact length = each example computed without padding, as the fixture.
+        let ours = m.scorer().logits_bucketed(&ids, 128, None);
+        let acc = accuracy(&ours, &labels);
+        if ds == "trec" {
+            let d = max_abs_diff(&ours, &want);
+            assert!(d < 1e-4, "{stem}: max |logit difference| = {d}");
+            // The README of the fixtures states 77.0% / 70.6%; the fixture logits themselves give
+            // 76.8% / 70.8% against TREC_10 labels (checked with numpy), and so do we.
+            let fixture_logits = Tensor::from_slice(&want.concat()).view([want.len() as i64, -1]);
+            let from_fixture = accuracy(&fixture_logits, &labels);
+            assert_eq!(acc, from_fixture, "{stem}: accuracy {acc} vs the fixture's {from_fixture}");
+            let _ = fixture_acc;
+            eprintln!("{stem}: max |Δlogit| {d:.2e}, accuracy {:.1}%", acc * 100.0);
+        } else {
+            let (train_t, _) = sst_fixture_style(&data.join("sst/trees/train.txt"));
+            let (test_t, test_l) = sst_fixture_style(&data.join("sst/trees/test.txt"));
+            let vocab = oe::tokenize::WordVocab::build(train_t.iter().map(String::as_str), 10_000);
+            assert_eq!(vocab.len(), 10_002);
+            let fids: Vec<Vec<i64>> = test_t.iter().map(|t| vocab.encode(t)).collect();
+            let fixture_style = m.scorer().logits_bucketed(&fids, 128, None);
+            let d = max_abs_diff(&fixture_style, &want);
+            assert!(d < 1e-4, "{stem}: max |logit difference| = {d}");
+            let flabels = m.labels.indices(test_l.iter().map(String::as_str)).unwrap();
+            let facc = accuracy(&fixture_style, &flabels);
+            let fixture_logits = Tensor::from_slice(&want.concat()).view([want.len() as i64, -1]);
+            assert_eq!(facc, accuracy(&fixture_logits, &flabels), "{stem}");
+            let _ = fixture_acc;
+            assert!(acc > facc + 0.02, "{stem}: nltk-style vocabulary {acc} vs fixture-style {facc}");
+            eprintln!(
+                "{stem}: fixture-style max |Δlogit| {d:.2e}, accuracy {:.1}%; our vocabulary {:.1}%",
+                facc * 100.0,
+                acc * 100.0
+            );
+        }
+    }
+}
+
+fn toy_set(n: usize, seed: u64) -> EncodedSet {
+    // Class 0 uses tokens 2..20, class 1 tokens 20..38; lengths 3..10.
+    let mut ids = Vec::new();
+    let mut labels = Vec::new();
+    let mut x = seed;
+    for i in 0..n {
+        let y = (i % 2) as i64;
+        let len = 3 + (i * 7 % 8);
+        let seq = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                2 + 18 * y + ((x >> 33) % 18) as i64
+            })
+            .collect();
+        ids.push(seq);
+        labels.push(y);
+    }
+    EncodedSet {
+        ids,
+        labels,
+        fix_len: None,
+    }
+}
+
+fn train_toy(cfg: &TrainConfig, method: Method, oe: Option<&[Vec<i64>]>) -> nn::VarStore {
+    train::seed_everything(cfg.seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ModelConfig::Gru(GruConfig::default()).build(&vs.root(), 40, 2).unwrap();
+    let set = toy_set(96, 5);
+    train::train_phase(
+        "t", method, &model, &vs, &set, oe, cfg, CheckpointState::default(), &mut train::Silent,
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    vs
+}
+
+fn max_weight_diff(a: &nn::VarStore, b: &nn::VarStore) -> f64 {
+    let va = a.variables();
+    let vb = b.variables();
+    va.iter()
+        .map(|(k, t)| (t - &vb[k]).abs().max().double_value(&[]))
+        .fold(0.0, f64::max)
+}
+
+/// Tests share libtorch's global RNG across threads; this lock keeps seeded runs apart.
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn same_seed_same_model_on_cpu() {
+    let _g = SEEDED.lock().unwrap();
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        ..Default::default()
+    };
+    let oe: Vec<Vec<i64>> = toy_set(64, 9).ids.into_iter().map(|s| s.iter().map(|t| t + 1).collect()).collect();
+    let a = train_toy(&cfg, Method::OeScratch, Some(&oe));
+    let b = train_toy(&cfg, Method::OeScratch, Some(&oe));
+    assert_eq!(max_weight_diff(&a, &b), 0.0, "same seed gave different weights");
+    let c = train_toy(&TrainConfig { seed: 2, ..cfg }, Method::OeScratch, Some(&oe));
+    assert!(max_weight_diff(&a, &c) > 1e-4, "a different seed should give a different model");
+}
+
+#[test]
+fn training_learns_a_separable_toy_task() {
+    let _g = SEEDED.lock().unwrap();
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        ..Default::default()
+    };
+    let vs = train_toy(&cfg, Method::Baseline, None);
+    let model = ModelConfig::Gru(GruConfig::default()).build(&(vs.root() / "x"), 40, 2);
+    drop(model);
+    // Re-create over the same variables to score the training set.
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let m2 = ModelConfig::Gru(GruConfig::default()).build(&vs2.root(), 40, 2).unwrap();
+    vs2.copy(&vs).unwrap();
+    let set = toy_set(96, 5);
+    let seqs: Vec<&[i64]> = set.ids.iter().map(|s| s.as_slice()).collect();
+    let logits = m2.logits(&TokenBatch::left_padded(&seqs, None, Device::Cpu), false);
+    let pred = Vec::<i64>::try_from(&logits.argmax(-1, false)).unwrap();
+    let acc = pred.iter().zip(&set.labels).filter(|(p, y)| p == y).count() as f64 / 96.0;
+    assert!(acc > 0.9, "training accuracy {acc}");
+}
+
+#[test]
+fn interrupted_training_resumes_and_partial_files_never_load() {
+    let _g = SEEDED.lock().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("checkpoint.safetensors");
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        ..Default::default()
+    };
+    let set = toy_set(64, 3);
+    // Run 1: "crash" after the first epoch's checkpoint.
+    train::seed_everything(1);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ModelConfig::Gru(GruConfig::default()).build(&vs.root(), 40, 2).unwrap();
+    let err = train::train_phase(
+        "p", Method::Baseline, &model, &vs, &set, None, &cfg, CheckpointState::default(),
+        &mut train::Silent,
+        &mut |s| {
+            train::save_weights(&vs, &ckpt)?;
+            if s.epochs_done == 1 {
+                Err(oe::OeError::Config("simulated interruption".into()))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    assert!(err.is_err());
+    // Run 2: resume from the checkpoint and finish the remaining epochs.
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let model2 = ModelConfig::Gru(GruConfig::default()).build(&vs2.root(), 40, 2).unwrap();
+    train::load_weights(&mut vs2, &ckpt).unwrap();
+    assert_eq!(max_weight_diff(&vs, &vs2), 0.0);
+    let state = CheckpointState {
+        phase: "p".into(),
+        epochs_done: 1,
+        history: vec![],
+    };
+    let done = train::train_phase(
+        "p", Method::Baseline, &model2, &vs2, &set, None, &cfg, state, &mut train::Silent,
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(done.epochs_done, 3);
+    assert_eq!(done.history.len(), 2);
+    // A truncated weights file is rejected with a clear error.
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let bad = dir.path().join("model.safetensors");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let mut vs3 = nn::VarStore::new(Device::Cpu);
+    let _m3 = ModelConfig::Gru(GruConfig::default()).build(&vs3.root(), 40, 2).unwrap();
+    let e = train::load_weights(&mut vs3, &bad).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("cannot load"), "{e}");
+    // save_weights leaves no temporary files behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("partial")), "{names:?}");
+}
+
+fn write(path: &Path, s: &str) {
+    std::fs::write(path, s).unwrap();
+}
+
+fn oe_text() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_oe-text"))
+}
+
+/// The whole `train` command on a tiny generated dataset: baseline, OE fine-tune, evaluation,
+/// results on disk, a model directory that `eval` can reload, and `--resume` on a finished run.
+#[test]
+fn train_and_eval_commands_end_to_end() {
+    let _g = SEEDED.lock().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut train_csv = String::from("text,label\n");
+    let mut test_csv = String::from("text,label\n");
+    for i in 0..120 {
+        let (w, l) = if i % 2 == 0 { ("good fine great", "pos") } else { ("bad awful poor", "neg") };
+        let line = format!("\"the {w} movie {i}\",{l}\n");
+        if i < 90 { train_csv += &line } else { test_csv += &line }
+    }
+    write(&d.join("train.csv"), &train_csv);
+    write(&d.join("test.csv"), &test_csv);
+    let oe: String = (0..200).map(|i| format!("some wiki sentence number {i} about history\n")).collect();
+    write(&d.join("oe.txt"), &oe);
+    let ood: String = (0..50).map(|i| format!("a question about topic {i} ?\n")).collect();
+    write(&d.join("ood.txt"), &ood);
+    let run = d.join("run");
+    let out = oe_text()
+        .args(["train", "--in"])
+        .arg(d)
+        .args(["--oe"])
+        .arg(d.join("oe.txt"))
+        .args(["--ood"])
+        .arg(d.join("ood.txt"))
+        .args(["--epochs", "2", "--oe-epochs", "1", "--repeats", "3", "--device", "cpu", "--quiet", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "train failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ood") && stdout.contains("baseline"), "{stdout}");
+    for sub in ["baseline", "oe"] {
+        for f in ["run.json", "vocab.json", "model.safetensors", "train_log.json"] {
+            assert!(run.join(sub).join(f).is_file(), "{sub}/{f} missing");
+        }
+        let res = run.join(sub).join("eval-msp-paper");
+        for f in ["results.csv", "results.parquet", "scores.parquet"] {
+            assert!(res.join(f).is_file(), "{sub}/eval-msp-paper/{f} missing");
+        }
+        let csv = std::fs::read_to_string(res.join("results.csv")).unwrap();
+        assert!(csv.contains("protocol") && csv.contains("1:5"), "{csv}");
+        assert!(!run.join(sub).join("checkpoint.safetensors").exists());
+    }
+    // Finished runs are not silently overwritten ...
+    let again = oe_text()
+        .args(["train", "--in"]).arg(d)
+        .args(["--epochs", "1", "--quiet", "--device", "cpu", "--out"]).arg(&run)
+        .output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    // ... and the model directory is self-contained for `eval`, here with the clean protocol.
+    let ev = oe_text()
+        .args(["eval", "--model"]).arg(run.join("oe"))
+        .args(["--ood"]).arg(d.join("ood.txt"))
+        .args(["--protocol", "clean", "--score", "energy", "--repeats", "2", "--device", "cpu", "--data-dir"]).arg(d)
+        .output().unwrap();
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    assert!(run.join("oe/eval-energy-clean/results.parquet").is_file());
+}
+
+#[test]
+fn metrics_command_reports_bad_input_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("in.txt");
+    let b = dir.path().join("out.txt");
+    write(&a, "0.1\n0.2\n0.3\n");
+    write(&b, "0.9\nfoo\n");
+    let out = oe_text().args(["metrics", "--in"]).arg(&a).args(["--out"]).arg(&b).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("out.txt:2:") && err.contains("not a number"), "{err}");
+    write(&b, "0.9\n0.8\n");
+    let out = oe_text()
+        .args(["metrics", "--format", "json", "--in"]).arg(&a).args(["--out"]).arg(&b)
+        .output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["auroc"], 1.0);
+    assert_eq!(v["fpr90_closest_out"], 0.0);
+    assert_eq!(v["positive"], "out");
+}
+
+#[test]
+fn binary_runs_with_an_empty_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_oe-text")).env_clear().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_oe-vision")).env_clear().arg("--help").output().unwrap();
+    assert!(out.status.success());
+}
+
+#[allow(dead_code)]
+fn _unused(_: Tensor, _: Scorer, _: LoadedModel) {}
