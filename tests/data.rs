@@ -18,7 +18,10 @@ fn shared_data() -> Option<PathBuf> {
 }
 
 fn reference_models() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference-models"));
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/reference-models"
+    ));
     p.is_dir().then_some(p)
 }
 
@@ -31,21 +34,39 @@ fn embedding_rows(path: &Path) -> usize {
 }
 
 fn label_order(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap().lines().map(str::to_string).filter(|s| !s.is_empty()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 #[test]
 fn sst_matches_the_reference() {
     let Some(root) = shared_data() else { return };
     let d = data::load_in_distribution("sst", &root, &TextOptions::default()).unwrap();
-    assert_eq!((d.train.len(), d.dev.as_ref().unwrap().len(), d.test.len()), (6920, 872, 1821));
-    assert!(d.train.texts[0].starts_with("The Rock is destined"), "{}", d.train.texts[0]);
+    assert_eq!(
+        (d.train.len(), d.dev.as_ref().unwrap().len(), d.test.len()),
+        (6920, 872, 1821)
+    );
+    assert!(
+        d.train.texts[0].starts_with("The Rock is destined"),
+        "{}",
+        d.train.texts[0]
+    );
     let v = d.build_vocab(10_000);
     assert_eq!(v.len(), 10_002);
     let lv = d.label_vocab();
     if let Some(rm) = reference_models() {
-        assert_eq!(lv.names(), label_order(&rm.join("logits/sst.label-order.txt")));
-        assert_eq!(embedding_rows(&rm.join("sst-baseline.safetensors")), v.len());
+        assert_eq!(
+            lv.names(),
+            label_order(&rm.join("logits/sst.label-order.txt"))
+        );
+        assert_eq!(
+            embedding_rows(&rm.join("sst-baseline.safetensors")),
+            v.len()
+        );
     }
     let f = data::load_in_distribution("sst-fine", &root, &TextOptions::default()).unwrap();
     assert_eq!((f.train.len(), f.test.len()), (8544, 2210));
@@ -64,11 +85,21 @@ fn trec_matches_the_reference() {
     let lv = d.label_vocab();
     assert_eq!(lv.len(), 50);
     if let Some(rm) = reference_models() {
-        assert_eq!(lv.names(), label_order(&rm.join("logits/trec.label-order.txt")));
-        assert_eq!(embedding_rows(&rm.join("trec-baseline.safetensors")), v.len());
+        assert_eq!(
+            lv.names(),
+            label_order(&rm.join("logits/trec.label-order.txt"))
+        );
+        assert_eq!(
+            embedding_rows(&rm.join("trec-baseline.safetensors")),
+            v.len()
+        );
     }
     // The 0xF0 byte becomes a space, as in torchtext.
-    assert!(d.train.texts[65].contains("sister city"), "{}", d.train.texts[65]);
+    assert!(
+        d.train.texts[65].contains("sister city"),
+        "{}",
+        d.train.texts[65]
+    );
     let c = data::load_in_distribution("trec-coarse", &root, &TextOptions::default()).unwrap();
     assert_eq!(c.label_vocab().len(), 6);
     // Vocabulary save/load keeps indices.
@@ -83,16 +114,27 @@ fn trec_matches_the_reference() {
 fn twenty_newsgroups_counts() {
     let Some(root) = shared_data() else { return };
     let d = data::load_in_distribution("20ng", &root, &TextOptions::default()).unwrap();
-    eprintln!("20ng no-short (derived): train {} test {}", d.train.len(), d.test.len());
+    eprintln!(
+        "20ng no-short (derived): train {} test {}",
+        d.train.len(),
+        d.test.len()
+    );
     assert!((11_280..=11_314).contains(&d.train.len()));
     assert!((7_520..=7_532).contains(&d.test.len()));
     assert_eq!(d.label_vocab().len(), 20);
-    assert!(d.train.texts.iter().all(|t| t.split_whitespace().count() <= 100));
+    assert!(d
+        .train
+        .texts
+        .iter()
+        .all(|t| t.split_whitespace().count() <= 100));
     assert!(d.train_untruncated.is_some());
     let v = d.build_vocab(10_000);
     assert_eq!(v.len(), 10_002);
     if let Some(rm) = reference_models() {
-        assert_eq!(embedding_rows(&rm.join("20ng-baseline.safetensors")), v.len());
+        assert_eq!(
+            embedding_rows(&rm.join("20ng-baseline.safetensors")),
+            v.len()
+        );
     }
     let b = data::load_in_distribution("20ng-bydate", &root, &TextOptions::default()).unwrap();
     assert_eq!((b.train.len(), b.test.len()), (11_314, 7_532));
@@ -104,7 +146,9 @@ fn wikitext2_sentences() {
     let s = data::load_oe_corpus("wikitext2", &root).unwrap();
     eprintln!("wikitext2 sentences: {}", s.len());
     assert!((60_000..=100_000).contains(&s.len()), "{}", s.len());
-    assert!(s.iter().all(|x| data::wikitext::keep_sentence(x) && *x == x.to_lowercase()));
+    assert!(s
+        .iter()
+        .all(|x| data::wikitext::keep_sentence(x) && *x == x.to_lowercase()));
 }
 
 #[test]
@@ -121,7 +165,10 @@ fn ood_sets_present_locally() {
     assert_eq!(snli.texts[1], "the church is filled with song .");
     let m = data::load_ood("multi30k", &root, &o).unwrap();
     assert_eq!(m.texts.len(), 29_000);
-    assert_eq!(m.texts[0], "two young , white males are outside near many bushes .");
+    assert_eq!(
+        m.texts[0],
+        "two young , white males are outside near many bushes ."
+    );
     let w = data::load_ood("wmt16", &root, &o).unwrap();
     assert_eq!(w.texts.len(), 22_191);
     let i = data::load_ood("imdb", &root, &o).unwrap();
@@ -133,11 +180,15 @@ fn ood_sets_present_locally() {
 #[test]
 fn manifests_match_sha256sums() {
     let Some(root) = shared_data() else { return };
-    let sums: std::collections::HashMap<String, String> = std::fs::read_to_string(root.join("SHA256SUMS"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once("  ").map(|(h, p)| (p.to_string(), h.to_string())))
-        .collect();
+    let sums: std::collections::HashMap<String, String> =
+        std::fs::read_to_string(root.join("SHA256SUMS"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                l.split_once("  ")
+                    .map(|(h, p)| (p.to_string(), h.to_string()))
+            })
+            .collect();
     let mut n = 0;
     for m in manifest::all() {
         for f in &m.files {
@@ -183,7 +234,10 @@ fn serve(root: PathBuf) -> String {
                         if mode == "truncate" {
                             b.truncate(len / 2);
                         }
-                        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                        );
                         let _ = s.write_all(&b);
                     }
                     _ => {
@@ -198,7 +252,11 @@ fn serve(root: PathBuf) -> String {
 }
 
 fn opts(mirror: String) -> fetch::FetchOptions {
-    fetch::FetchOptions { mirror: Some(mirror), progress: false, ..Default::default() }
+    fetch::FetchOptions {
+        mirror: Some(mirror),
+        progress: false,
+        ..Default::default()
+    }
 }
 
 fn no_leftovers(dir: &Path) {
@@ -230,14 +288,19 @@ fn loopback_good_download_then_verify() {
     let m = manifest::get("trec").unwrap();
     let r = fetch::fetch_dataset(m, dir.path(), &opts(format!("{base}/good"))).unwrap();
     assert_eq!(r.len(), 2);
-    assert!(r.iter().all(|x| matches!(x, fetch::Fetched::Downloaded(_))), "{r:?}");
+    assert!(
+        r.iter().all(|x| matches!(x, fetch::Fetched::Downloaded(_))),
+        "{r:?}"
+    );
     let v = fetch::verify_dataset(m, dir.path()).unwrap();
     assert!(v.ok(), "{v:?}");
     let d = data::load_in_distribution("trec", dir.path(), &TextOptions::default()).unwrap();
     assert_eq!(d.test.len(), 500);
     // Second fetch: nothing to do.
     let r = fetch::fetch_dataset(m, dir.path(), &opts(format!("{base}/good"))).unwrap();
-    assert!(r.iter().all(|x| matches!(x, fetch::Fetched::AlreadyPresent(_))));
+    assert!(r
+        .iter()
+        .all(|x| matches!(x, fetch::Fetched::AlreadyPresent(_))));
     no_leftovers(dir.path());
 }
 
@@ -246,9 +309,15 @@ fn loopback_corrupted_truncated_and_missing_files_leave_nothing() {
     let Some(shared) = shared_data() else { return };
     let base = serve(shared);
     let m = manifest::get("wmt16").unwrap();
-    for (mode, what) in [("corrupt", "sha256"), ("truncate", "truncated"), ("nothing", "404")] {
+    for (mode, what) in [
+        ("corrupt", "sha256"),
+        ("truncate", "truncated"),
+        ("nothing", "404"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let e = fetch::fetch_dataset(m, dir.path(), &opts(format!("{base}/{mode}"))).unwrap_err().to_string();
+        let e = fetch::fetch_dataset(m, dir.path(), &opts(format!("{base}/{mode}")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(what), "{mode}: {e}");
         assert!(!dir.path().join("wmt16/wmt16_sentences").exists(), "{mode}");
         no_leftovers(dir.path());
@@ -258,7 +327,13 @@ fn loopback_corrupted_truncated_and_missing_files_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let snli = manifest::get("snli").unwrap();
     fetch::fetch_dataset(snli, dir.path(), &opts(format!("{base}/good"))).unwrap();
-    assert_eq!(data::load_ood("snli", dir.path(), &TextOptions::default()).unwrap().texts.len(), 9_824);
+    assert_eq!(
+        data::load_ood("snli", dir.path(), &TextOptions::default())
+            .unwrap()
+            .texts
+            .len(),
+        9_824
+    );
 }
 
 // ------------------------------------------------------------------ malformed inputs
@@ -274,18 +349,36 @@ fn write(dir: &Path, rel: &str, bytes: &[u8]) -> PathBuf {
 fn malformed_sst_and_trec_name_file_and_line() {
     let d = tempfile::tempdir().unwrap();
     let o = TextOptions::default();
-    let so = data::indist::SstOptions { fine_grained: false, subtrees: false };
+    let so = data::indist::SstOptions {
+        fine_grained: false,
+        subtrees: false,
+    };
     let p = write(d.path(), "bad.txt", b"(3 (2 a) (3 b))\n(2 (2 c) (2 d)\n");
-    let e = data::indist::parse_sst_file(&p, so, &o).unwrap_err().to_string();
+    let e = data::indist::parse_sst_file(&p, so, &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("bad.txt:2:") && e.contains("bad tree"), "{e}");
     let p = write(d.path(), "label.txt", b"(3 (2 a) (3 b))\n(7 (2 c) (2 d))\n");
-    let e = data::indist::parse_sst_file(&p, so, &o).unwrap_err().to_string();
-    assert!(e.contains("label.txt:2:") && e.contains("unknown SST label"), "{e}");
-    let p = write(d.path(), "utf.txt", b"(3 (2 a) (3 b))\n(3 (2 \xff) (2 d))\n");
-    let e = data::indist::parse_sst_file(&p, so, &o).unwrap_err().to_string();
+    let e = data::indist::parse_sst_file(&p, so, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("label.txt:2:") && e.contains("unknown SST label"),
+        "{e}"
+    );
+    let p = write(
+        d.path(),
+        "utf.txt",
+        b"(3 (2 a) (3 b))\n(3 (2 \xff) (2 d))\n",
+    );
+    let e = data::indist::parse_sst_file(&p, so, &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("utf.txt:2:") && e.contains("UTF-8"), "{e}");
     let p = write(d.path(), "t.label", b"HUM:ind Who is it ?\nnolabel\n");
-    let e = data::indist::parse_trec_file(&p, true, &o).unwrap_err().to_string();
+    let e = data::indist::parse_trec_file(&p, true, &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("t.label:2:"), "{e}");
 }
 
@@ -295,20 +388,35 @@ fn count_mismatch_missing_split_and_unknown_label() {
     let o = TextOptions::default();
     // SST files with too few trees: the manifest's count is strict.
     for s in ["train", "dev", "test"] {
-        write(d.path(), &format!("sst/trees/{s}.txt"), b"(3 (2 good) (3 film))\n(1 (2 bad) (1 film))\n");
+        write(
+            d.path(),
+            &format!("sst/trees/{s}.txt"),
+            b"(3 (2 good) (3 film))\n(1 (2 bad) (1 film))\n",
+        );
     }
-    let e = data::load_in_distribution("sst", d.path(), &o).unwrap_err().to_string();
+    let e = data::load_in_distribution("sst", d.path(), &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("loaded 2 examples") && e.contains("6920"), "{e}");
     // Missing split.
-    let e = data::load_in_distribution("trec", d.path(), &o).unwrap_err().to_string();
-    assert!(e.contains("missing file") && e.contains("train_5500.label"), "{e}");
+    let e = data::load_in_distribution("trec", d.path(), &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing file") && e.contains("train_5500.label"),
+        "{e}"
+    );
     let u = d.path().join("user");
     write(&u, "train.csv", b"text,label\nhello there,a\nbye now,b\n");
-    let e = data::load_in_distribution(u.to_str().unwrap(), d.path(), &o).unwrap_err().to_string();
+    let e = data::load_in_distribution(u.to_str().unwrap(), d.path(), &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing split"), "{e}");
     // Unknown label in test.
     write(&u, "test.csv", b"text,label\nhi,c\n");
-    let e = data::load_in_distribution(u.to_str().unwrap(), d.path(), &o).unwrap_err().to_string();
+    let e = data::load_in_distribution(u.to_str().unwrap(), d.path(), &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("label `c`"), "{e}");
     write(&u, "test.csv", b"text,label\nHi There,a\n");
     let x = data::load_in_distribution(u.to_str().unwrap(), d.path(), &o).unwrap();
@@ -316,16 +424,41 @@ fn count_mismatch_missing_split_and_unknown_label() {
     let lv = LabelVocab::build(x.train.labels.iter().map(String::as_str));
     assert!(lv.index("zzz").is_err());
     // JSON lines and a missing column.
-    let j = write(d.path(), "u2/train.jsonl", b"{\"text\": \"A b\", \"label\": 1}\n{\"text\": \"c\", \"label\": 2}\n");
-    write(d.path(), "u2/test.jsonl", b"{\"txt\": \"A b\", \"label\": 1}\n");
-    let e = data::load_in_distribution(j.to_str().unwrap(), d.path(), &o).unwrap_err().to_string();
-    assert!(e.contains("test.jsonl:1:") && e.contains("no field `text`"), "{e}");
+    let j = write(
+        d.path(),
+        "u2/train.jsonl",
+        b"{\"text\": \"A b\", \"label\": 1}\n{\"text\": \"c\", \"label\": 2}\n",
+    );
+    write(
+        d.path(),
+        "u2/test.jsonl",
+        b"{\"txt\": \"A b\", \"label\": 1}\n",
+    );
+    let e = data::load_in_distribution(j.to_str().unwrap(), d.path(), &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("test.jsonl:1:") && e.contains("no field `text`"),
+        "{e}"
+    );
     // User OOD text file and OE corpus.
     let t = write(d.path(), "ood.txt", b"One\n\nTwo Three\n");
-    assert_eq!(data::load_ood(t.to_str().unwrap(), d.path(), &o).unwrap().texts, vec!["one", "two three"]);
-    assert_eq!(data::load_oe_corpus(t.to_str().unwrap(), d.path()).unwrap().len(), 2);
+    assert_eq!(
+        data::load_ood(t.to_str().unwrap(), d.path(), &o)
+            .unwrap()
+            .texts,
+        vec!["one", "two three"]
+    );
+    assert_eq!(
+        data::load_oe_corpus(t.to_str().unwrap(), d.path())
+            .unwrap()
+            .len(),
+        2
+    );
     let bad = write(d.path(), "bad.txt", b"ok\n\xfe\n");
-    let e = data::load_ood(bad.to_str().unwrap(), d.path(), &o).unwrap_err().to_string();
+    let e = data::load_ood(bad.to_str().unwrap(), d.path(), &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("bad.txt:2:"), "{e}");
 }
 
@@ -334,5 +467,9 @@ fn data_root_resolution() {
     let p = data::resolve_data_root(Some(Path::new("/x/y")));
     assert_eq!(p, PathBuf::from("/x/y"));
     let q = data::resolve_data_root(None);
-    assert!(q.ends_with("oe/data") || std::env::var_os("OE_DATA_DIR").is_some() || q.ends_with(".oe-data"));
+    assert!(
+        q.ends_with("oe/data")
+            || std::env::var_os("OE_DATA_DIR").is_some()
+            || q.ends_with(".oe-data")
+    );
 }

@@ -38,10 +38,19 @@ pub enum DataCommand {
     },
     /// Re-check the files on disk (sha256) and the loaders' example counts (default: every dataset present).
     Verify { names: Vec<String> },
+    /// Benchmark: parse + tokenise the IMDB test split (from the .tar.gz) and extract the
+    /// WikiText-2 sentences (experiments/bench_data.sh runs it in release).
+    Bench {
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
 }
 
 fn present(m: &manifest::Manifest, root: &std::path::Path) -> bool {
-    m.files.iter().filter(|f| f.required).all(|f| root.join(&f.path).is_file())
+    m.files
+        .iter()
+        .filter(|f| f.required)
+        .all(|f| root.join(&f.path).is_file())
         && m.files.iter().any(|f| f.required)
 }
 
@@ -60,14 +69,29 @@ pub fn run_data(args: &DataArgs) -> Result<()> {
             println!("data root: {}", root.display());
             println!("{:<14} {:<17} {:<8} loads", "name", "role", "present");
             for m in manifest::all() {
-                let p = if m.role == Role::User { "-" } else if present(m, &root) { "yes" } else { "no" };
-                println!("{:<14} {:<17} {:<8} {}", m.name, m.role.to_string(), p, m.loads.join(", "));
+                let p = if m.role == Role::User {
+                    "-"
+                } else if present(m, &root) {
+                    "yes"
+                } else {
+                    "no"
+                };
+                println!(
+                    "{:<14} {:<17} {:<8} {}",
+                    m.name,
+                    m.role.to_string(),
+                    p,
+                    m.loads.join(", ")
+                );
             }
         }
         DataCommand::Show { name, examples } => {
             let m = manifest::find(name);
             if let Some(m) = m {
-                println!("{} — {}\nrole: {}\n{}\npreprocessing: {}\nlicense: {}\ncitation: {}", m.name, m.title, m.role, m.description, m.preprocessing, m.license, m.citation);
+                println!(
+                    "{} — {}\nrole: {}\n{}\npreprocessing: {}\nlicense: {}\ncitation: {}",
+                    m.name, m.title, m.role, m.description, m.preprocessing, m.license, m.citation
+                );
             }
             let loads: Vec<String> = match m {
                 Some(m) if m.name == *name => m.loads.clone(),
@@ -77,7 +101,10 @@ pub fn run_data(args: &DataArgs) -> Result<()> {
             for l in loads {
                 let r: Result<()> = (|| {
                     match role {
-                        Some(Role::InDistribution) | None if role.is_some() || super::IN_DISTRIBUTION_NAMES.contains(&l.as_str()) => {
+                        Some(Role::InDistribution) | None
+                            if role.is_some()
+                                || super::IN_DISTRIBUTION_NAMES.contains(&l.as_str()) =>
+                        {
                             let d = super::load_in_distribution(&l, &root, &Default::default())?;
                             println!("\n[{l}] classes: {}", d.label_vocab().len());
                             let mut splits = vec![("train", &d.train)];
@@ -95,12 +122,17 @@ pub fn run_data(args: &DataArgs) -> Result<()> {
                         Some(Role::OutlierExposure) => {
                             let s = super::load_oe_corpus(&l, &root)?;
                             println!("\n[{l}] {} sentences", s.len());
-                            s.iter().take(*examples).for_each(|t| println!("    {}", short(t, 100)));
+                            s.iter()
+                                .take(*examples)
+                                .for_each(|t| println!("    {}", short(t, 100)));
                         }
                         _ => {
                             let s = super::load_ood(&l, &root, &Default::default())?;
                             println!("\n[{l}] test: {} texts", s.texts.len());
-                            s.texts.iter().take(*examples).for_each(|t| println!("    {}", short(t, 100)));
+                            s.texts
+                                .iter()
+                                .take(*examples)
+                                .for_each(|t| println!("    {}", short(t, 100)));
                         }
                     }
                     Ok(())
@@ -121,17 +153,26 @@ pub fn run_data(args: &DataArgs) -> Result<()> {
                 for r in fetch::fetch_dataset(m, &root, &opts)? {
                     match r {
                         Fetched::AlreadyPresent(p) => println!("{}: {p}: present", m.name),
-                        Fetched::Downloaded(p) => println!("{}: {p}: downloaded and verified", m.name),
+                        Fetched::Downloaded(p) => {
+                            println!("{}: {p}: downloaded and verified", m.name)
+                        }
                         Fetched::Skipped(p, why) => println!("{}: {p}: skipped ({why})", m.name),
                     }
                 }
             }
         }
+        DataCommand::Bench { repeats } => bench(&root, *repeats)?,
         DataCommand::Verify { names } => {
             let ms: Vec<&manifest::Manifest> = if names.is_empty() {
-                manifest::all().iter().filter(|m| m.role != Role::User && present(m, &root)).collect()
+                manifest::all()
+                    .iter()
+                    .filter(|m| m.role != Role::User && present(m, &root))
+                    .collect()
             } else {
-                names.iter().map(|n| manifest::get(n)).collect::<Result<_>>()?
+                names
+                    .iter()
+                    .map(|n| manifest::get(n))
+                    .collect::<Result<_>>()?
             };
             let mut bad = Vec::new();
             for m in ms {
@@ -141,7 +182,9 @@ pub fn run_data(args: &DataArgs) -> Result<()> {
                     let st = match s {
                         FileStatus::Verified => "sha256 ok".to_string(),
                         FileStatus::Unchecked => "present (checked by counts)".to_string(),
-                        FileStatus::Mismatch { expected, actual } => format!("SHA256 MISMATCH: expected {expected}, got {actual}"),
+                        FileStatus::Mismatch { expected, actual } => {
+                            format!("SHA256 MISMATCH: expected {expected}, got {actual}")
+                        }
                         FileStatus::Missing if *req => "MISSING".to_string(),
                         FileStatus::Missing => "absent (optional)".to_string(),
                     };
@@ -156,9 +199,60 @@ pub fn run_data(args: &DataArgs) -> Result<()> {
                 }
             }
             if !bad.is_empty() {
-                return Err(OeError::Data(format!("verification failed for: {}", bad.join(", "))));
+                return Err(OeError::Data(format!(
+                    "verification failed for: {}",
+                    bad.join(", ")
+                )));
             }
         }
     }
+    Ok(())
+}
+
+/// Times (1) IMDB test: 25,000 reviews parsed from `imdb/aclImdb_v1.tar.gz`, lower-cased and
+/// tokenised to indices with the SST vocabulary (or one built from the reviews when SST is
+/// absent); (2) WikiText-2 sentence extraction. Prints each run and the best of `repeats`.
+pub fn bench(root: &std::path::Path, repeats: usize) -> Result<()> {
+    use rayon::prelude::*;
+    use std::time::Instant;
+    let opts = super::TextOptions::default();
+    println!(
+        "data root: {}  threads: {}",
+        root.display(),
+        rayon::current_num_threads()
+    );
+    let vocab = super::load_in_distribution("sst", root, &opts)
+        .map(|d| d.build_vocab(10_000))
+        .ok();
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        let imdb = super::load_ood("imdb", root, &opts)?;
+        let v = match &vocab {
+            Some(v) => v.clone(),
+            None => {
+                crate::tokenize::WordVocab::build(imdb.texts.iter().map(String::as_str), 10_000)
+            }
+        };
+        let ids: Vec<Vec<i64>> = imdb.texts.par_iter().map(|s| v.encode(s)).collect();
+        let tokens: usize = ids.iter().map(Vec::len).sum();
+        let a = t.elapsed().as_secs_f64();
+        best[0] = best[0].min(a);
+        println!(
+            "imdb test: {} reviews, {tokens} tokens, parse+tokenise {a:.3} s",
+            imdb.texts.len()
+        );
+        let t = Instant::now();
+        let s = super::load_oe_corpus("wikitext2", root)?;
+        let b = t.elapsed().as_secs_f64();
+        best[1] = best[1].min(b);
+        println!("wikitext2: {} sentences, extraction {b:.3} s", s.len());
+    }
+    println!(
+        "best of {}: imdb {:.3} s, wikitext2 {:.3} s (target < 3 s each)",
+        repeats.max(1),
+        best[0],
+        best[1]
+    );
     Ok(())
 }

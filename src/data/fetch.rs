@@ -29,7 +29,12 @@ pub struct FetchOptions {
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions { mirror: None, all: false, progress: true, timeout: Duration::from_secs(60) }
+        FetchOptions {
+            mirror: None,
+            all: false,
+            progress: true,
+            timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -37,7 +42,9 @@ impl FetchOptions {
     /// Defaults plus `OE_DATA_MIRROR`.
     pub fn from_env() -> Self {
         FetchOptions {
-            mirror: std::env::var("OE_DATA_MIRROR").ok().filter(|s| !s.trim().is_empty()),
+            mirror: std::env::var("OE_DATA_MIRROR")
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
             ..Default::default()
         }
     }
@@ -66,7 +73,10 @@ pub enum FileStatus {
     /// Present; the manifest has no sha256 for it (or only the mirror's): counts decide.
     Unchecked,
     /// Present with another sha256.
-    Mismatch { expected: String, actual: String },
+    Mismatch {
+        expected: String,
+        actual: String,
+    },
     Missing,
 }
 
@@ -84,7 +94,10 @@ pub fn file_status(root: &Path, f: &FileEntry) -> Result<FileStatus> {
             } else if f.sha256_mirror_only {
                 Ok(FileStatus::Unchecked)
             } else {
-                Ok(FileStatus::Mismatch { expected: exp.clone(), actual: act })
+                Ok(FileStatus::Mismatch {
+                    expected: exp.clone(),
+                    actual: act,
+                })
             }
         }
     }
@@ -107,15 +120,24 @@ fn open_url(url: &str, timeout: Duration) -> Result<(Box<dyn Read + Send>, Optio
         let len = f.metadata().ok().map(|m| m.len());
         return Ok((Box::new(f), len));
     }
-    let agent = ureq::AgentBuilder::new().timeout_connect(timeout).timeout_read(timeout).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(timeout)
+        .timeout_read(timeout)
+        .build();
     match agent.get(url).call() {
         Ok(resp) => {
-            let len = resp.header("Content-Length").and_then(|v| v.trim().parse().ok());
+            let len = resp
+                .header("Content-Length")
+                .and_then(|v| v.trim().parse().ok());
             Ok((Box::new(resp.into_reader()), len))
         }
         Err(ureq::Error::Status(code, _)) => Err(OeError::Data(format!(
             "{url}: HTTP {code}{}",
-            if code == 404 { " (not found: check the URL or the mirror's layout)" } else { "" }
+            if code == 404 {
+                " (not found: check the URL or the mirror's layout)"
+            } else {
+                ""
+            }
         ))),
         Err(e) => Err(OeError::Data(format!("{url}: {e}"))),
     }
@@ -124,8 +146,15 @@ fn open_url(url: &str, timeout: Duration) -> Result<(Box<dyn Read + Send>, Optio
 /// Downloads `url` to `dest` (parent folders created): streamed into a temporary file next to
 /// `dest`, length and sha256 checked, then renamed. Returns the sha256. On any error nothing is
 /// left at `dest` (an existing `dest` is left untouched).
-pub fn download_to(url: &str, dest: &Path, expected_sha256: Option<&str>, opts: &FetchOptions) -> Result<String> {
-    let dir = dest.parent().ok_or_else(|| OeError::Data(format!("{}: no parent folder", dest.display())))?;
+pub fn download_to(
+    url: &str,
+    dest: &Path,
+    expected_sha256: Option<&str>,
+    opts: &FetchOptions,
+) -> Result<String> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| OeError::Data(format!("{}: no parent folder", dest.display())))?;
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
     let (reader, len) = open_url(url, opts.timeout)?;
     let mut tmp = tempfile::Builder::new()
@@ -142,7 +171,11 @@ pub fn download_to(url: &str, dest: &Path, expected_sha256: Option<&str>, opts: 
         ) {
             pb.set_style(st.progress_chars("=> "));
         }
-        pb.set_message(dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        pb.set_message(
+            dest.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
         pb
     } else {
         indicatif::ProgressBar::hidden()
@@ -163,7 +196,8 @@ pub fn download_to(url: &str, dest: &Path, expected_sha256: Option<&str>, opts: 
             }
         };
         h.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).map_err(|e| OeError::io(tmp.path(), e))?;
+        tmp.write_all(&buf[..n])
+            .map_err(|e| OeError::io(tmp.path(), e))?;
         total += n as u64;
     }
     pb.finish_and_clear();
@@ -183,7 +217,9 @@ pub fn download_to(url: &str, dest: &Path, expected_sha256: Option<&str>, opts: 
             )));
         }
     }
-    tmp.as_file().sync_all().map_err(|e| OeError::io(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| OeError::io(tmp.path(), e))?;
     tmp.persist(dest).map_err(|e| OeError::io(dest, e.error))?;
     Ok(sha)
 }
@@ -193,31 +229,54 @@ fn mirror_url(mirror: &str, path: &str) -> String {
     if m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file://") {
         format!("{m}/{path}")
     } else {
-        format!("file://{}/{path}", std::fs::canonicalize(m).unwrap_or_else(|_| PathBuf::from(m)).display())
+        format!(
+            "file://{}/{path}",
+            std::fs::canonicalize(m)
+                .unwrap_or_else(|_| PathBuf::from(m))
+                .display()
+        )
     }
 }
 
 /// Extracts one member of an archive file into `dest` (through a temporary file next to it).
-fn extract_member(archive: &Path, format: ArchiveFormat, member: &str, dest: &Path, sha: Option<&str>) -> Result<()> {
+fn extract_member(
+    archive: &Path,
+    format: ArchiveFormat,
+    member: &str,
+    dest: &Path,
+    sha: Option<&str>,
+) -> Result<()> {
     let dir = dest.parent().expect("dest has a parent");
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new().prefix(".oe-extract-").tempfile_in(dir).map_err(|e| OeError::io(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".oe-extract-")
+        .tempfile_in(dir)
+        .map_err(|e| OeError::io(dir, e))?;
     let bad = |e: String| OeError::Data(format!("{}: {e}", archive.display()));
     let f = std::fs::File::open(archive).map_err(|e| OeError::io(archive, e))?;
     match format {
         ArchiveFormat::Zip => {
-            let mut z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| bad(format!("bad zip: {e}")))?;
-            let mut m = z.by_name(member).map_err(|e| bad(format!("member {member}: {e}")))?;
+            let mut z = zip::ZipArchive::new(std::io::BufReader::new(f))
+                .map_err(|e| bad(format!("bad zip: {e}")))?;
+            let mut m = z
+                .by_name(member)
+                .map_err(|e| bad(format!("member {member}: {e}")))?;
             std::io::copy(&mut m, &mut tmp).map_err(|e| bad(format!("member {member}: {e}")))?;
         }
         ArchiveFormat::TarGz => {
-            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
+            let mut ar =
+                tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
             let mut found = false;
             for e in ar.entries().map_err(|e| bad(e.to_string()))? {
                 let mut e = e.map_err(|e| bad(e.to_string()))?;
-                let name = e.path().map_err(|e| bad(e.to_string()))?.to_string_lossy().into_owned();
+                let name = e
+                    .path()
+                    .map_err(|e| bad(e.to_string()))?
+                    .to_string_lossy()
+                    .into_owned();
                 if name.trim_start_matches("./") == member {
-                    std::io::copy(&mut e, &mut tmp).map_err(|e| bad(format!("member {member}: {e}")))?;
+                    std::io::copy(&mut e, &mut tmp)
+                        .map_err(|e| bad(format!("member {member}: {e}")))?;
                     found = true;
                     break;
                 }
@@ -227,14 +286,19 @@ fn extract_member(archive: &Path, format: ArchiveFormat, member: &str, dest: &Pa
             }
         }
         ArchiveFormat::Gz => {
-            std::io::copy(&mut flate2::read::GzDecoder::new(f), &mut tmp).map_err(|e| bad(format!("bad gzip: {e}")))?;
+            std::io::copy(&mut flate2::read::GzDecoder::new(f), &mut tmp)
+                .map_err(|e| bad(format!("bad gzip: {e}")))?;
         }
     }
     if let Some(exp) = sha {
-        tmp.as_file().sync_all().map_err(|e| OeError::io(tmp.path(), e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| OeError::io(tmp.path(), e))?;
         let act = sha256_file(tmp.path())?;
         if !act.eq_ignore_ascii_case(exp) {
-            return Err(bad(format!("member {member}: sha256 {act} differs from the manifest's {exp}")));
+            return Err(bad(format!(
+                "member {member}: sha256 {act} differs from the manifest's {exp}"
+            )));
         }
     }
     tmp.persist(dest).map_err(|e| OeError::io(dest, e.error))?;
@@ -254,7 +318,10 @@ pub fn check_loader_counts(m: &Manifest, root: &Path) -> Result<Vec<String>> {
                 lines.push(format!(
                     "{name}: train {} / dev {} / test {}",
                     d.train.len(),
-                    d.dev.as_ref().map(|x| x.len().to_string()).unwrap_or_else(|| "-".into()),
+                    d.dev
+                        .as_ref()
+                        .map(|x| x.len().to_string())
+                        .unwrap_or_else(|| "-".into()),
                     d.test.len()
                 ));
             }
@@ -289,7 +356,9 @@ pub fn fetch_dataset(m: &Manifest, root: &Path, opts: &FetchOptions) -> Result<V
     let mut todo: Vec<&FileEntry> = Vec::new();
     for f in m.files.iter().filter(|f| f.required || opts.all) {
         match file_status(root, f)? {
-            FileStatus::Verified | FileStatus::Unchecked => out.push(Fetched::AlreadyPresent(f.path.clone())),
+            FileStatus::Verified | FileStatus::Unchecked => {
+                out.push(Fetched::AlreadyPresent(f.path.clone()))
+            }
             FileStatus::Missing | FileStatus::Mismatch { .. } => todo.push(f),
         }
     }
@@ -306,21 +375,38 @@ pub fn fetch_dataset(m: &Manifest, root: &Path, opts: &FetchOptions) -> Result<V
     for f in todo {
         let dest = stage.path().join(&f.path);
         if let Some(mirror) = &opts.mirror {
-            let r = download_to(&mirror_url(mirror, &f.path), &dest, f.sha256.as_deref(), opts);
+            let r = download_to(
+                &mirror_url(mirror, &f.path),
+                &dest,
+                f.sha256.as_deref(),
+                opts,
+            );
             match r {
                 Ok(_) => {}
                 Err(e) if !f.required => {
-                    out.push(Fetched::Skipped(f.path.clone(), format!("optional file not on the mirror: {e}")));
+                    out.push(Fetched::Skipped(
+                        f.path.clone(),
+                        format!("optional file not on the mirror: {e}"),
+                    ));
                     continue;
                 }
                 Err(e) => return Err(OeError::Data(format!("{} ({}): {e}", m.name, f.path))),
             }
         } else if let Some(url) = &f.url {
-            let sha = if f.sha256_mirror_only { None } else { f.sha256.as_deref() };
+            let sha = if f.sha256_mirror_only {
+                None
+            } else {
+                f.sha256.as_deref()
+            };
             needs_counts |= f.sha256_mirror_only || f.sha256.is_none();
-            download_to(url, &dest, sha, opts).map_err(|e| OeError::Data(format!("{} ({}): {e}", m.name, f.path)))?;
+            download_to(url, &dest, sha, opts)
+                .map_err(|e| OeError::Data(format!("{} ({}): {e}", m.name, f.path)))?;
         } else if let (Some(aid), Some(member)) = (&f.archive, &f.member) {
-            let a = m.archives.iter().find(|a| &a.id == aid).expect("validated manifest");
+            let a = m
+                .archives
+                .iter()
+                .find(|a| &a.id == aid)
+                .expect("validated manifest");
             if !archives.contains_key(aid.as_str()) {
                 let ap = stage.path().join(".archives").join(&a.id);
                 download_to(&a.url, &ap, a.sha256.as_deref(), opts)
@@ -328,9 +414,18 @@ pub fn fetch_dataset(m: &Manifest, root: &Path, opts: &FetchOptions) -> Result<V
                 archives.insert(aid.as_str(), ap);
             }
             needs_counts |= f.sha256.is_none();
-            extract_member(&archives[aid.as_str()], a.format, member, &dest, f.sha256.as_deref())?;
+            extract_member(
+                &archives[aid.as_str()],
+                a.format,
+                member,
+                &dest,
+                f.sha256.as_deref(),
+            )?;
         } else if !f.required {
-            out.push(Fetched::Skipped(f.path.clone(), "no public download URL; a mirror (OE_DATA_MIRROR) can provide it".into()));
+            out.push(Fetched::Skipped(
+                f.path.clone(),
+                "no public download URL; a mirror (OE_DATA_MIRROR) can provide it".into(),
+            ));
             continue;
         } else {
             return Err(OeError::Data(format!(
@@ -358,7 +453,10 @@ pub fn fetch_dataset(m: &Manifest, root: &Path, opts: &FetchOptions) -> Result<V
             }
         }
         check_loader_counts(m, stage.path()).map_err(|e| {
-            OeError::Data(format!("{}: downloaded files failed the count check, nothing was kept: {e}", m.name))
+            OeError::Data(format!(
+                "{}: downloaded files failed the count check, nothing was kept: {e}",
+                m.name
+            ))
         })?;
     }
     for f in staged {
@@ -400,13 +498,19 @@ pub fn verify_dataset(m: &Manifest, root: &Path) -> Result<VerifyReport> {
     for f in &m.files {
         files.push((f.path.clone(), file_status(root, f)?, f.required));
     }
-    let any_required_missing = files.iter().any(|(_, s, r)| *r && *s == FileStatus::Missing);
+    let any_required_missing = files
+        .iter()
+        .any(|(_, s, r)| *r && *s == FileStatus::Missing);
     let counts = if any_required_missing {
         Err("required files missing".to_string())
     } else {
         check_loader_counts(m, root).map_err(|e| e.to_string())
     };
-    Ok(VerifyReport { name: m.name.clone(), files, counts })
+    Ok(VerifyReport {
+        name: m.name.clone(),
+        files,
+        counts,
+    })
 }
 
 #[cfg(test)]
@@ -416,9 +520,14 @@ mod tests {
     #[test]
     fn https_without_tls_says_what_to_do() {
         let d = tempfile::tempdir().unwrap();
-        let e = download_to("https://example.org/x", &d.path().join("x"), None, &FetchOptions::default())
-            .unwrap_err()
-            .to_string();
+        let e = download_to(
+            "https://example.org/x",
+            &d.path().join("x"),
+            None,
+            &FetchOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("OE_DATA_MIRROR"), "{e}");
         assert!(!d.path().join("x").exists());
     }
@@ -429,13 +538,26 @@ mod tests {
         let src = d.path().join("src.txt");
         std::fs::write(&src, b"hello").unwrap();
         let url = format!("file://{}", src.display());
-        let opts = FetchOptions { progress: false, ..Default::default() };
+        let opts = FetchOptions {
+            progress: false,
+            ..Default::default()
+        };
         let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
-        assert_eq!(download_to(&url, &d.path().join("a/b.txt"), Some(good), &opts).unwrap(), good);
+        assert_eq!(
+            download_to(&url, &d.path().join("a/b.txt"), Some(good), &opts).unwrap(),
+            good
+        );
         let bad = "0".repeat(64);
         assert!(download_to(&url, &d.path().join("c.txt"), Some(&bad), &opts).is_err());
         assert!(!d.path().join("c.txt").exists());
-        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(left.iter().all(|n| !n.to_string_lossy().starts_with(".oe-")), "{left:?}");
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.iter()
+                .all(|n| !n.to_string_lossy().starts_with(".oe-")),
+            "{left:?}"
+        );
     }
 }

@@ -142,16 +142,26 @@ pub fn parse_sst_file(path: &Path, o: SstOptions, t: &TextOptions) -> Result<Lab
         if line.trim().is_empty() {
             continue;
         }
-        let tree = parse_ptb_tree(line).map_err(|m| OeError::parse(path, i + 1, format!("bad tree: {m}")))?;
-        let nodes = if o.subtrees { tree.subtrees() } else { vec![&tree] };
+        let tree = parse_ptb_tree(line)
+            .map_err(|m| OeError::parse(path, i + 1, format!("bad tree: {m}")))?;
+        let nodes = if o.subtrees {
+            tree.subtrees()
+        } else {
+            vec![&tree]
+        };
         for n in nodes {
             let label = sst_label(n.label(), o.fine_grained).ok_or_else(|| {
-                OeError::parse(path, i + 1, format!("unknown SST label `{}` (expected 0-4)", n.label()))
+                OeError::parse(
+                    path,
+                    i + 1,
+                    format!("unknown SST label `{}` (expected 0-4)", n.label()),
+                )
             })?;
             if !o.fine_grained && label == "neutral" {
                 continue;
             }
-            out.texts.push(finish(&n.leaves().join(" "), lower, t.max_tokens));
+            out.texts
+                .push(finish(&n.leaves().join(" "), lower, t.max_tokens));
             out.labels.push(label.to_string());
         }
     }
@@ -172,7 +182,10 @@ pub fn parse_trec_file(path: &Path, fine: bool, t: &TextOptions) -> Result<Label
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let cleaned: Vec<u8> = raw.iter().map(|&b| if b == 0xF0 { b' ' } else { b }).collect();
+        let cleaned: Vec<u8> = raw
+            .iter()
+            .map(|&b| if b == 0xF0 { b' ' } else { b })
+            .collect();
         let line = text::latin1(&cleaned);
         let (label, question) = line
             .split_once(' ')
@@ -181,10 +194,18 @@ pub fn parse_trec_file(path: &Path, fine: bool, t: &TextOptions) -> Result<Label
             OeError::parse(path, i + 1, format!("label `{label}` is not COARSE:fine"))
         })?;
         if coarse.is_empty() || !coarse.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(OeError::parse(path, i + 1, format!("bad TREC label `{label}`")));
+            return Err(OeError::parse(
+                path,
+                i + 1,
+                format!("bad TREC label `{label}`"),
+            ));
         }
         out.texts.push(finish(question, lower, t.max_tokens));
-        out.labels.push(if fine { label.to_string() } else { coarse.to_string() });
+        out.labels.push(if fine {
+            label.to_string()
+        } else {
+            coarse.to_string()
+        });
     }
     Ok(out)
 }
@@ -205,10 +226,16 @@ pub fn read_20ng_bydate(dir: &Path) -> Result<(Vec<NgDoc>, Vec<NgDoc>)> {
     let mut test = Vec::new();
     let extracted = dir.join("20news-bydate-train");
     if extracted.is_dir() {
-        for (split, out) in [("20news-bydate-train", &mut train), ("20news-bydate-test", &mut test)] {
+        for (split, out) in [
+            ("20news-bydate-train", &mut train),
+            ("20news-bydate-test", &mut test),
+        ] {
             let d = dir.join(split);
             if !d.is_dir() {
-                return Err(OeError::Data(format!("missing split folder {}", d.display())));
+                return Err(OeError::Data(format!(
+                    "missing split folder {}",
+                    d.display()
+                )));
             }
             for g in read_dir_sorted(&d)? {
                 if !g.is_dir() {
@@ -218,28 +245,43 @@ pub fn read_20ng_bydate(dir: &Path) -> Result<(Vec<NgDoc>, Vec<NgDoc>)> {
                 for f in read_dir_sorted(&g)? {
                     let id = file_id(&f)?;
                     let raw = std::fs::read(&f).map_err(|e| OeError::io(&f, e))?;
-                    out.push(NgDoc { group: group.clone(), id, raw });
+                    out.push(NgDoc {
+                        group: group.clone(),
+                        id,
+                        raw,
+                    });
                 }
             }
         }
     } else {
         let ar = dir.join("20news-bydate.tar.gz");
-        text::for_each_tar_gz_member(&ar, |_| true, |name, raw| {
-            let parts: Vec<&str> = name.trim_start_matches("./").split('/').collect();
-            if parts.len() != 3 {
-                return Ok(());
-            }
-            let id = parts[2].parse::<u64>().map_err(|_| {
-                OeError::Data(format!("{}: member {name}: file name is not a number", ar.display()))
-            })?;
-            let doc = NgDoc { group: parts[1].to_string(), id, raw };
-            match parts[0] {
-                "20news-bydate-train" => train.push(doc),
-                "20news-bydate-test" => test.push(doc),
-                _ => {}
-            }
-            Ok(())
-        })?;
+        text::for_each_tar_gz_member(
+            &ar,
+            |_| true,
+            |name, raw| {
+                let parts: Vec<&str> = name.trim_start_matches("./").split('/').collect();
+                if parts.len() != 3 {
+                    return Ok(());
+                }
+                let id = parts[2].parse::<u64>().map_err(|_| {
+                    OeError::Data(format!(
+                        "{}: member {name}: file name is not a number",
+                        ar.display()
+                    ))
+                })?;
+                let doc = NgDoc {
+                    group: parts[1].to_string(),
+                    id,
+                    raw,
+                };
+                match parts[0] {
+                    "20news-bydate-train" => train.push(doc),
+                    "20news-bydate-test" => test.push(doc),
+                    _ => {}
+                }
+                Ok(())
+            },
+        )?;
     }
     for v in [&mut train, &mut test] {
         v.sort_by(|a, b| a.group.cmp(&b.group).then(a.id.cmp(&b.id)));
@@ -305,13 +347,19 @@ pub fn no_short(subject: &str, body: &str) -> String {
 
 /// "20ng": Cachopo's `20ng-{train,test}-no-short.txt` when present in `dir`, else derived from
 /// bydate with [`no_short`] (documents that become empty are dropped, as in Cachopo's files).
-pub fn load_20ng_no_short(dir: &Path, t: &TextOptions) -> Result<(Labelled, Labelled, Labelled, Labelled)> {
+pub fn load_20ng_no_short(
+    dir: &Path,
+    t: &TextOptions,
+) -> Result<(Labelled, Labelled, Labelled, Labelled)> {
     let lower = t.lowercase.unwrap_or(true);
     let max = t.max_tokens.or(Some(100));
     let cach_train = dir.join("20ng-train-no-short.txt");
     let mut full = (Labelled::default(), Labelled::default());
     if cach_train.is_file() {
-        for (p, out) in [(cach_train, &mut full.0), (dir.join("20ng-test-no-short.txt"), &mut full.1)] {
+        for (p, out) in [
+            (cach_train, &mut full.0),
+            (dir.join("20ng-test-no-short.txt"), &mut full.1),
+        ] {
             let bytes = text::read_bytes(&p)?;
             for (i, line) in text::utf8_lines(&p, &bytes)?.into_iter().enumerate() {
                 if line.trim().is_empty() {
@@ -357,8 +405,15 @@ pub fn load_20ng_bydate(dir: &Path, t: &TextOptions) -> Result<(Labelled, Labell
     let lower = t.lowercase.unwrap_or(true);
     let max = t.max_tokens.or(Some(100));
     let (train, test) = read_20ng_bydate(dir)?;
-    let mut res = (Labelled::default(), Labelled::default(), Labelled::default());
-    for (docs, out, full) in [(train, &mut res.0, Some(&mut res.2)), (test, &mut res.1, None)] {
+    let mut res = (
+        Labelled::default(),
+        Labelled::default(),
+        Labelled::default(),
+    );
+    for (docs, out, full) in [
+        (train, &mut res.0, Some(&mut res.2)),
+        (test, &mut res.1, None),
+    ] {
         let mut full = full;
         for d in docs {
             let (s, b) = subject_and_body(&d.raw);
@@ -379,21 +434,36 @@ pub fn load_20ng_bydate(dir: &Path, t: &TextOptions) -> Result<(Labelled, Labell
 
 /// Reads a labelled user file: `.csv` (header row) or `.jsonl` / `.json` (one object per line),
 /// taking the `text_col` and `label_col` columns.
-pub fn read_labelled_file(path: &Path, text_col: &str, label_col: &str, t: &TextOptions) -> Result<Labelled> {
+pub fn read_labelled_file(
+    path: &Path,
+    text_col: &str,
+    label_col: &str,
+    t: &TextOptions,
+) -> Result<Labelled> {
     let (texts, labels) = read_columns(path, text_col, Some(label_col))?;
     let lower = t.lowercase.unwrap_or(true);
     Ok(Labelled {
-        texts: texts.iter().map(|s| finish(s, lower, t.max_tokens)).collect(),
+        texts: texts
+            .iter()
+            .map(|s| finish(s, lower, t.max_tokens))
+            .collect(),
         labels: labels.unwrap(),
     })
 }
 
 fn is_jsonl(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl" | "json" | "ndjson"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("jsonl" | "json" | "ndjson")
+    )
 }
 
 /// Reads a text column (and optionally a label column) from CSV or JSON-lines.
-pub fn read_columns(path: &Path, text_col: &str, label_col: Option<&str>) -> Result<(Vec<String>, Option<Vec<String>>)> {
+pub fn read_columns(
+    path: &Path,
+    text_col: &str,
+    label_col: Option<&str>,
+) -> Result<(Vec<String>, Option<Vec<String>>)> {
     let bytes = text::read_bytes(path)?;
     let mut texts = Vec::new();
     let mut labels = label_col.map(|_| Vec::new());
@@ -409,7 +479,11 @@ pub fn read_columns(path: &Path, text_col: &str, label_col: Option<&str>) -> Res
                     Some(serde_json::Value::String(s)) => Ok(s.clone()),
                     Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
                     Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
-                    Some(_) => Err(OeError::parse(path, i + 1, format!("field `{col}` is not a string or number"))),
+                    Some(_) => Err(OeError::parse(
+                        path,
+                        i + 1,
+                        format!("field `{col}` is not a string or number"),
+                    )),
                     None => Err(OeError::parse(path, i + 1, format!("no field `{col}`"))),
                 }
             };
@@ -420,18 +494,27 @@ pub fn read_columns(path: &Path, text_col: &str, label_col: Option<&str>) -> Res
         }
     } else {
         text::utf8_text(path, &bytes)?;
-        let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes.as_slice());
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(bytes.as_slice());
         let headers = rdr
             .headers()
             .map_err(|e| OeError::parse(path, 1, format!("bad CSV header: {e}")))?
             .clone();
         let col = |name: &str| {
-            headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
-                OeError::parse(path, 1, format!(
-                    "no column `{name}` in header (columns: {})",
-                    headers.iter().collect::<Vec<_>>().join(", ")
-                ))
-            })
+            headers
+                .iter()
+                .position(|h| h.trim() == name)
+                .ok_or_else(|| {
+                    OeError::parse(
+                        path,
+                        1,
+                        format!(
+                            "no column `{name}` in header (columns: {})",
+                            headers.iter().collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                })
         };
         let ti = col(text_col)?;
         let li = label_col.map(col).transpose()?;
@@ -472,15 +555,24 @@ pub fn user_split_files(path: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBu
     };
     if path.is_dir() {
         let train = find_in(path, &["train"]).ok_or_else(|| {
-            OeError::Data(format!("missing split: no train.csv or train.jsonl in {}", path.display()))
+            OeError::Data(format!(
+                "missing split: no train.csv or train.jsonl in {}",
+                path.display()
+            ))
         })?;
         let test = find_in(path, &["test"]).ok_or_else(|| {
-            OeError::Data(format!("missing split: no test.csv or test.jsonl in {}", path.display()))
+            OeError::Data(format!(
+                "missing split: no test.csv or test.jsonl in {}",
+                path.display()
+            ))
         })?;
         return Ok((train, find_in(path, &["dev", "valid", "validation"]), test));
     }
     if !path.is_file() {
-        return Err(OeError::Data(format!("{}: no such dataset file or folder", path.display())));
+        return Err(OeError::Data(format!(
+            "{}: no such dataset file or folder",
+            path.display()
+        )));
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if !name.contains("train") {
@@ -498,7 +590,10 @@ pub fn user_split_files(path: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBu
             test.display()
         )));
     }
-    let dev = ["dev", "valid"].iter().map(|w| sib(w)).find(|p| p.is_file());
+    let dev = ["dev", "valid"]
+        .iter()
+        .map(|w| sib(w))
+        .find(|p| p.is_file());
     Ok((path.to_path_buf(), dev, test))
 }
 

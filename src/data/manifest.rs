@@ -120,8 +120,19 @@ macro_rules! manifest_sources {
 
 /// The embedded manifest sources (file stem, TOML text).
 pub const SOURCES: &[(&str, &str)] = manifest_sources!(
-    "sst", "trec", "20ng", "wikitext2", "wikitext103", "snli", "imdb", "multi30k", "wmt16", "yelp", "ewt",
-    "user-text", "user-labelled",
+    "sst",
+    "trec",
+    "20ng",
+    "wikitext2",
+    "wikitext103",
+    "snli",
+    "imdb",
+    "multi30k",
+    "wmt16",
+    "yelp",
+    "ewt",
+    "user-text",
+    "user-labelled",
 );
 
 /// Parses one manifest and checks its internal consistency.
@@ -131,19 +142,31 @@ pub fn parse_manifest(src: &str, origin: &str) -> Result<Manifest> {
     for f in &m.files {
         if let Some(s) = &f.sha256 {
             if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(OeError::Data(format!("manifest {origin}: {}: bad sha256", f.path)));
+                return Err(OeError::Data(format!(
+                    "manifest {origin}: {}: bad sha256",
+                    f.path
+                )));
             }
         }
         if let Some(a) = &f.archive {
             if !m.archives.iter().any(|x| &x.id == a) {
-                return Err(OeError::Data(format!("manifest {origin}: {}: unknown archive `{a}`", f.path)));
+                return Err(OeError::Data(format!(
+                    "manifest {origin}: {}: unknown archive `{a}`",
+                    f.path
+                )));
             }
             if f.member.is_none() {
-                return Err(OeError::Data(format!("manifest {origin}: {}: archive without member", f.path)));
+                return Err(OeError::Data(format!(
+                    "manifest {origin}: {}: archive without member",
+                    f.path
+                )));
             }
         }
         if f.path.starts_with('/') || f.path.split('/').any(|c| c == "..") {
-            return Err(OeError::Data(format!("manifest {origin}: {}: path must be relative", f.path)));
+            return Err(OeError::Data(format!(
+                "manifest {origin}: {}: path must be relative",
+                f.path
+            )));
         }
     }
     Ok(m)
@@ -172,7 +195,11 @@ pub fn get(name: &str) -> Result<&'static Manifest> {
     find(name).ok_or_else(|| {
         OeError::Config(format!(
             "unknown dataset `{name}` (known: {})",
-            all().iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            all()
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     })
 }
@@ -192,7 +219,10 @@ pub fn check_count(dataset: &str, split: &str, n: usize) -> Result<()> {
             let msg = format!(
                 "{dataset} {split}: loaded {n} examples, the manifest expects {}{}",
                 c.count,
-                c.note.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+                c.note
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
             );
             if c.strict {
                 return Err(OeError::Data(format!(

@@ -104,7 +104,14 @@ fn either_iter<'a>(it: std::slice::Iter<'a, String>) -> impl Iterator<Item = &'a
 
 /// Names [`load_in_distribution`] accepts (besides user files).
 pub const IN_DISTRIBUTION_NAMES: &[&str] = &[
-    "sst", "sst-fine", "sst-phrases", "sst-fine-phrases", "trec", "trec-coarse", "20ng", "20ng-bydate",
+    "sst",
+    "sst-fine",
+    "sst-phrases",
+    "sst-fine-phrases",
+    "trec",
+    "trec-coarse",
+    "20ng",
+    "20ng-bydate",
 ];
 
 /// name: "sst" (binary, sentences, neutral dropped), "sst-fine" (5 classes), "sst-phrases" /
@@ -121,7 +128,10 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &TextOptions) -> Resu
                 subtrees: name.ends_with("phrases"),
             };
             let d = root.join("sst").join("trees");
-            let flat = indist::SstOptions { subtrees: false, ..o };
+            let flat = indist::SstOptions {
+                subtrees: false,
+                ..o
+            };
             (
                 indist::parse_sst_file(&d.join("train.txt"), o, opts)?,
                 Some(indist::parse_sst_file(&d.join("dev.txt"), flat, opts)?),
@@ -178,7 +188,12 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &TextOptions) -> Resu
     let lv = LabelVocab::build(train.labels.iter().map(String::as_str));
     for (split, l) in [("dev", dev.as_ref()), ("test", Some(&test))] {
         if let Some(l) = l {
-            if let Some((i, bad)) = l.labels.iter().enumerate().find(|(_, x)| lv.index(x).is_err()) {
+            if let Some((i, bad)) = l
+                .labels
+                .iter()
+                .enumerate()
+                .find(|(_, x)| lv.index(x).is_err())
+            {
                 return Err(OeError::Data(format!(
                     "{name}: {split} example {} has label `{bad}`, which no training example has",
                     i + 1
@@ -186,7 +201,13 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &TextOptions) -> Resu
             }
         }
     }
-    Ok(InDistribution { name: name.to_string(), train, dev, test, train_untruncated: untrunc })
+    Ok(InDistribution {
+        name: name.to_string(),
+        train,
+        dev,
+        test,
+        train_untruncated: untrunc,
+    })
 }
 
 /// An OOD test set in file order with the paper's preprocessing (lower-cased by default).
@@ -200,7 +221,15 @@ pub struct OodSet {
 
 /// Names [`load_ood`] accepts (besides user files), in the paper's table order.
 pub const OOD_NAMES: &[&str] = &[
-    "snli", "imdb", "multi30k", "wmt16", "yelp", "ewt-answers", "ewt-email", "ewt-newsgroup", "ewt-reviews",
+    "snli",
+    "imdb",
+    "multi30k",
+    "wmt16",
+    "yelp",
+    "ewt-answers",
+    "ewt-email",
+    "ewt-newsgroup",
+    "ewt-reviews",
     "ewt-weblog",
 ];
 
@@ -212,7 +241,9 @@ pub fn load_ood(name: &str, root: &Path, opts: &TextOptions) -> Result<OodSet> {
     let lower = opts.lowercase.unwrap_or(true);
     let fin = |v: Vec<String>| -> Vec<String> {
         use rayon::prelude::*;
-        v.into_par_iter().map(|s| text::finish(&s, lower, opts.max_tokens)).collect()
+        v.into_par_iter()
+            .map(|s| text::finish(&s, lower, opts.max_tokens))
+            .collect()
     };
     let mut premises = None;
     let texts = match name {
@@ -223,7 +254,9 @@ pub fn load_ood(name: &str, root: &Path, opts: &TextOptions) -> Result<OodSet> {
         }
         "imdb" => fin(ood::imdb(root, "test")?.0),
         "multi30k" => fin(ood::multi30k(root)?),
-        "wmt16" => fin(ood::lines_file(&root.join("wmt16").join("wmt16_sentences"))?),
+        "wmt16" => fin(ood::lines_file(
+            &root.join("wmt16").join("wmt16_sentences"),
+        )?),
         "yelp" => fin(ood::yelp(root)?.0),
         n if n.starts_with("ewt-") => fin(ood::ewt(root, &n[4..])?),
         _ => {
@@ -241,7 +274,11 @@ pub fn load_ood(name: &str, root: &Path, opts: &TextOptions) -> Result<OodSet> {
     if texts.is_empty() {
         return Err(OeError::Data(format!("OOD set `{name}` is empty")));
     }
-    Ok(OodSet { name: name.to_string(), texts, premises })
+    Ok(OodSet {
+        name: name.to_string(),
+        texts,
+        premises,
+    })
 }
 
 fn read_user_texts(p: &Path) -> Result<Vec<String>> {
@@ -254,8 +291,13 @@ fn read_user_texts(p: &Path) -> Result<Vec<String>> {
 /// Whether the files of an OOD set are present under `root` (no parsing).
 pub fn ood_present(name: &str, root: &Path) -> bool {
     match name {
-        "snli" => root.join("snli/s2.test").is_file() || root.join("snli/snli_1.0/snli_1.0_test.jsonl").is_file(),
-        "imdb" => root.join("imdb/aclImdb_v1.tar.gz").is_file() || root.join("imdb/aclImdb/test").is_dir(),
+        "snli" => {
+            root.join("snli/s2.test").is_file()
+                || root.join("snli/snli_1.0/snli_1.0_test.jsonl").is_file()
+        }
+        "imdb" => {
+            root.join("imdb/aclImdb_v1.tar.gz").is_file() || root.join("imdb/aclImdb/test").is_dir()
+        }
         "multi30k" => root.join("multi30k/oe_train.txt").is_file(),
         "wmt16" => root.join("wmt16/wmt16_sentences").is_file(),
         "yelp" => root.join("yelp_review_full_csv/test.csv").is_file(),
@@ -266,7 +308,11 @@ pub fn ood_present(name: &str, root: &Path) -> bool {
 
 /// Names of OOD sets whose files are present under root, in the paper's order.
 pub fn available_ood_sets(root: &Path) -> Vec<String> {
-    OOD_NAMES.iter().filter(|n| ood_present(n, root)).map(|s| s.to_string()).collect()
+    OOD_NAMES
+        .iter()
+        .filter(|n| ood_present(n, root))
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// OE corpus: "wikitext2" | "wikitext103" → filtered sentences (lower-cased), or a path to a text
@@ -274,7 +320,11 @@ pub fn available_ood_sets(root: &Path) -> Vec<String> {
 pub fn load_oe_corpus(name: &str, root: &Path) -> Result<Vec<String>> {
     let sents = match name {
         "wikitext2" | "wikitext-2" | "wikitext103" | "wikitext-103" => {
-            let dir = if name.contains("103") { "wikitext-103" } else { "wikitext-2" };
+            let dir = if name.contains("103") {
+                "wikitext-103"
+            } else {
+                "wikitext-2"
+            };
             let p = root.join(dir).join("wiki.train.tokens");
             let bytes = text::read_bytes(&p)?;
             let raw = text::utf8_text(&p, &bytes)?;
@@ -292,7 +342,11 @@ pub fn load_oe_corpus(name: &str, root: &Path) -> Result<Vec<String>> {
     };
     use rayon::prelude::*;
     let out: Vec<String> = sents.into_par_iter().map(|s| text::lower(&s)).collect();
-    let canonical = if name.contains("103") { "wikitext103" } else { "wikitext2" };
+    let canonical = if name.contains("103") {
+        "wikitext103"
+    } else {
+        "wikitext2"
+    };
     if !Path::new(name).is_file() {
         manifest::check_count(canonical, "train", out.len())?;
     }

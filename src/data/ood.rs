@@ -16,8 +16,14 @@ pub fn snli(root: &Path, split: &str) -> Result<(Vec<String>, Vec<String>)> {
     if s1.is_file() || s2.is_file() {
         let b1 = text::read_bytes(&s1)?;
         let b2 = text::read_bytes(&s2)?;
-        let p: Vec<String> = text::utf8_lines(&s1, &b1)?.into_iter().map(|s| s.trim_end().to_string()).collect();
-        let h: Vec<String> = text::utf8_lines(&s2, &b2)?.into_iter().map(|s| s.trim_end().to_string()).collect();
+        let p: Vec<String> = text::utf8_lines(&s1, &b1)?
+            .into_iter()
+            .map(|s| s.trim_end().to_string())
+            .collect();
+        let h: Vec<String> = text::utf8_lines(&s2, &b2)?
+            .into_iter()
+            .map(|s| s.trim_end().to_string())
+            .collect();
         if p.len() != h.len() {
             return Err(OeError::Data(format!(
                 "{} has {} lines but {} has {}",
@@ -37,8 +43,8 @@ pub fn snli(root: &Path, split: &str) -> Result<(Vec<String>, Vec<String>)> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| OeError::parse(&jl, i + 1, format!("bad JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| OeError::parse(&jl, i + 1, format!("bad JSON: {e}")))?;
         let field = |k: &str| {
             v.get(k)
                 .and_then(|x| x.as_str())
@@ -78,7 +84,11 @@ pub fn imdb(root: &Path, split: &str) -> Result<(Vec<String>, Vec<String>)> {
     let first_line = |name: &str, bytes: &[u8]| -> Result<String> {
         let s = std::str::from_utf8(bytes)
             .map_err(|_| OeError::Data(format!("{name}: invalid UTF-8")))?;
-        Ok(s.split('\n').next().unwrap_or("").trim_end_matches('\r').to_string())
+        Ok(s.split('\n')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('\r')
+            .to_string())
     };
     if dir.is_dir() {
         for lab in ["pos", "neg"] {
@@ -109,11 +119,20 @@ pub fn imdb(root: &Path, split: &str) -> Result<(Vec<String>, Vec<String>)> {
         use rayon::prelude::*;
         docs = raw
             .into_par_iter()
-            .map(|(l, id, name, b)| Ok((l, id, first_line(&format!("{}: member {name}", ar.display()), &b)?)))
+            .map(|(l, id, name, b)| {
+                Ok((
+                    l,
+                    id,
+                    first_line(&format!("{}: member {name}", ar.display()), &b)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
     }
     docs.sort_by_key(|d| (d.0, d.1));
-    let labels = docs.iter().map(|d| if d.0 == 0 { "pos" } else { "neg" }.to_string()).collect();
+    let labels = docs
+        .iter()
+        .map(|d| if d.0 == 0 { "pos" } else { "neg" }.to_string())
+        .collect();
     Ok((docs.into_iter().map(|d| d.2).collect(), labels))
 }
 
@@ -140,7 +159,11 @@ pub fn multi30k(root: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for rec in rdr.records() {
         let rec = rec.map_err(|e| {
-            OeError::parse(&p, e.position().map(|x| x.line() as usize).unwrap_or(0), format!("bad CSV row: {e}"))
+            OeError::parse(
+                &p,
+                e.position().map(|x| x.line() as usize).unwrap_or(0),
+                format!("bad CSV row: {e}"),
+            )
         })?;
         out.push(rec.get(0).unwrap_or("").to_string());
     }
@@ -152,11 +175,17 @@ pub fn yelp(root: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let p = root.join("yelp_review_full_csv").join("test.csv");
     let bytes = text::read_bytes(&p)?;
     text::utf8_text(&p, &bytes)?;
-    let mut rdr = csv::ReaderBuilder::new().has_headers(false).from_reader(bytes.as_slice());
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(bytes.as_slice());
     let (mut t, mut l) = (Vec::new(), Vec::new());
     for rec in rdr.records() {
         let rec = rec.map_err(|e| {
-            OeError::parse(&p, e.position().map(|x| x.line() as usize).unwrap_or(0), format!("bad CSV row: {e}"))
+            OeError::parse(
+                &p,
+                e.position().map(|x| x.line() as usize).unwrap_or(0),
+                format!("bad CSV row: {e}"),
+            )
         })?;
         let line = rec.position().map(|x| x.line() as usize).unwrap_or(0);
         if rec.len() < 2 {
@@ -173,7 +202,11 @@ pub const EWT_DOMAINS: [&str; 5] = ["answers", "email", "newsgroup", "reviews", 
 /// Sentences of CoNLL-style text: blank lines separate sentences, `#` lines are comments; the
 /// word form is column 2. `conllu`: skip multi-word ranges (`1-2`) and empty nodes (`1.1`).
 /// Returns (sentence, sent_id) pairs.
-pub fn conll_sentences(path: &Path, bytes: &[u8], conllu: bool) -> Result<Vec<(String, Option<String>)>> {
+pub fn conll_sentences(
+    path: &Path,
+    bytes: &[u8],
+    conllu: bool,
+) -> Result<Vec<(String, Option<String>)>> {
     let mut out = Vec::new();
     let mut cur: Vec<String> = Vec::new();
     let mut sent_id: Option<String> = None;
@@ -193,9 +226,17 @@ pub fn conll_sentences(path: &Path, bytes: &[u8], conllu: bool) -> Result<Vec<(S
             }
             continue;
         }
-        let cols: Vec<&str> = if conllu { line.split('\t').collect() } else { line.split_whitespace().collect() };
+        let cols: Vec<&str> = if conllu {
+            line.split('\t').collect()
+        } else {
+            line.split_whitespace().collect()
+        };
         if cols.len() < 2 {
-            return Err(OeError::parse(path, i + 1, "expected at least 2 columns (ID, FORM)"));
+            return Err(OeError::parse(
+                path,
+                i + 1,
+                "expected at least 2 columns (ID, FORM)",
+            ));
         }
         if conllu && (cols[0].contains('-') || cols[0].contains('.')) {
             continue;
@@ -213,7 +254,10 @@ pub fn conll_sentences(path: &Path, bytes: &[u8], conllu: bool) -> Result<Vec<(S
 /// `ewt/en_ewt-ud-dev.conllu` filtered by the `sent_id` prefix `<domain>-`.
 pub fn ewt(root: &Path, domain: &str) -> Result<Vec<String>> {
     if !EWT_DOMAINS.contains(&domain) {
-        return Err(OeError::Config(format!("unknown EWT domain `{domain}` (expected one of {})", EWT_DOMAINS.join(", "))));
+        return Err(OeError::Config(format!(
+            "unknown EWT domain `{domain}` (expected one of {})",
+            EWT_DOMAINS.join(", ")
+        )));
     }
     let ldc = root.join("eng_web_tbk").join(domain).join("conll");
     if ldc.is_dir() {
@@ -224,7 +268,10 @@ pub fn ewt(root: &Path, domain: &str) -> Result<Vec<String>> {
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(OeError::Data(format!("missing split: no *.dev.conll file in {}", ldc.display())));
+            return Err(OeError::Data(format!(
+                "missing split: no *.dev.conll file in {}",
+                ldc.display()
+            )));
         }
         let mut out = Vec::new();
         for f in files {
@@ -244,7 +291,8 @@ pub fn ewt(root: &Path, domain: &str) -> Result<Vec<String>> {
 }
 
 pub fn ewt_present(root: &Path, domain: &str) -> bool {
-    root.join("eng_web_tbk").join(domain).join("conll").is_dir() || root.join("ewt").join("en_ewt-ud-dev.conllu").is_file()
+    root.join("eng_web_tbk").join(domain).join("conll").is_dir()
+        || root.join("ewt").join("en_ewt-ud-dev.conllu").is_file()
 }
 
 #[cfg(test)]
@@ -255,9 +303,14 @@ mod tests {
     fn conllu_parsing() {
         let s = b"# sent_id = answers-1\n# text = I can't\n1\tI\tI\n2-3\tcan't\t_\n2\tca\tcan\n3\tn't\tnot\n\n# sent_id = email-2\n1\tHi\thi\n";
         let v = conll_sentences(Path::new("x.conllu"), s, true).unwrap();
-        assert_eq!(v[0], ("I ca n't".to_string(), Some("answers-1".to_string())));
+        assert_eq!(
+            v[0],
+            ("I ca n't".to_string(), Some("answers-1".to_string()))
+        );
         assert_eq!(v[1].0, "Hi");
-        let e = conll_sentences(Path::new("x.conll"), b"1 a\n2\n", false).unwrap_err().to_string();
+        let e = conll_sentences(Path::new("x.conll"), b"1 a\n2\n", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x.conll:2:"), "{e}");
     }
 }

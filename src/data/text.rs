@@ -91,7 +91,12 @@ pub fn for_each_tar_gz_member(
     let file = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
     let gz = flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file));
     let mut ar = tar::Archive::new(gz);
-    let bad = |e: std::io::Error| OeError::Data(format!("{}: unreadable tar.gz archive: {e}", path.display()));
+    let bad = |e: std::io::Error| {
+        OeError::Data(format!(
+            "{}: unreadable tar.gz archive: {e}",
+            path.display()
+        ))
+    };
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         if !entry.header().entry_type().is_file() {

@@ -57,6 +57,12 @@ impl Default for SubwordConfig {
     }
 }
 
+/// Reads a [`SubwordConfig`] (JSON, e.g. `vocab/wordpiece-10k.json`).
+pub fn load_subword_config(path: &Path) -> Result<SubwordConfig> {
+    let bytes = std::fs::read(path).map_err(|e| OeError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| OeError::parse(path, e.line(), e.to_string()))
+}
+
 pub const SUBWORD_UNK: &str = "[UNK]";
 pub const SUBWORD_PAD: &str = "[PAD]";
 
@@ -70,7 +76,9 @@ pub fn train_subword<'a>(
     cfg: &SubwordConfig,
 ) -> Result<Tokenizer> {
     if cfg.vocab_size < 3 {
-        return Err(OeError::Config("subword vocab_size must be at least 3".into()));
+        return Err(OeError::Config(
+            "subword vocab_size must be at least 3".into(),
+        ));
     }
     let specials = vec![
         AddedToken::from(SUBWORD_UNK, true),
@@ -164,7 +172,11 @@ mod tests {
     #[test]
     fn trains_wordpiece_and_bpe_and_roundtrips_json() {
         for kind in [SubwordKind::WordPiece, SubwordKind::Bpe] {
-            let cfg = SubwordConfig { kind, vocab_size: 60, ..Default::default() };
+            let cfg = SubwordConfig {
+                kind,
+                vocab_size: 60,
+                ..Default::default()
+            };
             let tk = train_subword(TEXTS, &cfg).unwrap();
             assert_eq!(tk.token_to_id(SUBWORD_UNK), Some(0));
             assert_eq!(tk.token_to_id(SUBWORD_PAD), Some(1));
@@ -175,6 +187,14 @@ mod tests {
             save_tokenizer_json(&tk, &p).unwrap();
             let tk2 = load_tokenizer_json(&p).unwrap();
             assert_eq!(encode_ids(&tk2, "The movie was WONDERFUL").unwrap(), ids);
+        }
+    }
+
+    #[test]
+    fn project_definitions_parse() {
+        for f in ["wordpiece-10k.json", "bpe-10k.json"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("vocab").join(f);
+            assert_eq!(load_subword_config(&p).unwrap().vocab_size, 10_000);
         }
     }
 

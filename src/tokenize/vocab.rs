@@ -277,6 +277,10 @@ mod tests {
         assert_eq!(l.index("neg").unwrap(), 3);
         let e = l.index("zzz").unwrap_err().to_string();
         assert!(e.contains("unknown label `zzz`"), "{e}");
-        assert!(l.indices(["pos", "q"]).unwrap_err().to_string().contains("example 2"));
+        assert!(l
+            .indices(["pos", "q"])
+            .unwrap_err()
+            .to_string()
+            .contains("example 2"));
     }
 }
