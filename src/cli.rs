@@ -341,6 +341,14 @@ pub struct TrainArgs {
     /// Continue an interrupted run in --out (completed phases are kept).
     #[arg(long)]
     pub resume: bool,
+    /// Hold this fraction of the training split out (seeded by --seed, recorded in run.json) as the
+    /// validation split for deployment thresholds (default: train on all of it, as the paper).
+    #[arg(long, value_name = "FRACTION")]
+    pub holdout: Option<f64>,
+    /// After training, store the score threshold keeping this fraction of validation texts (the
+    /// hold-out, else the dev split) in each model directory (0: none).
+    #[arg(long, default_value_t = 0.95)]
+    pub calibrate_tpr: f64,
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
@@ -428,6 +436,12 @@ impl TrainArgs {
             ..baseline.clone()
         };
         oe.validate()?;
+        if !(0.0..=1.0).contains(&self.calibrate_tpr) {
+            return Err(OeError::Config(format!(
+                "--calibrate-tpr must be in [0, 1], got {}",
+                self.calibrate_tpr
+            )));
+        }
         Ok(crate::pipeline::TrainRequest {
             in_dataset: self.in_dataset.clone(),
             oe_corpus: self.oe.clone(),
@@ -446,6 +460,8 @@ impl TrainArgs {
             ood_sets: self.eval.ood.clone(),
             resume: self.resume,
             device,
+            holdout: self.holdout,
+            calibrate_tpr: (self.calibrate_tpr > 0.0).then_some(self.calibrate_tpr),
         })
     }
 }
@@ -476,4 +492,56 @@ pub struct EvalCommandArgs {
     pub eval: EvalArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+// ---------------------------------------------------------------------------------------------
+// oe-text report
+
+/// Output format of `oe-text report`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// An aligned text table.
+    #[default]
+    Table,
+    /// A Markdown table (for papers and notes).
+    Md,
+    /// The full aggregated table as CSV.
+    Csv,
+    /// The full aggregated table as Parquet (needs --output).
+    Parquet,
+    /// One self-contained HTML page: tables and plots (inline SVG), readable offline.
+    Html,
+}
+
+/// `oe-text report`: aggregates the results of any number of runs.
+#[derive(Args, Clone, Debug)]
+pub struct ReportArgs {
+    /// Run directories (or model/eval directories), searched recursively for results.parquet.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub run_dirs: Vec<PathBuf>,
+    /// Group by these (comma-separated; the OOD set is always a key): dataset, method, score, model,
+    /// protocol, ratio, seed. Columns not grouped by that vary inside a group are flagged in `warning`.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "dataset,method,score")]
+    pub by: Vec<crate::report::aggregate::GroupKey>,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    /// Write the report here instead of standard output (required for parquet and html).
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Bootstrap resamples for confidence intervals (0: no intervals).
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Confidence level of the intervals.
+    #[arg(long, default_value_t = 0.95)]
+    pub level: f64,
+    /// Write ROC, PR and histogram plots (PNG and SVG) into this directory (html: default
+    /// <output stem>-plots next to the page).
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
+    /// Fail instead of flagging groups that mix protocols, ratios, models, scores, datasets or methods.
+    #[arg(long)]
+    pub strict: bool,
 }

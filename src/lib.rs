@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod detectors;
 pub mod device;
 pub mod error;
 pub mod eval;
@@ -22,7 +23,9 @@ pub mod progress;
 pub mod report;
 pub mod metrics;
 pub mod score;
+pub mod scoring;
 pub mod tokenize;
 pub mod train;
+pub mod vision;
 
 pub use error::{OeError, Result};

@@ -39,6 +39,10 @@ pub struct RunConfig {
     pub init_from: Option<String>,
     pub train_examples: usize,
     pub data_root: PathBuf,
+    /// Validation texts held out of the training split (`--holdout`; none: all of train is used,
+    /// as the paper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<crate::scoring::calibrate::Holdout>,
 }
 
 /// A model directory, loaded.
@@ -140,6 +144,12 @@ pub struct TrainRequest {
     pub ood_sets: Option<Vec<String>>,
     pub resume: bool,
     pub device: Device,
+    /// Hold this fraction of the training split out for validation (threshold calibration);
+    /// `None`: train on all of it (the paper).
+    pub holdout: Option<f64>,
+    /// After training, store the threshold keeping this fraction of the validation texts (the
+    /// hold-out, else the dev split) in each model directory; `None`: no calibration.
+    pub calibrate_tpr: Option<f64>,
 }
 
 /// What a training run produced.
@@ -147,6 +157,27 @@ pub struct TrainOutcome {
     pub dirs: Vec<(String, PathBuf)>,
     pub reports: Vec<(String, EvalReport)>,
     pub table: String,
+    pub timings: Vec<PhaseTiming>,
+}
+
+/// Wall-clock time of one pipeline phase (written to `timings.json` in the run directory).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    pub phase: String,
+    pub seconds: f64,
+    /// Examples processed (training: in-distribution examples × epochs; evaluation: texts scored).
+    pub examples: usize,
+    pub examples_per_second: f64,
+}
+
+fn timing(phase: &str, t0: std::time::Instant, examples: usize) -> PhaseTiming {
+    let seconds = t0.elapsed().as_secs_f64();
+    PhaseTiming {
+        phase: phase.to_string(),
+        seconds,
+        examples,
+        examples_per_second: examples as f64 / seconds.max(1e-9),
+    }
 }
 
 /// Progress for the whole pipeline: training events plus short status lines.
@@ -295,6 +326,48 @@ pub fn evaluate_model(
     Ok((report, out))
 }
 
+/// Stores the deployment threshold of a freshly trained model (`calibration-<score>.*`) from the
+/// held-out validation texts, else the dev split; says so when there is neither.
+fn calibrate_after_training(
+    m: &LoadedModel,
+    heldout: Option<&data::Labelled>,
+    dev: Option<&data::Labelled>,
+    score: crate::score::Score,
+    tpr: f64,
+) -> Result<String> {
+    use crate::scoring::calibrate::{calibrate, Validation};
+    let val = match (heldout, dev, &m.config.holdout) {
+        (Some(h), _, Some(rec)) => Validation {
+            texts: h.texts.clone(),
+            split: "holdout".into(),
+            note: format!(
+                "{} of {} training examples held out from training (fraction {}, seed {})",
+                rec.n_heldout, rec.n_train_total, rec.fraction, rec.seed
+            ),
+        },
+        (_, Some(d), _) => Validation {
+            texts: d.texts.clone(),
+            split: "dev".into(),
+            note: format!("{} dev split, not used in training", m.config.in_dataset),
+        },
+        _ => {
+            return Ok(format!(
+                "{}: no threshold stored (no dev split and no --holdout)",
+                m.dir.display()
+            ))
+        }
+    };
+    let c = calibrate(m, &val, score, tpr)?;
+    Ok(format!(
+        "{}: threshold {} ({score}) keeps {:.1}% of {} {} texts",
+        m.dir.display(),
+        c.threshold,
+        c.kept_fraction * 100.0,
+        c.n_validation,
+        c.split
+    ))
+}
+
 /// `oe-text train`: baseline, then OE (fine-tune or from scratch), then evaluation of both.
 pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<TrainOutcome> {
     obs.status(&format!(
@@ -302,7 +375,16 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
         req.in_dataset,
         req.data_root.display()
     ));
+    let mut timings = Vec::new();
+    let t_data = std::time::Instant::now();
     let ind = data::load_in_distribution(&req.in_dataset, &req.data_root, &req.text)?;
+    let (ind, heldout, holdout) = match req.holdout {
+        Some(f) => {
+            let (ind, val, h) = crate::scoring::calibrate::hold_out(ind, f, req.baseline.seed)?;
+            (ind, Some(val), Some(h))
+        }
+        None => (ind, None, None),
+    };
     let vocab = ind.build_vocab(req.vocab_max_size);
     let labels = ind.label_vocab();
     let fix_len = default_fix_len(&req.in_dataset, &req.text);
@@ -323,6 +405,8 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
         }
         None => None,
     };
+    let n_prepared = ind.train.len() + ind.test.len() + oe_ids.as_ref().map_or(0, |o| o.len());
+    timings.push(timing("data preparation", t_data, n_prepared));
     let base_cfg = RunConfig {
         tool: format!("oe {}", env!("CARGO_PKG_VERSION")),
         in_dataset: req.in_dataset.clone(),
@@ -340,16 +424,19 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
         init_from: None,
         train_examples: ind.train.len(),
         data_root: req.data_root.clone(),
+        holdout: holdout.clone(),
     };
     let mut dirs = Vec::new();
     let base_dir = req.out_dir.join("baseline");
     let need_baseline = req.oe_corpus.is_none() || req.oe_method == Method::OeFinetune;
     if need_baseline {
+        let t0 = std::time::Instant::now();
         train_model_dir(
             &base_dir, "baseline", &base_cfg, &vocab, &train_set, None, None, req.resume,
             req.device, obs,
         )?;
         dirs.push(("baseline".to_string(), base_dir.clone()));
+        timings.push(timing("baseline training", t0, ind.train.len() * req.baseline.epochs));
     }
     if let (Some(corpus), Some(oe_ids)) = (&req.oe_corpus, &oe_ids) {
         let oe_dir = req.out_dir.join("oe");
@@ -362,6 +449,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
             ..base_cfg.clone()
         };
         let init = (req.oe_method == Method::OeFinetune).then(|| base_dir.join("model.safetensors"));
+        let t0 = std::time::Instant::now();
         train_model_dir(
             &oe_dir,
             req.oe_method.name(),
@@ -375,8 +463,10 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
             obs,
         )?;
         dirs.push(("oe".to_string(), oe_dir));
+        timings.push(timing(req.oe_method.name(), t0, ind.train.len() * req.oe.epochs));
     }
     obs.status("evaluating");
+    let t_eval = std::time::Instant::now();
     let ood = load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text)?;
     let mut reports = Vec::new();
     for (name, dir) in &dirs {
@@ -384,13 +474,29 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
         let (r, out) = evaluate_model(&m, &ind.test, &ood, &req.eval, name)?;
         obs.status(&format!("{name}: results in {}", out.display()));
         reports.push((name.clone(), r));
+        if let Some(tpr) = req.calibrate_tpr {
+            obs.status(&calibrate_after_training(&m, heldout.as_ref(), ind.dev.as_ref(), req.eval.score, tpr)?);
+        }
     }
+    let scored: usize = reports
+        .iter()
+        .map(|(_, r)| r.n_in + r.sets.iter().map(|s| s.n_ood * s.draws.len()).sum::<usize>())
+        .sum();
+    timings.push(timing("evaluation", t_eval, scored));
+    for t in &timings {
+        obs.status(&format!(
+            "time: {:<20} {:8.1} s  {:10.0} examples/s",
+            t.phase, t.seconds, t.examples_per_second
+        ));
+    }
+    write_json(&req.out_dir.join("timings.json"), &timings)?;
     let refs: Vec<(&str, &EvalReport)> = reports.iter().map(|(n, r)| (n.as_str(), r)).collect();
     let table = crate::report::comparison_table(&req.in_dataset, &refs);
     Ok(TrainOutcome {
         dirs,
         reports,
         table,
+        timings,
     })
 }
 
@@ -425,6 +531,7 @@ pub fn import_weights(
         init_from: Some(weights.display().to_string()),
         train_examples: ind.train.len(),
         data_root: data_root.to_path_buf(),
+        holdout: None,
     };
     // Check the weights' shapes against the rebuilt vocabulary before copying anything.
     let tensors = tch::Tensor::read_safetensors(weights)

@@ -166,7 +166,7 @@ pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
 }
 
 /// A deterministic RNG for (seed, phase, epoch), so resuming mid-phase reproduces the same order.
-fn epoch_rng(seed: u64, phase: &str, epoch: usize) -> ChaCha8Rng {
+pub fn epoch_rng(seed: u64, phase: &str, epoch: usize) -> ChaCha8Rng {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in phase.bytes() {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);

@@ -32,6 +32,13 @@ enum Command {
     Metrics(MetricsArgs),
     /// Show which device --device would select, and why.
     Device(DeviceArgs),
+    /// Score text files, directories or standard input with a model directory (streaming, in input
+    /// order): anomaly score, predicted class, and is_ood with --threshold.
+    Score(Box<oe::scoring::cli::ScoreArgs>),
+    /// Store the score threshold that keeps --tpr of held-out in-distribution validation texts.
+    Calibrate(oe::scoring::cli::CalibrateArgs),
+    /// Aggregate the results of many runs: tables vs the paper, bootstrap intervals, plots, HTML.
+    Report(oe::cli::ReportArgs),
 }
 
 fn device(args: &DeviceArgs, quiet: bool) -> anyhow::Result<tch::Device> {
@@ -104,6 +111,27 @@ fn run() -> anyhow::Result<()> {
         Command::Device(args) => {
             let choice = oe::device::resolve(args.device)?;
             println!("{}", choice.description);
+        }
+        Command::Score(args) => {
+            let dev = device(&args.device, args.quiet)?;
+            let m = oe::pipeline::LoadedModel::load(&args.model, dev)?;
+            oe::scoring::cli::run_score(&args, &m).context("scoring")?;
+        }
+        Command::Calibrate(args) => {
+            let dev = device(&args.device, false)?;
+            let m = oe::pipeline::LoadedModel::load(&args.model, dev)?;
+            let (_, line) = oe::scoring::cli::run_calibrate(&args, &m).context("calibrating")?;
+            println!("{line}");
+        }
+        Command::Report(args) => {
+            let out = oe::report::run_report(&args).context("building the report")?;
+            for w in &out.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", out.stdout);
+            if let Some(first) = out.written.first() {
+                eprintln!("wrote {} file(s), e.g. {}", out.written.len(), first.display());
+            }
         }
     }
     Ok(())

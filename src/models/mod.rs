@@ -3,6 +3,7 @@
 //! Every model maps a [`TokenBatch`] to logits `[batch, classes]`; features for feature-space detectors
 //! come from [`TextModel::features`].
 
+pub mod bert;
 pub mod gru;
 pub mod transformer;
 

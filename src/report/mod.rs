@@ -1,6 +1,16 @@
 //! Machine-readable results (polars: CSV and Parquet) and human-readable tables.
 //!
-//! This is the only module that uses polars.
+//! This is the only module that uses polars. `oe-text report` (aggregation over runs, bootstrap
+//! intervals, plots, HTML) lives in the submodules; see [`command::run_report`].
+
+pub mod aggregate;
+pub mod bootstrap;
+pub mod command;
+pub mod html;
+pub mod plots;
+pub mod score_file;
+
+pub use command::{run_report, ReportOutput};
 
 use crate::error::{OeError, Result};
 use crate::eval::{EvalReport, Protocol};

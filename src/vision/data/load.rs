@@ -1,0 +1,367 @@
+//! Dataset names → readers, under a data root (the layout of `data-manifests/*.toml`).
+
+use super::cifar::{self, Cifar};
+use super::folder::FolderImages;
+use super::npy::NpyImages;
+use super::tinyimages::TinyImages;
+use super::{mat, tinyimagenet, ImageSet, ImageSource};
+use crate::error::{OeError, Result};
+use crate::vision::augment::Preset;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::path::{Path, PathBuf};
+
+/// Built-in in-distribution datasets.
+pub const IN_NAMES: &[&str] = &["cifar10", "cifar100", "svhn", "tinyimagenet"];
+
+/// Built-in real OOD sets: name → candidate folders under the data root, first existing wins.
+pub const OOD_FOLDERS: &[(&str, &[&str])] = &[
+    ("textures", &["dtd/images", "dtd"]),
+    ("places365", &["places365/test_subset", "places365"]),
+    ("lsun", &["LSUN", "lsun", "LSUN_C", "LSUN_resize"]),
+    ("isun", &["iSUN", "isun"]),
+    ("icons50", &["Icons-50", "icons50"]),
+    ("chars74k", &["chars74k/StreetLetters", "chars74k"]),
+    ("imagenet", &["imagenet-800", "imagenet_ood"]),
+];
+
+/// A loaded in-distribution dataset.
+pub struct InDistribution {
+    pub name: String,
+    pub preset: Preset,
+    pub train: ImageSet,
+    pub test: ImageSet,
+}
+
+impl InDistribution {
+    pub fn classes(&self) -> &[String] {
+        &self.train.classes
+    }
+}
+
+/// Loading options.
+#[derive(Clone, Copy, Debug)]
+pub struct InOptions {
+    /// SVHN: add `extra_32x32.mat` to the training set when present (the paper: train + extra).
+    pub svhn_extra: bool,
+    /// Image size for folders (default: the preset's).
+    pub size: Option<usize>,
+}
+
+impl Default for InOptions {
+    fn default() -> Self {
+        Self {
+            svhn_extra: true,
+            size: None,
+        }
+    }
+}
+
+/// The preset of a dataset name (folders: CIFAR's).
+pub fn preset_for(name: &str) -> Preset {
+    match name {
+        "svhn" => Preset::Svhn,
+        "tinyimagenet" | "tiny-imagenet" => Preset::TinyImagenet,
+        _ => Preset::Cifar,
+    }
+}
+
+fn svhn_dir(root: &Path) -> PathBuf {
+    if root.join("svhn").is_dir() {
+        root.join("svhn")
+    } else {
+        root.to_path_buf()
+    }
+}
+
+/// Loads an in-distribution dataset by name (`cifar10`, `cifar100`, `svhn`, `tinyimagenet`) or
+/// from a path: a folder (or `.tar.gz`) with class sub-folders, or with `train/` and `test/` (or
+/// `val/`) folders that each have class sub-folders. A folder without a test split is split 80/20
+/// by a seed-0 permutation.
+pub fn load_in_distribution(name: &str, root: &Path, opts: &InOptions) -> Result<InDistribution> {
+    let preset = preset_for(name);
+    let (train, test) = match name {
+        "cifar10" | "cifar100" => {
+            let c = if name == "cifar10" {
+                Cifar::C10
+            } else {
+                Cifar::C100
+            };
+            (cifar::load(root, c, true)?, cifar::load(root, c, false)?)
+        }
+        "svhn" => {
+            let d = svhn_dir(root);
+            let mut train = mat::load_svhn(&d.join("train_32x32.mat"), "svhn-train")?;
+            let extra = d.join("extra_32x32.mat");
+            if opts.svhn_extra && extra.is_file() {
+                train.extend(&mat::load_svhn(&extra, "svhn-extra")?)?;
+            }
+            (
+                train,
+                mat::load_svhn(&d.join("test_32x32.mat"), "svhn-test")?,
+            )
+        }
+        "tinyimagenet" | "tiny-imagenet" => (
+            tinyimagenet::load(root, true)?,
+            tinyimagenet::load(root, false)?,
+        ),
+        path => {
+            let p = Path::new(path);
+            if !p.exists() {
+                return Err(OeError::Config(format!(
+                    "unknown in-distribution dataset `{path}`: not one of {} and not a folder or archive",
+                    IN_NAMES.join(", ")
+                )));
+            }
+            let size = opts.size.unwrap_or(preset.image_size());
+            let test_dir = ["test", "val"]
+                .iter()
+                .map(|t| p.join(t))
+                .find(|d| d.is_dir());
+            match (p.join("train").is_dir(), test_dir) {
+                (true, Some(t)) => (
+                    FolderImages::with_classes(&p.join("train"), size)?.load_all()?,
+                    FolderImages::with_classes(&t, size)?.load_all()?,
+                ),
+                _ => {
+                    let all = FolderImages::with_classes(p, size)?;
+                    let mut order: Vec<usize> = (0..all.items.len()).collect();
+                    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+                    let n_test = (all.items.len() / 5).max(1);
+                    let (test_idx, train_idx) = order.split_at(n_test);
+                    let (mut tr, mut te) = (train_idx.to_vec(), test_idx.to_vec());
+                    tr.sort_unstable();
+                    te.sort_unstable();
+                    (all.subset(&tr).load_all()?, all.subset(&te).load_all()?)
+                }
+            }
+        }
+    };
+    if train.classes != test.classes {
+        return Err(OeError::Data(format!(
+            "{name}: train and test have different classes ({} vs {})",
+            train.classes.len(),
+            test.classes.len()
+        )));
+    }
+    super::manifests::check_count(name, "train", train.len())?;
+    super::manifests::check_count(name, "test", test.len())?;
+    Ok(InDistribution {
+        name: name.to_string(),
+        preset,
+        train,
+        test,
+    })
+}
+
+/// Held-out validation indices for calibration (protocol.md §3.2): CIFAR the last 10% by index,
+/// SVHN the last 5,000, Tiny ImageNet and folders 10% by a seed-0 permutation.
+pub fn validation_indices(name: &str, n: usize) -> Vec<usize> {
+    match name {
+        "cifar10" | "cifar100" => (n - n / 10..n).collect(),
+        "svhn" => (n.saturating_sub(5000)..n).collect(),
+        _ => {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+            let mut v = order[..n / 10].to_vec();
+            v.sort_unstable();
+            v
+        }
+    }
+}
+
+/// An outlier (OE) source: `tiny-images` (the 80M `.bin` under the root), `300k`
+/// (`300K_random_images.npy`), or a path to a `.bin` (80M format), `.npy`, folder or archive.
+/// Folders are fitted to `size`.
+pub fn load_oe_source(spec: &str, root: &Path, size: usize) -> Result<Box<dyn ImageSource>> {
+    let path = match spec {
+        "tiny-images" | "tinyimages" | "80m" => [
+            "80M/tiny_images.bin",
+            "tiny_images.bin",
+            "tinyimages/tiny_images.bin",
+        ]
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            OeError::Data(format!(
+                "tiny-images: no tiny_images.bin under {}",
+                root.display()
+            ))
+        })?,
+        "300k" | "300k-random-images" => ["300K_random_images.npy", "300K/300K_random_images.npy"]
+            .iter()
+            .map(|p| root.join(p))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                OeError::Data(format!(
+                    "300k: no 300K_random_images.npy under {}",
+                    root.display()
+                ))
+            })?,
+        p => PathBuf::from(p),
+    };
+    let lower = path.to_string_lossy().to_ascii_lowercase();
+    if lower.ends_with(".bin") {
+        let idx = path.with_file_name("80mn_cifar_idxs.txt");
+        let src = TinyImages::open(&path, idx.is_file().then_some(idx.as_path()))?;
+        if size != 32 {
+            return Err(OeError::Config(
+                "the 80M Tiny Images are 32x32; use them with 32x32 data".into(),
+            ));
+        }
+        Ok(Box::new(src))
+    } else if lower.ends_with(".npy") {
+        let src = NpyImages::open(&path)?;
+        if src.size() != (size, size) {
+            return Err(OeError::Config(format!(
+                "{}: images are {:?}, the model needs {size}x{size}",
+                path.display(),
+                src.size()
+            )));
+        }
+        Ok(Box::new(src))
+    } else if path.exists() {
+        Ok(Box::new(FolderImages::unlabelled(&path, size)?))
+    } else {
+        Err(OeError::Config(format!(
+            "outlier source `{spec}`: not tiny-images, 300k or an existing .bin/.npy/folder/archive"
+        )))
+    }
+}
+
+/// A real OOD test set by name (see [`OOD_FOLDERS`], plus `svhn`, `cifar10`, `cifar100`,
+/// `tinyimagenet`) or path, as images of `size × size` (normalised later with the in-distribution's
+/// statistics). Returns `None` for a built-in name whose files are absent.
+pub fn load_ood_source(
+    name: &str,
+    root: &Path,
+    size: usize,
+) -> Result<Option<Box<dyn ImageSource>>> {
+    // Other sizes (SVHN for 64x64 Tiny ImageNet models): Resize(size) + CenterCrop(size).
+    let fit = |s: ImageSet| -> Result<Box<dyn ImageSource>> {
+        if (s.height, s.width) == (size, size) {
+            return Ok(Box::new(ImageSet {
+                name: name.to_string(),
+                ..s
+            }));
+        }
+        let mut pixels = Vec::with_capacity(s.len() * size * size * 3);
+        for i in 0..s.len() {
+            let img =
+                image::RgbImage::from_raw(s.width as u32, s.height as u32, s.image(i).to_vec())
+                    .ok_or_else(|| OeError::Data(format!("{name}: bad image buffer")))?;
+            pixels.extend(super::folder::fit_rgb(img, size));
+        }
+        Ok(Box::new(ImageSet {
+            name: name.to_string(),
+            height: size,
+            width: size,
+            pixels,
+            ..s
+        }))
+    };
+    match name {
+        "svhn" => {
+            let p = svhn_dir(root).join("test_32x32.mat");
+            if !p.is_file() {
+                return Ok(None);
+            }
+            Ok(Some(fit(mat::load_svhn(&p, "svhn")?)?))
+        }
+        "cifar10" | "cifar100" => {
+            let c = if name == "cifar10" {
+                Cifar::C10
+            } else {
+                Cifar::C100
+            };
+            if !root.join(c.python_dir()).is_dir() && !root.join(c.binary_dir()).is_dir() {
+                return Ok(None);
+            }
+            Ok(Some(fit(cifar::load(root, c, false)?)?))
+        }
+        _ => {
+            if let Some((_, cands)) = OOD_FOLDERS.iter().find(|(n, _)| *n == name) {
+                return match cands.iter().map(|c| root.join(c)).find(|p| p.is_dir()) {
+                    Some(p) => {
+                        let mut f = FolderImages::unlabelled(&p, size)?;
+                        f.name = name.to_string();
+                        Ok(Some(Box::new(f)))
+                    }
+                    None => Ok(None),
+                };
+            }
+            let p = Path::new(name);
+            if p.exists() {
+                let lower = name.to_ascii_lowercase();
+                if lower.ends_with(".npy") {
+                    return Ok(Some(Box::new(NpyImages::open(p)?)));
+                }
+                if lower.ends_with(".mat") {
+                    return Ok(Some(fit(mat::load_svhn(p, name)?)?));
+                }
+                return Ok(Some(Box::new(FolderImages::unlabelled(p, size)?)));
+            }
+            Err(OeError::Config(format!(
+                "unknown OOD set `{name}` (built in: gaussian, rademacher, bernoulli, blobs, svhn, cifar10, cifar100, {}; or a folder, archive, .npy or .mat)",
+                OOD_FOLDERS.iter().map(|x| x.0).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    }
+}
+
+/// The paper's OOD sets for an in-distribution dataset (protocol.md §3.4; Table 7 rows).
+pub fn paper_ood_sets(in_name: &str) -> Vec<&'static str> {
+    match in_name {
+        "svhn" => vec![
+            "gaussian",
+            "bernoulli",
+            "blobs",
+            "icons50",
+            "textures",
+            "places365",
+            "lsun",
+            "cifar10",
+            "chars74k",
+        ],
+        "cifar10" => vec![
+            "gaussian",
+            "rademacher",
+            "blobs",
+            "textures",
+            "svhn",
+            "places365",
+            "lsun",
+            "cifar100",
+        ],
+        "cifar100" => vec![
+            "gaussian",
+            "rademacher",
+            "blobs",
+            "textures",
+            "svhn",
+            "places365",
+            "lsun",
+            "cifar10",
+        ],
+        "tinyimagenet" => vec![
+            "gaussian",
+            "rademacher",
+            "blobs",
+            "textures",
+            "svhn",
+            "places365",
+            "lsun",
+            "imagenet",
+        ],
+        _ => vec![
+            "gaussian",
+            "rademacher",
+            "blobs",
+            "textures",
+            "svhn",
+            "places365",
+            "lsun",
+        ],
+    }
+}

@@ -1,0 +1,5 @@
+//! Vision models.
+
+pub mod wrn;
+
+pub use wrn::{WideResNet, WrnConfig};

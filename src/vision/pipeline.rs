@@ -1,0 +1,500 @@
+//! The vision pipeline: data → baseline → OE (fine-tune or from scratch) → evaluation, with model
+//! directories as the text side's ([`crate::pipeline`]): `run.json`, `model.safetensors` written
+//! once at the end, `checkpoint.safetensors` + `momentum.safetensors` + `checkpoint.json` rewritten
+//! atomically after every epoch for `--resume`, `train_log.json`, and `eval-<score>-<protocol>/`.
+
+use super::augment::Preset;
+use super::data::{self, ImageSet, ImageSource, InOptions};
+use super::eval::{self, OodData, OodSet, VisionReport, VisionScorer};
+use super::models::{WideResNet, WrnConfig};
+use super::synthetic::{self, Synthetic};
+use super::train::{self as vtrain, OeOrder, PhaseData, Sgd, VisionTrainConfig};
+use crate::error::{OeError, Result};
+use crate::eval::EvalConfig;
+use crate::pipeline::PipelineObserver;
+use crate::train::{self, CheckpointState, Method};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device};
+
+/// Everything about how a vision model directory's model was made.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VisionRunConfig {
+    pub tool: String,
+    pub in_dataset: String,
+    pub preset: Preset,
+    pub image_size: usize,
+    pub classes: Vec<String>,
+    pub model: WrnConfig,
+    pub method: Method,
+    pub oe_source: Option<String>,
+    pub oe_images: Option<usize>,
+    pub train: VisionTrainConfig,
+    pub init_from: Option<String>,
+    pub train_examples: usize,
+    /// Images held out from training for temperature tuning (0: none).
+    pub validation_examples: usize,
+    pub data_root: PathBuf,
+}
+
+/// The paper's settings (protocol.md §3.2) for a preset and method.
+pub fn paper_defaults(preset: Preset, method: Method) -> VisionTrainConfig {
+    let base = VisionTrainConfig::default();
+    let oe_batch_size = if preset == Preset::TinyImagenet {
+        180
+    } else {
+        256
+    };
+    let (epochs, lr) = match (preset, method) {
+        (Preset::Svhn, Method::OeFinetune) => (5, 1e-4),
+        (Preset::Svhn, _) => (20, 0.01),
+        (_, Method::OeFinetune) => (10, 0.001),
+        _ => (100, 0.1),
+    };
+    VisionTrainConfig {
+        epochs,
+        lr,
+        oe_batch_size,
+        ..base
+    }
+}
+
+/// The paper's architecture for a preset.
+pub fn paper_model(preset: Preset, classes: usize) -> WrnConfig {
+    match preset {
+        Preset::Svhn => WrnConfig::wrn_16_4(classes as i64),
+        _ => WrnConfig::wrn_40_2(classes as i64),
+    }
+}
+
+/// A model directory, loaded.
+pub struct VisionModel {
+    pub dir: PathBuf,
+    pub config: VisionRunConfig,
+    pub vs: nn::VarStore,
+    pub model: WideResNet,
+}
+
+impl VisionModel {
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let p = dir.join("run.json");
+        let bytes = std::fs::read(&p).map_err(|e| {
+            OeError::Data(format!(
+                "{}: not a model directory ({e}); train one with `oe-vision train`",
+                p.display()
+            ))
+        })?;
+        let config: VisionRunConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| OeError::parse(&p, e.line(), e.to_string()))?;
+        let mut vs = nn::VarStore::new(device);
+        let model = WideResNet::new(&vs.root(), &config.model)?;
+        train::load_weights(&mut vs, &dir.join("model.safetensors"))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            vs,
+            model,
+        })
+    }
+
+    pub fn scorer(&self, batch_size: usize) -> VisionScorer<'_> {
+        VisionScorer {
+            model: &self.model,
+            device: self.vs.device(),
+            norm: self.config.preset.norm(),
+            batch_size,
+        }
+    }
+}
+
+/// A training request (`oe-vision train`).
+#[derive(Clone, Debug)]
+pub struct VisionTrainRequest {
+    pub in_dataset: String,
+    pub oe_source: Option<String>,
+    pub oe_method: Method,
+    pub data_root: PathBuf,
+    pub out_dir: PathBuf,
+    pub in_options: InOptions,
+    /// `None`: the paper's (WRN-40-2, or WRN-16-4 for SVHN).
+    pub model: Option<WrnConfig>,
+    pub baseline: VisionTrainConfig,
+    pub oe: VisionTrainConfig,
+    pub eval: EvalConfig,
+    pub ood_sets: Option<Vec<String>>,
+    /// Hold out the validation split (protocol.md §3.2) for temperature tuning.
+    pub hold_out: bool,
+    pub calibrate: bool,
+    /// Use only the first N training images (smoke tests).
+    pub max_train: Option<usize>,
+    /// Use only the first N test images (smoke tests).
+    pub max_test: Option<usize>,
+    pub resume: bool,
+    pub device: Device,
+}
+
+pub struct VisionOutcome {
+    pub dirs: Vec<(String, PathBuf)>,
+    pub reports: Vec<(String, VisionReport)>,
+    pub table: String,
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(v)
+        .map_err(|e| OeError::Data(format!("{}: {e}", path.display())))?;
+    crate::io::write_atomic(path, &bytes)
+}
+
+/// Trains (or resumes) one model directory; returns when `model.safetensors` exists.
+#[allow(clippy::too_many_arguments)]
+fn train_model_dir(
+    dir: &Path,
+    phase: &str,
+    cfg: &VisionRunConfig,
+    data: &PhaseData,
+    init_weights: Option<&Path>,
+    resume: bool,
+    device: Device,
+    obs: &mut dyn PipelineObserver,
+) -> Result<()> {
+    let final_path = dir.join("model.safetensors");
+    if final_path.exists() {
+        if resume {
+            obs.status(&format!(
+                "{phase}: already trained ({})",
+                final_path.display()
+            ));
+            return Ok(());
+        }
+        return Err(OeError::Config(format!(
+            "{} exists; use --resume to continue that run or choose another --out",
+            final_path.display()
+        )));
+    }
+    let ckpt_w = dir.join("checkpoint.safetensors");
+    let ckpt_m = dir.join("momentum.safetensors");
+    let ckpt_j = dir.join("checkpoint.json");
+    train::seed_everything(cfg.train.seed);
+    let mut vs = nn::VarStore::new(device);
+    let model = WideResNet::new(&vs.root(), &cfg.model)?;
+    let mut state = CheckpointState::default();
+    let mut sgd;
+    if ckpt_j.exists() && ckpt_w.exists() {
+        if !resume {
+            return Err(OeError::Config(format!(
+                "{} holds an interrupted run; pass --resume to continue it",
+                dir.display()
+            )));
+        }
+        let bytes = std::fs::read(&ckpt_j).map_err(|e| OeError::io(&ckpt_j, e))?;
+        state = serde_json::from_slice(&bytes)
+            .map_err(|e| OeError::parse(&ckpt_j, e.line(), e.to_string()))?;
+        train::load_weights(&mut vs, &ckpt_w)?;
+        sgd = Sgd::new(
+            &vs,
+            cfg.train.momentum,
+            cfg.train.nesterov,
+            cfg.train.weight_decay,
+        );
+        sgd.load(&ckpt_m)?;
+        obs.status(&format!(
+            "{phase}: resuming after epoch {} of {} (weights and SGD momentum restored)",
+            state.epochs_done, cfg.train.epochs
+        ));
+    } else {
+        if let Some(w) = init_weights {
+            train::load_weights(&mut vs, w)?;
+        }
+        sgd = Sgd::new(
+            &vs,
+            cfg.train.momentum,
+            cfg.train.nesterov,
+            cfg.train.weight_decay,
+        );
+    }
+    std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
+    write_json(&dir.join("run.json"), cfg)?;
+    let mut save = |s: &CheckpointState, sgd: &Sgd| -> Result<()> {
+        train::save_weights(&vs, &ckpt_w)?;
+        sgd.save(&ckpt_m)?;
+        write_json(&ckpt_j, s)
+    };
+    let state = vtrain::train_phase(
+        phase, cfg.method, &model, &mut sgd, data, &cfg.train, state, obs, &mut save,
+    )?;
+    write_json(&dir.join("train_log.json"), &state)?;
+    train::save_weights(&vs, &final_path)?;
+    for p in [&ckpt_w, &ckpt_m, &ckpt_j] {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+/// Builds the OOD sets: synthetic ones (generated, `(n_in/ratio)·repeats` images, seeded) and real
+/// ones found under the root. `names = None`: the paper's list for the dataset, skipping real sets
+/// whose files are absent (with a status line).
+#[allow(clippy::too_many_arguments)]
+pub fn build_ood_sets(
+    names: Option<&[String]>,
+    in_dataset: &str,
+    root: &Path,
+    preset: Preset,
+    image_size: usize,
+    n_in: usize,
+    cfg: &EvalConfig,
+    obs: &mut dyn PipelineObserver,
+) -> Result<Vec<OodSet>> {
+    let explicit = names.is_some();
+    let names: Vec<String> = match names {
+        Some(n) => n.to_vec(),
+        None => data::paper_ood_sets(in_dataset)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for n in &names {
+        if let Some(kind) = Synthetic::parse(n) {
+            let count = (n_in / cfg.id_per_ood.max(1)).max(1) * cfg.repeats;
+            let seed = n
+                .bytes()
+                .fold(cfg.seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+            let x = synthetic::generate(kind, count, image_size, preset.unit_range(), seed);
+            out.push(OodSet {
+                name: kind.name(preset.unit_range()).to_string(),
+                data: OodData::Inputs(x),
+            });
+            continue;
+        }
+        if n == in_dataset {
+            continue;
+        }
+        match data::load_ood_source(n, root, image_size)? {
+            Some(src) => out.push(OodSet {
+                name: n.clone(),
+                data: OodData::Images(src),
+            }),
+            None if explicit => {
+                return Err(OeError::Data(format!(
+                    "OOD set `{n}`: files not found under {} (see `oe-vision data show {n}`)",
+                    root.display()
+                )))
+            }
+            None => obs.status(&format!(
+                "OOD set {n}: not under {}, skipped",
+                root.display()
+            )),
+        }
+    }
+    if out.is_empty() {
+        return Err(OeError::Data("no OOD sets to evaluate".into()));
+    }
+    Ok(out)
+}
+
+/// Evaluates a loaded model and writes its results into its directory.
+pub fn evaluate_model(
+    m: &VisionModel,
+    test: &ImageSet,
+    validation: Option<&ImageSet>,
+    ood: &[OodSet],
+    cfg: &EvalConfig,
+    method: &str,
+    calibrate: bool,
+) -> Result<(VisionReport, PathBuf)> {
+    let report = eval::evaluate(
+        &m.scorer(cfg.batch_size),
+        test,
+        ood,
+        cfg,
+        validation,
+        calibrate,
+    )?;
+    let meta = crate::report::RunMeta {
+        in_dataset: m.config.in_dataset.clone(),
+        method: method.to_string(),
+        model: m.config.model.name(),
+        seed: m.config.train.seed,
+        model_dir: m.dir.display().to_string(),
+    };
+    let out = super::report::write_eval(&m.dir, &report, &meta)?;
+    Ok((report, out))
+}
+
+/// Splits off the validation images when requested; returns `(train, validation)`.
+pub fn split_validation(
+    name: &str,
+    train: ImageSet,
+    hold_out: bool,
+) -> (ImageSet, Option<ImageSet>) {
+    if !hold_out {
+        return (train, None);
+    }
+    let val_idx = data::validation_indices(name, train.len());
+    let mut is_val = vec![false; train.len()];
+    for &i in &val_idx {
+        is_val[i] = true;
+    }
+    let keep: Vec<usize> = (0..train.len()).filter(|&i| !is_val[i]).collect();
+    (train.subset(&keep), Some(train.subset(&val_idx)))
+}
+
+/// `oe-vision train`.
+pub fn run_train(
+    req: &VisionTrainRequest,
+    obs: &mut dyn PipelineObserver,
+) -> Result<VisionOutcome> {
+    obs.status(&format!(
+        "loading {} from {}",
+        req.in_dataset,
+        req.data_root.display()
+    ));
+    let mut ind = data::load_in_distribution(&req.in_dataset, &req.data_root, &req.in_options)?;
+    if let Some(m) = req.max_train {
+        let idx: Vec<usize> = (0..ind.train.len().min(m)).collect();
+        ind.train = ind.train.subset(&idx);
+    }
+    if let Some(m) = req.max_test {
+        let idx: Vec<usize> = (0..ind.test.len().min(m)).collect();
+        ind.test = ind.test.subset(&idx);
+    }
+    let preset = ind.preset;
+    let size = ind.train.height;
+    let classes = ind.train.classes.clone();
+    let (train_set, val_set) = split_validation(
+        &req.in_dataset,
+        std::mem::take(&mut ind.train),
+        req.hold_out,
+    );
+    obs.status(&format!(
+        "{}: {} train / {} held out / {} test images ({size}x{size}), {} classes",
+        req.in_dataset,
+        train_set.len(),
+        val_set.as_ref().map_or(0, |v| v.len()),
+        ind.test.len(),
+        classes.len()
+    ));
+    let model = match &req.model {
+        Some(m) => WrnConfig {
+            num_classes: classes.len() as i64,
+            ..m.clone()
+        },
+        None => paper_model(preset, classes.len()),
+    };
+    let oe_src: Option<Box<dyn ImageSource>> = match &req.oe_source {
+        Some(s) => {
+            let src = data::load_oe_source(s, &req.data_root, size)?;
+            obs.status(&format!("outliers {s}: {} images", src.len()));
+            Some(src)
+        }
+        None => None,
+    };
+    let base_cfg = VisionRunConfig {
+        tool: format!("oe {}", env!("CARGO_PKG_VERSION")),
+        in_dataset: req.in_dataset.clone(),
+        preset,
+        image_size: size,
+        classes: classes.clone(),
+        model,
+        method: Method::Baseline,
+        oe_source: None,
+        oe_images: None,
+        train: req.baseline.clone(),
+        init_from: None,
+        train_examples: train_set.len(),
+        validation_examples: val_set.as_ref().map_or(0, |v| v.len()),
+        data_root: req.data_root.clone(),
+    };
+    let mut dirs = Vec::new();
+    let base_dir = req.out_dir.join("baseline");
+    let need_baseline = req.oe_source.is_none() || req.oe_method == Method::OeFinetune;
+    if need_baseline {
+        let data = PhaseData {
+            train: &train_set,
+            train_aug: preset.train_aug(),
+            oe: None,
+        };
+        train_model_dir(
+            &base_dir, "baseline", &base_cfg, &data, None, req.resume, req.device, obs,
+        )?;
+        dirs.push(("baseline".to_string(), base_dir.clone()));
+    }
+    if let (Some(name), Some(src)) = (&req.oe_source, &oe_src) {
+        let oe_dir = req.out_dir.join("oe");
+        let cfg = VisionRunConfig {
+            method: req.oe_method,
+            oe_source: Some(name.clone()),
+            oe_images: Some(src.len()),
+            train: req.oe.clone(),
+            init_from: (req.oe_method == Method::OeFinetune).then(|| "../baseline".to_string()),
+            ..base_cfg.clone()
+        };
+        let data = PhaseData {
+            train: &train_set,
+            train_aug: preset.train_aug(),
+            oe: Some((src.as_ref(), preset.oe_aug())),
+        };
+        let init =
+            (req.oe_method == Method::OeFinetune).then(|| base_dir.join("model.safetensors"));
+        train_model_dir(
+            &oe_dir,
+            req.oe_method.name(),
+            &cfg,
+            &data,
+            init.as_deref(),
+            req.resume,
+            req.device,
+            obs,
+        )?;
+        dirs.push(("oe".to_string(), oe_dir));
+    }
+    obs.status("evaluating");
+    let ood = build_ood_sets(
+        req.ood_sets.as_deref(),
+        &req.in_dataset,
+        &req.data_root,
+        preset,
+        size,
+        ind.test.len(),
+        &req.eval,
+        obs,
+    )?;
+    let mut reports = Vec::new();
+    for (name, dir) in &dirs {
+        let m = VisionModel::load(dir, req.device)?;
+        let (r, out) = evaluate_model(
+            &m,
+            &ind.test,
+            val_set.as_ref(),
+            &ood,
+            &req.eval,
+            name,
+            req.calibrate,
+        )?;
+        obs.status(&format!("{name}: results in {}", out.display()));
+        reports.push((name.clone(), r));
+    }
+    let refs: Vec<(&str, &VisionReport)> = reports.iter().map(|(n, r)| (n.as_str(), r)).collect();
+    let table = super::report::comparison_table(&req.in_dataset, &refs);
+    Ok(VisionOutcome {
+        dirs,
+        reports,
+        table,
+    })
+}
+
+/// The OE ordering the reference uses for a source spec: contiguous blocks for the 80M `.bin` and
+/// the 300K `.npy`, shuffling for folders.
+pub fn default_oe_order(spec: &str) -> OeOrder {
+    let l = spec.to_ascii_lowercase();
+    if matches!(
+        l.as_str(),
+        "tiny-images" | "tinyimages" | "80m" | "300k" | "300k-random-images"
+    ) || l.ends_with(".bin")
+        || l.ends_with(".npy")
+    {
+        OeOrder::Offset
+    } else {
+        OeOrder::Shuffle
+    }
+}

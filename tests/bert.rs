@@ -1,0 +1,236 @@
+//! all-MiniLM-L6-v2 through `oe::models::bert`, pinned to independently computed reference values.
+//!
+//! Needs `.models/all-MiniLM-L6-v2` (made by `.ci/setup`); every test prints why and passes when it is
+//! absent.
+//!
+//! Reference values: `experiments/minilm_reference.py`, a from-scratch numpy (float64) BERT that reads
+//! `model.safetensors` with the `safetensors` package and tokenises with the `tokenizers` package (the
+//! model's `tokenizer.json`, padding/truncation off), one sentence at a time without padding; the
+//! sentence embedding is sentence-transformers' mean pooling over all tokens ([CLS] and [SEP]
+//! included), not L2-normalised. Run with numpy 2.4.6, scipy 1.17.1, safetensors 0.8.0, tokenizers
+//! 0.23.3 in a temporary venv:
+//!     python3 -m venv /tmp/oe-venv && /tmp/oe-venv/bin/pip install numpy scipy safetensors tokenizers
+//!     /tmp/oe-venv/bin/python experiments/minilm_reference.py
+//! Its cos("A man is eating food.", "A man is eating a piece of bread.") = 0.7553 also matches the
+//! value sentence-transformers' documentation shows for this model.
+
+use oe::models::bert::{
+    encode_with_specials, load_bert_tokenizer, mean_pool, BertBatch, BertClassifier,
+    BertClassifierConfig, BertConfig, BertModel,
+};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::nn::OptimizerConfig;
+use tch::{nn, Device, Kind, Tensor};
+
+const SENTENCES: [&str; 4] = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The new movie is awesome, a must-see!",
+    "Stock markets fell sharply on Tuesday after the announcement.",
+];
+
+const IDS: [&[i64]; 4] = [
+    &[101, 1037, 2158, 2003, 5983, 2833, 1012, 102],
+    &[
+        101, 1037, 2158, 2003, 5983, 1037, 3538, 1997, 7852, 1012, 102,
+    ],
+    &[
+        101, 1996, 2047, 3185, 2003, 12476, 1010, 1037, 2442, 1011, 2156, 999, 102,
+    ],
+    &[
+        101, 4518, 6089, 3062, 9249, 2006, 9857, 2044, 1996, 8874, 1012, 102,
+    ],
+];
+
+const FIRST8: [[f64; 8]; 4] = [
+    [
+        0.187239, 0.024818, -0.035356, 0.272502, -0.781265, -0.189356, 0.569623, -0.306333,
+    ],
+    [
+        0.272934, 0.287085, -0.058144, -0.029859, -0.661091, -0.115641, 0.399532, 0.068522,
+    ],
+    [
+        -0.497860, -0.363041, -0.007580, -0.181069, -0.045227, -0.083224, -0.169139, -0.220975,
+    ],
+    [
+        0.157036, -0.109116, 0.430098, 0.370827, -0.077832, 0.059146, -0.216235, 0.339858,
+    ],
+];
+const NORMS: [f64; 4] = [5.632677, 5.196920, 4.318193, 4.770265];
+const COS_01: f64 = 0.755337;
+const COS_02: f64 = -0.017950;
+const COS_23: f64 = -0.044314;
+
+fn model_dir() -> Option<PathBuf> {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/all-MiniLM-L6-v2");
+    if d.join("model.safetensors").is_file() {
+        Some(d)
+    } else {
+        println!("skipped: {} is absent (run .ci/setup)", d.display());
+        None
+    }
+}
+
+fn load(dir: &Path) -> (nn::VarStore, BertModel) {
+    let cfg = BertConfig::from_dir(dir).unwrap();
+    assert_eq!(
+        (
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads
+        ),
+        (384, 6, 12)
+    );
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = BertModel::new(&vs.root(), &cfg);
+    m.load_safetensors(&dir.join("model.safetensors")).unwrap();
+    (vs, m)
+}
+
+fn row(t: &Tensor, i: i64) -> Vec<f64> {
+    Vec::<f64>::try_from(t.get(i).to_kind(Kind::Double)).unwrap()
+}
+
+fn cos(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / n(a) / n(b)
+}
+
+#[test]
+fn minilm_sentence_embeddings_match_reference() {
+    let Some(dir) = model_dir() else { return };
+    let tk = load_bert_tokenizer(&dir).unwrap();
+    let ids = encode_with_specials(&tk, &SENTENCES, None).unwrap();
+    for (got, want) in ids.iter().zip(IDS) {
+        assert_eq!(got.as_slice(), want);
+    }
+    let (_vs, m) = load(&dir);
+    // All four in one right-padded batch.
+    let batch = BertBatch::from_texts(&tk, &SENTENCES, Some(128), Device::Cpu).unwrap();
+    let emb = tch::no_grad(|| {
+        let h = m.forward(&batch.input_ids, &batch.attention_mask, false);
+        assert_eq!(h.size(), [4, 13, 384]);
+        mean_pool(&h, &batch.attention_mask)
+    });
+    let rows: Vec<Vec<f64>> = (0..4).map(|i| row(&emb, i)).collect();
+    for (i, r) in rows.iter().enumerate() {
+        for (j, (g, w)) in r.iter().zip(FIRST8[i]).enumerate() {
+            assert!((g - w).abs() < 1e-4, "sentence {i} dim {j}: {g} vs {w}");
+        }
+        let norm = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(
+            (norm - NORMS[i]).abs() < 1e-4,
+            "sentence {i} norm {norm} vs {}",
+            NORMS[i]
+        );
+    }
+    assert!((cos(&rows[0], &rows[1]) - COS_01).abs() < 1e-5);
+    assert!((cos(&rows[0], &rows[2]) - COS_02).abs() < 1e-5);
+    assert!((cos(&rows[2], &rows[3]) - COS_23).abs() < 1e-5);
+    // Each sentence alone (no padding) gives the same embedding as in the padded batch.
+    for (i, s) in SENTENCES.iter().enumerate() {
+        let one = BertBatch::from_texts(&tk, &[s], None, Device::Cpu).unwrap();
+        let e = tch::no_grad(|| {
+            mean_pool(
+                &m.forward(&one.input_ids, &one.attention_mask, false),
+                &one.attention_mask,
+            )
+        });
+        let d = row(&e, 0)
+            .iter()
+            .zip(&rows[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-5, "sentence {i}: batch vs alone differ by {d}");
+    }
+}
+
+#[test]
+fn minilm_classifier_loads_with_or_without_bert_prefix_and_trains() {
+    let Some(dir) = model_dir() else { return };
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = BertClassifierConfig::default();
+    let clf = BertClassifier::from_pretrained(&vs.root(), &dir, &cfg, 2).unwrap();
+    // Reference checkpoint names have no prefix; our VarStore writes `bert.`-prefixed names, which
+    // load back through `load_safetensors` too.
+    let tmp = tempfile::tempdir().unwrap();
+    let saved = tmp.path().join("model.safetensors");
+    vs.save(&saved).unwrap();
+    let vs2 = nn::VarStore::new(Device::Cpu);
+    let clf2 = BertClassifier::new(&vs2.root(), &clf.bert.config().clone(), &cfg, 2);
+    clf2.bert.load_safetensors(&saved).unwrap();
+    let tk = load_bert_tokenizer(&dir).unwrap();
+    let batch = BertBatch::from_texts(&tk, &SENTENCES, Some(cfg.max_len), Device::Cpu).unwrap();
+    let (f1, _) = tch::no_grad(|| clf.features_and_logits(&batch, false));
+    let (f2, _) = tch::no_grad(|| clf2.features_and_logits(&batch, false));
+    assert_eq!(f1.size(), [4, 384]);
+    assert!((&f1 - &f2).abs().max().double_value(&[]) < 1e-6);
+    // Encoder weights are trainable: one Adam step changes them and lowers the loss on this batch.
+    let labels = Tensor::from_slice(&[0i64, 0, 1, 1]);
+    let mut opt = nn::Adam::default().build(&vs, 1e-3).unwrap();
+    let w = "bert.encoder.layer.0.attention.self.query.weight";
+    let before = vs.variables()[w].copy();
+    let loss0 = clf
+        .logits(&batch, false)
+        .cross_entropy_for_logits(&labels)
+        .double_value(&[]);
+    for _ in 0..3 {
+        let loss = clf.logits(&batch, true).cross_entropy_for_logits(&labels);
+        opt.backward_step(&loss);
+    }
+    let loss1 = clf
+        .logits(&batch, false)
+        .cross_entropy_for_logits(&labels)
+        .double_value(&[]);
+    assert!(vs.variables()[w].requires_grad());
+    assert!(
+        (vs.variables()[w].copy() - before)
+            .abs()
+            .max()
+            .double_value(&[])
+            > 0.0
+    );
+    assert!(loss1 < loss0, "{loss1} !< {loss0}");
+}
+
+/// Timing, not a check: `cargo test --test bert -- --ignored --nocapture minilm_speed`.
+#[test]
+#[ignore]
+fn minilm_speed() {
+    let Some(dir) = model_dir() else { return };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = BertClassifierConfig::default();
+    let clf = BertClassifier::from_pretrained(&vs.root(), &dir, &cfg, 2).unwrap();
+    let (b, t) = (64i64, 32i64);
+    let ids = Tensor::randint_low(1000, 29000, [b, t], (Kind::Int64, Device::Cpu));
+    let batch = BertBatch {
+        input_ids: ids,
+        attention_mask: Tensor::ones([b, t], (Kind::Int64, Device::Cpu)),
+    };
+    let labels = Tensor::zeros([b], (Kind::Int64, Device::Cpu));
+    let _ = tch::no_grad(|| clf.logits(&batch, false));
+    let reps = 5;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        let _ = tch::no_grad(|| clf.logits(&batch, false));
+    }
+    let fwd = t0.elapsed().as_secs_f64() / reps as f64;
+    let mut opt = nn::Adam::default().build(&vs, 2e-5).unwrap();
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        let loss = clf.logits(&batch, true).cross_entropy_for_logits(&labels);
+        opt.backward_step(&loss);
+    }
+    let step = t0.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "MiniLM batch {b} x {t} tokens, {} torch threads: forward {:.3} s ({:.0} sentences/s); train step {:.3} s ({:.0} sentences/s)",
+        tch::get_num_threads(),
+        fwd,
+        b as f64 / fwd,
+        step,
+        b as f64 / step
+    );
+}

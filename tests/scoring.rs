@@ -1,0 +1,368 @@
+//! `oe-text score` / `oe-text calibrate` on a tiny model trained here (1 epoch, generated data):
+//! batch independence, input order, every bad-input behaviour, atomic output, thresholds.
+
+use oe::data::TextOptions;
+use oe::eval::EvalConfig;
+use oe::models::{GruConfig, ModelConfig};
+use oe::pipeline::{run_train, LoadedModel, TrainRequest};
+use oe::scoring::input::InputOptions;
+use oe::scoring::output::{OutRow, RowWriter};
+use oe::scoring::{score_stream, ScoreOptions};
+use oe::train::{Method, Silent, TrainConfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use tch::Device;
+
+const WORDS: &[&str] = &[
+    "the", "good", "fine", "great", "movie", "bad", "awful", "poor", "film", "plot", "actor", "was",
+    "very", "not", "quite", "story", "history", "war", "king", "river",
+];
+
+/// A deterministic pseudo-random sentence of 1..=24 words.
+fn sentence(i: u64) -> String {
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(12345);
+    let mut next = || {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) as usize
+    };
+    let n = 1 + next() % 24;
+    (0..n).map(|_| WORDS[next() % WORDS.len()]).collect::<Vec<_>>().join(" ")
+}
+
+fn write(path: &Path, s: impl AsRef<[u8]>) {
+    std::fs::write(path, s).unwrap();
+}
+
+fn dataset(d: &Path, with_dev: bool) {
+    let csv = |n: usize, off: usize| {
+        let mut s = String::from("text,label\n");
+        for i in off..off + n {
+            let (w, l) = if i % 2 == 0 { ("good fine great", "pos") } else { ("bad awful poor", "neg") };
+            s += &format!("\"the {w} movie {}\",{l}\n", sentence(i as u64));
+        }
+        s
+    };
+    write(&d.join("train.csv"), csv(120, 0));
+    write(&d.join("test.csv"), csv(30, 1000));
+    if with_dev {
+        write(&d.join("dev.csv"), csv(40, 2000));
+    }
+    let ood: String = (0..30).map(|i| format!("a question about topic {i} ?\n")).collect();
+    write(&d.join("ood.txt"), ood);
+}
+
+fn train(d: &Path, holdout: Option<f64>) -> PathBuf {
+    // One libtorch thread: these models are tiny, and spinning threads are slow on a busy machine.
+    tch::set_num_threads(1);
+    let req = TrainRequest {
+        in_dataset: d.display().to_string(),
+        oe_corpus: None,
+        oe_method: Method::OeFinetune,
+        data_root: d.to_path_buf(),
+        out_dir: d.join("run"),
+        text: TextOptions::default(),
+        vocab_max_size: 10_000,
+        model: ModelConfig::Gru(GruConfig::default()),
+        baseline: TrainConfig { epochs: 1, ..Default::default() },
+        oe: TrainConfig::default(),
+        eval: EvalConfig { repeats: 1, ..Default::default() },
+        ood_sets: Some(vec![d.join("ood.txt").display().to_string()]),
+        resume: false,
+        device: Device::Cpu,
+        holdout,
+        calibrate_tpr: Some(0.9),
+    };
+    run_train(&req, &mut Silent).unwrap();
+    d.join("run").join("baseline")
+}
+
+/// One model directory for all tests (a dataset with a dev split).
+fn model_dir() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let t = tempfile::tempdir().unwrap();
+        dataset(t.path(), true);
+        let m = train(t.path(), None);
+        (t, m)
+    })
+    .1
+}
+
+fn load() -> LoadedModel {
+    tch::set_num_threads(1);
+    LoadedModel::load(model_dir(), Device::Cpu).unwrap()
+}
+
+#[derive(Default)]
+struct Rows(Vec<(String, u64, f32, String, f32, Option<bool>)>);
+impl RowWriter for Rows {
+    fn write(&mut self, r: &OutRow) -> oe::Result<()> {
+        self.0.push((r.source.into(), r.line, r.score, r.class.into(), r.prob, r.is_ood));
+        Ok(())
+    }
+    fn finish(&mut self) -> oe::Result<()> {
+        Ok(())
+    }
+}
+
+fn score_files(m: &LoadedModel, files: &[PathBuf], opts: &ScoreOptions) -> Rows {
+    let mut rows = Rows::default();
+    score_stream(m, files, &InputOptions::default(), opts, &mut rows).unwrap();
+    rows
+}
+
+#[test]
+fn scores_do_not_depend_on_the_batch_and_order_is_kept() {
+    let m = load();
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = (0..600).map(|i| sentence(i % 450)).collect();
+    let whole = dir.path().join("whole.txt");
+    write(&whole, texts.join("\n") + "\n");
+    // Small reorder buffer: many batches are run early and partly filled.
+    for max_pending in [65_536, 5] {
+        // Small batches keep the test fast; every run uses the same batch shapes.
+        let opts = ScoreOptions { max_pending, max_batch_rows: 16, ..Default::default() };
+        let a = score_files(&m, std::slice::from_ref(&whole), &opts);
+        assert_eq!(a.0.len(), 600);
+        // input order
+        assert!(a.0.iter().enumerate().all(|(i, r)| r.1 == i as u64 + 1));
+        // shuffled file
+        let mut perm: Vec<usize> = (0..600).collect();
+        perm.reverse();
+        perm.rotate_left(77);
+        let shuffled = dir.path().join("shuffled.txt");
+        write(&shuffled, perm.iter().map(|&i| texts[i].as_str()).collect::<Vec<_>>().join("\n"));
+        let b = score_files(&m, &[shuffled], &opts);
+        for (pos, &i) in perm.iter().enumerate() {
+            assert_eq!(b.0[pos].2.to_bits(), a.0[i].2.to_bits(), "line {i}: shuffled");
+            assert_eq!(b.0[pos].4.to_bits(), a.0[i].4.to_bits());
+            assert_eq!(b.0[pos].3, a.0[i].3);
+        }
+        // line by line, one file (and one run) per line
+        for i in (0..600).step_by(37) {
+            let one = dir.path().join("one.txt");
+            write(&one, &texts[i]);
+            let c = score_files(&m, &[one], &opts);
+            assert_eq!(c.0.len(), 1);
+            assert_eq!(c.0[0].2.to_bits(), a.0[i].2.to_bits(), "line {i}: alone");
+        }
+        // repeated texts get identical scores wherever they are
+        assert_eq!(a.0[10].2.to_bits(), a.0[460].2.to_bits());
+    }
+}
+
+#[test]
+fn many_sources_in_order_with_gzip_csv_jsonl_and_directories() {
+    use std::io::Write;
+    let m = load();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("tree/sub")).unwrap();
+    write(&d.join("tree/b.txt"), "good movie\nbad film\n");
+    write(&d.join("tree/sub/a.txt"), "the war\n");
+    write(&d.join("tree/.hidden"), "never read\n");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"id,body\n1,the king\n2,\"the river, quite\"\n").unwrap();
+    write(&d.join("c.csv.gz"), gz.finish().unwrap());
+    write(&d.join("d.jsonl"), "{\"body\": \"great plot\"}\n");
+    let files = oe::scoring::input::expand_inputs(&[d.join("tree"), d.join("c.csv.gz"), d.join("d.jsonl")]).unwrap();
+    let in_opts = InputOptions { column: Some("body".into()), ..Default::default() };
+    let mut rows = Rows::default();
+    // --column applies to the CSV / JSON-lines sources; plain text files are read as lines.
+    let lines_only = InputOptions::default();
+    let text_files: Vec<PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "txt")).cloned().collect();
+    score_stream(&m, &text_files, &lines_only, &ScoreOptions::default(), &mut rows).unwrap();
+    let rest: Vec<PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e != "txt")).cloned().collect();
+    score_stream(&m, &rest, &in_opts, &ScoreOptions::default(), &mut rows).unwrap();
+    let got: Vec<(String, u64)> = rows
+        .0
+        .iter()
+        .map(|r| (Path::new(&r.0).file_name().unwrap().to_string_lossy().into_owned(), r.1))
+        .collect();
+    let want: Vec<(String, u64)> = [("b.txt", 1), ("b.txt", 2), ("a.txt", 1), ("c.csv.gz", 2), ("c.csv.gz", 3), ("d.jsonl", 1)]
+        .iter()
+        .map(|(a, b)| (a.to_string(), *b))
+        .collect();
+    assert_eq!(got, want);
+    for r in &rows.0 {
+        assert!(["pos", "neg"].contains(&r.3.as_str()) && r.4 >= 0.5 && r.4 <= 1.0, "{r:?}");
+        assert!(r.2 <= -0.5 && r.2 >= -1.0, "msp is −max softmax: {r:?}");
+    }
+    // Plain text with --column is refused, naming the file.
+    let mut rows = Rows::default();
+    let e = score_stream(&m, &text_files, &in_opts, &ScoreOptions::default(), &mut rows).unwrap_err();
+    assert!(e.to_string().contains("b.txt"), "{e}");
+}
+
+fn oe_text() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_oe-text"))
+}
+
+fn run(args: &[&str], extra: &[&Path]) -> (bool, String, String) {
+    let mut c = oe_text();
+    c.arg("score").arg("--model").arg(model_dir()).args(["--device", "cpu", "--threads", "1", "--batch-size", "16"]).args(args).args(extra);
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_bad_input_behaviour_through_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let txt = d.join("in.txt");
+    write(&txt, b"good movie\n\nbad \xff film\n   \nthe war the war the war\n".as_slice());
+    // Invalid UTF-8 fails by default, naming file and line.
+    let (ok, _, err) = run(&[], &[&txt]);
+    assert!(!ok && err.contains("in.txt:3:") && err.contains("UTF-8"), "{err}");
+    // skip: counted; empty lines skipped by default, counted
+    let (ok, out, err) = run(&["--on-invalid-utf8", "skip"], &[&txt]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(err.contains("skipped 3 (empty 2, invalid UTF-8 1"), "{err}");
+    // replace: scored with U+FFFD, counted; --on-empty score keeps the empty lines
+    let (ok, out, err) = run(&["--on-invalid-utf8", "replace", "--on-empty", "score"], &[&txt]);
+    assert!(ok, "{err}");
+    let lines: Vec<u64> = out.lines().skip(1).map(|l| l.split('\t').nth(1).unwrap().parse().unwrap()).collect();
+    assert_eq!(lines, [1, 2, 3, 4, 5]);
+    assert!(err.contains("replaced invalid UTF-8 in 1"), "{err}");
+    // --on-empty fail
+    let (ok, _, err) = run(&["--on-invalid-utf8", "skip", "--on-empty", "fail"], &[&txt]);
+    assert!(!ok && err.contains("in.txt:2:") && err.contains("empty"), "{err}");
+    // Over-long lines (bytes): truncate (counted), skip, fail
+    let (ok, _, err) = run(&["--on-invalid-utf8", "skip", "--max-line-bytes", "12"], &[&txt]);
+    assert!(ok && err.contains("truncated 1 to --max-line-bytes"), "{err}");
+    let (ok, out, err) = run(&["--on-invalid-utf8", "skip", "--max-line-bytes", "12", "--on-long", "skip"], &[&txt]);
+    assert!(ok && err.contains("too long 1") && out.lines().count() == 2, "{err}{out}");
+    let (ok, _, err) = run(&["--on-invalid-utf8", "skip", "--max-line-bytes", "12", "--on-long", "fail"], &[&txt]);
+    assert!(!ok && err.contains("in.txt:5:") && err.contains("max-line-bytes"), "{err}");
+    // CSV rows without the column
+    let csv = d.join("in.csv");
+    write(&csv, "id,text\n1,good movie\n2\n3,bad film\n");
+    let (ok, _, err) = run(&[], &[&csv]);
+    assert!(!ok && err.contains("in.csv:3:") && err.contains("no column `text`"), "{err}");
+    let (ok, out, err) = run(&["--on-bad-record", "skip", "--format", "csv"], &[&csv]);
+    assert!(ok && err.contains("bad record 1") && out.lines().count() == 3, "{err}{out}");
+    assert!(out.starts_with("source,line,score,class,prob\n"), "{out}");
+    // Malformed JSON
+    let js = d.join("in.jsonl");
+    write(&js, "{\"text\": \"good movie\"}\n{\"text\": \"bad\n");
+    let (ok, _, err) = run(&[], &[&js]);
+    assert!(!ok && err.contains("in.jsonl:2:") && err.contains("malformed JSON"), "{err}");
+    let (ok, out, err) = run(&["--on-bad-record", "skip", "--format", "jsonl"], &[&js]);
+    assert!(ok && err.contains("bad record 1"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["line"], 1);
+    // Standard input
+    let mut c = oe_text();
+    c.arg("score").arg("--model").arg(model_dir()).args(["--device", "cpu", "--threads", "1", "-"]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"good movie\nbad film\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(s.lines().nth(2).unwrap().split('\t').take(2).collect::<Vec<_>>(), ["-", "2"]);
+}
+
+#[test]
+fn output_files_are_written_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = d.join("good.txt");
+    let big: String = (0..3000).map(|i| sentence(i) + "\n").collect();
+    write(&good, &big);
+    let bad = d.join("bad.txt");
+    write(&bad, [big.as_bytes(), &b"\xff\n"[..]].concat());
+    let outdir = d.join("out");
+    std::fs::create_dir_all(&outdir).unwrap();
+    let out = outdir.join("scores.tsv");
+    // A failing run leaves neither a file nor a temporary.
+    let (ok, _, _) = run(&["--output", out.to_str().unwrap()], &[&bad]);
+    assert!(!ok);
+    assert_eq!(std::fs::read_dir(&outdir).unwrap().count(), 0);
+    // A good run writes the whole file; a later failing run leaves it as it was.
+    let (ok, _, err) = run(&["--output", out.to_str().unwrap()], &[&good]);
+    assert!(ok, "{err}");
+    let first = std::fs::read(&out).unwrap();
+    assert_eq!(first.iter().filter(|&&b| b == b'\n').count(), 3001);
+    let (ok, _, _) = run(&["--output", out.to_str().unwrap()], &[&bad]);
+    assert!(!ok);
+    assert_eq!(std::fs::read(&out).unwrap(), first);
+    assert_eq!(std::fs::read_dir(&outdir).unwrap().count(), 1);
+    // Parquet
+    let pq = outdir.join("scores.parquet");
+    let (ok, _, err) = run(&["--output", pq.to_str().unwrap()], &[&good]);
+    assert!(ok, "{err}");
+    let df = oe::report::score_file::read_parquet(&pq).unwrap();
+    assert_eq!(df.height(), 3000);
+}
+
+#[test]
+fn thresholds_from_calibration() {
+    let dir_model = model_dir();
+    // Training stored a threshold at TPR 0.9 from the dev split.
+    let cal = oe::scoring::calibrate::load(dir_model, &oe::score::Score::Msp).unwrap();
+    assert_eq!((cal.split.as_str(), cal.n_validation, cal.tpr), ("dev", 40, 0.9));
+    // `calibrate` at 0.95 replaces it, and writes the per-threshold table.
+    let out = oe_text()
+        .arg("calibrate").arg("--model").arg(dir_model)
+        .args(["--tpr", "0.95", "--device", "cpu", "--threads", "1"])
+        .output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cal = oe::scoring::calibrate::load(dir_model, &oe::score::Score::Msp).unwrap();
+    assert_eq!(cal.tpr, 0.95);
+    assert!(cal.kept_fraction >= 0.95);
+    let table = std::fs::read_to_string(dir_model.join("calibration-msp.csv")).unwrap();
+    assert!(table.starts_with("threshold,n_kept,kept_fraction,n_flagged\n"));
+    // Scoring the dev texts with --threshold auto keeps exactly the calibrated fraction.
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir_model.parent().unwrap().parent().unwrap().join("dev.csv");
+    let (ok, out, err) = run(&["--threshold", "auto"], &[&dev]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("source\tline\tscore\tclass\tprob\tis_ood\n"), "{out}");
+    let flagged = out.lines().skip(1).filter(|l| l.ends_with("\ttrue")).count();
+    assert_eq!(40 - flagged, (cal.kept_fraction * 40.0).round() as usize, "{err}");
+    assert!(err.contains("flagged OOD"), "{err}");
+    // An explicit threshold overrides; energy has no stored threshold.
+    let (ok, out, _) = run(&["--threshold", "-2"], &[&dev]);
+    assert!(ok && out.lines().skip(1).all(|l| l.ends_with("\ttrue")));
+    let (ok, _, err) = run(&["--threshold", "auto", "--score", "energy"], &[&dev]);
+    assert!(!ok && err.contains("oe-text calibrate"), "{err}");
+    drop(dir);
+}
+
+#[test]
+fn holdout_is_recorded_and_used_for_calibration() {
+    let t = tempfile::tempdir().unwrap();
+    dataset(t.path(), false);
+    let m = train(t.path(), Some(0.25));
+    let run_json: serde_json::Value = serde_json::from_slice(&std::fs::read(m.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["holdout"]["n_heldout"], 30);
+    assert_eq!(run_json["train_examples"], 90);
+    let cal = oe::scoring::calibrate::load(&m, &oe::score::Score::Msp).unwrap();
+    assert_eq!((cal.split.as_str(), cal.n_validation), ("holdout", 30));
+    // `calibrate` rebuilds the same held-out texts from run.json and gets the same threshold.
+    let out = oe_text()
+        .arg("calibrate").arg("--model").arg(&m)
+        .args(["--tpr", "0.9", "--device", "cpu", "--threads", "1"])
+        .output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = oe::scoring::calibrate::load(&m, &oe::score::Score::Msp).unwrap();
+    assert_eq!(again.threshold, cal.threshold);
+    // Without a dev split or a hold-out, calibrate says what to do.
+    let t2 = tempfile::tempdir().unwrap();
+    dataset(t2.path(), false);
+    let m2 = train(t2.path(), None);
+    assert!(oe::scoring::calibrate::load(&m2, &oe::score::Score::Msp).is_err());
+    let out = oe_text().arg("calibrate").arg("--model").arg(&m2).args(["--device", "cpu", "--threads", "1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--holdout"));
+}
