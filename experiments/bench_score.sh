@@ -7,7 +7,8 @@
 #   LINES    lines in the input file (default 1000000)
 #   PROFILE  release (default) or debug
 # Environment: OE_DATA_DIR or ../shared/data (needs sst/ and wikitext-2/); BENCH_DIR (default
-# target/bench-score) holds the input file, the trained SST model and the output.
+# target/bench-score) holds the input file, the trained SST model and the output; SCORE_ARGS adds
+# flags to `oe-text score` (e.g. "--threads 1"); CARGO_TARGET_DIR is respected.
 #
 # The input: WikiText-2 training text without headings and blank lines, split into sentences at
 # " . ", repeated until LINES lines. The model: `oe-text train --in sst` (baseline GRU, the paper's
@@ -25,7 +26,7 @@ if [ "$PROFILE" = release ]; then
 else
   cargo build --bin oe-text
 fi
-BIN="target/$PROFILE/oe-text"
+BIN="${CARGO_TARGET_DIR:-target}/$PROFILE/oe-text"
 
 INPUT="$WORK/wikitext2-$LINES.txt"
 if [ ! -s "$INPUT" ] || [ "$(wc -l < "$INPUT")" -ne "$LINES" ]; then
@@ -57,9 +58,11 @@ if [ ! -f "$MODEL/model.safetensors" ]; then
 fi
 
 OUT="$WORK/scores-$PROFILE.tsv"
-echo "command: /usr/bin/time -v $BIN score --model $MODEL --device cpu --threshold auto --output $OUT $INPUT" >&2
-/usr/bin/time -v "$BIN" score --model "$MODEL" --device cpu --threshold auto --output "$OUT" "$INPUT" \
-  2> "$WORK/time-$PROFILE.txt"
+# shellcheck disable=SC2086
+echo "command: /usr/bin/time -v $BIN score --model $MODEL --device cpu ${SCORE_ARGS:-} --threshold auto --output $OUT $INPUT" >&2
+# shellcheck disable=SC2086
+/usr/bin/time -v "$BIN" score --model "$MODEL" --device cpu ${SCORE_ARGS:-} --threshold auto \
+  --output "$OUT" "$INPUT" 2> "$WORK/time-$PROFILE.txt"
 grep -E "lines/s|read [0-9]+ records|flagged" "$WORK/time-$PROFILE.txt"
 RSS_KB=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time-$PROFILE.txt")
 WALL=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time-$PROFILE.txt")

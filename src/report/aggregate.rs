@@ -647,7 +647,6 @@ pub fn load_scores(eval_dir: &Path) -> Result<crate::report::bootstrap::EvalScor
     let index = df.column("index").map_err(pe)?.u64().map_err(pe)?.clone();
     let score = df.column("score").map_err(pe)?.f64().map_err(pe)?.clone();
     let mut in_scores = Vec::new();
-    // set → (index → score) over all draws, and per-draw counts and draw 0's scores.
     // Per set: index → score over all draws, examples per draw, and draw 0's scores.
     type Pool = (BTreeMap<u64, f64>, BTreeMap<i64, usize>, Vec<f64>);
     let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
