@@ -67,7 +67,7 @@ fn run() -> anyhow::Result<()> {
             let ind = oe::vision::data::load_in_distribution(&m.config.in_dataset, &root, &opts)?;
             let mut test = ind.test;
             if let Some(n) = args.max_test {
-                test = test.subset(&(0..test.len().min(n)).collect::<Vec<_>>());
+                test = oe::vision::pipeline::sample(&test, n);
             }
             let val = (m.config.validation_examples > 0).then(|| {
                 let idx =

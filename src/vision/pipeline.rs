@@ -339,6 +339,21 @@ pub fn split_validation(
     (train.subset(&keep), Some(train.subset(&val_idx)))
 }
 
+/// At most `n` images of `set`, drawn by a seed-0 permutation and kept in file order (folders are
+/// sorted by class, so the first `n` would be one class).
+pub fn sample(set: &ImageSet, n: usize) -> ImageSet {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if n >= set.len() {
+        return set.clone();
+    }
+    let mut idx: Vec<usize> = (0..set.len()).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    idx.truncate(n);
+    idx.sort_unstable();
+    set.subset(&idx)
+}
+
 /// `oe-vision train`.
 pub fn run_train(
     req: &VisionTrainRequest,
@@ -351,12 +366,10 @@ pub fn run_train(
     ));
     let mut ind = data::load_in_distribution(&req.in_dataset, &req.data_root, &req.in_options)?;
     if let Some(m) = req.max_train {
-        let idx: Vec<usize> = (0..ind.train.len().min(m)).collect();
-        ind.train = ind.train.subset(&idx);
+        ind.train = sample(&ind.train, m);
     }
     if let Some(m) = req.max_test {
-        let idx: Vec<usize> = (0..ind.test.len().min(m)).collect();
-        ind.test = ind.test.subset(&idx);
+        ind.test = sample(&ind.test, m);
     }
     let preset = ind.preset;
     let size = ind.train.height;
