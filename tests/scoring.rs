@@ -15,19 +15,24 @@ use std::sync::OnceLock;
 use tch::Device;
 
 const WORDS: &[&str] = &[
-    "the", "good", "fine", "great", "movie", "bad", "awful", "poor", "film", "plot", "actor", "was",
-    "very", "not", "quite", "story", "history", "war", "king", "river",
+    "the", "good", "fine", "great", "movie", "bad", "awful", "poor", "film", "plot", "actor",
+    "was", "very", "not", "quite", "story", "history", "war", "king", "river",
 ];
 
 /// A deterministic pseudo-random sentence of 1..=24 words.
 fn sentence(i: u64) -> String {
     let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(12345);
     let mut next = || {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (x >> 33) as usize
     };
     let n = 1 + next() % 24;
-    (0..n).map(|_| WORDS[next() % WORDS.len()]).collect::<Vec<_>>().join(" ")
+    (0..n)
+        .map(|_| WORDS[next() % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn write(path: &Path, s: impl AsRef<[u8]>) {
@@ -38,7 +43,11 @@ fn dataset(d: &Path, with_dev: bool) {
     let csv = |n: usize, off: usize| {
         let mut s = String::from("text,label\n");
         for i in off..off + n {
-            let (w, l) = if i % 2 == 0 { ("good fine great", "pos") } else { ("bad awful poor", "neg") };
+            let (w, l) = if i % 2 == 0 {
+                ("good fine great", "pos")
+            } else {
+                ("bad awful poor", "neg")
+            };
             s += &format!("\"the {w} movie {}\",{l}\n", sentence(i as u64));
         }
         s
@@ -48,7 +57,9 @@ fn dataset(d: &Path, with_dev: bool) {
     if with_dev {
         write(&d.join("dev.csv"), csv(40, 2000));
     }
-    let ood: String = (0..30).map(|i| format!("a question about topic {i} ?\n")).collect();
+    let ood: String = (0..30)
+        .map(|i| format!("a question about topic {i} ?\n"))
+        .collect();
     write(&d.join("ood.txt"), ood);
 }
 
@@ -64,9 +75,15 @@ fn train(d: &Path, holdout: Option<f64>) -> PathBuf {
         text: TextOptions::default(),
         vocab_max_size: 10_000,
         model: ModelConfig::Gru(GruConfig::default()),
-        baseline: TrainConfig { epochs: 1, ..Default::default() },
+        baseline: TrainConfig {
+            epochs: 1,
+            ..Default::default()
+        },
         oe: TrainConfig::default(),
-        eval: EvalConfig { repeats: 1, ..Default::default() },
+        eval: EvalConfig {
+            repeats: 1,
+            ..Default::default()
+        },
         ood_sets: Some(vec![d.join("ood.txt").display().to_string()]),
         resume: false,
         device: Device::Cpu,
@@ -98,7 +115,14 @@ fn load() -> LoadedModel {
 struct Rows(Vec<(String, u64, f32, String, f32, Option<bool>)>);
 impl RowWriter for Rows {
     fn write(&mut self, r: &OutRow) -> oe::Result<()> {
-        self.0.push((r.source.into(), r.line, r.score, r.class.into(), r.prob, r.is_ood));
+        self.0.push((
+            r.source.into(),
+            r.line,
+            r.score,
+            r.class.into(),
+            r.prob,
+            r.is_ood,
+        ));
         Ok(())
     }
     fn finish(&mut self) -> oe::Result<()> {
@@ -122,7 +146,11 @@ fn scores_do_not_depend_on_the_batch_and_order_is_kept() {
     // Small reorder buffer: many batches are run early and partly filled.
     for max_pending in [65_536, 5] {
         // Small batches keep the test fast; every run uses the same batch shapes.
-        let opts = ScoreOptions { max_pending, max_batch_rows: 16, ..Default::default() };
+        let opts = ScoreOptions {
+            max_pending,
+            max_batch_rows: 16,
+            ..Default::default()
+        };
         let a = score_files(&m, std::slice::from_ref(&whole), &opts);
         assert_eq!(a.0.len(), 600);
         // input order
@@ -132,10 +160,20 @@ fn scores_do_not_depend_on_the_batch_and_order_is_kept() {
         perm.reverse();
         perm.rotate_left(77);
         let shuffled = dir.path().join("shuffled.txt");
-        write(&shuffled, perm.iter().map(|&i| texts[i].as_str()).collect::<Vec<_>>().join("\n"));
+        write(
+            &shuffled,
+            perm.iter()
+                .map(|&i| texts[i].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
         let b = score_files(&m, &[shuffled], &opts);
         for (pos, &i) in perm.iter().enumerate() {
-            assert_eq!(b.0[pos].2.to_bits(), a.0[i].2.to_bits(), "line {i}: shuffled");
+            assert_eq!(
+                b.0[pos].2.to_bits(),
+                a.0[i].2.to_bits(),
+                "line {i}: shuffled"
+            );
             assert_eq!(b.0[pos].4.to_bits(), a.0[i].4.to_bits());
             assert_eq!(b.0[pos].3, a.0[i].3);
         }
@@ -163,35 +201,82 @@ fn many_sources_in_order_with_gzip_csv_jsonl_and_directories() {
     write(&d.join("tree/sub/a.txt"), "the war\n");
     write(&d.join("tree/.hidden"), "never read\n");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(b"id,body\n1,the king\n2,\"the river, quite\"\n").unwrap();
+    gz.write_all(b"id,body\n1,the king\n2,\"the river, quite\"\n")
+        .unwrap();
     write(&d.join("c.csv.gz"), gz.finish().unwrap());
     write(&d.join("d.jsonl"), "{\"body\": \"great plot\"}\n");
-    let files = oe::scoring::input::expand_inputs(&[d.join("tree"), d.join("c.csv.gz"), d.join("d.jsonl")]).unwrap();
-    let in_opts = InputOptions { column: Some("body".into()), ..Default::default() };
+    let files =
+        oe::scoring::input::expand_inputs(&[d.join("tree"), d.join("c.csv.gz"), d.join("d.jsonl")])
+            .unwrap();
+    let in_opts = InputOptions {
+        column: Some("body".into()),
+        ..Default::default()
+    };
     let mut rows = Rows::default();
     // --column applies to the CSV / JSON-lines sources; plain text files are read as lines.
     let lines_only = InputOptions::default();
-    let text_files: Vec<PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "txt")).cloned().collect();
-    score_stream(&m, &text_files, &lines_only, &ScoreOptions::default(), &mut rows).unwrap();
-    let rest: Vec<PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e != "txt")).cloned().collect();
+    let text_files: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .cloned()
+        .collect();
+    score_stream(
+        &m,
+        &text_files,
+        &lines_only,
+        &ScoreOptions::default(),
+        &mut rows,
+    )
+    .unwrap();
+    let rest: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e != "txt"))
+        .cloned()
+        .collect();
     score_stream(&m, &rest, &in_opts, &ScoreOptions::default(), &mut rows).unwrap();
     let got: Vec<(String, u64)> = rows
         .0
         .iter()
-        .map(|r| (Path::new(&r.0).file_name().unwrap().to_string_lossy().into_owned(), r.1))
+        .map(|r| {
+            (
+                Path::new(&r.0)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                r.1,
+            )
+        })
         .collect();
-    let want: Vec<(String, u64)> = [("b.txt", 1), ("b.txt", 2), ("a.txt", 1), ("c.csv.gz", 2), ("c.csv.gz", 3), ("d.jsonl", 1)]
-        .iter()
-        .map(|(a, b)| (a.to_string(), *b))
-        .collect();
+    let want: Vec<(String, u64)> = [
+        ("b.txt", 1),
+        ("b.txt", 2),
+        ("a.txt", 1),
+        ("c.csv.gz", 2),
+        ("c.csv.gz", 3),
+        ("d.jsonl", 1),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), *b))
+    .collect();
     assert_eq!(got, want);
     for r in &rows.0 {
-        assert!(["pos", "neg"].contains(&r.3.as_str()) && r.4 >= 0.5 && r.4 <= 1.0, "{r:?}");
+        assert!(
+            ["pos", "neg"].contains(&r.3.as_str()) && r.4 >= 0.5 && r.4 <= 1.0,
+            "{r:?}"
+        );
         assert!(r.2 <= -0.5 && r.2 >= -1.0, "msp is −max softmax: {r:?}");
     }
     // Plain text with --column is refused, naming the file.
     let mut rows = Rows::default();
-    let e = score_stream(&m, &text_files, &in_opts, &ScoreOptions::default(), &mut rows).unwrap_err();
+    let e = score_stream(
+        &m,
+        &text_files,
+        &in_opts,
+        &ScoreOptions::default(),
+        &mut rows,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("b.txt"), "{e}");
 }
 
@@ -201,7 +286,12 @@ fn oe_text() -> Command {
 
 fn run(args: &[&str], extra: &[&Path]) -> (bool, String, String) {
     let mut c = oe_text();
-    c.arg("score").arg("--model").arg(model_dir()).args(["--device", "cpu", "--threads", "1", "--batch-size", "16"]).args(args).args(extra);
+    c.arg("score")
+        .arg("--model")
+        .arg(model_dir())
+        .args(["--device", "cpu", "--threads", "1", "--batch-size", "16"])
+        .args(args)
+        .args(extra);
     let out = c.output().unwrap();
     (
         out.status.success(),
@@ -215,61 +305,139 @@ fn every_bad_input_behaviour_through_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let txt = d.join("in.txt");
-    write(&txt, b"good movie\n\nbad \xff film\n   \nthe war the war the war\n".as_slice());
+    write(
+        &txt,
+        b"good movie\n\nbad \xff film\n   \nthe war the war the war\n".as_slice(),
+    );
     // Invalid UTF-8 fails by default, naming file and line.
     let (ok, _, err) = run(&[], &[&txt]);
-    assert!(!ok && err.contains("in.txt:3:") && err.contains("UTF-8"), "{err}");
+    assert!(
+        !ok && err.contains("in.txt:3:") && err.contains("UTF-8"),
+        "{err}"
+    );
     // skip: counted; empty lines skipped by default, counted
     let (ok, out, err) = run(&["--on-invalid-utf8", "skip"], &[&txt]);
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(err.contains("skipped 3 (empty 2, invalid UTF-8 1"), "{err}");
     // replace: scored with U+FFFD, counted; --on-empty score keeps the empty lines
-    let (ok, out, err) = run(&["--on-invalid-utf8", "replace", "--on-empty", "score"], &[&txt]);
+    let (ok, out, err) = run(
+        &["--on-invalid-utf8", "replace", "--on-empty", "score"],
+        &[&txt],
+    );
     assert!(ok, "{err}");
-    let lines: Vec<u64> = out.lines().skip(1).map(|l| l.split('\t').nth(1).unwrap().parse().unwrap()).collect();
+    let lines: Vec<u64> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').nth(1).unwrap().parse().unwrap())
+        .collect();
     assert_eq!(lines, [1, 2, 3, 4, 5]);
     assert!(err.contains("replaced invalid UTF-8 in 1"), "{err}");
     // --on-empty fail
-    let (ok, _, err) = run(&["--on-invalid-utf8", "skip", "--on-empty", "fail"], &[&txt]);
-    assert!(!ok && err.contains("in.txt:2:") && err.contains("empty"), "{err}");
+    let (ok, _, err) = run(
+        &["--on-invalid-utf8", "skip", "--on-empty", "fail"],
+        &[&txt],
+    );
+    assert!(
+        !ok && err.contains("in.txt:2:") && err.contains("empty"),
+        "{err}"
+    );
     // Over-long lines (bytes): truncate (counted), skip, fail
-    let (ok, _, err) = run(&["--on-invalid-utf8", "skip", "--max-line-bytes", "12"], &[&txt]);
-    assert!(ok && err.contains("truncated 1 to --max-line-bytes"), "{err}");
-    let (ok, out, err) = run(&["--on-invalid-utf8", "skip", "--max-line-bytes", "12", "--on-long", "skip"], &[&txt]);
-    assert!(ok && err.contains("too long 1") && out.lines().count() == 2, "{err}{out}");
-    let (ok, _, err) = run(&["--on-invalid-utf8", "skip", "--max-line-bytes", "12", "--on-long", "fail"], &[&txt]);
-    assert!(!ok && err.contains("in.txt:5:") && err.contains("max-line-bytes"), "{err}");
+    let (ok, _, err) = run(
+        &["--on-invalid-utf8", "skip", "--max-line-bytes", "12"],
+        &[&txt],
+    );
+    assert!(
+        ok && err.contains("truncated 1 to --max-line-bytes"),
+        "{err}"
+    );
+    let (ok, out, err) = run(
+        &[
+            "--on-invalid-utf8",
+            "skip",
+            "--max-line-bytes",
+            "12",
+            "--on-long",
+            "skip",
+        ],
+        &[&txt],
+    );
+    assert!(
+        ok && err.contains("too long 1") && out.lines().count() == 2,
+        "{err}{out}"
+    );
+    let (ok, _, err) = run(
+        &[
+            "--on-invalid-utf8",
+            "skip",
+            "--max-line-bytes",
+            "12",
+            "--on-long",
+            "fail",
+        ],
+        &[&txt],
+    );
+    assert!(
+        !ok && err.contains("in.txt:5:") && err.contains("max-line-bytes"),
+        "{err}"
+    );
     // CSV rows without the column
     let csv = d.join("in.csv");
     write(&csv, "id,text\n1,good movie\n2\n3,bad film\n");
     let (ok, _, err) = run(&[], &[&csv]);
-    assert!(!ok && err.contains("in.csv:3:") && err.contains("no column `text`"), "{err}");
+    assert!(
+        !ok && err.contains("in.csv:3:") && err.contains("no column `text`"),
+        "{err}"
+    );
     let (ok, out, err) = run(&["--on-bad-record", "skip", "--format", "csv"], &[&csv]);
-    assert!(ok && err.contains("bad record 1") && out.lines().count() == 3, "{err}{out}");
+    assert!(
+        ok && err.contains("bad record 1") && out.lines().count() == 3,
+        "{err}{out}"
+    );
     assert!(out.starts_with("source,line,score,class,prob\n"), "{out}");
     // Malformed JSON
     let js = d.join("in.jsonl");
     write(&js, "{\"text\": \"good movie\"}\n{\"text\": \"bad\n");
     let (ok, _, err) = run(&[], &[&js]);
-    assert!(!ok && err.contains("in.jsonl:2:") && err.contains("malformed JSON"), "{err}");
+    assert!(
+        !ok && err.contains("in.jsonl:2:") && err.contains("malformed JSON"),
+        "{err}"
+    );
     let (ok, out, err) = run(&["--on-bad-record", "skip", "--format", "jsonl"], &[&js]);
     assert!(ok && err.contains("bad record 1"), "{err}");
     let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(v["line"], 1);
     // Standard input
     let mut c = oe_text();
-    c.arg("score").arg("--model").arg(model_dir()).args(["--device", "cpu", "--threads", "1", "-"]);
-    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c.arg("score")
+        .arg("--model")
+        .arg(model_dir())
+        .args(["--device", "cpu", "--threads", "1", "-"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"good movie\nbad film\n").unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"good movie\nbad film\n")
+            .unwrap();
     }
     let out = child.wait_with_output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert_eq!(s.lines().nth(2).unwrap().split('\t').take(2).collect::<Vec<_>>(), ["-", "2"]);
+    assert_eq!(
+        s.lines()
+            .nth(2)
+            .unwrap()
+            .split('\t')
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["-", "2"]
+    );
 }
 
 #[test]
@@ -310,13 +478,23 @@ fn thresholds_from_calibration() {
     let dir_model = model_dir();
     // Training stored a threshold at TPR 0.9 from the dev split.
     let cal = oe::scoring::calibrate::load(dir_model, &oe::score::Score::Msp).unwrap();
-    assert_eq!((cal.split.as_str(), cal.n_validation, cal.tpr), ("dev", 40, 0.9));
+    assert_eq!(
+        (cal.split.as_str(), cal.n_validation, cal.tpr),
+        ("dev", 40, 0.9)
+    );
     // `calibrate` at 0.95 replaces it, and writes the per-threshold table.
     let out = oe_text()
-        .arg("calibrate").arg("--model").arg(dir_model)
+        .arg("calibrate")
+        .arg("--model")
+        .arg(dir_model)
         .args(["--tpr", "0.95", "--device", "cpu", "--threads", "1"])
-        .output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cal = oe::scoring::calibrate::load(dir_model, &oe::score::Score::Msp).unwrap();
     assert_eq!(cal.tpr, 0.95);
     assert!(cal.kept_fraction >= 0.95);
@@ -324,12 +502,28 @@ fn thresholds_from_calibration() {
     assert!(table.starts_with("threshold,n_kept,kept_fraction,n_flagged\n"));
     // Scoring the dev texts with --threshold auto keeps exactly the calibrated fraction.
     let dir = tempfile::tempdir().unwrap();
-    let dev = dir_model.parent().unwrap().parent().unwrap().join("dev.csv");
+    let dev = dir_model
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("dev.csv");
     let (ok, out, err) = run(&["--threshold", "auto"], &[&dev]);
     assert!(ok, "{err}");
-    assert!(out.starts_with("source\tline\tscore\tclass\tprob\tis_ood\n"), "{out}");
-    let flagged = out.lines().skip(1).filter(|l| l.ends_with("\ttrue")).count();
-    assert_eq!(40 - flagged, (cal.kept_fraction * 40.0).round() as usize, "{err}");
+    assert!(
+        out.starts_with("source\tline\tscore\tclass\tprob\tis_ood\n"),
+        "{out}"
+    );
+    let flagged = out
+        .lines()
+        .skip(1)
+        .filter(|l| l.ends_with("\ttrue"))
+        .count();
+    assert_eq!(
+        40 - flagged,
+        (cal.kept_fraction * 40.0).round() as usize,
+        "{err}"
+    );
     assert!(err.contains("flagged OOD"), "{err}");
     // An explicit threshold overrides; energy has no stored threshold.
     let (ok, out, _) = run(&["--threshold", "-2"], &[&dev]);
@@ -344,17 +538,25 @@ fn holdout_is_recorded_and_used_for_calibration() {
     let t = tempfile::tempdir().unwrap();
     dataset(t.path(), false);
     let m = train(t.path(), Some(0.25));
-    let run_json: serde_json::Value = serde_json::from_slice(&std::fs::read(m.join("run.json")).unwrap()).unwrap();
+    let run_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.join("run.json")).unwrap()).unwrap();
     assert_eq!(run_json["holdout"]["n_heldout"], 30);
     assert_eq!(run_json["train_examples"], 90);
     let cal = oe::scoring::calibrate::load(&m, &oe::score::Score::Msp).unwrap();
     assert_eq!((cal.split.as_str(), cal.n_validation), ("holdout", 30));
     // `calibrate` rebuilds the same held-out texts from run.json and gets the same threshold.
     let out = oe_text()
-        .arg("calibrate").arg("--model").arg(&m)
+        .arg("calibrate")
+        .arg("--model")
+        .arg(&m)
         .args(["--tpr", "0.9", "--device", "cpu", "--threads", "1"])
-        .output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let again = oe::scoring::calibrate::load(&m, &oe::score::Score::Msp).unwrap();
     assert_eq!(again.threshold, cal.threshold);
     // Without a dev split or a hold-out, calibrate says what to do.
@@ -362,7 +564,13 @@ fn holdout_is_recorded_and_used_for_calibration() {
     dataset(t2.path(), false);
     let m2 = train(t2.path(), None);
     assert!(oe::scoring::calibrate::load(&m2, &oe::score::Score::Msp).is_err());
-    let out = oe_text().arg("calibrate").arg("--model").arg(&m2).args(["--device", "cpu", "--threads", "1"]).output().unwrap();
+    let out = oe_text()
+        .arg("calibrate")
+        .arg("--model")
+        .arg(&m2)
+        .args(["--device", "cpu", "--threads", "1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--holdout"));
 }

@@ -2,8 +2,8 @@
 //! with polars' batched writer, so memory stays bounded whatever the number of rows.
 
 use crate::error::{OeError, Result};
-use polars::prelude::*;
 use polars::io::parquet::write::BatchedWriter as ParquetBatched;
+use polars::prelude::*;
 use std::io::Write;
 use std::path::Path;
 
@@ -43,7 +43,12 @@ fn schema(with_ood: bool) -> Schema {
 
 impl<D> ScoreParquet<D> {
     /// `sink` receives the bytes; `dest` is handed back by [`ScoreParquet::finish`].
-    pub fn with_sink(sink: Box<dyn Write + Send>, dest: D, with_ood: bool, row_group: usize) -> Result<Self> {
+    pub fn with_sink(
+        sink: Box<dyn Write + Send>,
+        dest: D,
+        with_ood: bool,
+        row_group: usize,
+    ) -> Result<Self> {
         let row_group = row_group.max(1);
         let writer = ParquetWriter::new(sink)
             .with_row_group_size(Some(row_group))
@@ -99,7 +104,10 @@ impl<D> ScoreParquet<D> {
             Column::new("prob".into(), std::mem::take(&mut self.prob)),
         ];
         if self.with_ood {
-            cols.push(Column::new("is_ood".into(), std::mem::take(&mut self.is_ood)));
+            cols.push(Column::new(
+                "is_ood".into(),
+                std::mem::take(&mut self.is_ood),
+            ));
         }
         let df = DataFrame::new_infer_height(cols).map_err(pe)?;
         self.writer.write_batch(&df).map_err(pe)
@@ -114,7 +122,11 @@ impl<D> ScoreParquet<D> {
 }
 
 impl ScoreParquet<crate::scoring::output::Dest> {
-    pub fn new(dest: crate::scoring::output::Dest, with_ood: bool, row_group: usize) -> Result<Self> {
+    pub fn new(
+        dest: crate::scoring::output::Dest,
+        with_ood: bool,
+        row_group: usize,
+    ) -> Result<Self> {
         let sink = dest.sink()?;
         Self::with_sink(sink, dest, with_ood, row_group)
     }

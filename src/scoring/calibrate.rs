@@ -37,10 +37,16 @@ pub struct Holdout {
 
 /// Splits `ind.train` into training and a seeded held-out validation part (file order kept in both).
 /// The vocabulary built from the result sees only the remaining training texts.
-pub fn hold_out(mut ind: InDistribution, fraction: f64, seed: u64) -> Result<(InDistribution, Labelled, Holdout)> {
+pub fn hold_out(
+    mut ind: InDistribution,
+    fraction: f64,
+    seed: u64,
+) -> Result<(InDistribution, Labelled, Holdout)> {
     let n = ind.train.len();
     if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(OeError::Config(format!("--holdout must be in (0, 1), got {fraction}")));
+        return Err(OeError::Config(format!(
+            "--holdout must be in (0, 1), got {fraction}"
+        )));
     }
     let k = ((fraction * n as f64).round() as usize).max(1);
     if k >= n {
@@ -49,7 +55,9 @@ pub fn hold_out(mut ind: InDistribution, fraction: f64, seed: u64) -> Result<(In
         )));
     }
     let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x686f_6c64_6f75_74));
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ 0x0068_6f6c_646f_7574,
+    ));
     let mut held = vec![false; n];
     for &i in &idx[..k] {
         held[i] = true;
@@ -67,11 +75,17 @@ pub fn hold_out(mut ind: InDistribution, fraction: f64, seed: u64) -> Result<(In
     };
     let (tt, vt) = split(std::mem::take(&mut ind.train.texts));
     let (tl, vl) = split(std::mem::take(&mut ind.train.labels));
-    ind.train = Labelled { texts: tt, labels: tl };
+    ind.train = Labelled {
+        texts: tt,
+        labels: tl,
+    };
     if let Some(u) = ind.train_untruncated.take() {
         ind.train_untruncated = Some(split(u).0);
     }
-    let val = Labelled { texts: vt, labels: vl };
+    let val = Labelled {
+        texts: vt,
+        labels: vl,
+    };
     Ok((
         ind,
         val,
@@ -105,7 +119,11 @@ pub struct Validation {
 }
 
 /// Loads the validation split of a model directory's dataset.
-pub fn validation_texts(m: &LoadedModel, data_root: Option<&Path>, choice: SplitChoice) -> Result<Validation> {
+pub fn validation_texts(
+    m: &LoadedModel,
+    data_root: Option<&Path>,
+    choice: SplitChoice,
+) -> Result<Validation> {
     let root = data_root
         .map(Path::to_path_buf)
         .unwrap_or_else(|| m.config.data_root.clone());
@@ -215,18 +233,26 @@ pub fn file_stem(score: &Score) -> String {
 /// Paths of the calibration files of `score` in `dir`: (json, csv).
 pub fn paths(dir: &Path, score: &Score) -> (PathBuf, PathBuf) {
     let stem = file_stem(score);
-    (dir.join(format!("{stem}.json")), dir.join(format!("{stem}.csv")))
+    (
+        dir.join(format!("{stem}.json")),
+        dir.join(format!("{stem}.csv")),
+    )
 }
 
 /// Scores the validation texts, picks the threshold and writes both files into the model directory.
 pub fn calibrate(m: &LoadedModel, val: &Validation, score: Score, tpr: f64) -> Result<Calibration> {
     if !(tpr > 0.0 && tpr <= 1.0) {
-        return Err(OeError::Config(format!("--tpr must be in (0, 1], got {tpr}")));
+        return Err(OeError::Config(format!(
+            "--tpr must be in (0, 1], got {tpr}"
+        )));
     }
     if val.texts.is_empty() {
         return Err(OeError::Data(format!("the {} split is empty", val.split)));
     }
-    let opts = ScoreOptions { score, ..Default::default() };
+    let opts = ScoreOptions {
+        score,
+        ..Default::default()
+    };
     let scores: Vec<f64> = score_texts(m, &val.texts, &opts)?
         .iter()
         .map(|s| f64::from(s.score))
@@ -247,7 +273,10 @@ pub fn calibrate(m: &LoadedModel, val: &Validation, score: Score, tpr: f64) -> R
     let (jp, cp) = paths(&m.dir, &score);
     let mut csv = String::from("threshold,n_kept,kept_fraction,n_flagged\n");
     for r in &table {
-        csv += &format!("{},{},{},{}\n", r.threshold, r.n_kept, r.kept_fraction, r.n_flagged);
+        csv += &format!(
+            "{},{},{},{}\n",
+            r.threshold, r.n_kept, r.kept_fraction, r.n_flagged
+        );
     }
     crate::io::write_atomic(&cp, csv.as_bytes())?;
     let json = serde_json::to_vec_pretty(&cal).map_err(|e| OeError::Data(e.to_string()))?;
@@ -268,7 +297,11 @@ pub fn load(dir: &Path, score: &Score) -> Result<Calibration> {
     let cal: Calibration =
         serde_json::from_slice(&bytes).map_err(|e| OeError::parse(&jp, e.line(), e.to_string()))?;
     if cal.score != *score {
-        return Err(OeError::Data(format!("{}: holds score {} not {score}", jp.display(), cal.score)));
+        return Err(OeError::Data(format!(
+            "{}: holds score {} not {score}",
+            jp.display(),
+            cal.score
+        )));
     }
     Ok(cal)
 }
@@ -280,7 +313,10 @@ mod tests {
     #[test]
     fn table_and_pick() {
         let t = threshold_table(&[0.3, 0.1, 0.2, 0.2, 0.9]);
-        assert_eq!(t.iter().map(|r| r.threshold).collect::<Vec<_>>(), [0.1, 0.2, 0.3, 0.9]);
+        assert_eq!(
+            t.iter().map(|r| r.threshold).collect::<Vec<_>>(),
+            [0.1, 0.2, 0.3, 0.9]
+        );
         assert_eq!(t.iter().map(|r| r.n_kept).collect::<Vec<_>>(), [1, 3, 4, 5]);
         assert_eq!(pick(&t, 0.6).unwrap().threshold, 0.2);
         assert_eq!(pick(&t, 0.61).unwrap().threshold, 0.3);

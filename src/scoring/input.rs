@@ -245,7 +245,10 @@ pub fn resolve_format(path: &Path, requested: InputFormat) -> InputFormat {
 /// Opens a source as a buffered byte stream (gzip-decoded when its name ends in `.gz`).
 pub fn open(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     if path.as_os_str() == STDIN {
-        return Ok(Box::new(BufReader::with_capacity(1 << 16, std::io::stdin())));
+        return Ok(Box::new(BufReader::with_capacity(
+            1 << 16,
+            std::io::stdin(),
+        )));
     }
     let f = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
     let gz = path
@@ -335,9 +338,14 @@ pub fn read_source<S: RecordSink + ?Sized>(
     let mut reader = open(path)?;
     match format {
         InputFormat::Csv => read_csv(src_idx, path, reader, opts, sink),
-        InputFormat::Jsonl | InputFormat::Lines | InputFormat::Auto => {
-            read_lines(src_idx, path, &mut *reader, format == InputFormat::Jsonl, opts, sink)
-        }
+        InputFormat::Jsonl | InputFormat::Lines | InputFormat::Auto => read_lines(
+            src_idx,
+            path,
+            &mut *reader,
+            format == InputFormat::Jsonl,
+            opts,
+            sink,
+        ),
     }
 }
 
@@ -382,7 +390,13 @@ fn decode(
     }
 }
 
-fn bad_record(path: &Path, line: u64, opts: &InputOptions, counts: &mut Counts, why: String) -> Result<()> {
+fn bad_record(
+    path: &Path,
+    line: u64,
+    opts: &InputOptions,
+    counts: &mut Counts,
+    why: String,
+) -> Result<()> {
     match opts.on_bad_record {
         OnBadRecord::Fail => Err(OeError::parse(
             path,
@@ -462,7 +476,11 @@ fn read_lines<S: RecordSink + ?Sized>(
         if jsonl {
             if buf.iter().all(|b| b.is_ascii_whitespace()) {
                 if accept(path, line, "", false, opts, sink.counts())? {
-                    sink.record(Record { source: src, line, text: String::new() })?;
+                    sink.record(Record {
+                        source: src,
+                        line,
+                        text: String::new(),
+                    })?;
                 }
                 continue;
             }
@@ -472,14 +490,25 @@ fn read_lines<S: RecordSink + ?Sized>(
                     line,
                     opts,
                     sink.counts(),
-                    format!("JSON line longer than --max-line-bytes {}", opts.max_line_bytes),
+                    format!(
+                        "JSON line longer than --max-line-bytes {}",
+                        opts.max_line_bytes
+                    ),
                 )?;
                 continue;
             }
-            let Some(s) = decode(path, line, &buf, false, opts, sink.counts())? else { continue };
+            let Some(s) = decode(path, line, &buf, false, opts, sink.counts())? else {
+                continue;
+            };
             let text = match serde_json::from_str::<serde_json::Value>(&s) {
                 Err(e) => {
-                    bad_record(path, line, opts, sink.counts(), format!("malformed JSON: {e}"))?;
+                    bad_record(
+                        path,
+                        line,
+                        opts,
+                        sink.counts(),
+                        format!("malformed JSON: {e}"),
+                    )?;
                     continue;
                 }
                 Ok(v) => match v.get(column) {
@@ -508,12 +537,22 @@ fn read_lines<S: RecordSink + ?Sized>(
                 },
             };
             if accept(path, line, &text, false, opts, sink.counts())? {
-                sink.record(Record { source: src, line, text })?;
+                sink.record(Record {
+                    source: src,
+                    line,
+                    text,
+                })?;
             }
         } else {
-            let Some(text) = decode(path, line, &buf, cut, opts, sink.counts())? else { continue };
+            let Some(text) = decode(path, line, &buf, cut, opts, sink.counts())? else {
+                continue;
+            };
             if accept(path, line, &text, cut, opts, sink.counts())? {
-                sink.record(Record { source: src, line, text })?;
+                sink.record(Record {
+                    source: src,
+                    line,
+                    text,
+                })?;
             }
         }
     }
@@ -563,7 +602,13 @@ fn read_csv<S: RecordSink + ?Sized>(
                     return Err(OeError::Data(format!("{}: {e}", path.display())));
                 }
                 sink.counts().read += 1;
-                bad_record(path, line, opts, sink.counts(), format!("unreadable CSV row: {e}"))?;
+                bad_record(
+                    path,
+                    line,
+                    opts,
+                    sink.counts(),
+                    format!("unreadable CSV row: {e}"),
+                )?;
                 continue;
             }
         };
@@ -584,9 +629,15 @@ fn read_csv<S: RecordSink + ?Sized>(
         };
         let cut = field.len() > opts.max_line_bytes;
         let field = &field[..field.len().min(opts.max_line_bytes)];
-        let Some(text) = decode(path, line, field, cut, opts, sink.counts())? else { continue };
+        let Some(text) = decode(path, line, field, cut, opts, sink.counts())? else {
+            continue;
+        };
         if accept(path, line, &text, cut, opts, sink.counts())? {
-            sink.record(Record { source: src, line, text })?;
+            sink.record(Record {
+                source: src,
+                line,
+                text,
+            })?;
         }
     }
     Ok(())
@@ -636,12 +687,25 @@ mod tests {
     #[test]
     fn lines_with_every_policy() {
         let content = b"good one\n\nbad \xff byte\n   \nlast";
-        let e = read("a.txt", content, &InputOptions::default()).err().unwrap().to_string();
+        let e = read("a.txt", content, &InputOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("a.txt:3:") && e.contains("UTF-8"), "{e}");
-        let skip = InputOptions { on_invalid_utf8: OnInvalidUtf8::Skip, ..Default::default() };
+        let skip = InputOptions {
+            on_invalid_utf8: OnInvalidUtf8::Skip,
+            ..Default::default()
+        };
         let c = read("a.txt", content, &skip).unwrap();
         assert_eq!(c.recs, vec![(1, "good one".into()), (5, "last".into())]);
-        assert_eq!((c.counts.read, c.counts.skipped_empty, c.counts.skipped_invalid_utf8), (5, 2, 1));
+        assert_eq!(
+            (
+                c.counts.read,
+                c.counts.skipped_empty,
+                c.counts.skipped_invalid_utf8
+            ),
+            (5, 2, 1)
+        );
         let rep = InputOptions {
             on_invalid_utf8: OnInvalidUtf8::Replace,
             on_empty: OnEmpty::Score,
@@ -651,7 +715,10 @@ mod tests {
         assert_eq!(c.recs.len(), 5);
         assert_eq!(c.recs[2].1, "bad \u{FFFD} byte");
         assert_eq!(c.counts.replaced_invalid_utf8, 1);
-        let fail = InputOptions { on_empty: OnEmpty::Fail, ..Default::default() };
+        let fail = InputOptions {
+            on_empty: OnEmpty::Fail,
+            ..Default::default()
+        };
         let e = read("a.txt", content, &fail).err().unwrap().to_string();
         assert!(e.contains("a.txt:2:") && e.contains("empty"), "{e}");
     }
@@ -659,39 +726,75 @@ mod tests {
     #[test]
     fn long_lines_by_bytes() {
         let content = "short\nébcdefghij\n".as_bytes();
-        let o = InputOptions { max_line_bytes: 4, ..Default::default() };
+        let o = InputOptions {
+            max_line_bytes: 4,
+            ..Default::default()
+        };
         let c = read("a.txt", content, &o).unwrap();
         // "é" is 2 bytes: the cut at 4 bytes keeps "ébc"; "short" is cut too.
         assert_eq!(c.recs, vec![(1, "shor".into()), (2, "ébc".into())]);
         assert_eq!(c.counts.truncated_bytes, 2);
-        let o = InputOptions { max_line_bytes: 5, on_long: OnLong::Skip, ..Default::default() };
+        let o = InputOptions {
+            max_line_bytes: 5,
+            on_long: OnLong::Skip,
+            ..Default::default()
+        };
         let c = read("a.txt", content, &o).unwrap();
         assert_eq!((c.recs.len(), c.counts.skipped_long), (1, 1));
-        let o = InputOptions { max_line_bytes: 5, on_long: OnLong::Fail, ..Default::default() };
+        let o = InputOptions {
+            max_line_bytes: 5,
+            on_long: OnLong::Fail,
+            ..Default::default()
+        };
         let e = read("a.txt", content, &o).err().unwrap().to_string();
-        assert!(e.contains("a.txt:2:") && e.contains("max-line-bytes"), "{e}");
+        assert!(
+            e.contains("a.txt:2:") && e.contains("max-line-bytes"),
+            "{e}"
+        );
     }
 
     #[test]
     fn csv_rows_without_the_column() {
         let content = b"id,text\n1,hello\n2\n3,\"multi\nline\"\n";
-        let e = read("a.csv", content, &InputOptions::default()).err().unwrap().to_string();
-        assert!(e.contains("a.csv:3:") && e.contains("no column `text`"), "{e}");
-        let o = InputOptions { on_bad_record: OnBadRecord::Skip, ..Default::default() };
+        let e = read("a.csv", content, &InputOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("a.csv:3:") && e.contains("no column `text`"),
+            "{e}"
+        );
+        let o = InputOptions {
+            on_bad_record: OnBadRecord::Skip,
+            ..Default::default()
+        };
         let c = read("a.csv", content, &o).unwrap();
         assert_eq!(c.recs, vec![(2, "hello".into()), (4, "multi\nline".into())]);
         assert_eq!(c.counts.skipped_bad_record, 1);
-        let o = InputOptions { column: Some("nope".into()), ..Default::default() };
+        let o = InputOptions {
+            column: Some("nope".into()),
+            ..Default::default()
+        };
         let e = read("a.csv", content, &o).err().unwrap().to_string();
         assert!(e.contains("no column `nope`"), "{e}");
     }
 
     #[test]
     fn malformed_json() {
-        let content = b"{\"text\": \"a\"}\n{\"text\": \nnot json\n[1]\n{\"other\": 1}\n{\"text\": 5}\n";
-        let e = read("a.jsonl", content, &InputOptions::default()).err().unwrap().to_string();
-        assert!(e.contains("a.jsonl:2:") && e.contains("malformed JSON"), "{e}");
-        let o = InputOptions { on_bad_record: OnBadRecord::Skip, ..Default::default() };
+        let content =
+            b"{\"text\": \"a\"}\n{\"text\": \nnot json\n[1]\n{\"other\": 1}\n{\"text\": 5}\n";
+        let e = read("a.jsonl", content, &InputOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("a.jsonl:2:") && e.contains("malformed JSON"),
+            "{e}"
+        );
+        let o = InputOptions {
+            on_bad_record: OnBadRecord::Skip,
+            ..Default::default()
+        };
         let c = read("a.jsonl", content, &o).unwrap();
         assert_eq!(c.recs, vec![(1, "a".into()), (6, "5".into())]);
         assert_eq!(c.counts.skipped_bad_record, 4);
@@ -705,9 +808,18 @@ mod tests {
         let bytes = gz.finish().unwrap();
         let c = read("a.csv.gz", &bytes, &InputOptions::default()).unwrap();
         assert_eq!(c.recs, vec![(2, "x y".into())]);
-        assert_eq!(resolve_format(Path::new("a.JSONL.gz"), InputFormat::Auto), InputFormat::Jsonl);
-        assert_eq!(resolve_format(Path::new("a.txt"), InputFormat::Auto), InputFormat::Lines);
-        let o = InputOptions { column: Some("text".into()), ..Default::default() };
+        assert_eq!(
+            resolve_format(Path::new("a.JSONL.gz"), InputFormat::Auto),
+            InputFormat::Jsonl
+        );
+        assert_eq!(
+            resolve_format(Path::new("a.txt"), InputFormat::Auto),
+            InputFormat::Lines
+        );
+        let o = InputOptions {
+            column: Some("text".into()),
+            ..Default::default()
+        };
         assert!(read("a.txt", b"x\n", &o).is_err());
     }
 }

@@ -177,7 +177,12 @@ impl<'m> Engine<'m> {
     pub fn push(&mut self, source: u32, line: u64, ids: Vec<i64>) {
         let key = self.fix_len.unwrap_or(ids.len());
         let seq = self.base + self.ring.len() as u64;
-        self.ring.push_back(Slot { source, line, key, out: None });
+        self.ring.push_back(Slot {
+            source,
+            line,
+            key,
+            out: None,
+        });
         let b = self.buckets.entry(key).or_default();
         b.push((seq, ids));
         if b.len() >= self.rows_for(key) {
@@ -197,7 +202,9 @@ impl<'m> Engine<'m> {
     /// Runs one batch (at most `rows_for(key)` texts) of the bucket `key`.
     fn run(&mut self, key: usize) {
         let rows = self.rows_for(key);
-        let Some(bucket) = self.buckets.get_mut(&key) else { return };
+        let Some(bucket) = self.buckets.get_mut(&key) else {
+            return;
+        };
         if bucket.is_empty() {
             return;
         }
@@ -314,7 +321,14 @@ impl ChunkSink<'_> {
             .into_par_iter()
             .map(|r| {
                 let (ids, long) = pre.encode(vocab, &r.text);
-                (Encoded { source: r.source, line: r.line, ids }, long)
+                (
+                    Encoded {
+                        source: r.source,
+                        line: r.line,
+                        ids,
+                    },
+                    long,
+                )
             })
             .collect();
         let mut out = Vec::with_capacity(enc.len());

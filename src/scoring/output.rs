@@ -112,7 +112,8 @@ impl Dest {
         if let Dest::Atomic { tmp, path } = self {
             if let Some(t) = tmp.take() {
                 t.as_file().sync_all().map_err(|e| OeError::io(&*path, e))?;
-                t.persist(&*path).map_err(|e| OeError::io(&*path, e.error))?;
+                t.persist(&*path)
+                    .map_err(|e| OeError::io(&*path, e.error))?;
             }
         }
         Ok(())
@@ -124,7 +125,9 @@ impl Write for Dest {
         match self {
             Dest::Stdout(s) => s.write(buf),
             Dest::Atomic { tmp: Some(t), .. } => t.write(buf),
-            Dest::Atomic { tmp: None, .. } => Err(std::io::Error::other("output already committed")),
+            Dest::Atomic { tmp: None, .. } => {
+                Err(std::io::Error::other("output already committed"))
+            }
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -160,7 +163,11 @@ impl TextRows {
     }
 
     fn header(&mut self) -> String {
-        let sep = if self.format == OutputFormat::Csv { "," } else { "\t" };
+        let sep = if self.format == OutputFormat::Csv {
+            ","
+        } else {
+            "\t"
+        };
         let mut cols = vec!["source", "line", "score", "class", "prob"];
         if self.with_ood {
             cols.push("is_ood");
@@ -200,7 +207,9 @@ impl RowWriter for TextRows {
         use std::fmt::Write as _;
         if !self.header_done && self.format != OutputFormat::Jsonl {
             let h = self.header();
-            self.w.write_all(h.as_bytes()).map_err(|e| OeError::io(&self.name, e))?;
+            self.w
+                .write_all(h.as_bytes())
+                .map_err(|e| OeError::io(&self.name, e))?;
         }
         self.header_done = true;
         let l = &mut self.line;
@@ -208,7 +217,13 @@ impl RowWriter for TextRows {
         match self.format {
             OutputFormat::Jsonl => {
                 // Fixed key order; strings escaped by serde_json; non-finite numbers as null.
-                let num = |x: f32| if x.is_finite() { x.to_string() } else { "null".into() };
+                let num = |x: f32| {
+                    if x.is_finite() {
+                        x.to_string()
+                    } else {
+                        "null".into()
+                    }
+                };
                 let js = |s: &str| serde_json::to_string(s).unwrap_or_default();
                 let _ = write!(
                     l,
@@ -240,13 +255,17 @@ impl RowWriter for TextRows {
             }
         }
         l.push('\n');
-        self.w.write_all(l.as_bytes()).map_err(|e| OeError::io(&self.name, e))
+        self.w
+            .write_all(l.as_bytes())
+            .map_err(|e| OeError::io(&self.name, e))
     }
 
     fn finish(&mut self) -> Result<()> {
         if !self.header_done && self.format != OutputFormat::Jsonl {
             let h = self.header();
-            self.w.write_all(h.as_bytes()).map_err(|e| OeError::io(&self.name, e))?;
+            self.w
+                .write_all(h.as_bytes())
+                .map_err(|e| OeError::io(&self.name, e))?;
             self.header_done = true;
         }
         self.w.flush().map_err(|e| OeError::io(&self.name, e))?;
@@ -262,7 +281,9 @@ pub struct ParquetRows {
 impl ParquetRows {
     pub fn new(dest: Dest, with_ood: bool, row_group: usize) -> Result<Self> {
         Ok(Self {
-            w: Some(crate::report::score_file::ScoreParquet::new(dest, with_ood, row_group)?),
+            w: Some(crate::report::score_file::ScoreParquet::new(
+                dest, with_ood, row_group,
+            )?),
         })
     }
 }
@@ -278,7 +299,7 @@ impl RowWriter for ParquetRows {
     fn finish(&mut self) -> Result<()> {
         if let Some(w) = self.w.take() {
             let mut dest = w.finish()?;
-            dest.flush().map_err(|e| OeError::io(&dest.name(), e))?;
+            dest.flush().map_err(|e| OeError::io(dest.name(), e))?;
             dest.commit()?;
         }
         Ok(())
@@ -312,7 +333,7 @@ mod tests {
             score: -0.5,
             class: "pos",
             prob: 0.75,
-            is_ood: Some(i % 2 == 0),
+            is_ood: Some(i.is_multiple_of(2)),
         }
     }
 
@@ -364,7 +385,10 @@ mod tests {
         let df = crate::report::score_file::read_parquet(&p).unwrap();
         assert_eq!(df.height(), 70_000);
         assert_eq!(
-            df.get_column_names().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            df.get_column_names()
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
             ["source", "line", "score", "class", "prob", "is_ood"]
         );
     }
