@@ -148,8 +148,8 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 use crate::data::TextOptions;
 use crate::eval::{EvalConfig, Protocol};
 use crate::loss::OeLoss;
-use crate::models::{GruConfig, ModelConfig, PadMode, TransformerConfig};
 use crate::models::transformer::Pooling;
+use crate::models::{GruConfig, ModelConfig, PadMode, TransformerConfig};
 use crate::score::Score;
 use crate::train::{Method, Pairing, TrainConfig};
 
@@ -235,6 +235,10 @@ pub struct EvalArgs {
     /// numbers match uncut sentences, so it is off by default).
     #[arg(long)]
     pub wmt16_comma_cut: bool,
+    /// Score with a feature-space detector fitted on the in-distribution training set instead of
+    /// --score: mahalanobis or knn (fitted and stored in the model directory on first use).
+    #[arg(long, value_enum)]
+    pub detector: Option<crate::eval::FeatureDetector>,
 }
 
 fn parse_score(s: &str) -> std::result::Result<Score, String> {
@@ -244,10 +248,15 @@ fn parse_score(s: &str) -> std::result::Result<Score, String> {
 impl EvalArgs {
     pub fn config(&self) -> Result<EvalConfig> {
         if !(self.tpr > 0.0 && self.tpr <= 1.0) {
-            return Err(OeError::Config(format!("--tpr must be in (0, 1], got {}", self.tpr)));
+            return Err(OeError::Config(format!(
+                "--tpr must be in (0, 1], got {}",
+                self.tpr
+            )));
         }
         if self.repeats == 0 || self.id_per_ood == 0 {
-            return Err(OeError::Config("--repeats and --id-per-ood must be positive".into()));
+            return Err(OeError::Config(
+                "--repeats and --id-per-ood must be positive".into(),
+            ));
         }
         Ok(EvalConfig {
             protocol: self.protocol,
@@ -259,6 +268,7 @@ impl EvalArgs {
             batch_size: 64,
             seed: self.eval_seed,
             wmt16_comma_cut: self.wmt16_comma_cut,
+            detector: self.detector,
         })
     }
 }
@@ -474,7 +484,12 @@ pub struct EvalCommandArgs {
     pub model: Option<PathBuf>,
     /// Instead of --model: released GRU weights (.safetensors, PyTorch names), with --in naming the
     /// training data whose vocabulary they need.
-    #[arg(long, value_name = "FILE", requires = "in_dataset", conflicts_with = "model")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "in_dataset",
+        conflicts_with = "model"
+    )]
     pub weights: Option<PathBuf>,
     /// In-distribution dataset of --weights (sst, trec, 20ng).
     #[arg(long = "in", value_name = "NAME")]
@@ -521,7 +536,12 @@ pub struct ReportArgs {
     pub run_dirs: Vec<PathBuf>,
     /// Group by these (comma-separated; the OOD set is always a key): dataset, method, score, model,
     /// protocol, ratio, seed. Columns not grouped by that vary inside a group are flagged in `warning`.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "dataset,method,score")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "dataset,method,score"
+    )]
     pub by: Vec<crate::report::aggregate::GroupKey>,
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub format: ReportFormat,

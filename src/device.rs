@@ -86,7 +86,10 @@ pub fn resolve(spec: DeviceSpec) -> Result<DeviceChoice> {
     let description = match device {
         tch::Device::Cuda(i) => format!("device: cuda:{i} ({spec} requested; {})", cuda_status()),
         _ if spec == DeviceSpec::Cpu => "device: cpu (requested)".to_string(),
-        _ => format!("device: cpu ({spec} requested; no usable GPU: {})", cuda_status()),
+        _ => format!(
+            "device: cpu ({spec} requested; no usable GPU: {})",
+            cuda_status()
+        ),
     };
     Ok(DeviceChoice {
         device,
@@ -116,7 +119,10 @@ impl fmt::Display for CudaStatus {
         match self {
             CudaStatus::Loaded(p) => write!(f, "CUDA libtorch loaded from {}", p.display()),
             CudaStatus::NotFound(tried) if tried.is_empty() => {
-                write!(f, "libtorch_cuda.so not found (set OE_LIBTORCH_CUDA to its path)")
+                write!(
+                    f,
+                    "libtorch_cuda.so not found (set OE_LIBTORCH_CUDA to its path)"
+                )
             }
             CudaStatus::NotFound(tried) => write!(
                 f,

@@ -35,6 +35,26 @@ pub enum Protocol {
     Clean,
 }
 
+/// A feature-space detector used instead of a logit score (fitted on in-distribution training
+/// features only; see [`crate::detectors`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeatureDetector {
+    /// Minimum class-conditional Mahalanobis distance with a shared covariance (Lee et al. 2018).
+    Mahalanobis,
+    /// Distance to the k-th nearest normalised training feature (Sun et al. 2022).
+    Knn,
+}
+
+impl FeatureDetector {
+    pub fn name(self) -> &'static str {
+        match self {
+            FeatureDetector::Mahalanobis => "mahalanobis",
+            FeatureDetector::Knn => "knn",
+        }
+    }
+}
+
 /// Evaluation settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -53,6 +73,18 @@ pub struct EvalConfig {
     /// Cut WMT16 sentences at their first comma (the CSV-reading quirk protocol.md §2.6 describes;
     /// off by default because the paper's numbers match uncut sentences).
     pub wmt16_comma_cut: bool,
+    /// Score with a feature-space detector instead of `score` (needs fitted detectors).
+    pub detector: Option<FeatureDetector>,
+}
+
+impl EvalConfig {
+    /// Name of the anomaly score in use (`msp`, `energy`, ..., or `mahalanobis` / `knn`).
+    pub fn score_name(&self) -> String {
+        match self.detector {
+            Some(d) => d.name().to_string(),
+            None => self.score.to_string(),
+        }
+    }
 }
 
 impl Default for EvalConfig {
@@ -67,6 +99,7 @@ impl Default for EvalConfig {
             batch_size: 64,
             seed: 1,
             wmt16_comma_cut: false,
+            detector: None,
         }
     }
 }
@@ -135,7 +168,11 @@ impl EvalReport {
     pub fn mean_over_sets(&self) -> (f64, f64, f64) {
         let n = self.sets.len().max(1) as f64;
         let f = |g: fn(&SetResult) -> f64| self.sets.iter().map(g).sum::<f64>() / n;
-        (f(|s| s.fpr.mean), f(|s| s.auroc.mean), f(|s| s.aupr_out.mean))
+        (
+            f(|s| s.fpr.mean),
+            f(|s| s.auroc.mean),
+            f(|s| s.aupr_out.mean),
+        )
     }
 }
 
@@ -147,9 +184,52 @@ pub struct Scorer<'a> {
     pub in_fix_len: Option<usize>,
     /// Truncation applied to every input (transformers).
     pub max_len: Option<usize>,
+    /// Fitted feature-space detectors, when evaluating with one.
+    pub detectors: Option<&'a crate::detectors::FeatureDetectors>,
 }
 
-impl Scorer<'_> {
+impl<'a> Scorer<'a> {
+    /// Anomaly scores `[n]` from features `[n, d]` and logits `[n, k]` under `cfg`.
+    pub fn anomaly(&self, feats: &Tensor, logits: &Tensor, cfg: &EvalConfig) -> Result<Vec<f64>> {
+        match cfg.detector {
+            None => Ok(cfg.score.compute_vec(logits)),
+            Some(d) => {
+                let det = self.detectors.ok_or_else(|| {
+                    OeError::Config(format!("{} needs fitted detectors", d.name()))
+                })?;
+                let all = det.scores(&feats.to_device(self.device))?;
+                let (_, t) = all
+                    .into_iter()
+                    .find(|(n, _)| *n == d.name())
+                    .ok_or_else(|| OeError::Config(format!("no fitted {} detector", d.name())))?;
+                let t = t.to_device(Device::Cpu).to_kind(Kind::Double).contiguous();
+                Vec::<f64>::try_from(&t).map_err(OeError::Torch)
+            }
+        }
+    }
+
+    /// Features `[n, d]` and logits `[n, k]` for `order`, batched as [`Self::logits_in_order`].
+    pub fn outputs_in_order(
+        &self,
+        ids: &[Vec<i64>],
+        order: &[usize],
+        batch: usize,
+        fix_len: Option<usize>,
+    ) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let (f, l): (Vec<Tensor>, Vec<Tensor>) = order
+                .chunks(batch.max(1))
+                .map(|c| {
+                    let seqs: Vec<&[i64]> = c.iter().map(|&i| self.truncate(&ids[i])).collect();
+                    let b = TokenBatch::left_padded(&seqs, fix_len, self.device);
+                    let (f, l) = self.model.features_and_logits(&b, false);
+                    (f.to_device(Device::Cpu), l.to_device(Device::Cpu))
+                })
+                .unzip();
+            (Tensor::cat(&f, 0), Tensor::cat(&l, 0))
+        })
+    }
+
     fn truncate<'b>(&self, s: &'b [i64]) -> &'b [i64] {
         match self.max_len {
             Some(m) if s.len() > m => &s[..m],
@@ -181,7 +261,22 @@ impl Scorer<'_> {
 
     /// Logits `[n, k]` in input order, each text computed in a batch of texts of exactly its own
     /// length (so no padding, and no dependence on other texts).
-    pub fn logits_bucketed(&self, ids: &[Vec<i64>], batch: usize, fix_len: Option<usize>) -> Tensor {
+    pub fn logits_bucketed(
+        &self,
+        ids: &[Vec<i64>],
+        batch: usize,
+        fix_len: Option<usize>,
+    ) -> Tensor {
+        self.outputs_bucketed(ids, batch, fix_len).1
+    }
+
+    /// Features `[n, d]` and logits `[n, k]` in input order, batched by exact length.
+    pub fn outputs_bucketed(
+        &self,
+        ids: &[Vec<i64>],
+        batch: usize,
+        fix_len: Option<usize>,
+    ) -> (Tensor, Tensor) {
         let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, s) in ids.iter().enumerate() {
             let len = match fix_len {
@@ -191,27 +286,33 @@ impl Scorer<'_> {
             by_len.entry(len).or_default().push(i);
         }
         let mut order = Vec::with_capacity(ids.len());
-        let mut parts = Vec::new();
+        let (mut fparts, mut lparts) = (Vec::new(), Vec::new());
         tch::no_grad(|| {
             for idx in by_len.values() {
                 for c in idx.chunks(batch.max(1)) {
                     let seqs: Vec<&[i64]> = c.iter().map(|&i| self.truncate(&ids[i])).collect();
                     let b = TokenBatch::left_padded(&seqs, fix_len, self.device);
-                    parts.push(self.model.logits(&b, false).to_device(Device::Cpu));
+                    let (f, l) = self.model.features_and_logits(&b, false);
+                    fparts.push(f.to_device(Device::Cpu));
+                    lparts.push(l.to_device(Device::Cpu));
                     order.extend_from_slice(c);
                 }
             }
         });
-        if parts.is_empty() {
-            return Tensor::zeros([0, 0], (Kind::Float, Device::Cpu));
+        if lparts.is_empty() {
+            let z = Tensor::zeros([0, 0], (Kind::Float, Device::Cpu));
+            return (z.shallow_clone(), z);
         }
-        let cat = Tensor::cat(&parts, 0);
         // Undo the bucketing permutation.
         let mut inverse = vec![0i64; order.len()];
         for (pos, &i) in order.iter().enumerate() {
             inverse[i] = pos as i64;
         }
-        cat.index_select(0, &Tensor::from_slice(&inverse))
+        let inv = Tensor::from_slice(&inverse);
+        (
+            Tensor::cat(&fparts, 0).index_select(0, &inv),
+            Tensor::cat(&lparts, 0).index_select(0, &inv),
+        )
     }
 }
 
@@ -230,8 +331,22 @@ pub fn interleave_keys(a: usize, b: usize) -> u64 {
 pub fn detokenize_ptb(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for tok in s.split_whitespace() {
-        let attach = matches!(tok, "." | "," | "!" | "?" | ";" | ":" | "n't" | "'s" | "'re" | "'ve" | "'ll" | "'d" | "'m" | ")")
-            || out.ends_with('(');
+        let attach = matches!(
+            tok,
+            "." | ","
+                | "!"
+                | "?"
+                | ";"
+                | ":"
+                | "n't"
+                | "'s"
+                | "'re"
+                | "'ve"
+                | "'ll"
+                | "'d"
+                | "'m"
+                | ")"
+        ) || out.ends_with('(');
         if !out.is_empty() && !attach {
             out.push(' ');
         }
@@ -283,7 +398,9 @@ where
         )));
     }
     if cfg.repeats == 0 || cfg.id_per_ood == 0 || cfg.batch_size == 0 {
-        return Err(OeError::Config("repeats, ratio and batch size must be positive".into()));
+        return Err(OeError::Config(
+            "repeats, ratio and batch size must be positive".into(),
+        ));
     }
     let mcfg = MetricsConfig {
         positive: Positive::Ood,
@@ -298,23 +415,28 @@ where
             if scorer.in_fix_len.is_none() {
                 order.sort_by_key(|&i| in_ids[i].len()); // stable, as Python's sorted
             }
-            let l = scorer.logits_in_order(in_ids, &order, cfg.batch_size, scorer.in_fix_len);
+            let (f, l) = scorer.outputs_in_order(in_ids, &order, cfg.batch_size, scorer.in_fix_len);
             let mut inverse = vec![0i64; n_in];
             for (pos, &i) in order.iter().enumerate() {
                 inverse[i] = pos as i64;
             }
-            l.index_select(0, &Tensor::from_slice(&inverse))
+            let inv = Tensor::from_slice(&inverse);
+            (f.index_select(0, &inv), l.index_select(0, &inv))
         }
-        Protocol::Clean => scorer.logits_bucketed(in_ids, 256, scorer.in_fix_len),
+        Protocol::Clean => scorer.outputs_bucketed(in_ids, 256, scorer.in_fix_len),
     };
-    let in_scores = cfg.score.compute_vec(&in_logits);
+    let (in_feats, in_logits) = in_logits;
+    let in_scores = scorer.anomaly(&in_feats, &in_logits, cfg)?;
     let pred = Vec::<i64>::try_from(&in_logits.argmax(-1, false)).map_err(OeError::Torch)?;
     let correct = pred.iter().zip(in_labels).filter(|(p, y)| p == y).count();
 
     let mut sets = Vec::new();
     for set in ood {
         if set.texts.is_empty() {
-            return Err(OeError::Data(format!("OOD set `{}` has no texts", set.name)));
+            return Err(OeError::Data(format!(
+                "OOD set `{}` has no texts",
+                set.name
+            )));
         }
         let texts: Vec<String> = match (cfg.protocol, set.name.as_str()) {
             (Protocol::Paper, "snli") => set.texts.iter().map(|t| detokenize_ptb(t)).collect(),
@@ -351,12 +473,15 @@ where
                     }
                     _ => None,
                 };
-                let fixed = fixed_order.map(|o| {
-                    let take = &o[..n_ood];
-                    let l = scorer.logits_in_order(&ids, take, cfg.batch_size, None);
-                    let s = cfg.score.compute_vec(&l);
-                    take.iter().copied().zip(s).collect::<Vec<_>>()
-                });
+                let fixed = match fixed_order {
+                    Some(o) => {
+                        let take = &o[..n_ood];
+                        let (f, l) = scorer.outputs_in_order(&ids, take, cfg.batch_size, None);
+                        let s = scorer.anomaly(&f, &l, cfg)?;
+                        Some(take.iter().copied().zip(s).collect::<Vec<_>>())
+                    }
+                    None => None,
+                };
                 for r in 0..cfg.repeats {
                     let drawn = match &fixed {
                         Some(f) => f.clone(),
@@ -364,8 +489,11 @@ where
                             let mut o: Vec<usize> = (0..n_avail).collect();
                             o.shuffle(&mut draw_rng(cfg.seed, &set.name, r));
                             let take = &o[..n_ood];
-                            let l = scorer.logits_in_order(&ids, take, cfg.batch_size, None);
-                            take.iter().copied().zip(cfg.score.compute_vec(&l)).collect()
+                            let (f, l) = scorer.outputs_in_order(&ids, take, cfg.batch_size, None);
+                            take.iter()
+                                .copied()
+                                .zip(scorer.anomaly(&f, &l, cfg)?)
+                                .collect()
                         }
                     };
                     let s: Vec<f64> = drawn.iter().map(|p| p.1).collect();
@@ -388,8 +516,8 @@ where
                 needed.sort_unstable();
                 needed.dedup();
                 let sub: Vec<Vec<i64>> = needed.iter().map(|&i| ids[i].clone()).collect();
-                let l = scorer.logits_bucketed(&sub, 256, None);
-                let s = cfg.score.compute_vec(&l);
+                let (f, l) = scorer.outputs_bucketed(&sub, 256, None);
+                let s = scorer.anomaly(&f, &l, cfg)?;
                 let lookup: std::collections::HashMap<usize, f64> =
                     needed.iter().copied().zip(s).collect();
                 for p in picks {
@@ -400,7 +528,8 @@ where
                 }
             }
         }
-        let col = |f: fn(&DetectionMetrics) -> f64| MeanStd::of(&draws.iter().map(f).collect::<Vec<_>>());
+        let col =
+            |f: fn(&DetectionMetrics) -> f64| MeanStd::of(&draws.iter().map(f).collect::<Vec<_>>());
         sets.push(SetResult {
             ood_set: set.name.clone(),
             n_ood: scores.first().map_or(0, |s| s.len()),
@@ -441,12 +570,18 @@ mod tests {
             detokenize_ptb("The crowd is watching the roof 's edge . "),
             "The crowd is watching the roof's edge."
         );
-        assert_eq!(detokenize_ptb("The boy does n't want it , ok ?"), "The boy doesn't want it, ok?");
+        assert_eq!(
+            detokenize_ptb("The boy does n't want it , ok ?"),
+            "The boy doesn't want it, ok?"
+        );
     }
 
     #[test]
     fn wmt16_cut_at_first_comma() {
-        assert_eq!(wmt16_csv_cut("today , the parliament dismissed , x"), "today");
+        assert_eq!(
+            wmt16_csv_cut("today , the parliament dismissed , x"),
+            "today"
+        );
         assert_eq!(wmt16_csv_cut("no comma here"), "no comma here");
     }
 

@@ -70,16 +70,19 @@ pub fn read_scores(path: &Path, column: Option<&str>) -> Result<Vec<f64>> {
                 .headers()
                 .map_err(|e| OeError::parse(path, 1, format!("bad CSV header: {e}")))?
                 .clone();
-            let idx = headers.iter().position(|h| h.trim() == col).ok_or_else(|| {
-                OeError::parse(
-                    path,
-                    1,
-                    format!(
-                        "no column `{col}` in header (columns: {})",
-                        headers.iter().collect::<Vec<_>>().join(", ")
-                    ),
-                )
-            })?;
+            let idx = headers
+                .iter()
+                .position(|h| h.trim() == col)
+                .ok_or_else(|| {
+                    OeError::parse(
+                        path,
+                        1,
+                        format!(
+                            "no column `{col}` in header (columns: {})",
+                            headers.iter().collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                })?;
             let mut out = Vec::new();
             for rec in rdr.records() {
                 let rec = rec.map_err(|e| {
@@ -138,11 +141,16 @@ mod tests {
     #[test]
     fn reads_csv_column() {
         let f = file(b"id,score\na,0.25\nb,1.5\n");
-        assert_eq!(read_scores(f.path(), Some("score")).unwrap(), vec![0.25, 1.5]);
+        assert_eq!(
+            read_scores(f.path(), Some("score")).unwrap(),
+            vec![0.25, 1.5]
+        );
         let e = read_scores(f.path(), Some("nope")).unwrap_err().to_string();
         assert!(e.contains("no column `nope`"), "{e}");
         let f = file(b"id,score\na,0.25\nb,x\n");
-        let e = read_scores(f.path(), Some("score")).unwrap_err().to_string();
+        let e = read_scores(f.path(), Some("score"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":3:"), "{e}");
     }
 

@@ -46,7 +46,10 @@ pub fn nlp_rows() -> Vec<PaperRow> {
 /// Table 8's row for (in-distribution dataset, OOD set or `mean`, `baseline`|`oe`).
 pub fn nlp_lookup(in_dataset: &str, ood_set: &str, method: &str) -> Option<PaperRow> {
     nlp_rows().into_iter().find(|r| {
-        r.table == "table8" && r.in_dataset == in_dataset && r.ood_set == ood_set && r.method == method
+        r.table == "table8"
+            && r.in_dataset == in_dataset
+            && r.ood_set == ood_set
+            && r.method == method
     })
 }
 
@@ -69,7 +72,12 @@ mod tests {
             for m in ["baseline", "oe"] {
                 let sets: Vec<_> = rows
                     .iter()
-                    .filter(|r| r.table == "table8" && r.in_dataset == d && r.method == m && r.ood_set != "mean")
+                    .filter(|r| {
+                        r.table == "table8"
+                            && r.in_dataset == d
+                            && r.method == m
+                            && r.ood_set != "mean"
+                    })
                     .collect();
                 assert_eq!(sets.len(), 10);
                 let mean = sets.iter().map(|r| r.auroc).sum::<f64>() / 10.0;

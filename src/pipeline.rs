@@ -53,6 +53,8 @@ pub struct LoadedModel {
     pub labels: LabelVocab,
     pub vs: nn::VarStore,
     pub model: TextModel,
+    /// Feature-space detectors fitted on the training set (`detectors/`), when present.
+    pub detectors: Option<crate::detectors::FeatureDetectors>,
 }
 
 impl LoadedModel {
@@ -80,6 +82,12 @@ impl LoadedModel {
             .model
             .build(&vs.root(), vocab.len() as i64, labels.len() as i64)?;
         train::load_weights(&mut vs, &dir.join("model.safetensors"))?;
+        let det_dir = dir.join("detectors");
+        let detectors = if det_dir.is_dir() {
+            Some(crate::detectors::FeatureDetectors::load(&det_dir, device)?)
+        } else {
+            None
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
@@ -87,6 +95,7 @@ impl LoadedModel {
             labels,
             vs,
             model,
+            detectors,
         })
     }
 
@@ -96,7 +105,34 @@ impl LoadedModel {
             device: self.vs.device(),
             in_fix_len: self.config.in_fix_len,
             max_len: self.config.model.max_len(),
+            detectors: self.detectors.as_ref(),
         }
+    }
+
+    /// Fits Mahalanobis and k-NN detectors on the penultimate features of the in-distribution
+    /// training set (streamed in batches, each text computed without padding), stores them in
+    /// `dir/detectors/`, and keeps them for scoring.
+    pub fn fit_detectors(&mut self, train: &data::Labelled) -> Result<()> {
+        let enc = encode_labelled(&self.vocab, &self.labels, train, self.config.in_fix_len)?;
+        let (feats, _) = self
+            .scorer()
+            .outputs_bucketed(&enc.ids, 256, self.config.in_fix_len);
+        let labels = tch::Tensor::from_slice(&enc.labels);
+        let n = enc.labels.len() as i64;
+        let step = 1024i64;
+        let batches = (0..n).step_by(step as usize).map(|s| {
+            let len = step.min(n - s);
+            (feats.narrow(0, s, len), labels.narrow(0, s, len))
+        });
+        let det = crate::detectors::FeatureDetectors::fit(
+            batches,
+            self.labels.len(),
+            &Default::default(),
+            &Default::default(),
+        )?;
+        det.save(&self.dir.join("detectors"))?;
+        self.detectors = Some(det);
+        Ok(())
     }
 }
 
@@ -210,7 +246,10 @@ fn train_model_dir(
     let final_path = dir.join("model.safetensors");
     if final_path.exists() {
         if resume {
-            obs.status(&format!("{phase}: already trained ({})", final_path.display()));
+            obs.status(&format!(
+                "{phase}: already trained ({})",
+                final_path.display()
+            ));
             return Ok(());
         }
         return Err(OeError::Config(format!(
@@ -436,7 +475,11 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
             req.device, obs,
         )?;
         dirs.push(("baseline".to_string(), base_dir.clone()));
-        timings.push(timing("baseline training", t0, ind.train.len() * req.baseline.epochs));
+        timings.push(timing(
+            "baseline training",
+            t0,
+            ind.train.len() * req.baseline.epochs,
+        ));
     }
     if let (Some(corpus), Some(oe_ids)) = (&req.oe_corpus, &oe_ids) {
         let oe_dir = req.out_dir.join("oe");
@@ -448,7 +491,8 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
             init_from: (req.oe_method == Method::OeFinetune).then(|| "../baseline".to_string()),
             ..base_cfg.clone()
         };
-        let init = (req.oe_method == Method::OeFinetune).then(|| base_dir.join("model.safetensors"));
+        let init =
+            (req.oe_method == Method::OeFinetune).then(|| base_dir.join("model.safetensors"));
         let t0 = std::time::Instant::now();
         train_model_dir(
             &oe_dir,
@@ -463,24 +507,43 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
             obs,
         )?;
         dirs.push(("oe".to_string(), oe_dir));
-        timings.push(timing(req.oe_method.name(), t0, ind.train.len() * req.oe.epochs));
+        timings.push(timing(
+            req.oe_method.name(),
+            t0,
+            ind.train.len() * req.oe.epochs,
+        ));
     }
     obs.status("evaluating");
     let t_eval = std::time::Instant::now();
     let ood = load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text)?;
     let mut reports = Vec::new();
     for (name, dir) in &dirs {
-        let m = LoadedModel::load(dir, req.device)?;
+        let mut m = LoadedModel::load(dir, req.device)?;
+        if m.detectors.is_none() {
+            m.fit_detectors(&ind.train)?;
+        }
         let (r, out) = evaluate_model(&m, &ind.test, &ood, &req.eval, name)?;
         obs.status(&format!("{name}: results in {}", out.display()));
         reports.push((name.clone(), r));
         if let Some(tpr) = req.calibrate_tpr {
-            obs.status(&calibrate_after_training(&m, heldout.as_ref(), ind.dev.as_ref(), req.eval.score, tpr)?);
+            obs.status(&calibrate_after_training(
+                &m,
+                heldout.as_ref(),
+                ind.dev.as_ref(),
+                req.eval.score,
+                tpr,
+            )?);
         }
     }
     let scored: usize = reports
         .iter()
-        .map(|(_, r)| r.n_in + r.sets.iter().map(|s| s.n_ood * s.draws.len()).sum::<usize>())
+        .map(|(_, r)| {
+            r.n_in
+                + r.sets
+                    .iter()
+                    .map(|s| s.n_ood * s.draws.len())
+                    .sum::<usize>()
+        })
         .sum();
     timings.push(timing("evaluation", t_eval, scored));
     for t in &timings {

@@ -60,7 +60,13 @@ fn ema(prev: f64, x: f64) -> f64 {
 }
 
 impl Observer for Progress {
-    fn phase_start(&mut self, phase: &str, epochs: usize, steps_per_epoch: usize, start_epoch: usize) {
+    fn phase_start(
+        &mut self,
+        phase: &str,
+        epochs: usize,
+        steps_per_epoch: usize,
+        start_epoch: usize,
+    ) {
         self.steps = steps_per_epoch;
         match self.style {
             Style::Bars => {

@@ -10,10 +10,11 @@ use tch::{Kind, Tensor};
 
 /// A logit-based detector. Serialises as e.g. `{"type":"energy","temperature":1.0}`; parses from
 /// `msp`, `maxlogit`, `energy`, `energy:T`, `entropy`, `xent-uniform`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Score {
     /// Negative maximum softmax probability `−max_c softmax(z)_c` (the paper's detector).
+    #[default]
     Msp,
     /// Negative maximum logit `−max_c z_c`.
     MaxLogit,
@@ -23,12 +24,6 @@ pub enum Score {
     Entropy,
     /// Negative cross-entropy to uniform `mean_c z_c − logsumexp(z)` (the paper's Appendix E score).
     XentUniform,
-}
-
-impl Default for Score {
-    fn default() -> Self {
-        Score::Msp
-    }
 }
 
 impl Score {
@@ -139,7 +134,10 @@ mod tests {
         let cases: Vec<(Score, [f64; 2])> = vec![
             (Score::Msp, [-0.964_663_155_9, -1.0 / 3.0]),
             (Score::MaxLogit, [-4.0, -1.0]),
-            (Score::Energy { temperature: 1.0 }, [-4.035_976_299_7, -2.098_612_288_7]),
+            (
+                Score::Energy { temperature: 1.0 },
+                [-4.035_976_299_7, -2.098_612_288_7],
+            ),
             (Score::Entropy, [0.177_323_675_9, 1.098_612_288_7]),
             (Score::XentUniform, [-2.702_642_966_4, -1.098_612_288_7]),
         ];
@@ -150,7 +148,10 @@ mod tests {
             }
             // Higher = more anomalous: the uniform row scores above the confident row (except max logit
             // and energy, which also depend on scale; here the uniform row has smaller logits too).
-            assert!(got[1] > got[0], "{score} does not rank the uniform row as more anomalous");
+            assert!(
+                got[1] > got[0],
+                "{score} does not rank the uniform row as more anomalous"
+            );
         }
     }
 

@@ -85,7 +85,12 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 || self.batch_size == 0 || self.oe_batch_size == 0 || !(self.lr > 0.0) {
+        if self.epochs == 0
+            || self.batch_size == 0
+            || self.oe_batch_size == 0
+            || self.lr.is_nan()
+            || self.lr <= 0.0
+        {
             return Err(OeError::Config(format!(
                 "epochs, batch sizes and learning rate must be positive (epochs {}, batch {}, OE batch {}, lr {})",
                 self.epochs, self.batch_size, self.oe_batch_size, self.lr
@@ -106,7 +111,14 @@ pub struct EncodedSet {
 
 /// Progress events; the library never prints, binaries render these.
 pub trait Observer {
-    fn phase_start(&mut self, _phase: &str, _epochs: usize, _steps_per_epoch: usize, _start_epoch: usize) {}
+    fn phase_start(
+        &mut self,
+        _phase: &str,
+        _epochs: usize,
+        _steps_per_epoch: usize,
+        _start_epoch: usize,
+    ) {
+    }
     fn step(&mut self, _phase: &str, _epoch: usize, _step: usize, _loss: f64, _accuracy: f64) {}
     fn epoch_end(&mut self, _phase: &str, _epoch: usize, _summary: &EpochSummary) {}
 }
@@ -142,7 +154,9 @@ pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
     let tmp = dir.join(format!(
         ".{}.partial.safetensors",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("weights")
+        path.file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("weights")
     ));
     vs.save(&tmp)?;
     std::fs::File::open(&tmp)
@@ -155,7 +169,10 @@ pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
 /// Loads `.safetensors` weights into `vs`, with a clear error naming the file.
 pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
     if !path.exists() {
-        return Err(OeError::Data(format!("{}: weights file not found", path.display())));
+        return Err(OeError::Data(format!(
+            "{}: weights file not found",
+            path.display()
+        )));
     }
     vs.load(path).map_err(|e| {
         OeError::Data(format!(
@@ -241,12 +258,14 @@ pub fn train_phase(
             if let Some(o) = oe {
                 // A separate forward pass for the outliers, as the NLP reference does.
                 let end = (oe_pos + cfg.oe_batch_size).min(oe_order.len());
-                let oseqs: Vec<&[i64]> =
-                    oe_order[oe_pos..end].iter().map(|&i| o[i].as_slice()).collect();
+                let oseqs: Vec<&[i64]> = oe_order[oe_pos..end]
+                    .iter()
+                    .map(|&i| o[i].as_slice())
+                    .collect();
                 oe_pos = end;
                 let obatch = TokenBatch::left_padded(&oseqs, None, device);
                 let ologits = model.logits(&obatch, true);
-                loss = loss + cfg.oe_loss.auxiliary(&logits, &ologits);
+                loss += cfg.oe_loss.auxiliary(&logits, &ologits);
             }
             opt.backward_step(&loss);
             let l = loss.double_value(&[]);

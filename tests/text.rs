@@ -39,7 +39,10 @@ fn sst_fixture_style(path: &Path) -> (Vec<String>, Vec<String>) {
         if y == b'2' {
             continue;
         }
-        let toks: Vec<&str> = leaf.captures_iter(line).map(|c| c.get(1).unwrap().as_str()).collect();
+        let toks: Vec<&str> = leaf
+            .captures_iter(line)
+            .map(|c| c.get(1).unwrap().as_str())
+            .collect();
         texts.push(toks.join(" "));
         labels.push(if y > b'2' { "positive" } else { "negative" }.to_string());
     }
@@ -83,10 +86,21 @@ fn released_weights_reproduce_independent_logits() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let weights = shared.join(format!("reference-models/{stem}.safetensors"));
-        let (m, ind) =
-            import_weights(&weights, ds, &data, &TextOptions::default(), dir.path(), Device::Cpu).unwrap();
-        let want = read_logits(&shared.join(format!("reference-models/logits/{stem}.test-logits.csv")));
-        let labels = m.labels.indices(ind.test.labels.iter().map(String::as_str)).unwrap();
+        let (m, ind) = import_weights(
+            &weights,
+            ds,
+            &data,
+            &TextOptions::default(),
+            dir.path(),
+            Device::Cpu,
+        )
+        .unwrap();
+        let want =
+            read_logits(&shared.join(format!("reference-models/logits/{stem}.test-logits.csv")));
+        let labels = m
+            .labels
+            .indices(ind.test.labels.iter().map(String::as_str))
+            .unwrap();
         let ids: Vec<Vec<i64>> = ind.test.texts.iter().map(|t| m.vocab.encode(t)).collect();
         // Batched by exact length = each example computed without padding, as the fixture.
         let ours = m.scorer().logits_bucketed(&ids, 128, None);
@@ -98,7 +112,10 @@ fn released_weights_reproduce_independent_logits() {
             // 76.8% / 70.8% against TREC_10 labels (checked with numpy), and so do we.
             let fixture_logits = Tensor::from_slice(&want.concat()).view([want.len() as i64, -1]);
             let from_fixture = accuracy(&fixture_logits, &labels);
-            assert_eq!(acc, from_fixture, "{stem}: accuracy {acc} vs the fixture's {from_fixture}");
+            assert_eq!(
+                acc, from_fixture,
+                "{stem}: accuracy {acc} vs the fixture's {from_fixture}"
+            );
             let _ = fixture_acc;
             eprintln!("{stem}: max |Δlogit| {d:.2e}, accuracy {:.1}%", acc * 100.0);
         } else {
@@ -115,7 +132,10 @@ fn released_weights_reproduce_independent_logits() {
             let fixture_logits = Tensor::from_slice(&want.concat()).view([want.len() as i64, -1]);
             assert_eq!(facc, accuracy(&fixture_logits, &flabels), "{stem}");
             let _ = fixture_acc;
-            assert!(acc > facc + 0.02, "{stem}: nltk-style vocabulary {acc} vs fixture-style {facc}");
+            assert!(
+                acc > facc + 0.02,
+                "{stem}: nltk-style vocabulary {acc} vs fixture-style {facc}"
+            );
             eprintln!(
                 "{stem}: fixture-style max |Δlogit| {d:.2e}, accuracy {:.1}%; our vocabulary {:.1}%",
                 facc * 100.0,
@@ -135,7 +155,9 @@ fn toy_set(n: usize, seed: u64) -> EncodedSet {
         let len = 3 + (i * 7 % 8);
         let seq = (0..len)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 2 + 18 * y + ((x >> 33) % 18) as i64
             })
             .collect();
@@ -152,10 +174,20 @@ fn toy_set(n: usize, seed: u64) -> EncodedSet {
 fn train_toy(cfg: &TrainConfig, method: Method, oe: Option<&[Vec<i64>]>) -> nn::VarStore {
     train::seed_everything(cfg.seed);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = ModelConfig::Gru(GruConfig::default()).build(&vs.root(), 40, 2).unwrap();
+    let model = ModelConfig::Gru(GruConfig::default())
+        .build(&vs.root(), 40, 2)
+        .unwrap();
     let set = toy_set(96, 5);
     train::train_phase(
-        "t", method, &model, &vs, &set, oe, cfg, CheckpointState::default(), &mut train::Silent,
+        "t",
+        method,
+        &model,
+        &vs,
+        &set,
+        oe,
+        cfg,
+        CheckpointState::default(),
+        &mut train::Silent,
         &mut |_| Ok(()),
     )
     .unwrap();
@@ -181,12 +213,27 @@ fn same_seed_same_model_on_cpu() {
         batch_size: 16,
         ..Default::default()
     };
-    let oe: Vec<Vec<i64>> = toy_set(64, 9).ids.into_iter().map(|s| s.iter().map(|t| t + 1).collect()).collect();
+    let oe: Vec<Vec<i64>> = toy_set(64, 9)
+        .ids
+        .into_iter()
+        .map(|s| s.iter().map(|t| t + 1).collect())
+        .collect();
     let a = train_toy(&cfg, Method::OeScratch, Some(&oe));
     let b = train_toy(&cfg, Method::OeScratch, Some(&oe));
-    assert_eq!(max_weight_diff(&a, &b), 0.0, "same seed gave different weights");
-    let c = train_toy(&TrainConfig { seed: 2, ..cfg }, Method::OeScratch, Some(&oe));
-    assert!(max_weight_diff(&a, &c) > 1e-4, "a different seed should give a different model");
+    assert_eq!(
+        max_weight_diff(&a, &b),
+        0.0,
+        "same seed gave different weights"
+    );
+    let c = train_toy(
+        &TrainConfig { seed: 2, ..cfg },
+        Method::OeScratch,
+        Some(&oe),
+    );
+    assert!(
+        max_weight_diff(&a, &c) > 1e-4,
+        "a different seed should give a different model"
+    );
 }
 
 #[test]
@@ -202,7 +249,9 @@ fn training_learns_a_separable_toy_task() {
     drop(model);
     // Re-create over the same variables to score the training set.
     let mut vs2 = nn::VarStore::new(Device::Cpu);
-    let m2 = ModelConfig::Gru(GruConfig::default()).build(&vs2.root(), 40, 2).unwrap();
+    let m2 = ModelConfig::Gru(GruConfig::default())
+        .build(&vs2.root(), 40, 2)
+        .unwrap();
     vs2.copy(&vs).unwrap();
     let set = toy_set(96, 5);
     let seqs: Vec<&[i64]> = set.ids.iter().map(|s| s.as_slice()).collect();
@@ -226,9 +275,18 @@ fn interrupted_training_resumes_and_partial_files_never_load() {
     // Run 1: "crash" after the first epoch's checkpoint.
     train::seed_everything(1);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = ModelConfig::Gru(GruConfig::default()).build(&vs.root(), 40, 2).unwrap();
+    let model = ModelConfig::Gru(GruConfig::default())
+        .build(&vs.root(), 40, 2)
+        .unwrap();
     let err = train::train_phase(
-        "p", Method::Baseline, &model, &vs, &set, None, &cfg, CheckpointState::default(),
+        "p",
+        Method::Baseline,
+        &model,
+        &vs,
+        &set,
+        None,
+        &cfg,
+        CheckpointState::default(),
         &mut train::Silent,
         &mut |s| {
             train::save_weights(&vs, &ckpt)?;
@@ -242,7 +300,9 @@ fn interrupted_training_resumes_and_partial_files_never_load() {
     assert!(err.is_err());
     // Run 2: resume from the checkpoint and finish the remaining epochs.
     let mut vs2 = nn::VarStore::new(Device::Cpu);
-    let model2 = ModelConfig::Gru(GruConfig::default()).build(&vs2.root(), 40, 2).unwrap();
+    let model2 = ModelConfig::Gru(GruConfig::default())
+        .build(&vs2.root(), 40, 2)
+        .unwrap();
     train::load_weights(&mut vs2, &ckpt).unwrap();
     assert_eq!(max_weight_diff(&vs, &vs2), 0.0);
     let state = CheckpointState {
@@ -251,7 +311,15 @@ fn interrupted_training_resumes_and_partial_files_never_load() {
         history: vec![],
     };
     let done = train::train_phase(
-        "p", Method::Baseline, &model2, &vs2, &set, None, &cfg, state, &mut train::Silent,
+        "p",
+        Method::Baseline,
+        &model2,
+        &vs2,
+        &set,
+        None,
+        &cfg,
+        state,
+        &mut train::Silent,
         &mut |_| Ok(()),
     )
     .unwrap();
@@ -262,9 +330,14 @@ fn interrupted_training_resumes_and_partial_files_never_load() {
     let bad = dir.path().join("model.safetensors");
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
     let mut vs3 = nn::VarStore::new(Device::Cpu);
-    let _m3 = ModelConfig::Gru(GruConfig::default()).build(&vs3.root(), 40, 2).unwrap();
+    let _m3 = ModelConfig::Gru(GruConfig::default())
+        .build(&vs3.root(), 40, 2)
+        .unwrap();
     let e = train::load_weights(&mut vs3, &bad).unwrap_err().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("cannot load"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("cannot load"),
+        "{e}"
+    );
     // save_weights leaves no temporary files behind.
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -291,15 +364,27 @@ fn train_and_eval_commands_end_to_end() {
     let mut train_csv = String::from("text,label\n");
     let mut test_csv = String::from("text,label\n");
     for i in 0..120 {
-        let (w, l) = if i % 2 == 0 { ("good fine great", "pos") } else { ("bad awful poor", "neg") };
+        let (w, l) = if i % 2 == 0 {
+            ("good fine great", "pos")
+        } else {
+            ("bad awful poor", "neg")
+        };
         let line = format!("\"the {w} movie {i}\",{l}\n");
-        if i < 90 { train_csv += &line } else { test_csv += &line }
+        if i < 90 {
+            train_csv += &line
+        } else {
+            test_csv += &line
+        }
     }
     write(&d.join("train.csv"), &train_csv);
     write(&d.join("test.csv"), &test_csv);
-    let oe: String = (0..200).map(|i| format!("some wiki sentence number {i} about history\n")).collect();
+    let oe: String = (0..200)
+        .map(|i| format!("some wiki sentence number {i} about history\n"))
+        .collect();
     write(&d.join("oe.txt"), &oe);
-    let ood: String = (0..50).map(|i| format!("a question about topic {i} ?\n")).collect();
+    let ood: String = (0..50)
+        .map(|i| format!("a question about topic {i} ?\n"))
+        .collect();
     write(&d.join("ood.txt"), &ood);
     let run = d.join("run");
     let out = oe_text()
@@ -309,15 +394,38 @@ fn train_and_eval_commands_end_to_end() {
         .arg(d.join("oe.txt"))
         .args(["--ood"])
         .arg(d.join("ood.txt"))
-        .args(["--epochs", "2", "--oe-epochs", "1", "--repeats", "3", "--device", "cpu", "--quiet", "--out"])
+        .args([
+            "--epochs",
+            "2",
+            "--oe-epochs",
+            "1",
+            "--repeats",
+            "3",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+        ])
         .arg(&run)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "train failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("ood") && stdout.contains("baseline"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "train failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ood") && stdout.contains("baseline"),
+        "{stdout}"
+    );
     for sub in ["baseline", "oe"] {
-        for f in ["run.json", "vocab.json", "model.safetensors", "train_log.json"] {
+        for f in [
+            "run.json",
+            "vocab.json",
+            "model.safetensors",
+            "train_log.json",
+        ] {
             assert!(run.join(sub).join(f).is_file(), "{sub}/{f} missing");
         }
         let res = run.join(sub).join("eval-msp-paper");
@@ -330,19 +438,66 @@ fn train_and_eval_commands_end_to_end() {
     }
     // Finished runs are not silently overwritten ...
     let again = oe_text()
-        .args(["train", "--in"]).arg(d)
-        .args(["--epochs", "1", "--quiet", "--device", "cpu", "--out"]).arg(&run)
-        .output().unwrap();
+        .args(["train", "--in"])
+        .arg(d)
+        .args(["--epochs", "1", "--quiet", "--device", "cpu", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
     // ... and the model directory is self-contained for `eval`, here with the clean protocol.
     let ev = oe_text()
-        .args(["eval", "--model"]).arg(run.join("oe"))
-        .args(["--ood"]).arg(d.join("ood.txt"))
-        .args(["--protocol", "clean", "--score", "energy", "--repeats", "2", "--device", "cpu", "--data-dir"]).arg(d)
-        .output().unwrap();
-    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+        .args(["eval", "--model"])
+        .arg(run.join("oe"))
+        .args(["--ood"])
+        .arg(d.join("ood.txt"))
+        .args([
+            "--protocol",
+            "clean",
+            "--score",
+            "energy",
+            "--repeats",
+            "2",
+            "--device",
+            "cpu",
+            "--data-dir",
+        ])
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(
+        ev.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ev.stderr)
+    );
     assert!(run.join("oe/eval-energy-clean/results.parquet").is_file());
+    // Feature-space detectors were fitted on the training set at training time and are reused.
+    assert!(run.join("oe/detectors").is_dir());
+    let ev = oe_text()
+        .args(["eval", "--model"])
+        .arg(run.join("baseline"))
+        .args(["--ood"])
+        .arg(d.join("ood.txt"))
+        .args([
+            "--detector",
+            "knn",
+            "--repeats",
+            "2",
+            "--device",
+            "cpu",
+            "--data-dir",
+        ])
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(
+        ev.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ev.stderr)
+    );
+    let csv = std::fs::read_to_string(run.join("baseline/eval-knn-paper/results.csv")).unwrap();
+    assert!(csv.contains(",knn,"), "{csv}");
 }
 
 #[test]
@@ -352,14 +507,27 @@ fn metrics_command_reports_bad_input_with_file_and_line() {
     let b = dir.path().join("out.txt");
     write(&a, "0.1\n0.2\n0.3\n");
     write(&b, "0.9\nfoo\n");
-    let out = oe_text().args(["metrics", "--in"]).arg(&a).args(["--out"]).arg(&b).output().unwrap();
+    let out = oe_text()
+        .args(["metrics", "--in"])
+        .arg(&a)
+        .args(["--out"])
+        .arg(&b)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("out.txt:2:") && err.contains("not a number"), "{err}");
+    assert!(
+        err.contains("out.txt:2:") && err.contains("not a number"),
+        "{err}"
+    );
     write(&b, "0.9\n0.8\n");
     let out = oe_text()
-        .args(["metrics", "--format", "json", "--in"]).arg(&a).args(["--out"]).arg(&b)
-        .output().unwrap();
+        .args(["metrics", "--format", "json", "--in"])
+        .arg(&a)
+        .args(["--out"])
+        .arg(&b)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["auroc"], 1.0);
@@ -369,9 +537,17 @@ fn metrics_command_reports_bad_input_with_file_and_line() {
 
 #[test]
 fn binary_runs_with_an_empty_environment() {
-    let out = Command::new(env!("CARGO_BIN_EXE_oe-text")).env_clear().arg("--help").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oe-text"))
+        .env_clear()
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let out = Command::new(env!("CARGO_BIN_EXE_oe-vision")).env_clear().arg("--help").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oe-vision"))
+        .env_clear()
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
 }
 

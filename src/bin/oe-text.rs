@@ -67,9 +67,12 @@ fn run() -> anyhow::Result<()> {
             let root = args.data.root();
             let (model, test, method) = match (&args.model, &args.weights) {
                 (Some(dir), _) => {
-                    let m = oe::pipeline::LoadedModel::load(dir, dev)?;
+                    let mut m = oe::pipeline::LoadedModel::load(dir, dev)?;
                     let text = m.config.text.clone();
                     let ind = oe::data::load_in_distribution(&m.config.in_dataset, &root, &text)?;
+                    if cfg.detector.is_some() && m.detectors.is_none() {
+                        m.fit_detectors(&ind.train)?;
+                    }
                     let method = args.method.clone().unwrap_or_else(|| {
                         if m.config.method == oe::train::Method::Baseline {
                             "baseline".into()
@@ -82,24 +85,40 @@ fn run() -> anyhow::Result<()> {
                 (None, Some(w)) => {
                     let name = args.in_dataset.clone().context("--weights needs --in")?;
                     let stem = w.file_stem().and_then(|s| s.to_str()).unwrap_or("weights");
-                    let out = args
-                        .out
-                        .clone()
-                        .unwrap_or_else(|| std::path::PathBuf::from("runs").join(format!("weights-{stem}")));
-                    let (m, ind) =
-                        oe::pipeline::import_weights(w, &name, &root, &args.data.text(), &out, dev)?;
+                    let out = args.out.clone().unwrap_or_else(|| {
+                        std::path::PathBuf::from("runs").join(format!("weights-{stem}"))
+                    });
+                    let (mut m, ind) = oe::pipeline::import_weights(
+                        w,
+                        &name,
+                        &root,
+                        &args.data.text(),
+                        &out,
+                        dev,
+                    )?;
+                    if cfg.detector.is_some() && m.detectors.is_none() {
+                        m.fit_detectors(&ind.train)?;
+                    }
                     let method = args.method.clone().unwrap_or_else(|| {
-                        if stem.contains("oe") { "oe".into() } else { "baseline".into() }
+                        if stem.contains("oe") {
+                            "oe".into()
+                        } else {
+                            "baseline".into()
+                        }
                     });
                     (m, ind.test, method)
                 }
                 (None, None) => anyhow::bail!("give --model DIR or --weights FILE --in NAME"),
             };
-            let ood = oe::pipeline::load_ood_inputs(args.eval.ood.as_deref(), &root, &model.config.text)?;
+            let ood =
+                oe::pipeline::load_ood_inputs(args.eval.ood.as_deref(), &root, &model.config.text)?;
             let (report, out) = oe::pipeline::evaluate_model(&model, &test, &ood, &cfg, &method)?;
             print!(
                 "{}",
-                oe::report::comparison_table(&model.config.in_dataset, &[(method.as_str(), &report)])
+                oe::report::comparison_table(
+                    &model.config.in_dataset,
+                    &[(method.as_str(), &report)]
+                )
             );
             eprintln!("results: {}", out.display());
         }
@@ -130,7 +149,11 @@ fn run() -> anyhow::Result<()> {
             }
             print!("{}", out.stdout);
             if let Some(first) = out.written.first() {
-                eprintln!("wrote {} file(s), e.g. {}", out.written.len(), first.display());
+                eprintln!(
+                    "wrote {} file(s), e.g. {}",
+                    out.written.len(),
+                    first.display()
+                );
             }
         }
     }

@@ -161,7 +161,9 @@ pub fn tune_temperature(
         )));
     }
     if let Some(&y) = labels.iter().find(|&&y| y >= k) {
-        return Err(OeError::Metric(format!("label {y} out of range for {k} classes")));
+        return Err(OeError::Metric(format!(
+            "label {y} out of range for {k} classes"
+        )));
     }
     if !(0.0 < lower && lower < upper && eps > 0.0) {
         return Err(OeError::Metric(format!(
@@ -199,7 +201,9 @@ mod tests {
     // without its skipped last bin); temperature: scipy.optimize.minimize_scalar (bounded, xatol 1e-9)
     // on the same NLL, an independent optimiser.
     fn calib_inputs() -> (Vec<f64>, Vec<bool>) {
-        let conf = (0..250).map(|i| ((i * 37) % 250) as f64 / 250.0 * 0.5 + 0.5).collect();
+        let conf = (0..250)
+            .map(|i| ((i * 37) % 250) as f64 / 250.0 * 0.5 + 0.5)
+            .collect();
         let corr = (0..250).map(|i| (i * 13) % 7 < 5).collect();
         (conf, corr)
     }
@@ -233,7 +237,9 @@ mod tests {
         assert!(calibration_error(&[0.5; 100], &[true; 99], &cfg).is_err());
         let mut c = vec![0.5; 100];
         c[3] = f64::NAN;
-        let e = calibration_error(&c, &[true; 100], &cfg).unwrap_err().to_string();
+        let e = calibration_error(&c, &[true; 100], &cfg)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("#4"), "{e}");
     }
 
@@ -265,9 +271,7 @@ mod tests {
         assert!((nll_at_temperature(&logits, k, &labels, 1.0) - 2.0432879424269936).abs() < 1e-12);
         let t = tune_temperature(&logits, k, &labels, 0.2, 5.0, 1e-4).unwrap();
         assert!((t - 3.866712180962278).abs() < 1e-3, "T = {t}");
-        assert!(
-            (nll_at_temperature(&logits, k, &labels, t) - 1.5042127387157007).abs() < 1e-7
-        );
+        assert!((nll_at_temperature(&logits, k, &labels, t) - 1.5042127387157007).abs() < 1e-7);
         assert!(tune_temperature(&logits, k, &labels[..10], 0.2, 5.0, 1e-4).is_err());
     }
 }

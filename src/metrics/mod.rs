@@ -13,5 +13,7 @@
 pub mod calibration;
 pub mod ranking;
 
-pub use calibration::{calibration_error, soft_f1, tune_temperature, CalibrationConfig, CalibrationError};
+pub use calibration::{
+    calibration_error, soft_f1, tune_temperature, CalibrationConfig, CalibrationError,
+};
 pub use ranking::{DetectionMetrics, FprAtTpr, FprRule, MetricsConfig, Positive, Ranking};

@@ -112,7 +112,10 @@ impl DetectionMetrics {
         };
         let level = format_level(self.tpr_level);
         vec![
-            (format!("fpr{level}_{rule}_{}", self.positive.suffix()), self.fpr),
+            (
+                format!("fpr{level}_{rule}_{}", self.positive.suffix()),
+                self.fpr,
+            ),
             ("auroc".to_string(), self.auroc),
             (format!("aupr_{}", self.positive.suffix()), self.aupr),
             ("detection_error".to_string(), self.detection_error),
@@ -383,8 +386,26 @@ mod tests {
                 name: "ties between classes",
                 ins: vec![0.1, 0.4, 0.35, 0.8, 0.2, 0.5, 0.3],
                 oods: vec![0.9, 0.4, 0.7, 0.35, 0.95],
-                ood_pos: [0.8, 0.7753968253968253, 0.5714285714285714, 0.5714285714285714, 0.5714285714285714, 0.2857142857142857, 0.14285714285714285, 0.27142857142857146],
-                id_pos: [0.7999999999999999, 0.8520408163265305, 0.6, 0.6, 0.6, 0.2, 0.2, 0.27142857142857146],
+                ood_pos: [
+                    0.8,
+                    0.7753968253968253,
+                    0.5714285714285714,
+                    0.5714285714285714,
+                    0.5714285714285714,
+                    0.2857142857142857,
+                    0.14285714285714285,
+                    0.27142857142857146,
+                ],
+                id_pos: [
+                    0.7999999999999999,
+                    0.8520408163265305,
+                    0.6,
+                    0.6,
+                    0.6,
+                    0.2,
+                    0.2,
+                    0.27142857142857146,
+                ],
             },
             Case {
                 name: "all scores equal",
@@ -397,15 +418,44 @@ mod tests {
                 name: "single positive",
                 ins: vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
                 oods: vec![0.65],
-                ood_pos: [0.6666666666666667, 0.25, 0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 0.16666666666666666],
-                id_pos: [0.6666666666666666, 0.9626543209876544, 1.0, 1.0, 1.0, 0.0, 0.0, 0.16666666666666669],
+                ood_pos: [
+                    0.6666666666666667,
+                    0.25,
+                    0.3333333333333333,
+                    0.3333333333333333,
+                    0.3333333333333333,
+                    0.3333333333333333,
+                    0.3333333333333333,
+                    0.16666666666666666,
+                ],
+                id_pos: [
+                    0.6666666666666666,
+                    0.9626543209876544,
+                    1.0,
+                    1.0,
+                    1.0,
+                    0.0,
+                    0.0,
+                    0.16666666666666669,
+                ],
             },
             Case {
                 name: "many ties within and between classes",
-                ins: vec![3., 1., 2., 2., 0., 1., 3., 2., 1., 0., 4., 2., 1., 1., 0., 2., 3., 1., 0., 2.],
+                ins: vec![
+                    3., 1., 2., 2., 0., 1., 3., 2., 1., 0., 4., 2., 1., 1., 0., 2., 3., 1., 0., 2.,
+                ],
                 oods: vec![4., 3., 2., 4., 1., 3., 5., 2.],
                 ood_pos: [0.79375, 0.5959967320261438, 0.5, 0.8, 0.8, 0.2, 0.2, 0.2875],
-                id_pos: [0.79375, 0.8811458887116781, 0.625, 0.625, 0.625, 0.125, 0.125, 0.2875],
+                id_pos: [
+                    0.79375,
+                    0.8811458887116781,
+                    0.625,
+                    0.625,
+                    0.625,
+                    0.125,
+                    0.125,
+                    0.2875,
+                ],
             },
         ]
     }
@@ -425,11 +475,36 @@ mod tests {
                 let tag = format!("{} ({pos:?} positive)", c.name);
                 check(&tag, "auroc", r.auroc(), want[0]);
                 check(&tag, "ap", r.average_precision(), want[1]);
-                check(&tag, "fpr90 closest", r.fpr_at_tpr(0.9, FprRule::Closest).unwrap().fpr, want[2]);
-                check(&tag, "fpr95 closest", r.fpr_at_tpr(0.95, FprRule::Closest).unwrap().fpr, want[3]);
-                check(&tag, "fpr90 at-least", r.fpr_at_tpr(0.9, FprRule::AtLeast).unwrap().fpr, want[4]);
-                check(&tag, "fpr50 closest", r.fpr_at_tpr(0.5, FprRule::Closest).unwrap().fpr, want[5]);
-                check(&tag, "fpr50 at-least", r.fpr_at_tpr(0.5, FprRule::AtLeast).unwrap().fpr, want[6]);
+                check(
+                    &tag,
+                    "fpr90 closest",
+                    r.fpr_at_tpr(0.9, FprRule::Closest).unwrap().fpr,
+                    want[2],
+                );
+                check(
+                    &tag,
+                    "fpr95 closest",
+                    r.fpr_at_tpr(0.95, FprRule::Closest).unwrap().fpr,
+                    want[3],
+                );
+                check(
+                    &tag,
+                    "fpr90 at-least",
+                    r.fpr_at_tpr(0.9, FprRule::AtLeast).unwrap().fpr,
+                    want[4],
+                );
+                check(
+                    &tag,
+                    "fpr50 closest",
+                    r.fpr_at_tpr(0.5, FprRule::Closest).unwrap().fpr,
+                    want[5],
+                );
+                check(
+                    &tag,
+                    "fpr50 at-least",
+                    r.fpr_at_tpr(0.5, FprRule::AtLeast).unwrap().fpr,
+                    want[6],
+                );
                 check(&tag, "detection error", r.detection_error(), want[7]);
             }
         }
@@ -450,9 +525,13 @@ mod tests {
 
     #[test]
     fn empty_class_is_a_clear_error() {
-        let e = Ranking::new(&[], &[1.0], Positive::Ood).unwrap_err().to_string();
+        let e = Ranking::new(&[], &[1.0], Positive::Ood)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no in-distribution scores"), "{e}");
-        let e = Ranking::new(&[1.0], &[], Positive::Id).unwrap_err().to_string();
+        let e = Ranking::new(&[1.0], &[], Positive::Id)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no OOD scores"), "{e}");
         let e = DetectionMetrics::compute(&[1.0, f64::NAN], &[1.0], &MetricsConfig::default())
             .unwrap_err()
@@ -468,7 +547,10 @@ mod tests {
         let ins = [0.0, 0.1, 0.2];
         let oods = [1.0, 2.0];
         let m = DetectionMetrics::compute(&ins, &oods, &MetricsConfig::default()).unwrap();
-        assert_eq!((m.auroc, m.aupr, m.fpr, m.detection_error), (1.0, 1.0, 0.0, 0.0));
+        assert_eq!(
+            (m.auroc, m.aupr, m.fpr, m.detection_error),
+            (1.0, 1.0, 0.0, 0.0)
+        );
         let m = DetectionMetrics::compute(&oods, &ins, &MetricsConfig::default()).unwrap();
         assert_eq!((m.auroc, m.fpr), (0.0, 1.0));
     }
@@ -482,7 +564,17 @@ mod tests {
 
     #[test]
     fn order_key_preserves_order() {
-        let xs = [f64::MIN, -1e300, -2.5, -1e-300, 0.0, 1e-300, 3.0, 1e300, f64::MAX];
+        let xs = [
+            f64::MIN,
+            -1e300,
+            -2.5,
+            -1e-300,
+            0.0,
+            1e-300,
+            3.0,
+            1e300,
+            f64::MAX,
+        ];
         for w in xs.windows(2) {
             assert!(order_key(w[0]) < order_key(w[1]), "{} {}", w[0], w[1]);
             assert_eq!(key_value(order_key(w[0])), w[0]);
@@ -492,7 +584,9 @@ mod tests {
     #[test]
     fn auroc_is_invariant_to_positive_class_and_input_order() {
         let c = &cases()[3];
-        let a = Ranking::new(&c.ins, &c.oods, Positive::Ood).unwrap().auroc();
+        let a = Ranking::new(&c.ins, &c.oods, Positive::Ood)
+            .unwrap()
+            .auroc();
         let mut ins = c.ins.clone();
         ins.reverse();
         let b = Ranking::new(&ins, &c.oods, Positive::Id).unwrap().auroc();
@@ -503,7 +597,10 @@ mod tests {
     fn named_metrics_state_positive_class_and_rule() {
         let m = DetectionMetrics::compute(&[0.0, 1.0], &[2.0], &MetricsConfig::default()).unwrap();
         let names: Vec<String> = m.named().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["fpr90_closest_out", "auroc", "aupr_out", "detection_error"]);
+        assert_eq!(
+            names,
+            ["fpr90_closest_out", "auroc", "aupr_out", "detection_error"]
+        );
         let cfg = MetricsConfig {
             positive: Positive::Id,
             tpr: 0.95,

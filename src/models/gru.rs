@@ -170,16 +170,27 @@ mod tests {
         let (_vs, m) = model(PadMode::Masked);
         let a: Vec<i64> = vec![5, 6, 7];
         let b: Vec<i64> = vec![8, 9, 10, 11, 12, 13, 2];
-        let alone = m.features_and_logits(&TokenBatch::left_padded(&[&a], None, Device::Cpu), false).1;
-        let together =
-            m.features_and_logits(&TokenBatch::left_padded(&[&b, &a], None, Device::Cpu), false).1;
-        let diff = (alone.get(0) - together.get(1)).abs().max().double_value(&[]);
+        let alone = m
+            .features_and_logits(&TokenBatch::left_padded(&[&a], None, Device::Cpu), false)
+            .1;
+        let together = m
+            .features_and_logits(
+                &TokenBatch::left_padded(&[&b, &a], None, Device::Cpu),
+                false,
+            )
+            .1;
+        let diff = (alone.get(0) - together.get(1))
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(diff < 1e-6, "masked logits changed with the batch: {diff}");
         // ... and the masked path equals libtorch's fused GRU on an unpadded sequence (same weights;
         // not a second model, since tests share libtorch's global RNG across threads).
         let batch = TokenBatch::left_padded(&[&a], None, Device::Cpu);
         let x = Tensor::embedding(&m.embedding, &batch.tokens, PAD_ID, false, false);
-        let fused = m.run_fused(&x, false).linear(&m.linear_w, Some(&m.linear_b));
+        let fused = m
+            .run_fused(&x, false)
+            .linear(&m.linear_w, Some(&m.linear_b));
         let d = (&fused - &alone).abs().max().double_value(&[]);
         assert!(d < 1e-5, "fused {fused:?} vs masked {alone:?}: {d}");
     }
@@ -189,10 +200,22 @@ mod tests {
         let (_vs, m) = model(PadMode::Left);
         let a: Vec<i64> = vec![5, 6, 7];
         let b: Vec<i64> = vec![8, 9, 10, 11, 12, 13, 2];
-        let alone = m.features_and_logits(&TokenBatch::left_padded(&[&a], None, Device::Cpu), false).1;
-        let together =
-            m.features_and_logits(&TokenBatch::left_padded(&[&b, &a], None, Device::Cpu), false).1;
-        let diff = (alone.get(0) - together.get(1)).abs().max().double_value(&[]);
-        assert!(diff > 1e-6, "the reference's padding effect should be visible");
+        let alone = m
+            .features_and_logits(&TokenBatch::left_padded(&[&a], None, Device::Cpu), false)
+            .1;
+        let together = m
+            .features_and_logits(
+                &TokenBatch::left_padded(&[&b, &a], None, Device::Cpu),
+                false,
+            )
+            .1;
+        let diff = (alone.get(0) - together.get(1))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            diff > 1e-6,
+            "the reference's padding effect should be visible"
+        );
     }
 }

@@ -95,7 +95,9 @@ impl ModelConfig {
             )));
         }
         Ok(match self {
-            ModelConfig::Gru(c) => TextModel::Gru(GruClassifier::new(path, c, vocab_size, n_classes)),
+            ModelConfig::Gru(c) => {
+                TextModel::Gru(GruClassifier::new(path, c, vocab_size, n_classes))
+            }
             ModelConfig::Transformer(c) => {
                 TextModel::Transformer(TransformerClassifier::new(path, c, vocab_size, n_classes)?)
             }
@@ -113,6 +115,7 @@ impl ModelConfig {
 
 /// A built text classifier.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per process; boxing buys nothing
 pub enum TextModel {
     Gru(GruClassifier),
     Transformer(TransformerClassifier),

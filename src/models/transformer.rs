@@ -177,7 +177,8 @@ impl TransformerClassifier {
         let pooled = match self.cfg.pooling {
             Pooling::Mean => {
                 (&x * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-                    / m.sum_dim_intlist([1i64].as_slice(), false, Kind::Float).clamp_min(1.0)
+                    / m.sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                        .clamp_min(1.0)
             }
             Pooling::Max => (&x + (-&m + 1.0) * -1e9).amax([1i64].as_slice(), false),
             Pooling::Last => x.select(1, t - 1),
@@ -201,12 +202,19 @@ mod tests {
                 pooling,
                 ..Default::default()
             };
-            let m = TransformerClassifier::new(&(&vs.root() / format!("{pooling:?}")), &cfg, 40, 4).unwrap();
+            let m = TransformerClassifier::new(&(&vs.root() / format!("{pooling:?}")), &cfg, 40, 4)
+                .unwrap();
             let a: Vec<i64> = vec![5, 6, 7];
             let b: Vec<i64> = (2..30).collect();
-            let alone = m.features_and_logits(&TokenBatch::left_padded(&[&a], None, Device::Cpu), false).1;
-            let both =
-                m.features_and_logits(&TokenBatch::left_padded(&[&b, &a], None, Device::Cpu), false).1;
+            let alone = m
+                .features_and_logits(&TokenBatch::left_padded(&[&a], None, Device::Cpu), false)
+                .1;
+            let both = m
+                .features_and_logits(
+                    &TokenBatch::left_padded(&[&b, &a], None, Device::Cpu),
+                    false,
+                )
+                .1;
             let diff = (alone.get(0) - both.get(1)).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "{pooling:?}: {diff}");
             assert_eq!(both.size(), [2, 4]);

@@ -66,7 +66,14 @@ pub fn summary_frame(report: &EvalReport, meta: &RunMeta) -> Result<DataFrame> {
             (
                 s.ood_set.clone(),
                 s.n_ood,
-                [s.fpr.mean, s.fpr.std, s.auroc.mean, s.auroc.std, s.aupr_out.mean, s.aupr_out.std],
+                [
+                    s.fpr.mean,
+                    s.fpr.std,
+                    s.auroc.mean,
+                    s.auroc.std,
+                    s.aupr_out.mean,
+                    s.aupr_out.std,
+                ],
             )
         })
         .collect();
@@ -75,7 +82,11 @@ pub fn summary_frame(report: &EvalReport, meta: &RunMeta) -> Result<DataFrame> {
         let n = report.sets.iter().map(|s| s.n_ood).sum::<usize>() / report.sets.len();
         rows.push(("mean".into(), n, [f, f64::NAN, a, f64::NAN, p, f64::NAN]));
     }
-    let paper_method = if meta.method == "baseline" { "baseline" } else { "oe" };
+    let paper_method = if meta.method == "baseline" {
+        "baseline"
+    } else {
+        "oe"
+    };
     let paper: Vec<Option<crate::paper::PaperRow>> = rows
         .iter()
         .map(|r| {
@@ -98,15 +109,24 @@ pub fn summary_frame(report: &EvalReport, meta: &RunMeta) -> Result<DataFrame> {
         Column::new("in_dataset".into(), vec![meta.in_dataset.clone(); n]),
         Column::new("method".into(), vec![meta.method.clone(); n]),
         Column::new("model".into(), vec![meta.model.clone(); n]),
-        Column::new("score".into(), vec![c.score.to_string(); n]),
-        Column::new("protocol".into(), vec![protocol_name(c.protocol).to_string(); n]),
+        Column::new("score".into(), vec![c.score_name(); n]),
+        Column::new(
+            "protocol".into(),
+            vec![protocol_name(c.protocol).to_string(); n],
+        ),
         Column::new("ood_per_id".into(), vec![1.0 / c.id_per_ood as f64; n]),
         Column::new("ratio".into(), vec![format!("1:{}", c.id_per_ood); n]),
         Column::new("draws".into(), vec![c.repeats as u64; n]),
         Column::new("seed".into(), vec![meta.seed; n]),
-        Column::new("ood_set".into(), rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
+        Column::new(
+            "ood_set".into(),
+            rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        ),
         Column::new("n_in".into(), vec![report.n_in as u64; n]),
-        Column::new("n_ood".into(), rows.iter().map(|r| r.1 as u64).collect::<Vec<_>>()),
+        Column::new(
+            "n_ood".into(),
+            rows.iter().map(|r| r.1 as u64).collect::<Vec<_>>(),
+        ),
         Column::new("in_accuracy".into(), vec![report.in_accuracy; n]),
         Column::new(format!("{fcol}_mean").into(), col(0)),
         Column::new(format!("{fcol}_std").into(), col(1)),
@@ -175,7 +195,7 @@ pub fn write_frame(df: &mut DataFrame, path: &Path) -> Result<()> {
 pub fn write_eval(dir: &Path, report: &EvalReport, meta: &RunMeta) -> Result<std::path::PathBuf> {
     let sub = dir.join(format!(
         "eval-{}-{}",
-        report.config.score.to_string().replace(':', "_"),
+        report.config.score_name().replace(':', "_"),
         protocol_name(report.config.protocol)
     ));
     let mut summary = summary_frame(report, meta)?;
@@ -198,7 +218,10 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
             }
         }
     }
-    let fcol = runs.first().map(|r| fpr_column(r.1)).unwrap_or_else(|| "fpr".into());
+    let fcol = runs
+        .first()
+        .map(|r| fpr_column(r.1))
+        .unwrap_or_else(|| "fpr".into());
     // The paper's "mean" is over its 10 sets; ours is over the sets evaluated here, so the paper
     // column of our mean row averages Table 8 over the same sets.
     let mut out = String::new();
@@ -211,7 +234,7 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
             r.in_accuracy * 100.0,
             r.n_in,
             protocol_name(r.config.protocol),
-            r.config.score,
+            r.config.score_name(),
             r.config.repeats,
             r.config.id_per_ood
         );
@@ -230,7 +253,11 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
     for set in rows {
         out += &format!("{set:<14}");
         for (name, r) in runs {
-            let method = if name.starts_with("baseline") { "baseline" } else { "oe" };
+            let method = if name.starts_with("baseline") {
+                "baseline"
+            } else {
+                "oe"
+            };
             let p = if set == "mean" {
                 paper_mean_over(in_dataset, method, &sets)
             } else {
@@ -266,7 +293,11 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
 }
 
 /// The mean of Table 8's rows over `sets` (all must be in Table 8), as fractions ×100 (percent).
-pub fn paper_mean_over(in_dataset: &str, method: &str, sets: &[String]) -> Option<crate::paper::PaperRow> {
+pub fn paper_mean_over(
+    in_dataset: &str,
+    method: &str,
+    sets: &[String],
+) -> Option<crate::paper::PaperRow> {
     let rows: Option<Vec<_>> = sets
         .iter()
         .map(|s| crate::paper::nlp_lookup(in_dataset, s, method))

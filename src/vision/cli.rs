@@ -77,6 +77,7 @@ impl VisionEvalArgs {
             batch_size: self.test_batch_size,
             seed: self.eval_seed,
             wmt16_comma_cut: false,
+            detector: None,
         })
     }
 }
