@@ -223,10 +223,55 @@ pub trait PipelineObserver: Observer {
 
 impl PipelineObserver for train::Silent {}
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(v)
         .map_err(|e| OeError::Data(format!("{}: {e}", path.display())))?;
     crate::io::write_atomic(path, &bytes)
+}
+
+/// `Ok(true)` when `dir` already holds finished weights and `resume` allows keeping them; an error
+/// when they exist without `resume`; `Ok(false)` when the phase still has to be trained.
+pub(crate) fn already_trained(
+    dir: &Path,
+    phase: &str,
+    resume: bool,
+    obs: &mut dyn PipelineObserver,
+) -> Result<bool> {
+    let final_path = dir.join("model.safetensors");
+    if !final_path.exists() {
+        return Ok(false);
+    }
+    if resume {
+        obs.status(&format!(
+            "{phase}: already trained ({})",
+            final_path.display()
+        ));
+        return Ok(true);
+    }
+    Err(OeError::Config(format!(
+        "{} exists; use --resume to continue that run or choose another --out",
+        final_path.display()
+    )))
+}
+
+/// The state of an interrupted run in `dir` (`checkpoint.json` + `checkpoint.safetensors`), if
+/// any; an error when one exists without `resume`. The caller loads the weights.
+pub(crate) fn interrupted_state(dir: &Path, resume: bool) -> Result<Option<CheckpointState>> {
+    let ckpt_w = dir.join("checkpoint.safetensors");
+    let ckpt_j = dir.join("checkpoint.json");
+    if !(ckpt_j.exists() && ckpt_w.exists()) {
+        return Ok(None);
+    }
+    if !resume {
+        return Err(OeError::Config(format!(
+            "{} holds an interrupted run; pass --resume to continue it",
+            dir.display()
+        )));
+    }
+    let bytes = std::fs::read(&ckpt_j).map_err(|e| OeError::io(&ckpt_j, e))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| OeError::parse(&ckpt_j, e.line(), e.to_string()))
 }
 
 /// Trains (or resumes) one model directory. Returns when `model.safetensors` exists.
@@ -243,46 +288,33 @@ fn train_model_dir(
     device: Device,
     obs: &mut dyn PipelineObserver,
 ) -> Result<()> {
-    let final_path = dir.join("model.safetensors");
-    if final_path.exists() {
-        if resume {
-            obs.status(&format!(
-                "{phase}: already trained ({})",
-                final_path.display()
-            ));
-            return Ok(());
-        }
-        return Err(OeError::Config(format!(
-            "{} exists; use --resume to continue that run or choose another --out",
-            final_path.display()
-        )));
+    if already_trained(dir, phase, resume, obs)? {
+        return Ok(());
     }
+    let final_path = dir.join("model.safetensors");
     let ckpt_w = dir.join("checkpoint.safetensors");
     let ckpt_j = dir.join("checkpoint.json");
-    let mut state = CheckpointState::default();
     train::seed_everything(cfg.train.seed);
     let mut vs = nn::VarStore::new(device);
     let model = cfg
         .model
         .build(&vs.root(), vocab.len() as i64, cfg.labels.len() as i64)?;
-    if ckpt_j.exists() && ckpt_w.exists() {
-        if !resume {
-            return Err(OeError::Config(format!(
-                "{} holds an interrupted run; pass --resume to continue it",
-                dir.display()
-            )));
+    let state = match interrupted_state(dir, resume)? {
+        Some(state) => {
+            train::load_weights(&mut vs, &ckpt_w)?;
+            obs.status(&format!(
+                "{phase}: resuming after epoch {} of {} (Adam moments restart: tch does not expose them)",
+                state.epochs_done, cfg.train.epochs
+            ));
+            state
         }
-        let bytes = std::fs::read(&ckpt_j).map_err(|e| OeError::io(&ckpt_j, e))?;
-        state = serde_json::from_slice(&bytes)
-            .map_err(|e| OeError::parse(&ckpt_j, e.line(), e.to_string()))?;
-        train::load_weights(&mut vs, &ckpt_w)?;
-        obs.status(&format!(
-            "{phase}: resuming after epoch {} of {} (Adam moments restart: tch does not expose them)",
-            state.epochs_done, cfg.train.epochs
-        ));
-    } else if let Some(w) = init_weights {
-        train::load_weights(&mut vs, w)?;
-    }
+        None => {
+            if let Some(w) = init_weights {
+                train::load_weights(&mut vs, w)?;
+            }
+            CheckpointState::default()
+        }
+    };
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
     write_json(&dir.join("run.json"), cfg)?;
     vocab.save(&dir.join("vocab.json"))?;

@@ -11,7 +11,7 @@ use super::synthetic::{self, Synthetic};
 use super::train::{self as vtrain, OeOrder, PhaseData, Sgd, VisionTrainConfig};
 use crate::error::{OeError, Result};
 use crate::eval::EvalConfig;
-use crate::pipeline::PipelineObserver;
+use crate::pipeline::{already_trained, interrupted_state, write_json, PipelineObserver};
 use crate::train::{self, CheckpointState, Method};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -139,12 +139,6 @@ pub struct VisionOutcome {
     pub table: String,
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(v)
-        .map_err(|e| OeError::Data(format!("{}: {e}", path.display())))?;
-    crate::io::write_atomic(path, &bytes)
-}
-
 /// Trains (or resumes) one model directory; returns when `model.safetensors` exists.
 #[allow(clippy::too_many_arguments)]
 fn train_model_dir(
@@ -157,61 +151,39 @@ fn train_model_dir(
     device: Device,
     obs: &mut dyn PipelineObserver,
 ) -> Result<()> {
-    let final_path = dir.join("model.safetensors");
-    if final_path.exists() {
-        if resume {
-            obs.status(&format!(
-                "{phase}: already trained ({})",
-                final_path.display()
-            ));
-            return Ok(());
-        }
-        return Err(OeError::Config(format!(
-            "{} exists; use --resume to continue that run or choose another --out",
-            final_path.display()
-        )));
+    if already_trained(dir, phase, resume, obs)? {
+        return Ok(());
     }
+    let final_path = dir.join("model.safetensors");
     let ckpt_w = dir.join("checkpoint.safetensors");
     let ckpt_m = dir.join("momentum.safetensors");
     let ckpt_j = dir.join("checkpoint.json");
     train::seed_everything(cfg.train.seed);
     let mut vs = nn::VarStore::new(device);
     let model = WideResNet::new(&vs.root(), &cfg.model)?;
-    let mut state = CheckpointState::default();
-    let mut sgd;
-    if ckpt_j.exists() && ckpt_w.exists() {
-        if !resume {
-            return Err(OeError::Config(format!(
-                "{} holds an interrupted run; pass --resume to continue it",
-                dir.display()
-            )));
-        }
-        let bytes = std::fs::read(&ckpt_j).map_err(|e| OeError::io(&ckpt_j, e))?;
-        state = serde_json::from_slice(&bytes)
-            .map_err(|e| OeError::parse(&ckpt_j, e.line(), e.to_string()))?;
+    let resumed = interrupted_state(dir, resume)?;
+    if resumed.is_some() {
         train::load_weights(&mut vs, &ckpt_w)?;
-        sgd = Sgd::new(
-            &vs,
-            cfg.train.momentum,
-            cfg.train.nesterov,
-            cfg.train.weight_decay,
-        );
-        sgd.load(&ckpt_m)?;
-        obs.status(&format!(
-            "{phase}: resuming after epoch {} of {} (weights and SGD momentum restored)",
-            state.epochs_done, cfg.train.epochs
-        ));
-    } else {
-        if let Some(w) = init_weights {
-            train::load_weights(&mut vs, w)?;
-        }
-        sgd = Sgd::new(
-            &vs,
-            cfg.train.momentum,
-            cfg.train.nesterov,
-            cfg.train.weight_decay,
-        );
+    } else if let Some(w) = init_weights {
+        train::load_weights(&mut vs, w)?;
     }
+    let mut sgd = Sgd::new(
+        &vs,
+        cfg.train.momentum,
+        cfg.train.nesterov,
+        cfg.train.weight_decay,
+    );
+    let state = match resumed {
+        Some(state) => {
+            sgd.load(&ckpt_m)?;
+            obs.status(&format!(
+                "{phase}: resuming after epoch {} of {} (weights and SGD momentum restored)",
+                state.epochs_done, cfg.train.epochs
+            ));
+            state
+        }
+        None => CheckpointState::default(),
+    };
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
     write_json(&dir.join("run.json"), cfg)?;
     let mut save = |s: &CheckpointState, sgd: &Sgd| -> Result<()> {
