@@ -214,10 +214,29 @@ pub fn expected_count(dataset: &str, split: &str) -> Option<&'static CountEntry>
 
 /// Compares a loaded count with the manifest: equal → Ok; strict → error; else a warning on stderr.
 pub fn check_count(dataset: &str, split: &str, n: usize) -> Result<()> {
-    if let Some(c) = expected_count(dataset, split) {
+    compare_count(
+        expected_count(dataset, split),
+        dataset,
+        split,
+        n,
+        "examples",
+        " (run `oe-text data verify`)",
+    )
+}
+
+/// The comparison behind every `check_count`: `unit` names what was counted, `hint` ends the error.
+pub fn compare_count(
+    expected: Option<&CountEntry>,
+    dataset: &str,
+    split: &str,
+    n: usize,
+    unit: &str,
+    hint: &str,
+) -> Result<()> {
+    if let Some(c) = expected {
         if c.count != n {
             let msg = format!(
-                "{dataset} {split}: loaded {n} examples, the manifest expects {}{}",
+                "{dataset} {split}: loaded {n} {unit}, the manifest expects {}{}",
                 c.count,
                 c.note
                     .as_deref()
@@ -226,7 +245,7 @@ pub fn check_count(dataset: &str, split: &str, n: usize) -> Result<()> {
             );
             if c.strict {
                 return Err(OeError::Data(format!(
-                    "{msg}; the files under the data root are not the canonical ones (run `oe-text data verify`)"
+                    "{msg}; the files under the data root are not the canonical ones{hint}"
                 )));
             }
             eprintln!("warning: {msg}");

@@ -2,8 +2,8 @@
 //! [`crate::data::manifest::parse_manifest`]). Kept apart from the text list so the text data
 //! commands never try to load or fetch images.
 
-use crate::data::manifest::{parse_manifest, CountEntry, Manifest};
-use crate::error::{OeError, Result};
+use crate::data::manifest::{compare_count, parse_manifest, CountEntry, Manifest};
+use crate::error::Result;
 use std::sync::OnceLock;
 
 macro_rules! sources {
@@ -49,23 +49,5 @@ fn expected(dataset: &str, split: &str) -> Option<&'static CountEntry> {
 
 /// Compares a loaded count with the manifest: equal → Ok; strict → error; else a warning.
 pub fn check_count(dataset: &str, split: &str, n: usize) -> Result<()> {
-    if let Some(c) = expected(dataset, split) {
-        if c.count != n {
-            let msg = format!(
-                "{dataset} {split}: loaded {n} images, the manifest expects {}{}",
-                c.count,
-                c.note
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default()
-            );
-            if c.strict {
-                return Err(OeError::Data(format!(
-                    "{msg}; the files under the data root are not the canonical ones"
-                )));
-            }
-            eprintln!("warning: {msg}");
-        }
-    }
-    Ok(())
+    compare_count(expected(dataset, split), dataset, split, n, "images", "")
 }
