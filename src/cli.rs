@@ -156,8 +156,66 @@ use crate::train::{Method, Pairing, TrainConfig};
 /// Which architecture `--model` selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModelKind {
+    /// The paper's 2-layer GRU (word vocabulary from the training text).
     Gru,
+    /// A transformer encoder trained from scratch (word vocabulary from the training text).
     Transformer,
+    /// Pretrained all-MiniLM-L6-v2 (its own WordPiece tokenizer) fine-tuned with a linear head.
+    Minilm,
+}
+
+impl ModelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Gru => "gru",
+            ModelKind::Transformer => "transformer",
+            ModelKind::Minilm => "minilm",
+        }
+    }
+
+    /// Default (baseline epochs, OE epochs, learning rate): the paper's for models trained from
+    /// scratch; for the pretrained encoder the usual fine-tuning settings (a rate of 0.01 destroys
+    /// pretrained weights).
+    pub fn default_schedule(self) -> (usize, usize, f64) {
+        match self {
+            ModelKind::Gru | ModelKind::Transformer => (5, 5, 0.01),
+            ModelKind::Minilm => (2, 2, 2e-5),
+        }
+    }
+}
+
+/// The directory of the pretrained MiniLM: `$OE_MODELS_DIR/all-MiniLM-L6-v2`, else the
+/// `.models/all-MiniLM-L6-v2` that `.ci/setup` fills, looked up from the executable's folder upwards
+/// and then from the working directory.
+pub fn default_minilm_dir() -> Result<PathBuf> {
+    const NAME: &str = "all-MiniLM-L6-v2";
+    let mut tried = Vec::new();
+    if let Some(d) = std::env::var_os("OE_MODELS_DIR") {
+        tried.push(PathBuf::from(d).join(NAME));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        tried.extend(
+            exe.ancestors()
+                .skip(1)
+                .map(|a| a.join(".models").join(NAME)),
+        );
+    }
+    tried.push(PathBuf::from(".models").join(NAME));
+    tried
+        .iter()
+        .find(|d| d.join("config.json").is_file() && d.join("model.safetensors").is_file())
+        .cloned()
+        .ok_or_else(|| {
+            OeError::Config(format!(
+                "pretrained {NAME} not found (run .ci/setup, which installs it into .models/, set \
+                 OE_MODELS_DIR, or pass --pretrained DIR); looked in: {}",
+                tried
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
 }
 
 /// Which OE training.
@@ -307,23 +365,27 @@ pub struct TrainArgs {
     /// Transformer dropout.
     #[arg(long, default_value_t = 0.1)]
     pub dropout: f64,
-    /// Transformer maximum input length in tokens.
-    #[arg(long, default_value_t = 256)]
-    pub max_len: usize,
+    /// Transformer maximum input length in tokens (default: 256; MiniLM: 128 WordPiece ids).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// --model minilm: directory with config.json, model.safetensors and tokenizer.json (default:
+    /// .models/all-MiniLM-L6-v2 from .ci/setup, or $OE_MODELS_DIR/all-MiniLM-L6-v2).
+    #[arg(long, value_name = "DIR")]
+    pub pretrained: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Pooling::Mean)]
     pub pooling: Pooling,
-    /// Baseline epochs.
-    #[arg(long, default_value_t = 5)]
-    pub epochs: usize,
-    /// OE epochs (reference code: 5; the paper's text says 2).
-    #[arg(long, default_value_t = 5)]
-    pub oe_epochs: usize,
-    /// Adam learning rate (cosine-annealed per epoch).
-    #[arg(long, default_value_t = 0.01)]
-    pub lr: f64,
-    /// Adam learning rate of the OE phase (a fresh optimiser, as the reference).
-    #[arg(long, default_value_t = 0.01)]
-    pub oe_lr: f64,
+    /// Baseline epochs (default: 5; MiniLM: 2).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// OE epochs (default 5 as the reference code; the paper's text says 2; MiniLM: 2).
+    #[arg(long)]
+    pub oe_epochs: Option<usize>,
+    /// Adam learning rate, cosine-annealed per epoch (default: 0.01; MiniLM: 2e-5).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Adam learning rate of the OE phase, a fresh optimiser as the reference (default: as --lr).
+    #[arg(long)]
+    pub oe_lr: Option<f64>,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Outlier texts per in-distribution batch.
@@ -371,8 +433,8 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    pub fn model_config(&self) -> ModelConfig {
-        match self.model {
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        Ok(match self.model {
             ModelKind::Gru => ModelConfig::Gru(GruConfig {
                 pad: self.pad,
                 ..Default::default()
@@ -383,10 +445,23 @@ impl TrainArgs {
                 width: self.width,
                 ff: self.ff,
                 dropout: self.dropout,
-                max_len: self.max_len,
+                max_len: self.max_len.unwrap_or(256),
                 pooling: self.pooling,
             }),
-        }
+            ModelKind::Minilm => {
+                let dir = match &self.pretrained {
+                    Some(d) => d.clone(),
+                    None => default_minilm_dir()?,
+                };
+                let head = crate::models::BertClassifierConfig {
+                    max_len: self.max_len.unwrap_or(128),
+                    ..Default::default()
+                };
+                ModelConfig::Pretrained(crate::models::PretrainedConfig::from_dir(
+                    "minilm", &dir, head,
+                )?)
+            }
+        })
     }
 
     pub fn oe_loss(&self) -> OeLoss {
@@ -421,18 +496,17 @@ impl TrainArgs {
                     .to_string()
             })
             .unwrap_or_else(|| "baseline".into());
-        let model = match self.model {
-            ModelKind::Gru => "gru",
-            ModelKind::Transformer => "transformer",
-        };
+        let model = self.model.name();
         PathBuf::from("runs").join(format!("{stem}-{oe}-{model}-seed{}", self.seed))
     }
 
     /// The validated pipeline request.
     pub fn request(&self, device: tch::Device) -> Result<crate::pipeline::TrainRequest> {
+        let (epochs, oe_epochs, lr) = self.model.default_schedule();
+        let lr = self.lr.unwrap_or(lr);
         let baseline = TrainConfig {
-            epochs: self.epochs,
-            lr: self.lr,
+            epochs: self.epochs.unwrap_or(epochs),
+            lr,
             batch_size: self.batch_size,
             oe_batch_size: self.oe_batch_size,
             oe_loss: self.oe_loss(),
@@ -441,8 +515,8 @@ impl TrainArgs {
         };
         baseline.validate()?;
         let oe = TrainConfig {
-            epochs: self.oe_epochs,
-            lr: self.oe_lr,
+            epochs: self.oe_epochs.unwrap_or(oe_epochs),
+            lr: self.oe_lr.unwrap_or(lr),
             ..baseline.clone()
         };
         oe.validate()?;
@@ -463,7 +537,7 @@ impl TrainArgs {
             out_dir: self.out.clone().unwrap_or_else(|| self.default_out()),
             text: self.data.text(),
             vocab_max_size: self.vocab_size,
-            model: self.model_config(),
+            model: self.model_config()?,
             baseline,
             oe,
             eval: self.eval.config()?,
@@ -472,7 +546,96 @@ impl TrainArgs {
             device,
             holdout: self.holdout,
             calibrate_tpr: (self.calibrate_tpr > 0.0).then_some(self.calibrate_tpr),
+            oe_dir: None,
+            evaluate: true,
         })
+    }
+}
+
+/// `oe-text compare`.
+#[derive(Args, Clone, Debug)]
+pub struct CompareArgs {
+    /// Models, comma-separated: gru, transformer, minilm (this replaces --model).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "gru,transformer,minilm"
+    )]
+    pub models: Vec<ModelKind>,
+    /// Detectors, comma-separated: msp, maxlogit, energy[:T], entropy, xent-uniform, mahalanobis, knn.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "msp,maxlogit,energy,mahalanobis,knn",
+        value_parser = parse_detector
+    )]
+    pub detectors: Vec<crate::compare::Detector>,
+    /// Leave energy-bounded OE (--m-in, --m-out, --lambda) out of the grid.
+    #[arg(long)]
+    pub no_energy_oe: bool,
+    /// Everything `oe-text train` takes (--in, --oe, epochs, seeds, data, evaluation, device).
+    /// --out is the grid's directory (default: runs/compare-<in>-<oe>-seed<seed>); each model
+    /// trains under --out/<model>/.
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+fn parse_detector(s: &str) -> std::result::Result<crate::compare::Detector, String> {
+    s.parse()
+}
+
+impl CompareArgs {
+    /// The grid's directory.
+    pub fn out_dir(&self) -> PathBuf {
+        self.train.out.clone().unwrap_or_else(|| {
+            let stem = Path::new(&self.train.in_dataset)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("data");
+            let oe = self
+                .train
+                .oe
+                .as_deref()
+                .and_then(|o| Path::new(o).file_stem())
+                .and_then(|s| s.to_str())
+                .unwrap_or("oe");
+            PathBuf::from("runs").join(format!("compare-{stem}-{oe}-seed{}", self.train.seed))
+        })
+    }
+
+    /// One [`crate::compare::ModelRuns`] per model.
+    pub fn runs(&self, device: tch::Device) -> Result<Vec<crate::compare::ModelRuns>> {
+        if self.train.oe.is_none() {
+            return Err(OeError::Config(
+                "compare needs an outlier corpus: --oe wikitext2 (or wikitext103 or a file)".into(),
+            ));
+        }
+        if self.models.is_empty() {
+            return Err(OeError::Config("--models is empty".into()));
+        }
+        let out = self.out_dir();
+        self.models
+            .iter()
+            .map(|&kind| {
+                let mut a = self.train.clone();
+                a.model = kind;
+                a.out = Some(out.join(kind.name()));
+                a.oe_loss = OeLossArg::Uniform;
+                let oe = a.request(device)?;
+                let energy_oe = if self.no_energy_oe {
+                    None
+                } else {
+                    a.oe_loss = OeLossArg::Energy;
+                    Some(a.request(device)?)
+                };
+                Ok(crate::compare::ModelRuns {
+                    name: kind.name().to_string(),
+                    oe,
+                    energy_oe,
+                })
+            })
+            .collect()
     }
 }
 

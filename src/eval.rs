@@ -186,6 +186,85 @@ pub struct Scorer<'a> {
     pub max_len: Option<usize>,
     /// Fitted feature-space detectors, when evaluating with one.
     pub detectors: Option<&'a crate::detectors::FeatureDetectors>,
+    /// Model outputs already computed for the same inputs (evaluating one model with several scores
+    /// runs the network once); `None`: nothing is kept.
+    pub cache: Option<&'a OutputCache>,
+}
+
+/// Features and logits of batches a model has already scored, keyed by the exact token ids, batch
+/// size and padding of the request (the same request always gives the same outputs, so a hit is
+/// exact). Kept on the CPU.
+#[derive(Default)]
+pub struct OutputCache {
+    map: std::sync::Mutex<std::collections::HashMap<(u64, u64, usize), (Tensor, Tensor)>>,
+}
+
+impl OutputCache {
+    /// Key of a request: two independent 64-bit hashes of everything that determines the outputs,
+    /// plus the number of texts.
+    fn key(
+        kind: u8,
+        ids: &[Vec<i64>],
+        order: Option<&[usize]>,
+        batch: usize,
+        fix_len: Option<usize>,
+    ) -> (u64, u64, usize) {
+        use std::hash::{Hash, Hasher};
+        let mut h1 = std::collections::hash_map::DefaultHasher::new();
+        let mut h2 = FnvHasher(0xcbf2_9ce4_8422_2325);
+        let mut n = 0usize;
+        let mut feed = |s: &[i64]| {
+            s.hash(&mut h1);
+            s.hash(&mut h2);
+            n += 1;
+        };
+        match order {
+            Some(o) => o.iter().for_each(|&i| feed(&ids[i])),
+            None => ids.iter().for_each(|s| feed(s)),
+        }
+        for h in [&mut h1 as &mut dyn Hasher, &mut h2] {
+            kind.hash(&mut WrapHasher(h));
+            batch.hash(&mut WrapHasher(h));
+            fix_len.hash(&mut WrapHasher(h));
+        }
+        (h1.finish(), h2.finish(), n)
+    }
+
+    fn get(&self, key: &(u64, u64, usize)) -> Option<(Tensor, Tensor)> {
+        let map = self.map.lock().ok()?;
+        map.get(key)
+            .map(|(f, l)| (f.shallow_clone(), l.shallow_clone()))
+    }
+
+    fn put(&self, key: (u64, u64, usize), f: &Tensor, l: &Tensor) {
+        if let Ok(mut map) = self.map.lock() {
+            map.insert(key, (f.shallow_clone(), l.shallow_clone()));
+        }
+    }
+}
+
+/// FNV-1a, the second, independent hash of [`OutputCache`] keys.
+struct FnvHasher(u64);
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Lets `Hash::hash` write into a `&mut dyn Hasher`.
+struct WrapHasher<'h>(&'h mut dyn std::hash::Hasher);
+impl std::hash::Hasher for WrapHasher<'_> {
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes)
+    }
 }
 
 impl<'a> Scorer<'a> {
@@ -216,7 +295,11 @@ impl<'a> Scorer<'a> {
         batch: usize,
         fix_len: Option<usize>,
     ) -> (Tensor, Tensor) {
-        tch::no_grad(|| {
+        let key = OutputCache::key(0, ids, Some(order), batch, fix_len);
+        if let Some(hit) = self.cache.and_then(|c| c.get(&key)) {
+            return hit;
+        }
+        let out = tch::no_grad(|| {
             let (f, l): (Vec<Tensor>, Vec<Tensor>) = order
                 .chunks(batch.max(1))
                 .map(|c| {
@@ -227,7 +310,11 @@ impl<'a> Scorer<'a> {
                 })
                 .unzip();
             (Tensor::cat(&f, 0), Tensor::cat(&l, 0))
-        })
+        });
+        if let Some(c) = self.cache {
+            c.put(key, &out.0, &out.1);
+        }
+        out
     }
 
     fn truncate<'b>(&self, s: &'b [i64]) -> &'b [i64] {
@@ -277,6 +364,10 @@ impl<'a> Scorer<'a> {
         batch: usize,
         fix_len: Option<usize>,
     ) -> (Tensor, Tensor) {
+        let key = OutputCache::key(1, ids, None, batch, fix_len);
+        if let Some(hit) = self.cache.and_then(|c| c.get(&key)) {
+            return hit;
+        }
         let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, s) in ids.iter().enumerate() {
             let len = match fix_len {
@@ -309,10 +400,14 @@ impl<'a> Scorer<'a> {
             inverse[i] = pos as i64;
         }
         let inv = Tensor::from_slice(&inverse);
-        (
+        let out = (
             Tensor::cat(&fparts, 0).index_select(0, &inv),
             Tensor::cat(&lparts, 0).index_select(0, &inv),
-        )
+        );
+        if let Some(c) = self.cache {
+            c.put(key, &out.0, &out.1);
+        }
+        out
     }
 }
 

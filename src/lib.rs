@@ -9,6 +9,7 @@
 //! - [`io`]: score files and atomic writes.
 
 pub mod cli;
+pub mod compare;
 pub mod data;
 pub mod detectors;
 pub mod device;

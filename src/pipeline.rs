@@ -2,7 +2,7 @@
 //! directories that can be evaluated or used for scoring later.
 //!
 //! A model directory holds `run.json` (everything needed to rebuild the model and its inputs),
-//! `vocab.json`, `model.safetensors` (written once, atomically, when training ends), the training log,
+//! `vocab.json` (word models) or `tokenizer.json` (pretrained encoders), `model.safetensors` (written once, atomically, when training ends), the training log,
 //! and evaluation results under `eval-<score>-<protocol>/`. While training, `checkpoint.safetensors`
 //! and `checkpoint.json` are rewritten atomically at the end of every epoch for `--resume`.
 
@@ -10,7 +10,7 @@ use crate::data::{self, TextOptions};
 use crate::error::{OeError, Result};
 use crate::eval::{self, EvalConfig, EvalReport, OodInput, Scorer};
 use crate::models::{ModelConfig, TextModel};
-use crate::tokenize::{LabelVocab, WordVocab};
+use crate::tokenize::{LabelVocab, TextEncoder};
 use crate::train::{self, CheckpointState, EncodedSet, Method, Observer, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -49,16 +49,19 @@ pub struct RunConfig {
 pub struct LoadedModel {
     pub dir: PathBuf,
     pub config: RunConfig,
-    pub vocab: WordVocab,
+    pub vocab: TextEncoder,
     pub labels: LabelVocab,
     pub vs: nn::VarStore,
     pub model: TextModel,
     /// Feature-space detectors fitted on the training set (`detectors/`), when present.
     pub detectors: Option<crate::detectors::FeatureDetectors>,
+    /// Outputs of evaluation batches already run (several scores, one forward pass).
+    pub outputs: eval::OutputCache,
 }
 
 impl LoadedModel {
-    /// Loads `dir/run.json`, `dir/vocab.json` and `dir/model.safetensors` onto `device`.
+    /// Loads `dir/run.json`, `dir/vocab.json` (or `dir/tokenizer.json`) and `dir/model.safetensors`
+    /// onto `device`.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let cfg_path = dir.join("run.json");
         let bytes = std::fs::read(&cfg_path).map_err(|e| {
@@ -69,11 +72,11 @@ impl LoadedModel {
         })?;
         let config: RunConfig = serde_json::from_slice(&bytes)
             .map_err(|e| OeError::parse(&cfg_path, e.line(), e.to_string()))?;
-        let vocab = WordVocab::load(&dir.join("vocab.json"))?;
+        let vocab = TextEncoder::load_dir(dir, config.model.max_len())?;
         if vocab.sha256() != config.vocab_sha256 {
             return Err(OeError::Data(format!(
                 "{}: vocabulary hash differs from run.json; the directory was modified",
-                dir.join("vocab.json").display()
+                dir.display()
             )));
         }
         let labels = LabelVocab::from_names(config.labels.clone())?;
@@ -96,6 +99,7 @@ impl LoadedModel {
             vs,
             model,
             detectors,
+            outputs: Default::default(),
         })
     }
 
@@ -106,6 +110,7 @@ impl LoadedModel {
             in_fix_len: self.config.in_fix_len,
             max_len: self.config.model.max_len(),
             detectors: self.detectors.as_ref(),
+            cache: Some(&self.outputs),
         }
     }
 
@@ -147,7 +152,7 @@ pub fn default_fix_len(in_dataset: &str, text: &TextOptions) -> Option<usize> {
 
 /// Tokens → ids for a labelled split.
 pub fn encode_labelled(
-    vocab: &WordVocab,
+    vocab: &TextEncoder,
     labels: &LabelVocab,
     set: &data::Labelled,
     fix_len: Option<usize>,
@@ -186,6 +191,11 @@ pub struct TrainRequest {
     /// After training, store the threshold keeping this fraction of the validation texts (the
     /// hold-out, else the dev split) in each model directory; `None`: no calibration.
     pub calibrate_tpr: Option<f64>,
+    /// Name of the OE model's directory under `out_dir` (`None`: `oe`), so runs with different OE
+    /// losses can share one baseline.
+    pub oe_dir: Option<String>,
+    /// Evaluate the trained models (`oe-text compare` evaluates them itself, with every detector).
+    pub evaluate: bool,
 }
 
 /// What a training run produced.
@@ -280,7 +290,7 @@ fn train_model_dir(
     dir: &Path,
     phase: &str,
     cfg: &RunConfig,
-    vocab: &WordVocab,
+    vocab: &TextEncoder,
     train_set: &EncodedSet,
     oe_ids: Option<&[Vec<i64>]>,
     init_weights: Option<&Path>,
@@ -311,13 +321,19 @@ fn train_model_dir(
         None => {
             if let Some(w) = init_weights {
                 train::load_weights(&mut vs, w)?;
+            } else if let ModelConfig::Pretrained(p) = &cfg.model {
+                obs.status(&format!(
+                    "{phase}: encoder weights from {}",
+                    p.source.display()
+                ));
+                model.load_pretrained(&p.source)?;
             }
             CheckpointState::default()
         }
     };
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
     write_json(&dir.join("run.json"), cfg)?;
-    vocab.save(&dir.join("vocab.json"))?;
+    vocab.save_dir(dir)?;
     let method = cfg.method;
     let mut save = |s: &CheckpointState| -> Result<()> {
         train::save_weights(&vs, &ckpt_w)?;
@@ -456,7 +472,13 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
         }
         None => (ind, None, None),
     };
-    let vocab = ind.build_vocab(req.vocab_max_size);
+    let vocab = match &req.model {
+        ModelConfig::Pretrained(p) => TextEncoder::subword_from_file(
+            &p.source.join(crate::tokenize::encoder::TOKENIZER_FILE),
+            Some(p.head.max_len),
+        )?,
+        _ => TextEncoder::Word(ind.build_vocab(req.vocab_max_size)),
+    };
     let labels = ind.label_vocab();
     let fix_len = default_fix_len(&req.in_dataset, &req.text);
     let train_set = encode_labelled(&vocab, &labels, &ind.train, fix_len)?;
@@ -499,6 +521,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
     };
     let mut dirs = Vec::new();
     let base_dir = req.out_dir.join("baseline");
+    let oe_dir_name = req.oe_dir.as_deref().unwrap_or("oe");
     let need_baseline = req.oe_corpus.is_none() || req.oe_method == Method::OeFinetune;
     if need_baseline {
         let t0 = std::time::Instant::now();
@@ -514,7 +537,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
         ));
     }
     if let (Some(corpus), Some(oe_ids)) = (&req.oe_corpus, &oe_ids) {
-        let oe_dir = req.out_dir.join("oe");
+        let oe_dir = req.out_dir.join(oe_dir_name);
         let oe_cfg = RunConfig {
             method: req.oe_method,
             oe_corpus: Some(corpus.clone()),
@@ -538,17 +561,31 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
             req.device,
             obs,
         )?;
-        dirs.push(("oe".to_string(), oe_dir));
+        dirs.push((oe_dir_name.to_string(), oe_dir));
         timings.push(timing(
             req.oe_method.name(),
             t0,
             ind.train.len() * req.oe.epochs,
         ));
     }
+    // One timings file per OE variant, so runs sharing a baseline do not overwrite each other's.
+    let timings_file = match &req.oe_dir {
+        Some(d) => format!("timings-{d}.json"),
+        None => "timings.json".to_string(),
+    };
+    let mut reports = Vec::new();
+    if !req.evaluate {
+        write_json(&req.out_dir.join(&timings_file), &timings)?;
+        return Ok(TrainOutcome {
+            dirs,
+            reports,
+            table: String::new(),
+            timings,
+        });
+    }
     obs.status("evaluating");
     let t_eval = std::time::Instant::now();
     let ood = load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text)?;
-    let mut reports = Vec::new();
     for (name, dir) in &dirs {
         let mut m = LoadedModel::load(dir, req.device)?;
         if m.detectors.is_none() {
@@ -584,7 +621,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
             t.phase, t.seconds, t.examples_per_second
         ));
     }
-    write_json(&req.out_dir.join("timings.json"), &timings)?;
+    write_json(&req.out_dir.join(&timings_file), &timings)?;
     let refs: Vec<(&str, &EvalReport)> = reports.iter().map(|(n, r)| (n.as_str(), r)).collect();
     let table = crate::report::comparison_table(&req.in_dataset, &refs);
     Ok(TrainOutcome {
@@ -651,7 +688,7 @@ pub fn import_weights(
     }
     std::fs::create_dir_all(out_dir).map_err(|e| OeError::io(out_dir, e))?;
     write_json(&out_dir.join("run.json"), &cfg)?;
-    vocab.save(&out_dir.join("vocab.json"))?;
+    TextEncoder::Word(vocab).save_dir(out_dir)?;
     let bytes = std::fs::read(weights).map_err(|e| OeError::io(weights, e))?;
     crate::io::write_atomic(&out_dir.join("model.safetensors"), &bytes)?;
     let m = LoadedModel::load(out_dir, device)?;

@@ -89,6 +89,8 @@ fn train(d: &Path, holdout: Option<f64>) -> PathBuf {
         device: Device::Cpu,
         holdout,
         calibrate_tpr: Some(0.9),
+        oe_dir: None,
+        evaluate: true,
     };
     run_train(&req, &mut Silent).unwrap();
     d.join("run").join("baseline")

@@ -39,6 +39,9 @@ enum Command {
     Calibrate(oe::scoring::cli::CalibrateArgs),
     /// Aggregate the results of many runs: tables vs the paper, bootstrap intervals, plots, HTML.
     Report(oe::cli::ReportArgs),
+    /// Detectors × training (baseline, OE, energy-bounded OE) × model (GRU, transformer, MiniLM) on
+    /// every OOD set: trains what is missing, writes compare.csv / compare.md and per-model results.
+    Compare(Box<oe::cli::CompareArgs>),
 }
 
 fn device(args: &DeviceArgs, quiet: bool) -> anyhow::Result<tch::Device> {
@@ -60,6 +63,21 @@ fn run() -> anyhow::Result<()> {
             let out = oe::pipeline::run_train(&req, &mut progress)
                 .with_context(|| format!("training run in {}", req.out_dir.display()))?;
             print!("{}", out.table);
+        }
+        Command::Compare(args) => {
+            let dev = device(&args.train.device, args.train.quiet)?;
+            let runs = args.runs(dev)?;
+            let out_dir = args.out_dir();
+            let mut progress = Progress::new(Style::detect(args.train.quiet));
+            let out = oe::compare::run_compare(&runs, &args.detectors, &out_dir, &mut progress)
+                .with_context(|| format!("comparison in {}", out_dir.display()))?;
+            print!("{}", out.table);
+            eprintln!(
+                "results: {} and {} (per-model results: oe-text report {})",
+                out.csv.display(),
+                out.markdown.display(),
+                out_dir.display()
+            );
         }
         Command::Eval(args) => {
             let dev = device(&args.device, false)?;

@@ -1,4 +1,5 @@
-//! Text classifiers: the paper's GRU and a transformer encoder trained from scratch.
+//! Text classifiers: the paper's GRU, a transformer encoder trained from scratch, and a pretrained
+//! BERT-family encoder (MiniLM) fine-tuned with a classification head.
 //!
 //! Every model maps a [`TokenBatch`] to logits `[batch, classes]`; features for feature-space detectors
 //! come from [`TextModel::features`].
@@ -11,6 +12,7 @@ use crate::error::{OeError, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+pub use bert::{BertClassifier, BertClassifierConfig, BertConfig};
 pub use gru::{GruClassifier, GruConfig};
 pub use transformer::{TransformerClassifier, TransformerConfig};
 
@@ -76,18 +78,56 @@ impl TokenBatch {
 pub enum ModelConfig {
     Gru(GruConfig),
     Transformer(TransformerConfig),
+    /// A pretrained encoder (Hugging Face BERT layout) with a linear head.
+    Pretrained(PretrainedConfig),
+}
+
+/// A pretrained BERT-family encoder and its classification head. The encoder's `config.json` is
+/// copied in, so a model directory rebuilds the network without the original download.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PretrainedConfig {
+    /// Short name for tables and run directories (`minilm`).
+    pub name: String,
+    /// Where the pretrained weights were read from (recorded for provenance; a trained model
+    /// directory does not need it).
+    pub source: std::path::PathBuf,
+    pub encoder: BertConfig,
+    pub head: BertClassifierConfig,
+}
+
+impl PretrainedConfig {
+    /// Reads `dir/config.json`; the weights (`dir/model.safetensors`) are loaded when training starts.
+    pub fn from_dir(name: &str, dir: &std::path::Path, head: BertClassifierConfig) -> Result<Self> {
+        let encoder = BertConfig::from_dir(dir)?;
+        if head.max_len as i64 > encoder.max_position_embeddings {
+            return Err(OeError::Config(format!(
+                "maximum length {} exceeds the encoder's {} positions ({})",
+                head.max_len,
+                encoder.max_position_embeddings,
+                dir.display()
+            )));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            source: dir.to_path_buf(),
+            encoder,
+            head,
+        })
+    }
 }
 
 impl ModelConfig {
     /// Short name for tables and run directories.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             ModelConfig::Gru(_) => "gru",
             ModelConfig::Transformer(_) => "transformer",
+            ModelConfig::Pretrained(p) => &p.name,
         }
     }
 
-    /// Builds the model's variables under `path`.
+    /// Builds the model's variables under `path` (randomly initialised; a pretrained encoder's weights
+    /// are loaded by [`TextModel::load_pretrained`]). `vocab_size` must match a pretrained encoder's.
     pub fn build(&self, path: &nn::Path, vocab_size: i64, n_classes: i64) -> Result<TextModel> {
         if vocab_size < 2 || n_classes < 2 {
             return Err(OeError::Config(format!(
@@ -101,6 +141,16 @@ impl ModelConfig {
             ModelConfig::Transformer(c) => {
                 TextModel::Transformer(TransformerClassifier::new(path, c, vocab_size, n_classes)?)
             }
+            ModelConfig::Pretrained(c) => {
+                if vocab_size != c.encoder.vocab_size {
+                    return Err(OeError::Config(format!(
+                        "the tokenizer has {vocab_size} entries but the encoder's config.json says {}",
+                        c.encoder.vocab_size
+                    )));
+                }
+                c.encoder.validate()?;
+                TextModel::Pretrained(BertClassifier::new(path, &c.encoder, &c.head, n_classes))
+            }
         })
     }
 
@@ -109,7 +159,14 @@ impl ModelConfig {
         match self {
             ModelConfig::Gru(_) => None,
             ModelConfig::Transformer(c) => Some(c.max_len),
+            ModelConfig::Pretrained(c) => Some(c.head.max_len),
         }
+    }
+
+    /// Whether inputs are subword ids from a pretrained tokenizer (`tokenizer.json`) rather than the
+    /// word vocabulary built from the training text.
+    pub fn uses_pretrained_tokenizer(&self) -> bool {
+        matches!(self, ModelConfig::Pretrained(_))
     }
 }
 
@@ -119,6 +176,7 @@ impl ModelConfig {
 pub enum TextModel {
     Gru(GruClassifier),
     Transformer(TransformerClassifier),
+    Pretrained(BertClassifier),
 }
 
 impl TextModel {
@@ -132,6 +190,22 @@ impl TextModel {
         match self {
             TextModel::Gru(m) => m.features_and_logits(batch, train),
             TextModel::Transformer(m) => m.features_and_logits(batch, train),
+            TextModel::Pretrained(m) => {
+                // Left-padded ids → right-padded with BERT's pad id and an attention mask.
+                let pad = m.bert.config().pad_token_id;
+                m.features_and_logits(&bert::BertBatch::from_left_padded(batch, pad), train)
+            }
+        }
+    }
+
+    /// Copies a pretrained encoder's weights (`dir/model.safetensors`) into the model; the head stays
+    /// as initialised. Other models have nothing to load and return an error.
+    pub fn load_pretrained(&self, dir: &std::path::Path) -> Result<()> {
+        match self {
+            TextModel::Pretrained(m) => m.bert.load_safetensors(&dir.join("model.safetensors")),
+            _ => Err(OeError::Config(
+                "only a pretrained encoder loads pretrained weights".into(),
+            )),
         }
     }
 

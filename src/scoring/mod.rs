@@ -26,7 +26,7 @@ use crate::error::{OeError, Result};
 use crate::models::TextModel;
 use crate::pipeline::{LoadedModel, RunConfig};
 use crate::score::Score;
-use crate::tokenize::WordVocab;
+use crate::tokenize::TextEncoder;
 use input::{Counts, InputOptions, OnLong, Record, RecordSink};
 use output::{OutRow, RowWriter};
 use rayon::prelude::*;
@@ -94,15 +94,15 @@ impl Preprocess {
     }
 
     /// Token ids, and whether the text was longer than the model's maximum.
-    pub fn encode(&self, vocab: &WordVocab, text: &str) -> (Vec<i64>, bool) {
-        let mut ids = if self.lowercase {
-            vocab.encode(&lower(text))
+    pub fn encode(&self, vocab: &TextEncoder, text: &str) -> (Vec<i64>, bool) {
+        let (mut ids, mut long) = if self.lowercase {
+            vocab.encode_checked(&lower(text))
         } else {
-            vocab.encode(text)
+            vocab.encode_checked(text)
         };
-        let long = self.max_tokens.is_some_and(|m| ids.len() > m);
         if let Some(m) = self.max_tokens {
-            ids.truncate(m);
+            long |= ids.len() > m;
+            vocab.truncate(&mut ids, m);
         }
         (ids, long)
     }
@@ -305,7 +305,7 @@ struct ChunkSink<'a> {
     counts: Counts,
     tx: mpsc::SyncSender<Msg>,
     pre: &'a Preprocess,
-    vocab: &'a WordVocab,
+    vocab: &'a TextEncoder,
     on_long: OnLong,
     sources: &'a [PathBuf],
 }

@@ -4,9 +4,11 @@
 //! The word-level tokenizer is Python's `str.split()` (torchtext's default), i.e.
 //! [`str::split_whitespace`]; casing is decided by the data loaders (`crate::data::TextOptions`).
 
+pub mod encoder;
 pub mod hf;
 pub mod vocab;
 
+pub use encoder::TextEncoder;
 pub use vocab::{LabelVocab, WordVocab};
 
 /// The reference's tokenizer: whitespace split.
