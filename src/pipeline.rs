@@ -589,7 +589,14 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn PipelineObserver) -> Result<T
     for (name, dir) in &dirs {
         let mut m = LoadedModel::load(dir, req.device)?;
         if m.detectors.is_none() {
-            m.fit_detectors(&ind.train)?;
+            // Fitted now so that later evaluations and scoring can use them; a training set too
+            // small for them (k-NN needs k examples) only matters when this evaluation uses one.
+            if let Err(e) = m.fit_detectors(&ind.train) {
+                if req.eval.detector.is_some() {
+                    return Err(e);
+                }
+                obs.status(&format!("{name}: feature detectors not fitted: {e}"));
+            }
         }
         let (r, out) = evaluate_model(&m, &ind.test, &ood, &req.eval, name)?;
         obs.status(&format!("{name}: results in {}", out.display()));

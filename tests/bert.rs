@@ -234,3 +234,126 @@ fn minilm_speed() {
         b as f64 / step
     );
 }
+
+/// A tiny labelled dataset (train/dev/test CSV), an outlier file and an OOD file, generated here.
+fn tiny_dataset(d: &Path) {
+    let row = |i: usize| {
+        if i % 2 == 0 {
+            (
+                format!("a lovely film, truly great acting number {i}"),
+                "pos",
+            )
+        } else {
+            (format!("a dull film, truly awful acting number {i}"), "neg")
+        }
+    };
+    for (name, n, off) in [("train", 48, 0), ("dev", 16, 100), ("test", 20, 200)] {
+        let mut s = String::from("text,label\n");
+        for i in off..off + n {
+            let (t, l) = row(i);
+            s += &format!("\"{t}\",{l}\n");
+        }
+        std::fs::write(d.join(format!("{name}.csv")), s).unwrap();
+    }
+    let lines = |f: &dyn Fn(usize) -> String| (0..40).map(f).collect::<Vec<_>>().join("\n") + "\n";
+    std::fs::write(
+        d.join("oe.txt"),
+        lines(&|i| format!("the river flows past the old castle in year {i}")),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("ood.txt"),
+        lines(&|i| format!("how many kilometres is it to station {i} ?")),
+    )
+    .unwrap();
+}
+
+#[test]
+fn minilm_trains_baseline_and_oe_into_self_contained_model_directories() {
+    use oe::models::{ModelConfig, PretrainedConfig};
+    use oe::pipeline::{run_train, LoadedModel, TrainRequest};
+    use oe::train::{Method, Silent, TrainConfig};
+    let Some(dir) = model_dir() else { return };
+    tch::set_num_threads(2);
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    tiny_dataset(d);
+    let head = BertClassifierConfig {
+        max_len: 16,
+        ..Default::default()
+    };
+    let model = ModelConfig::Pretrained(PretrainedConfig::from_dir("minilm", &dir, head).unwrap());
+    let train = TrainConfig {
+        epochs: 1,
+        lr: 5e-5,
+        batch_size: 16,
+        oe_batch_size: 16,
+        ..Default::default()
+    };
+    let req = TrainRequest {
+        in_dataset: d.display().to_string(),
+        oe_corpus: Some(d.join("oe.txt").display().to_string()),
+        oe_method: Method::OeFinetune,
+        data_root: d.to_path_buf(),
+        out_dir: d.join("run"),
+        text: Default::default(),
+        vocab_max_size: 10_000,
+        model,
+        baseline: train.clone(),
+        oe: train,
+        eval: oe::eval::EvalConfig {
+            repeats: 2,
+            ..Default::default()
+        },
+        ood_sets: Some(vec![d.join("ood.txt").display().to_string()]),
+        resume: false,
+        device: Device::Cpu,
+        holdout: None,
+        calibrate_tpr: Some(0.9),
+        oe_dir: None,
+        evaluate: true,
+    };
+    let out = run_train(&req, &mut Silent).unwrap();
+    assert_eq!(out.reports.len(), 2);
+    for (name, dir_m) in &out.dirs {
+        // Self-contained: the tokenizer is copied in, no word vocabulary, and run.json records the
+        // encoder's config and where its weights came from.
+        assert!(dir_m.join("tokenizer.json").is_file(), "{name}");
+        assert!(!dir_m.join("vocab.json").exists(), "{name}");
+        let run: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir_m.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["model"]["type"], "pretrained");
+        assert_eq!(run["model"]["encoder"]["hidden_size"], 384);
+        assert_eq!(run["model"]["head"]["max_len"], 16);
+    }
+    // Fine-tuning started from the pretrained encoder (not from random weights): the baseline's
+    // word embeddings stay close to MiniLM's (one epoch at 5e-5 moves them by far less than their
+    // scale), and they did move.
+    let m = LoadedModel::load(&out.dirs[0].1, Device::Cpu).unwrap();
+    let (_, pre) = load(&dir);
+    let name = "bert.embeddings.word_embeddings.weight";
+    let trained = m.vs.variables()[name].copy();
+    let pretrained = pre.named_variables()[0].1.copy();
+    let diff = (&trained - &pretrained).abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.01, "max change {diff}");
+    // The scoring path gives every text the same score alone as in a batch, and a text longer
+    // than max_len is cut (keeping [SEP]) and counted.
+    let texts: Vec<String> = vec![
+        "a lovely film".into(),
+        "where is the nearest train station ?".into(),
+        "word ".repeat(40),
+    ];
+    let opts = oe::scoring::ScoreOptions::default();
+    let all = oe::scoring::score_texts(&m, &texts, &opts).unwrap();
+    for (i, t) in texts.iter().enumerate() {
+        let one = oe::scoring::score_texts(&m, std::slice::from_ref(t), &opts).unwrap();
+        assert!((one[0].score - all[i].score).abs() < 1e-5, "text {i}");
+        assert!(one[0].score.is_finite());
+    }
+    let pre = oe::scoring::Preprocess::of(&m.config);
+    let (ids, long) = pre.encode(&m.vocab, &texts[2]);
+    assert!(long);
+    assert_eq!(ids.len(), 16);
+    assert_eq!(*ids.last().unwrap(), 102, "[SEP] kept at the end");
+    assert_eq!(ids[0], 101, "[CLS] first");
+}
