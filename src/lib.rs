@@ -19,6 +19,7 @@ pub mod io;
 pub mod loss;
 pub mod metrics;
 pub mod models;
+pub mod optim;
 pub mod paper;
 pub mod pipeline;
 pub mod progress;

@@ -309,13 +309,30 @@ fn train_model_dir(
     let model = cfg
         .model
         .build(&vs.root(), vocab.len() as i64, cfg.labels.len() as i64)?;
+    let mut opt_state = None;
     let state = match interrupted_state(dir, resume)? {
         Some(state) => {
             train::load_weights(&mut vs, &ckpt_w)?;
+            let tensors = train::read_tensors(&ckpt_w)?;
+            if let Some(e) = tensors.get(train::CHECKPOINT_EPOCHS) {
+                let e = e.int64_value(&[0]);
+                if e != state.epochs_done as i64 {
+                    return Err(OeError::Data(format!(
+                        "{} is from epoch {e} but {} says {}: the run was interrupted while \
+                         saving; delete both to restart this phase",
+                        ckpt_w.display(),
+                        ckpt_j.display(),
+                        state.epochs_done
+                    )));
+                }
+            }
             obs.status(&format!(
-                "{phase}: resuming after epoch {} of {} (Adam moments restart: tch does not expose them)",
-                state.epochs_done, cfg.train.epochs
+                "{phase}: resuming after epoch {} of {} (weights and Adam state from {})",
+                state.epochs_done,
+                cfg.train.epochs,
+                ckpt_w.display()
             ));
+            opt_state = Some(tensors);
             state
         }
         None => {
@@ -335,12 +352,22 @@ fn train_model_dir(
     write_json(&dir.join("run.json"), cfg)?;
     vocab.save_dir(dir)?;
     let method = cfg.method;
-    let mut save = |s: &CheckpointState| -> Result<()> {
-        train::save_weights(&vs, &ckpt_w)?;
+    let mut save = |s: &CheckpointState, opt: &crate::optim::Adam| -> Result<()> {
+        train::save_checkpoint(&vs, opt, s.epochs_done, &ckpt_w)?;
         write_json(&ckpt_j, s)
     };
     let state = train::train_phase(
-        phase, method, &model, &vs, train_set, oe_ids, &cfg.train, state, obs, &mut save,
+        phase,
+        method,
+        &model,
+        &vs,
+        train_set,
+        oe_ids,
+        &cfg.train,
+        state,
+        opt_state.as_ref(),
+        obs,
+        &mut save,
     )?;
     write_json(&dir.join("train_log.json"), &state)?;
     train::save_weights(&vs, &final_path)?;

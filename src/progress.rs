@@ -60,6 +60,14 @@ fn ema(prev: f64, x: f64) -> f64 {
 }
 
 impl Observer for Progress {
+    fn warning(&mut self, msg: &str) {
+        if let Some(b) = &self.bar {
+            b.suspend(|| eprintln!("warning: {msg}"));
+        } else {
+            eprintln!("warning: {msg}");
+        }
+    }
+
     fn phase_start(
         &mut self,
         phase: &str,

@@ -5,12 +5,14 @@
 use crate::error::{OeError, Result};
 use crate::loss::{cross_entropy, OeLoss};
 use crate::models::{TextModel, TokenBatch};
+use crate::optim::Adam;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 /// Which training a phase performs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -121,6 +123,8 @@ pub trait Observer {
     }
     fn step(&mut self, _phase: &str, _epoch: usize, _step: usize, _loss: f64, _accuracy: f64) {}
     fn epoch_end(&mut self, _phase: &str, _epoch: usize, _summary: &EpochSummary) {}
+    /// Something the user should know that does not stop training.
+    fn warning(&mut self, _msg: &str) {}
 }
 
 /// An observer that ignores everything.
@@ -150,6 +154,45 @@ pub struct CheckpointState {
 /// Writes the variables to `path` (`.safetensors`) atomically: temp file in the same directory,
 /// then rename, so a half-written file never carries the final name.
 pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    save_tensors(&named_variables(vs), path)
+}
+
+/// Writes a training checkpoint to `path` atomically: the variables (so `load_weights` reads it) and
+/// the optimiser's state, which `read_tensors` + [`Adam::load_state`] restore.
+/// `epochs_done` is stored too (`__checkpoint.epochs_done`), so a resume can check that the weights
+/// and `checkpoint.json` come from the same epoch.
+pub fn save_checkpoint(
+    vs: &nn::VarStore,
+    opt: &Adam,
+    epochs_done: usize,
+    path: &Path,
+) -> Result<()> {
+    let mut all = named_variables(vs);
+    all.extend(opt.state_tensors());
+    all.push((
+        CHECKPOINT_EPOCHS.to_string(),
+        Tensor::from_slice(&[epochs_done as i64]),
+    ));
+    save_tensors(&all, path)
+}
+
+/// Name of the completed-epochs counter inside a checkpoint file.
+pub const CHECKPOINT_EPOCHS: &str = "__checkpoint.epochs_done";
+
+/// Every tensor of a `.safetensors` file, by name.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    Tensor::read_safetensors(path)
+        .map(|v| v.into_iter().collect())
+        .map_err(|e| OeError::Data(format!("{}: cannot read ({e})", path.display())))
+}
+
+fn named_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn save_tensors(named: &[(String, Tensor)], path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
     let tmp = dir.join(format!(
@@ -158,7 +201,7 @@ pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
             .and_then(|s| s.to_str())
             .unwrap_or("weights")
     ));
-    vs.save(&tmp)?;
+    Tensor::write_safetensors(named, &tmp)?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| OeError::io(&tmp, e))?;
@@ -191,8 +234,11 @@ pub fn epoch_rng(seed: u64, phase: &str, epoch: usize) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed ^ h ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
-/// Runs one training phase from `start_epoch` to `cfg.epochs`, calling `checkpoint(epoch_done, state)`
-/// after every epoch. `oe` is required for the OE methods and ignored for the baseline.
+/// Runs one training phase from `state.epochs_done` to `cfg.epochs`, calling
+/// `checkpoint(state, optimiser)` after every epoch. `oe` is required for the OE methods and ignored
+/// for the baseline. `optimizer_state` (from a checkpoint) restores Adam's moments and step, so a
+/// resumed phase continues exactly as an uninterrupted one (on the CPU, bit for bit): the shuffles
+/// and the dropout stream are functions of (seed, phase, epoch).
 #[allow(clippy::too_many_arguments)]
 pub fn train_phase(
     phase: &str,
@@ -203,8 +249,9 @@ pub fn train_phase(
     oe: Option<&[Vec<i64>]>,
     cfg: &TrainConfig,
     mut state: CheckpointState,
+    optimizer_state: Option<&HashMap<String, Tensor>>,
     observer: &mut dyn Observer,
-    checkpoint: &mut dyn FnMut(&CheckpointState) -> Result<()>,
+    checkpoint: &mut dyn FnMut(&CheckpointState, &Adam) -> Result<()>,
 ) -> Result<CheckpointState> {
     cfg.validate()?;
     if train.ids.is_empty() {
@@ -223,15 +270,28 @@ pub fn train_phase(
         },
     };
     let device = vs.device();
-    let mut opt = nn::Adam::default().build(vs, cfg.lr)?;
+    let mut opt = Adam::new(vs);
+    if let Some(st) = optimizer_state {
+        if !opt.load_state(st)? && state.epochs_done > 0 {
+            observer.warning(&format!(
+                "{phase}: the checkpoint has no optimiser state (written by an older version); Adam's moments restart"
+            ));
+        }
+    }
     let steps = train.ids.len().div_ceil(cfg.batch_size);
     let start = state.epochs_done;
     observer.phase_start(phase, cfg.epochs, steps, start);
     for epoch in start..cfg.epochs {
         let t0 = std::time::Instant::now();
         let lr = cfg.lr_at(epoch);
-        opt.set_lr(lr);
         let mut rng = epoch_rng(cfg.seed, phase, epoch);
+        // Dropout draws from libtorch's global generator: seed it per epoch so that a resumed epoch
+        // draws what the uninterrupted run drew.
+        tch::manual_seed(rand::Rng::gen::<i64>(&mut epoch_rng(
+            cfg.seed,
+            phase,
+            epoch + 1_000_000,
+        )));
         let mut order: Vec<usize> = (0..train.ids.len()).collect();
         order.shuffle(&mut rng);
         let mut oe_order: Vec<usize> = oe.map(|o| (0..o.len()).collect()).unwrap_or_default();
@@ -267,7 +327,7 @@ pub fn train_phase(
                 let ologits = model.logits(&obatch, true);
                 loss += cfg.oe_loss.auxiliary(&logits, &ologits);
             }
-            opt.backward_step(&loss);
+            opt.backward_step(&loss, lr);
             let l = loss.double_value(&[]);
             if !l.is_finite() {
                 return Err(OeError::Config(format!(
@@ -296,7 +356,7 @@ pub fn train_phase(
         state.phase = phase.to_string();
         state.epochs_done = epoch + 1;
         state.history.push(summary);
-        checkpoint(&state)?;
+        checkpoint(&state, &opt)?;
     }
     Ok(state)
 }

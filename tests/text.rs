@@ -3,7 +3,7 @@
 
 use oe::data::TextOptions;
 use oe::eval::Scorer;
-use oe::models::{GruConfig, ModelConfig, TokenBatch};
+use oe::models::{GruConfig, ModelConfig, TokenBatch, TransformerConfig};
 use oe::pipeline::{import_weights, LoadedModel};
 use oe::train::{self, CheckpointState, EncodedSet, Method, TrainConfig};
 use std::path::{Path, PathBuf};
@@ -187,8 +187,9 @@ fn train_toy(cfg: &TrainConfig, method: Method, oe: Option<&[Vec<i64>]>) -> nn::
         oe,
         cfg,
         CheckpointState::default(),
+        None,
         &mut train::Silent,
-        &mut |_| Ok(()),
+        &mut |_, _| Ok(()),
     )
     .unwrap();
     vs
@@ -262,7 +263,7 @@ fn training_learns_a_separable_toy_task() {
 }
 
 #[test]
-fn interrupted_training_resumes_and_partial_files_never_load() {
+fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
     let _g = SEEDED.lock().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("checkpoint.safetensors");
@@ -272,73 +273,86 @@ fn interrupted_training_resumes_and_partial_files_never_load() {
         ..Default::default()
     };
     let set = toy_set(64, 3);
+    // The transformer has dropout, so this also checks that the dropout stream resumes.
+    let model_cfg = ModelConfig::Transformer(TransformerConfig {
+        layers: 1,
+        heads: 2,
+        width: 16,
+        ff: 32,
+        dropout: 0.1,
+        max_len: 64,
+        pooling: Default::default(),
+    });
+    let build = |vs: &nn::VarStore| model_cfg.build(&vs.root(), 40, 2).unwrap();
+    let run = |vs: &nn::VarStore,
+               model: &oe::models::TextModel,
+               state: CheckpointState,
+               opt: Option<&std::collections::HashMap<String, tch::Tensor>>,
+               stop_after: Option<usize>| {
+        train::train_phase(
+            "p",
+            Method::Baseline,
+            model,
+            vs,
+            &set,
+            None,
+            &cfg,
+            state,
+            opt,
+            &mut train::Silent,
+            &mut |s, o| {
+                train::save_checkpoint(vs, o, s.epochs_done, &ckpt)?;
+                if Some(s.epochs_done) == stop_after {
+                    Err(oe::OeError::Config("simulated interruption".into()))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+    };
+    // Reference: three epochs without interruption.
+    train::seed_everything(1);
+    let vs_ref = nn::VarStore::new(Device::Cpu);
+    let model_ref = build(&vs_ref);
+    run(&vs_ref, &model_ref, CheckpointState::default(), None, None).unwrap();
     // Run 1: "crash" after the first epoch's checkpoint.
     train::seed_everything(1);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = ModelConfig::Gru(GruConfig::default())
-        .build(&vs.root(), 40, 2)
-        .unwrap();
-    let err = train::train_phase(
-        "p",
-        Method::Baseline,
-        &model,
-        &vs,
-        &set,
-        None,
-        &cfg,
-        CheckpointState::default(),
-        &mut train::Silent,
-        &mut |s| {
-            train::save_weights(&vs, &ckpt)?;
-            if s.epochs_done == 1 {
-                Err(oe::OeError::Config("simulated interruption".into()))
-            } else {
-                Ok(())
-            }
-        },
-    );
-    assert!(err.is_err());
-    // Run 2: resume from the checkpoint and finish the remaining epochs.
+    let model = build(&vs);
+    assert!(run(&vs, &model, CheckpointState::default(), None, Some(1)).is_err());
+    // Run 2: a new process would rebuild the model, load weights and optimiser state, and finish.
+    train::seed_everything(99);
     let mut vs2 = nn::VarStore::new(Device::Cpu);
-    let model2 = ModelConfig::Gru(GruConfig::default())
-        .build(&vs2.root(), 40, 2)
-        .unwrap();
+    let model2 = build(&vs2);
     train::load_weights(&mut vs2, &ckpt).unwrap();
     assert_eq!(max_weight_diff(&vs, &vs2), 0.0);
+    let tensors = train::read_tensors(&ckpt).unwrap();
+    assert_eq!(tensors[train::CHECKPOINT_EPOCHS].int64_value(&[0]), 1);
     let state = CheckpointState {
         phase: "p".into(),
         epochs_done: 1,
         history: vec![],
     };
-    let done = train::train_phase(
-        "p",
-        Method::Baseline,
-        &model2,
-        &vs2,
-        &set,
-        None,
-        &cfg,
-        state,
-        &mut train::Silent,
-        &mut |_| Ok(()),
-    )
-    .unwrap();
+    let done = run(&vs2, &model2, state, Some(&tensors), None).unwrap();
     assert_eq!(done.epochs_done, 3);
     assert_eq!(done.history.len(), 2);
+    assert_eq!(
+        max_weight_diff(&vs_ref, &vs2),
+        0.0,
+        "a resumed run must end where the uninterrupted one does"
+    );
     // A truncated weights file is rejected with a clear error.
     let bytes = std::fs::read(&ckpt).unwrap();
     let bad = dir.path().join("model.safetensors");
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
     let mut vs3 = nn::VarStore::new(Device::Cpu);
-    let _m3 = ModelConfig::Gru(GruConfig::default())
-        .build(&vs3.root(), 40, 2)
-        .unwrap();
+    let _m3 = build(&vs3);
     let e = train::load_weights(&mut vs3, &bad).unwrap_err().to_string();
     assert!(
         e.contains("model.safetensors") && e.contains("cannot load"),
         "{e}"
     );
-    // save_weights leaves no temporary files behind.
+    // Checkpoints leave no temporary files behind.
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
