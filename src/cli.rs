@@ -342,11 +342,13 @@ pub struct TrainArgs {
     pub oe: Option<String>,
     #[arg(long, value_enum, default_value_t = OeMethodArg::Finetune)]
     pub oe_method: OeMethodArg,
-    /// Output run directory (default: runs/<in>-<oe>-<model>-seed<seed>).
+    /// Output directory (train: runs/<in>-<oe>-<model>-seed<seed>; compare:
+    /// runs/compare-<in>-<oe>-seed<seed>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = ModelKind::Gru)]
-    pub model: ModelKind,
+    /// The model to train (default: gru; `compare` takes --models instead).
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
     /// GRU padding: left (the paper: the GRU runs over padding) or masked (batch-independent).
     #[arg(long, value_enum, default_value_t = PadMode::Left)]
     pub pad: PadMode,
@@ -433,8 +435,13 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// `--model`, default GRU.
+    pub fn model_kind(&self) -> ModelKind {
+        self.model.unwrap_or(ModelKind::Gru)
+    }
+
     pub fn model_config(&self) -> Result<ModelConfig> {
-        Ok(match self.model {
+        Ok(match self.model_kind() {
             ModelKind::Gru => ModelConfig::Gru(GruConfig {
                 pad: self.pad,
                 ..Default::default()
@@ -496,13 +503,13 @@ impl TrainArgs {
                     .to_string()
             })
             .unwrap_or_else(|| "baseline".into());
-        let model = self.model.name();
+        let model = self.model_kind().name();
         PathBuf::from("runs").join(format!("{stem}-{oe}-{model}-seed{}", self.seed))
     }
 
     /// The validated pipeline request.
     pub fn request(&self, device: tch::Device) -> Result<crate::pipeline::TrainRequest> {
-        let (epochs, oe_epochs, lr) = self.model.default_schedule();
+        let (epochs, oe_epochs, lr) = self.model_kind().default_schedule();
         let lr = self.lr.unwrap_or(lr);
         let baseline = TrainConfig {
             epochs: self.epochs.unwrap_or(epochs),
@@ -614,12 +621,17 @@ impl CompareArgs {
         if self.models.is_empty() {
             return Err(OeError::Config("--models is empty".into()));
         }
+        if self.train.model.is_some() {
+            return Err(OeError::Config(
+                "compare trains every model of --models; use --models instead of --model".into(),
+            ));
+        }
         let out = self.out_dir();
         self.models
             .iter()
             .map(|&kind| {
                 let mut a = self.train.clone();
-                a.model = kind;
+                a.model = Some(kind);
                 a.out = Some(out.join(kind.name()));
                 a.oe_loss = OeLossArg::Uniform;
                 let oe = a.request(device)?;

@@ -196,8 +196,11 @@ pub struct Scorer<'a> {
 /// exact). Kept on the CPU.
 #[derive(Default)]
 pub struct OutputCache {
-    map: std::sync::Mutex<std::collections::HashMap<(u64, u64, usize), (Tensor, Tensor)>>,
+    map: std::sync::Mutex<std::collections::HashMap<CacheKey, (Tensor, Tensor)>>,
 }
+
+/// Two independent 64-bit hashes of a request, and its number of texts.
+type CacheKey = (u64, u64, usize);
 
 impl OutputCache {
     /// Key of a request: two independent 64-bit hashes of everything that determines the outputs,
@@ -208,7 +211,7 @@ impl OutputCache {
         order: Option<&[usize]>,
         batch: usize,
         fix_len: Option<usize>,
-    ) -> (u64, u64, usize) {
+    ) -> CacheKey {
         use std::hash::{Hash, Hasher};
         let mut h1 = std::collections::hash_map::DefaultHasher::new();
         let mut h2 = FnvHasher(0xcbf2_9ce4_8422_2325);
@@ -230,13 +233,13 @@ impl OutputCache {
         (h1.finish(), h2.finish(), n)
     }
 
-    fn get(&self, key: &(u64, u64, usize)) -> Option<(Tensor, Tensor)> {
+    fn get(&self, key: &CacheKey) -> Option<(Tensor, Tensor)> {
         let map = self.map.lock().ok()?;
         map.get(key)
             .map(|(f, l)| (f.shallow_clone(), l.shallow_clone()))
     }
 
-    fn put(&self, key: (u64, u64, usize), f: &Tensor, l: &Tensor) {
+    fn put(&self, key: CacheKey, f: &Tensor, l: &Tensor) {
         if let Ok(mut map) = self.map.lock() {
             map.insert(key, (f.shallow_clone(), l.shallow_clone()));
         }

@@ -14,6 +14,8 @@
 //! Its cos("A man is eating food.", "A man is eating a piece of bread.") = 0.7553 also matches the
 //! value sentence-transformers' documentation shows for this model.
 
+mod common;
+
 use oe::models::bert::{
     encode_with_specials, load_bert_tokenizer, mean_pool, BertBatch, BertClassifier,
     BertClassifierConfig, BertConfig, BertModel,
@@ -237,35 +239,34 @@ fn minilm_speed() {
 
 /// A tiny labelled dataset (train/dev/test CSV), an outlier file and an OOD file, generated here.
 fn tiny_dataset(d: &Path) {
-    let row = |i: usize| {
-        if i % 2 == 0 {
-            (
-                format!("a lovely film, truly great acting number {i}"),
-                "pos",
-            )
-        } else {
-            (format!("a dull film, truly awful acting number {i}"), "neg")
-        }
+    let rows = |n: usize, off: usize| -> Vec<(String, &str)> {
+        (off..off + n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    (
+                        format!("a lovely film, truly great acting number {i}"),
+                        "pos",
+                    )
+                } else {
+                    (format!("a dull film, truly awful acting number {i}"), "neg")
+                }
+            })
+            .collect()
     };
-    for (name, n, off) in [("train", 48, 0), ("dev", 16, 100), ("test", 20, 200)] {
-        let mut s = String::from("text,label\n");
-        for i in off..off + n {
-            let (t, l) = row(i);
-            s += &format!("\"{t}\",{l}\n");
-        }
-        std::fs::write(d.join(format!("{name}.csv")), s).unwrap();
-    }
-    let lines = |f: &dyn Fn(usize) -> String| (0..40).map(f).collect::<Vec<_>>().join("\n") + "\n";
-    std::fs::write(
-        d.join("oe.txt"),
-        lines(&|i| format!("the river flows past the old castle in year {i}")),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("ood.txt"),
-        lines(&|i| format!("how many kilometres is it to station {i} ?")),
-    )
-    .unwrap();
+    common::write_splits(
+        d,
+        &[
+            ("train", rows(48, 0)),
+            ("dev", rows(16, 100)),
+            ("test", rows(20, 200)),
+        ],
+    );
+    common::write_lines(&d.join("oe.txt"), 40, |i| {
+        format!("the river flows past the old castle in year {i}")
+    });
+    common::write_lines(&d.join("ood.txt"), 40, |i| {
+        format!("how many kilometres is it to station {i} ?")
+    });
 }
 
 #[test]

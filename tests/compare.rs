@@ -1,6 +1,8 @@
 //! `oe-text compare` on generated data: the grid is complete, its numbers are the ones a separate,
 //! uncached evaluation gives, reruns keep what is trained, and the CLI writes the tables.
 
+mod common;
+
 use oe::compare::{run_compare, Detector, ModelRuns};
 use oe::eval::{EvalConfig, FeatureDetector};
 use oe::loss::OeLoss;
@@ -13,31 +15,25 @@ use std::process::Command;
 use tch::Device;
 
 fn dataset(d: &Path) {
-    let csv = |n: usize, off: usize| {
-        let mut s = String::from("text,label\n");
-        for i in off..off + n {
-            let (w, l) = if i % 2 == 0 {
-                ("good fine great", "pos")
-            } else {
-                ("bad awful poor", "neg")
-            };
-            s += &format!("\"the {w} movie {} was {}\",{l}\n", i % 7, i % 5);
-        }
-        s
+    let rows = |n: usize, off: usize| -> Vec<(String, &str)> {
+        (off..off + n)
+            .map(|i| {
+                let (w, l) = if i % 2 == 0 {
+                    ("good fine great", "pos")
+                } else {
+                    ("bad awful poor", "neg")
+                };
+                (format!("the {w} movie {} was {}", i % 7, i % 5), l)
+            })
+            .collect()
     };
-    std::fs::write(d.join("train.csv"), csv(96, 0)).unwrap();
-    std::fs::write(d.join("test.csv"), csv(40, 500)).unwrap();
-    let lines = |f: &dyn Fn(usize) -> String| (0..60).map(f).collect::<Vec<_>>().join("\n") + "\n";
-    std::fs::write(
-        d.join("oe.txt"),
-        lines(&|i| format!("river castle history war {i}")),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("ood.txt"),
-        lines(&|i| format!("what is the question number {} ?", i % 9)),
-    )
-    .unwrap();
+    common::write_splits(d, &[("train", rows(96, 0)), ("test", rows(40, 500))]);
+    common::write_lines(&d.join("oe.txt"), 60, |i| {
+        format!("river castle history war {i}")
+    });
+    common::write_lines(&d.join("ood.txt"), 60, |i| {
+        format!("what is the question number {} ?", i % 9)
+    });
 }
 
 fn request(d: &Path, out: &Path, oe_loss: OeLoss) -> TrainRequest {
@@ -212,6 +208,13 @@ fn cli_compare_needs_an_outlier_corpus_and_names_bad_detectors() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope"), "{err}");
+    let out = Command::new(bin)
+        .args(["compare", "--in", "x", "--oe", "y", "--model", "gru"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--models"), "{err}");
 }
 
 #[test]

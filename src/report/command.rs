@@ -502,7 +502,7 @@ fn notes(report: &Report) -> Vec<String> {
                 crate::metrics::FprRule::AtLeast => "at-least",
             }
         ),
-        "paper (Δ): the paper's Table 8 number (the mean row: Table 8 averaged over the same sets) and ours minus it in percentage points; * = not evaluated like the paper (paper protocol, 1:5 OOD:ID, FPR90 closest rule).".into(),
+        "paper (Δ): the paper's Table 8 number (the mean row: Table 8 averaged over the same sets) and ours minus it in percentage points; * = not made or evaluated like the paper (its GRU with MSP, baseline or uniform OE; paper protocol, 1:5 OOD:ID, FPR90 closest rule).".into(),
     ];
     if let Some(b) = report.bootstrap {
         v.push(format!(
