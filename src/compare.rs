@@ -124,14 +124,13 @@ pub fn run_compare(
     let mut rows = Vec::new();
     for r in runs {
         obs.status(&format!("{}: baseline and OE", r.name));
-        let mut trained = vec![("baseline".to_string(), r.oe.out_dir.join("baseline"))];
         let oe_req = TrainRequest {
             resume: true,
             evaluate: false,
             ..r.oe.clone()
         };
-        let out = pipeline::run_train(&oe_req, obs)?;
-        trained.extend(out.dirs.into_iter().filter(|(n, _)| n != "baseline"));
+        // The baseline (when the OE method fine-tunes one) and the OE model.
+        let mut trained = pipeline::run_train(&oe_req, obs)?.dirs;
         if let Some(e) = &r.energy_oe {
             obs.status(&format!("{}: energy-bounded OE", r.name));
             let e_req = TrainRequest {

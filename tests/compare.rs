@@ -263,3 +263,51 @@ fn cli_compare_writes_the_grid() {
     assert!(d.join("grid/compare.csv").is_file());
     assert!(d.join("grid/gru/oe/detectors").is_dir());
 }
+
+#[test]
+fn cli_compare_with_oe_from_scratch_has_no_baseline_rows() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    dataset(d);
+    let out = Command::new(env!("CARGO_BIN_EXE_oe-text"))
+        .args(["compare", "--models", "gru", "--detectors", "msp"])
+        .args([
+            "--oe-method",
+            "scratch",
+            "--epochs",
+            "1",
+            "--oe-epochs",
+            "1",
+        ])
+        .args([
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--quiet",
+            "--in",
+        ])
+        .arg(d)
+        .arg("--oe")
+        .arg(d.join("oe.txt"))
+        .arg("--ood")
+        .arg(d.join("ood.txt"))
+        .arg("--data-dir")
+        .arg(d)
+        .arg("--out")
+        .arg(d.join("grid"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| gru | oe | msp |"), "{stdout}");
+    assert!(stdout.contains("| gru | energy-oe | msp |"), "{stdout}");
+    assert!(!stdout.contains("| gru | baseline |"), "{stdout}");
+    assert!(!d.join("grid/gru/baseline").exists());
+}
