@@ -248,7 +248,13 @@ pub fn compare_count(
                     "{msg}; the files under the data root are not the canonical ones{hint}"
                 )));
             }
-            eprintln!("warning: {msg}");
+            // Once per process: a run that loads the same split several times says it once.
+            static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+            if !said.contains(&msg) {
+                eprintln!("warning: {msg}");
+                said.push(msg);
+            }
         }
     }
     Ok(())
