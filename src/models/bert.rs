@@ -126,11 +126,8 @@ impl BertConfig {
 /// `tokenizer.json` often pads every text to a fixed length; [`BertBatch`] pads instead).
 pub fn load_bert_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join("tokenizer.json");
-    let mut tk = crate::tokenize::hf::load_tokenizer_json(&path)?;
-    tk.with_padding(None);
-    tk.with_truncation(None)
-        .map_err(|e| OeError::Config(format!("{}: {e}", path.display())))?;
-    Ok(tk)
+    let bytes = std::fs::read(&path).map_err(|e| OeError::io(&path, e))?;
+    crate::tokenize::hf::parse_unpadded(&bytes, &path)
 }
 
 /// Token ids of `texts` with the tokenizer's special tokens (`[CLS] ... [SEP]` for BERT), in parallel.
@@ -154,7 +151,7 @@ pub fn encode_with_specials(
         .collect()
 }
 
-fn truncate_keep_last(mut ids: Vec<i64>, max_len: Option<usize>) -> Vec<i64> {
+pub(crate) fn truncate_keep_last(mut ids: Vec<i64>, max_len: Option<usize>) -> Vec<i64> {
     if let Some(m) = max_len {
         if ids.len() > m && m >= 1 {
             let last = *ids.last().expect("non-empty");

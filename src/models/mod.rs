@@ -99,6 +99,12 @@ impl PretrainedConfig {
     /// Reads `dir/config.json`; the weights (`dir/model.safetensors`) are loaded when training starts.
     pub fn from_dir(name: &str, dir: &std::path::Path, head: BertClassifierConfig) -> Result<Self> {
         let encoder = BertConfig::from_dir(dir)?;
+        if head.max_len < 2 {
+            return Err(OeError::Config(format!(
+                "maximum length {} is below 2 ([CLS] and [SEP] alone need 2)",
+                head.max_len
+            )));
+        }
         if head.max_len as i64 > encoder.max_position_embeddings {
             return Err(OeError::Config(format!(
                 "maximum length {} exceeds the encoder's {} positions ({})",

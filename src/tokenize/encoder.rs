@@ -47,11 +47,7 @@ impl TextEncoder {
     /// [`TextEncoder::encode`]).
     pub fn subword_from_file(path: &Path, max_len: Option<usize>) -> Result<Self> {
         let json = std::fs::read(path).map_err(|e| OeError::io(path, e))?;
-        let mut tk = Tokenizer::from_bytes(&json)
-            .map_err(|e| OeError::Data(format!("{}: not a tokenizer.json: {e}", path.display())))?;
-        tk.with_padding(None);
-        tk.with_truncation(None)
-            .map_err(|e| OeError::Config(format!("{}: {e}", path.display())))?;
+        let tk = super::hf::parse_unpadded(&json, path)?;
         Ok(TextEncoder::Subword {
             tokenizer: Box::new(tk),
             json,
@@ -116,11 +112,7 @@ impl TextEncoder {
         match self {
             TextEncoder::Word(_) => ids.truncate(max),
             TextEncoder::Subword { .. } => {
-                let last = ids[ids.len() - 1];
-                ids.truncate(max.saturating_sub(1));
-                if max >= 1 {
-                    ids.push(last);
-                }
+                *ids = crate::models::bert::truncate_keep_last(std::mem::take(ids), Some(max))
             }
         }
     }

@@ -132,8 +132,24 @@ pub fn train_subword<'a>(
 /// Loads a Hugging Face `tokenizer.json`.
 pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
     let bytes = std::fs::read(path).map_err(|e| OeError::io(path, e))?;
-    Tokenizer::from_bytes(&bytes)
+    parse_tokenizer_json(&bytes, path)
+}
+
+/// Parses `tokenizer.json` bytes read from `path` (named in errors).
+pub fn parse_tokenizer_json(bytes: &[u8], path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_bytes(bytes)
         .map_err(|e| OeError::parse(path, 1, format!("not a usable tokenizer.json: {e}")))
+}
+
+/// Parses `tokenizer.json` bytes with the file's own padding and truncation switched off (a Hugging
+/// Face `tokenizer.json` often pads every text to a fixed length; our batches pad, and long texts are
+/// cut by the caller).
+pub fn parse_unpadded(bytes: &[u8], path: &Path) -> Result<Tokenizer> {
+    let mut tk = parse_tokenizer_json(bytes, path)?;
+    tk.with_padding(None);
+    tk.with_truncation(None)
+        .map_err(|e| OeError::Config(format!("{}: {e}", path.display())))?;
+    Ok(tk)
 }
 
 /// Saves a tokenizer as `tokenizer.json`, atomically.
