@@ -23,6 +23,19 @@ fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
     s.parse()
 }
 
+impl DeviceArgs {
+    /// Sets libtorch's threads and resolves `--device`; says which device and why on stderr
+    /// unless `quiet` (for the binaries, which share this start-up).
+    pub fn select(&self, quiet: bool) -> Result<tch::Device> {
+        crate::device::set_torch_threads(self.threads);
+        let choice = crate::device::resolve(self.device)?;
+        if !quiet {
+            eprintln!("{}", choice.description);
+        }
+        Ok(choice.device)
+    }
+}
+
 /// Output format for small result tables.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum TableFormat {

@@ -44,20 +44,11 @@ enum Command {
     Compare(Box<oe::cli::CompareArgs>),
 }
 
-fn device(args: &DeviceArgs, quiet: bool) -> anyhow::Result<tch::Device> {
-    oe::device::set_torch_threads(args.threads);
-    let choice = oe::device::resolve(args.device)?;
-    if !quiet {
-        eprintln!("{}", choice.description);
-    }
-    Ok(choice.device)
-}
-
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Train(args) => {
-            let dev = device(&args.device, args.quiet)?;
+            let dev = args.device.select(args.quiet)?;
             let req = args.request(dev)?;
             let mut progress = Progress::new(Style::detect(args.quiet));
             let out = oe::pipeline::run_train(&req, &mut progress)
@@ -65,7 +56,7 @@ fn run() -> anyhow::Result<()> {
             print!("{}", out.table);
         }
         Command::Compare(args) => {
-            let dev = device(&args.train.device, args.train.quiet)?;
+            let dev = args.train.device.select(args.train.quiet)?;
             let runs = args.runs(dev)?;
             let out_dir = args.out_dir();
             let mut progress = Progress::new(Style::detect(args.train.quiet));
@@ -80,7 +71,7 @@ fn run() -> anyhow::Result<()> {
             );
         }
         Command::Eval(args) => {
-            let dev = device(&args.device, false)?;
+            let dev = args.device.select(false)?;
             let cfg = args.eval.config()?;
             let root = args.data.root();
             let (model, test, method) = match (&args.model, &args.weights) {
@@ -150,12 +141,12 @@ fn run() -> anyhow::Result<()> {
             println!("{}", choice.description);
         }
         Command::Score(args) => {
-            let dev = device(&args.device, args.quiet)?;
+            let dev = args.device.select(args.quiet)?;
             let m = oe::pipeline::LoadedModel::load(&args.model, dev)?;
             oe::scoring::cli::run_score(&args, &m).context("scoring")?;
         }
         Command::Calibrate(args) => {
-            let dev = device(&args.device, false)?;
+            let dev = args.device.select(false)?;
             let m = oe::pipeline::LoadedModel::load(&args.model, dev)?;
             let (_, line) = oe::scoring::cli::run_calibrate(&args, &m).context("calibrating")?;
             println!("{line}");

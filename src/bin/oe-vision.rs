@@ -36,19 +36,10 @@ enum Command {
     Device(DeviceArgs),
 }
 
-fn device(args: &DeviceArgs, quiet: bool) -> anyhow::Result<tch::Device> {
-    oe::device::set_torch_threads(args.threads);
-    let choice = oe::device::resolve(args.device)?;
-    if !quiet {
-        eprintln!("{}", choice.description);
-    }
-    Ok(choice.device)
-}
-
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Train(args) => {
-            let dev = device(&args.device, args.quiet)?;
+            let dev = args.device.select(args.quiet)?;
             let req = args.request(dev)?;
             let mut progress = Progress::new(Style::detect(args.quiet));
             let out = oe::vision::pipeline::run_train(&req, &mut progress)
@@ -56,7 +47,7 @@ fn run() -> anyhow::Result<()> {
             print!("{}", out.table);
         }
         Command::Eval(args) => {
-            let dev = device(&args.device, false)?;
+            let dev = args.device.select(false)?;
             let cfg = args.eval.config()?;
             let m = oe::vision::pipeline::VisionModel::load(&args.model, dev)?;
             let root = args.data.root();
@@ -111,7 +102,7 @@ fn run() -> anyhow::Result<()> {
             eprintln!("results: {}", out.display());
         }
         Command::Bench(args) => {
-            let dev = device(&args.device, args.json)?;
+            let dev = args.device.select(args.json)?;
             let r = oe::vision::bench::run(&args.config(), dev)?;
             if args.json {
                 println!("{}", serde_json::to_string(&r)?);
