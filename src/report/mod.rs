@@ -210,14 +210,7 @@ pub fn write_eval(dir: &Path, report: &EvalReport, meta: &RunMeta) -> Result<std
 
 /// A terminal table comparing methods per OOD set, with the paper's numbers beside ours (percent).
 pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> String {
-    let mut sets: Vec<String> = Vec::new();
-    for (_, r) in runs {
-        for s in &r.sets {
-            if !sets.contains(&s.ood_set) {
-                sets.push(s.ood_set.clone());
-            }
-        }
-    }
+    let sets = ood_sets_of(runs);
     let fcol = runs
         .first()
         .map(|r| fpr_column(r.1))
@@ -239,7 +232,46 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
             r.config.id_per_ood
         );
     }
-    out += &format!("{:<14}", "OOD set");
+    out += &per_set_rows(runs, &sets, 14, |set, name| {
+        let method = if name.starts_with("baseline") {
+            "baseline"
+        } else {
+            "oe"
+        };
+        let p = if set == "mean" {
+            paper_mean_over(in_dataset, method, &sets)
+        } else {
+            crate::paper::nlp_lookup(in_dataset, set, method)
+        };
+        p.map(|x| [x.fpr90, x.auroc, x.aupr_out])
+    });
+    out
+}
+
+/// The OOD sets of `runs`, in first-seen order.
+pub fn ood_sets_of(runs: &[(&str, &EvalReport)]) -> Vec<String> {
+    let mut sets: Vec<String> = Vec::new();
+    for (_, r) in runs {
+        for s in &r.sets {
+            if !sets.contains(&s.ood_set) {
+                sets.push(s.ood_set.clone());
+            }
+        }
+    }
+    sets
+}
+
+/// The body of a comparison table: a header line, then one line per set in `sets` and a `mean`
+/// line, each with every run's FPR / AUROC / AUPR-Out in percent and, in brackets, the paper's
+/// numbers from `paper(set, run name)` (percent; `set` is `mean` for the mean line). `set_width` is
+/// the width of the first column.
+pub fn per_set_rows(
+    runs: &[(&str, &EvalReport)],
+    sets: &[String],
+    set_width: usize,
+    paper: impl Fn(&str, &str) -> Option<[f64; 3]>,
+) -> String {
+    let mut out = format!("{:<set_width$}", "OOD set");
     for (name, _) in runs {
         out += &format!(" | {:^44}", name);
     }
@@ -248,27 +280,14 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
         Some(p) => format!("{:5.1} ({:5.1})", v * 100.0, p),
         None => format!("{:5.1} (  -  )", v * 100.0),
     };
-    let mut rows: Vec<String> = sets.clone();
+    let mut rows: Vec<String> = sets.to_vec();
     rows.push("mean".into());
     for set in rows {
-        out += &format!("{set:<14}");
+        out += &format!("{set:<set_width$}");
         for (name, r) in runs {
-            let method = if name.starts_with("baseline") {
-                "baseline"
-            } else {
-                "oe"
-            };
-            let p = if set == "mean" {
-                paper_mean_over(in_dataset, method, &sets)
-            } else {
-                crate::paper::nlp_lookup(in_dataset, &set, method)
-            };
+            let p = paper(&set, name);
             let vals = if set == "mean" {
-                if r.sets.is_empty() {
-                    None
-                } else {
-                    Some(r.mean_over_sets())
-                }
+                (!r.sets.is_empty()).then(|| r.mean_over_sets())
             } else {
                 r.sets
                     .iter()
@@ -279,9 +298,9 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
                 Some((f, a, pr)) => {
                     out += &format!(
                         " | {} {} {}",
-                        fmt(f, p.as_ref().map(|x| x.fpr90)),
-                        fmt(a, p.as_ref().map(|x| x.auroc)),
-                        fmt(pr, p.as_ref().map(|x| x.aupr_out))
+                        fmt(f, p.map(|x| x[0])),
+                        fmt(a, p.map(|x| x[1])),
+                        fmt(pr, p.map(|x| x[2]))
                     )
                 }
                 None => out += &format!(" | {:^44}", "-"),

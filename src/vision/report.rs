@@ -205,14 +205,9 @@ pub fn write_eval(dir: &Path, r: &VisionReport, meta: &RunMeta) -> Result<PathBu
 
 /// A terminal table: ours (paper Table 7) per set, FPR95 / AUROC / AUPR-Out in percent.
 pub fn comparison_table(in_dataset: &str, runs: &[(&str, &VisionReport)]) -> String {
-    let mut sets: Vec<String> = Vec::new();
-    for (_, r) in runs {
-        for s in &r.detection.sets {
-            if !sets.contains(&s.ood_set) {
-                sets.push(s.ood_set.clone());
-            }
-        }
-    }
+    let detection: Vec<(&str, &crate::eval::EvalReport)> =
+        runs.iter().map(|(n, r)| (*n, &r.detection)).collect();
+    let sets = crate::report::ood_sets_of(&detection);
     let mut out = format!(
         "{in_dataset}: FPR95 / AUROC / AUPR-Out in %, ours (paper Table 7); means over draws; the mean row's paper column averages Table 7 over the same sets\n"
     );
@@ -238,47 +233,13 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &VisionReport)]) -> Str
             );
         }
     }
-    out += &format!("{:<12}", "OOD set");
-    for (name, _) in runs {
-        out += &format!(" | {:^44}", name);
-    }
-    out += "\n";
-    let fmt = |v: f64, p: Option<f64>| match p {
-        Some(p) => format!("{:5.1} ({:5.1})", v * 100.0, p),
-        None => format!("{:5.1} (  -  )", v * 100.0),
-    };
-    let mut rows = sets.clone();
-    rows.push("mean".into());
-    for set in rows {
-        out += &format!("{set:<12}");
-        for (name, r) in runs {
-            let p = if set == "mean" {
-                paper_mean_over(in_dataset, name, &sets)
-            } else {
-                paper_lookup(in_dataset, &set, name)
-            };
-            let vals = if set == "mean" {
-                (!r.detection.sets.is_empty()).then(|| r.detection.mean_over_sets())
-            } else {
-                r.detection
-                    .sets
-                    .iter()
-                    .find(|s| s.ood_set == set)
-                    .map(|s| (s.fpr.mean, s.auroc.mean, s.aupr_out.mean))
-            };
-            match vals {
-                Some((f, a, pr)) => {
-                    out += &format!(
-                        " | {} {} {}",
-                        fmt(f, p.as_ref().map(|x| x.fpr95)),
-                        fmt(a, p.as_ref().map(|x| x.auroc)),
-                        fmt(pr, p.as_ref().map(|x| x.aupr_out))
-                    )
-                }
-                None => out += &format!(" | {:^44}", "-"),
-            }
-        }
-        out += "\n";
-    }
+    out += &crate::report::per_set_rows(&detection, &sets, 12, |set, name| {
+        let p = if set == "mean" {
+            paper_mean_over(in_dataset, name, &sets)
+        } else {
+            paper_lookup(in_dataset, set, name)
+        };
+        p.map(|x| [x.fpr95, x.auroc, x.aupr_out])
+    });
     out
 }
