@@ -165,9 +165,9 @@ mod tests {
         assert!(w.abs().max().double_value(&[]) <= 1.0 / 128f64.sqrt() + 1e-7);
     }
 
-    #[test]
-    fn masked_scores_do_not_depend_on_the_batch() {
-        let (_vs, m) = model(PadMode::Masked);
+    /// A short text's logits alone, and the largest change when it is batched after a longer text:
+    /// (the text, its logits alone `[1, classes]`, max |difference|).
+    fn alone_vs_batched(m: &GruClassifier) -> (Vec<i64>, Tensor, f64) {
         let a: Vec<i64> = vec![5, 6, 7];
         let b: Vec<i64> = vec![8, 9, 10, 11, 12, 13, 2];
         let alone = m
@@ -183,6 +183,13 @@ mod tests {
             .abs()
             .max()
             .double_value(&[]);
+        (a, alone, diff)
+    }
+
+    #[test]
+    fn masked_scores_do_not_depend_on_the_batch() {
+        let (_vs, m) = model(PadMode::Masked);
+        let (a, alone, diff) = alone_vs_batched(&m);
         assert!(diff < 1e-6, "masked logits changed with the batch: {diff}");
         // ... and the masked path equals libtorch's fused GRU on an unpadded sequence (same weights;
         // not a second model, since tests share libtorch's global RNG across threads).
@@ -198,21 +205,7 @@ mod tests {
     #[test]
     fn left_padding_changes_paper_mode_scores() {
         let (_vs, m) = model(PadMode::Left);
-        let a: Vec<i64> = vec![5, 6, 7];
-        let b: Vec<i64> = vec![8, 9, 10, 11, 12, 13, 2];
-        let alone = m
-            .features_and_logits(&TokenBatch::left_padded(&[&a], None, Device::Cpu), false)
-            .1;
-        let together = m
-            .features_and_logits(
-                &TokenBatch::left_padded(&[&b, &a], None, Device::Cpu),
-                false,
-            )
-            .1;
-        let diff = (alone.get(0) - together.get(1))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let (_, _, diff) = alone_vs_batched(&m);
         assert!(
             diff > 1e-6,
             "the reference's padding effect should be visible"

@@ -170,35 +170,35 @@ pub fn validation_indices(name: &str, n: usize) -> Vec<usize> {
     }
 }
 
+/// The first of `candidates` (relative to `root`) that is a file; else an error `"{missing} under
+/// {root}"`.
+fn first_file(root: &Path, candidates: &[&str], missing: &str) -> Result<PathBuf> {
+    candidates
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| OeError::Data(format!("{missing} under {}", root.display())))
+}
+
 /// An outlier (OE) source: `tiny-images` (the 80M `.bin` under the root), `300k`
 /// (`300K_random_images.npy`), or a path to a `.bin` (80M format), `.npy`, folder or archive.
 /// Folders are fitted to `size`.
 pub fn load_oe_source(spec: &str, root: &Path, size: usize) -> Result<Box<dyn ImageSource>> {
     let path = match spec {
-        "tiny-images" | "tinyimages" | "80m" => [
-            "80M/tiny_images.bin",
-            "tiny_images.bin",
-            "tinyimages/tiny_images.bin",
-        ]
-        .iter()
-        .map(|p| root.join(p))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            OeError::Data(format!(
-                "tiny-images: no tiny_images.bin under {}",
-                root.display()
-            ))
-        })?,
-        "300k" | "300k-random-images" => ["300K_random_images.npy", "300K/300K_random_images.npy"]
-            .iter()
-            .map(|p| root.join(p))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                OeError::Data(format!(
-                    "300k: no 300K_random_images.npy under {}",
-                    root.display()
-                ))
-            })?,
+        "tiny-images" | "tinyimages" | "80m" => first_file(
+            root,
+            &[
+                "80M/tiny_images.bin",
+                "tiny_images.bin",
+                "tinyimages/tiny_images.bin",
+            ],
+            "tiny-images: no tiny_images.bin",
+        )?,
+        "300k" | "300k-random-images" => first_file(
+            root,
+            &["300K_random_images.npy", "300K/300K_random_images.npy"],
+            "300k: no 300K_random_images.npy",
+        )?,
         p => PathBuf::from(p),
     };
     let lower = path.to_string_lossy().to_ascii_lowercase();
