@@ -273,7 +273,7 @@ fn tiny_dataset(d: &Path) {
 fn minilm_trains_baseline_and_oe_into_self_contained_model_directories() {
     use oe::models::{ModelConfig, PretrainedConfig};
     use oe::pipeline::{run_train, LoadedModel, TrainRequest};
-    use oe::train::{Method, Silent, TrainConfig};
+    use oe::train::{Silent, TrainConfig};
     let Some(dir) = model_dir() else { return };
     tch::set_num_threads(2);
     let t = tempfile::tempdir().unwrap();
@@ -292,27 +292,8 @@ fn minilm_trains_baseline_and_oe_into_self_contained_model_directories() {
         ..Default::default()
     };
     let req = TrainRequest {
-        in_dataset: d.display().to_string(),
-        oe_corpus: Some(d.join("oe.txt").display().to_string()),
-        oe_method: Method::OeFinetune,
-        data_root: d.to_path_buf(),
-        out_dir: d.join("run"),
-        text: Default::default(),
-        vocab_max_size: 10_000,
-        model,
-        baseline: train.clone(),
-        oe: train,
-        eval: oe::eval::EvalConfig {
-            repeats: 2,
-            ..Default::default()
-        },
-        ood_sets: Some(vec![d.join("ood.txt").display().to_string()]),
-        resume: false,
-        device: Device::Cpu,
-        holdout: None,
         calibrate_tpr: Some(0.9),
-        oe_dir: None,
-        evaluate: true,
+        ..common::request(d, &d.join("run"), model, train, 2)
     };
     let out = run_train(&req, &mut Silent).unwrap();
     assert_eq!(out.reports.len(), 2);

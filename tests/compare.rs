@@ -9,7 +9,7 @@ use oe::loss::OeLoss;
 use oe::models::{GruConfig, ModelConfig};
 use oe::pipeline::{evaluate_model, load_ood_inputs, LoadedModel, TrainRequest};
 use oe::score::Score;
-use oe::train::{Method, Silent, TrainConfig};
+use oe::train::{Silent, TrainConfig};
 use std::path::Path;
 use std::process::Command;
 use tch::Device;
@@ -44,29 +44,7 @@ fn request(d: &Path, out: &Path, oe_loss: OeLoss) -> TrainRequest {
         oe_loss,
         ..Default::default()
     };
-    TrainRequest {
-        in_dataset: d.display().to_string(),
-        oe_corpus: Some(d.join("oe.txt").display().to_string()),
-        oe_method: Method::OeFinetune,
-        data_root: d.to_path_buf(),
-        out_dir: out.to_path_buf(),
-        text: Default::default(),
-        vocab_max_size: 10_000,
-        model: ModelConfig::Gru(GruConfig::default()),
-        baseline: train.clone(),
-        oe: train,
-        eval: EvalConfig {
-            repeats: 2,
-            ..Default::default()
-        },
-        ood_sets: Some(vec![d.join("ood.txt").display().to_string()]),
-        resume: false,
-        device: Device::Cpu,
-        holdout: None,
-        calibrate_tpr: None,
-        oe_dir: None,
-        evaluate: true,
-    }
+    common::request(d, out, ModelConfig::Gru(GruConfig::default()), train, 2)
 }
 
 #[test]
@@ -217,30 +195,30 @@ fn cli_compare_needs_an_outlier_corpus_and_names_bad_detectors() {
     assert!(err.contains("--models"), "{err}");
 }
 
-#[test]
-fn cli_compare_writes_the_grid() {
-    let bin = env!("CARGO_BIN_EXE_oe-text");
-    let t = tempfile::tempdir().unwrap();
-    let d = t.path();
-    dataset(d);
-    let out = Command::new(bin)
+/// `oe-text compare` with the GRU on the generated dataset in `d` (1 + 1 epochs, 1 draw, one CPU
+/// thread, quiet, into `d/grid`), plus `extra` flags.
+fn compare_cli(d: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_oe-text"))
         .args([
             "compare",
             "--models",
             "gru",
-            "--detectors",
-            "msp,mahalanobis",
-        ])
-        .args([
-            "--no-energy-oe",
             "--epochs",
             "1",
             "--oe-epochs",
             "1",
+        ])
+        .args([
             "--repeats",
             "1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--quiet",
         ])
-        .args(["--device", "cpu", "--threads", "1", "--quiet", "--in"])
+        .args(extra)
+        .arg("--in")
         .arg(d)
         .arg("--oe")
         .arg(d.join("oe.txt"))
@@ -251,7 +229,15 @@ fn cli_compare_writes_the_grid() {
         .arg("--out")
         .arg(d.join("grid"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn cli_compare_writes_the_grid() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    dataset(d);
+    let out = compare_cli(d, &["--detectors", "msp,mahalanobis", "--no-energy-oe"]);
     assert!(
         out.status.success(),
         "{}",
@@ -269,37 +255,7 @@ fn cli_compare_with_oe_from_scratch_has_no_baseline_rows() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     dataset(d);
-    let out = Command::new(env!("CARGO_BIN_EXE_oe-text"))
-        .args(["compare", "--models", "gru", "--detectors", "msp"])
-        .args([
-            "--oe-method",
-            "scratch",
-            "--epochs",
-            "1",
-            "--oe-epochs",
-            "1",
-        ])
-        .args([
-            "--repeats",
-            "1",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--quiet",
-            "--in",
-        ])
-        .arg(d)
-        .arg("--oe")
-        .arg(d.join("oe.txt"))
-        .arg("--ood")
-        .arg(d.join("ood.txt"))
-        .arg("--data-dir")
-        .arg(d)
-        .arg("--out")
-        .arg(d.join("grid"))
-        .output()
-        .unwrap();
+    let out = compare_cli(d, &["--detectors", "msp", "--oe-method", "scratch"]);
     assert!(
         out.status.success(),
         "{}",

@@ -1,14 +1,14 @@
 //! `oe-text score` / `oe-text calibrate` on a tiny model trained here (1 epoch, generated data):
 //! batch independence, input order, every bad-input behaviour, atomic output, thresholds.
 
-use oe::data::TextOptions;
-use oe::eval::EvalConfig;
+mod common;
+
 use oe::models::{GruConfig, ModelConfig};
 use oe::pipeline::{run_train, LoadedModel, TrainRequest};
 use oe::scoring::input::InputOptions;
 use oe::scoring::output::{OutRow, RowWriter};
 use oe::scoring::{score_stream, ScoreOptions};
-use oe::train::{Method, Silent, TrainConfig};
+use oe::train::{Silent, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -67,30 +67,21 @@ fn train(d: &Path, holdout: Option<f64>) -> PathBuf {
     // One libtorch thread: these models are tiny, and spinning threads are slow on a busy machine.
     tch::set_num_threads(1);
     let req = TrainRequest {
-        in_dataset: d.display().to_string(),
         oe_corpus: None,
-        oe_method: Method::OeFinetune,
-        data_root: d.to_path_buf(),
-        out_dir: d.join("run"),
-        text: TextOptions::default(),
-        vocab_max_size: 10_000,
-        model: ModelConfig::Gru(GruConfig::default()),
         baseline: TrainConfig {
             epochs: 1,
             ..Default::default()
         },
         oe: TrainConfig::default(),
-        eval: EvalConfig {
-            repeats: 1,
-            ..Default::default()
-        },
-        ood_sets: Some(vec![d.join("ood.txt").display().to_string()]),
-        resume: false,
-        device: Device::Cpu,
         holdout,
         calibrate_tpr: Some(0.9),
-        oe_dir: None,
-        evaluate: true,
+        ..common::request(
+            d,
+            &d.join("run"),
+            ModelConfig::Gru(GruConfig::default()),
+            TrainConfig::default(),
+            1,
+        )
     };
     run_train(&req, &mut Silent).unwrap();
     d.join("run").join("baseline")

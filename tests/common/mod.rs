@@ -1,6 +1,11 @@
 //! Generated fixtures shared by the integration tests: labelled CSV splits and one-text-per-line
-//! files, small enough to train on in seconds.
+//! files, small enough to train on in seconds, and the training request that uses them.
+#![allow(dead_code)] // each test crate uses part of this module
 
+use oe::eval::EvalConfig;
+use oe::models::ModelConfig;
+use oe::pipeline::TrainRequest;
+use oe::train::{Method, TrainConfig};
 use std::path::Path;
 
 /// Writes `dir/{name}.csv` (`text,label`) for each `(name, rows)`, quoting every text.
@@ -18,4 +23,39 @@ pub fn write_splits(dir: &Path, splits: &[(&str, Vec<(String, &str)>)]) {
 pub fn write_lines(path: &Path, n: usize, f: impl Fn(usize) -> String) {
     let s: String = (0..n).map(|i| f(i) + "\n").collect();
     std::fs::write(path, s).unwrap();
+}
+
+/// Training on the generated dataset in `d` (its CSV splits; OE fine-tuning with `d/oe.txt`;
+/// evaluation on `d/ood.txt` with `repeats` draws), on the CPU, into `out`, with `train` for both
+/// phases; no calibration, nothing resumed.
+pub fn request(
+    d: &Path,
+    out: &Path,
+    model: ModelConfig,
+    train: TrainConfig,
+    repeats: usize,
+) -> TrainRequest {
+    TrainRequest {
+        in_dataset: d.display().to_string(),
+        oe_corpus: Some(d.join("oe.txt").display().to_string()),
+        oe_method: Method::OeFinetune,
+        data_root: d.to_path_buf(),
+        out_dir: out.to_path_buf(),
+        text: Default::default(),
+        vocab_max_size: 10_000,
+        model,
+        baseline: train.clone(),
+        oe: train,
+        eval: EvalConfig {
+            repeats,
+            ..Default::default()
+        },
+        ood_sets: Some(vec![d.join("ood.txt").display().to_string()]),
+        resume: false,
+        device: tch::Device::Cpu,
+        holdout: None,
+        calibrate_tpr: None,
+        oe_dir: None,
+        evaluate: true,
+    }
 }
