@@ -253,9 +253,7 @@ impl std::hash::Hasher for FnvHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
+        self.0 = crate::train::fnv1a(self.0, bytes);
     }
 }
 
@@ -460,10 +458,7 @@ pub fn wmt16_csv_cut(s: &str) -> String {
 }
 
 fn draw_rng(seed: u64, set: &str, draw: usize) -> ChaCha8Rng {
-    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
-    for b in set.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
+    let h = crate::train::fnv1a(0x9e37_79b9_7f4a_7c15 ^ seed, set.as_bytes());
     ChaCha8Rng::seed_from_u64(h.wrapping_add(draw as u64))
 }
 

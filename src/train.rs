@@ -225,12 +225,17 @@ pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
     })
 }
 
+/// FNV-1a over `bytes`, continuing from `state` (0xcbf2_9ce4_8422_2325 starts a fresh hash): the
+/// string hash behind every seeded stream (shuffles, OOD draws) and the evaluation cache's keys.
+pub fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(state, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 /// A deterministic RNG for (seed, phase, epoch), so resuming mid-phase reproduces the same order.
 pub fn epoch_rng(seed: u64, phase: &str, epoch: usize) -> ChaCha8Rng {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in phase.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
+    let h = fnv1a(0xcbf2_9ce4_8422_2325, phase.as_bytes());
     ChaCha8Rng::seed_from_u64(seed ^ h ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 

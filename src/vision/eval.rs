@@ -147,10 +147,7 @@ pub struct VisionReport {
 }
 
 fn draw_rng(seed: u64, set: &str, draw: usize) -> ChaCha8Rng {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for b in set.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
+    let h = crate::train::fnv1a(0xcbf2_9ce4_8422_2325 ^ seed, set.as_bytes());
     ChaCha8Rng::seed_from_u64(h ^ (draw as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
