@@ -122,6 +122,8 @@ pub fn run_compare(
         ));
     }
     let mut rows = Vec::new();
+    // The evaluation data, loaded once for all models that share it (normally all of them).
+    let mut data: Option<(DataKey, data::InDistribution, Vec<crate::eval::OodInput>)> = None;
     for r in runs {
         obs.status(&format!("{}: baseline and OE", r.name));
         let oe_req = TrainRequest {
@@ -144,8 +146,14 @@ pub fn run_compare(
             trained.extend(out.dirs.into_iter().filter(|(n, _)| n != "baseline"));
         }
         let req = &r.oe;
-        let ind = data::load_in_distribution(&req.in_dataset, &req.data_root, &req.text)?;
-        let ood = pipeline::load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text)?;
+        let key = DataKey::of(req);
+        if data.as_ref().is_none_or(|d| d.0 != key) {
+            let ind = data::load_in_distribution(&req.in_dataset, &req.data_root, &req.text)?;
+            let ood =
+                pipeline::load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text)?;
+            data = Some((key, ind, ood));
+        }
+        let (_, ind, ood) = data.as_ref().expect("loaded above");
         for (training, dir) in &trained {
             let mut m = LoadedModel::load(dir, req.device)?;
             if m.detectors.is_none() && detectors.iter().any(|d| matches!(d, Detector::Feature(_)))
@@ -156,7 +164,7 @@ pub fn run_compare(
             for d in detectors {
                 obs.status(&format!("{}/{training}: evaluating {}", r.name, d.name()));
                 let cfg = d.apply(&req.eval);
-                let (report, _) = pipeline::evaluate_model(&m, &ind.test, &ood, &cfg, training)?;
+                let (report, _) = pipeline::evaluate_model(&m, &ind.test, ood, &cfg, training)?;
                 rows.extend(rows_of(&r.name, training, &d.name(), &report));
             }
         }
@@ -173,6 +181,26 @@ pub fn run_compare(
         csv,
         markdown,
     })
+}
+
+/// What determines a run's evaluation data.
+#[derive(PartialEq)]
+struct DataKey {
+    in_dataset: String,
+    data_root: PathBuf,
+    text: data::TextOptions,
+    ood_sets: Option<Vec<String>>,
+}
+
+impl DataKey {
+    fn of(r: &TrainRequest) -> Self {
+        Self {
+            in_dataset: r.in_dataset.clone(),
+            data_root: r.data_root.clone(),
+            text: r.text.clone(),
+            ood_sets: r.ood_sets.clone(),
+        }
+    }
 }
 
 /// Per-set rows and the mean row of one evaluation.

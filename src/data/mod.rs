@@ -44,7 +44,7 @@ pub fn resolve_data_root(explicit: Option<&Path>) -> PathBuf {
 
 /// Per-dataset text options; `None` = the paper's default for that dataset (SST cased, everything
 /// else lower-cased; 20NG truncated to the first 100 tokens; others untruncated).
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TextOptions {
     pub lowercase: Option<bool>,
     pub max_tokens: Option<usize>,
