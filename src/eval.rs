@@ -78,6 +78,21 @@ pub struct EvalConfig {
 }
 
 impl EvalConfig {
+    /// The metrics' settings (OOD is the positive class), after checking that draws, ratio and
+    /// batch size are positive.
+    pub fn metrics_config(&self) -> Result<MetricsConfig> {
+        if self.repeats == 0 || self.id_per_ood == 0 || self.batch_size == 0 {
+            return Err(OeError::Config(
+                "repeats, ratio and batch size must be positive".into(),
+            ));
+        }
+        Ok(MetricsConfig {
+            positive: Positive::Ood,
+            tpr: self.tpr,
+            fpr_rule: self.fpr_rule,
+        })
+    }
+
     /// Name of the anomaly score in use (`msp`, `energy`, ..., or `mahalanobis` / `knn`).
     pub fn score_name(&self) -> String {
         match self.detector {
@@ -490,16 +505,7 @@ where
             in_labels.len()
         )));
     }
-    if cfg.repeats == 0 || cfg.id_per_ood == 0 || cfg.batch_size == 0 {
-        return Err(OeError::Config(
-            "repeats, ratio and batch size must be positive".into(),
-        ));
-    }
-    let mcfg = MetricsConfig {
-        positive: Positive::Ood,
-        tpr: cfg.tpr,
-        fpr_rule: cfg.fpr_rule,
-    };
+    let mcfg = cfg.metrics_config()?;
     let n_in = in_ids.len();
     // In-distribution logits, in file order.
     let in_logits = match cfg.protocol {

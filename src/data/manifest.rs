@@ -112,11 +112,13 @@ pub struct Manifest {
     pub counts: Vec<CountEntry>,
 }
 
+/// `(stem, TOML text)` of `data-manifests/<stem>.toml` for each stem, embedded at compile time.
 macro_rules! manifest_sources {
     ($($n:literal),* $(,)?) => {
         &[$(($n, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/data-manifests/", $n, ".toml")))),*]
     };
 }
+pub(crate) use manifest_sources;
 
 /// The embedded manifest sources (file stem, TOML text).
 pub const SOURCES: &[(&str, &str)] = manifest_sources!(

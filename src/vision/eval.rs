@@ -15,7 +15,6 @@ use crate::error::{OeError, Result};
 use crate::eval::{EvalConfig, EvalReport, MeanStd, Protocol, SetResult};
 use crate::metrics::{
     calibration_error, soft_f1, tune_temperature, CalibrationConfig, DetectionMetrics,
-    MetricsConfig, Positive,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -178,16 +177,7 @@ pub fn evaluate(
             test.name
         )));
     }
-    if cfg.repeats == 0 || cfg.id_per_ood == 0 || cfg.batch_size == 0 {
-        return Err(OeError::Config(
-            "repeats, ratio and batch size must be positive".into(),
-        ));
-    }
-    let mcfg = MetricsConfig {
-        positive: Positive::Ood,
-        tpr: cfg.tpr,
-        fpr_rule: cfg.fpr_rule,
-    };
+    let mcfg = cfg.metrics_config()?;
     let n_in = test.len();
     let in_logits = scorer.logits_set(test)?;
     let in_scores = cfg.score.compute_vec(&in_logits);

@@ -6,14 +6,8 @@ use crate::data::manifest::{compare_count, parse_manifest, CountEntry, Manifest}
 use crate::error::Result;
 use std::sync::OnceLock;
 
-macro_rules! sources {
-    ($($n:literal),* $(,)?) => {
-        &[$(($n, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/data-manifests/", $n, ".toml")))),*]
-    };
-}
-
 /// The embedded vision manifests (file stem, TOML text).
-pub const SOURCES: &[(&str, &str)] = sources!(
+pub const SOURCES: &[(&str, &str)] = crate::data::manifest::manifest_sources!(
     "cifar10",
     "cifar100",
     "svhn",
