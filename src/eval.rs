@@ -477,6 +477,28 @@ fn draw_rng(seed: u64, set: &str, draw: usize) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(h.wrapping_add(draw as u64))
 }
 
+/// `repeats` seeded uniform draws of `n` of `avail` indices (draw `r` shuffles with `rng(r)` and
+/// keeps the first `n`), and the sorted union of all draws, so each drawn example is scored once.
+pub(crate) fn uniform_draws(
+    repeats: usize,
+    avail: usize,
+    n: usize,
+    rng: impl Fn(usize) -> ChaCha8Rng,
+) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let picks: Vec<Vec<usize>> = (0..repeats)
+        .map(|r| {
+            let mut o: Vec<usize> = (0..avail).collect();
+            o.shuffle(&mut rng(r));
+            o.truncate(n);
+            o
+        })
+        .collect();
+    let mut needed: Vec<usize> = picks.iter().flatten().copied().collect();
+    needed.sort_unstable();
+    needed.dedup();
+    (picks, needed)
+}
+
 /// Encodes texts in parallel with `encode`.
 pub fn encode_all<F>(texts: &[String], encode: F) -> Vec<Vec<i64>>
 where
@@ -602,18 +624,9 @@ where
             }
             Protocol::Clean => {
                 let n_ood = (n_in / cfg.id_per_ood).max(1).min(n_avail);
-                let picks: Vec<Vec<usize>> = (0..cfg.repeats)
-                    .map(|r| {
-                        let mut o: Vec<usize> = (0..n_avail).collect();
-                        o.shuffle(&mut draw_rng(cfg.seed, &set.name, r));
-                        o.truncate(n_ood);
-                        o
-                    })
-                    .collect();
-                // Score the union of all draws once.
-                let mut needed: Vec<usize> = picks.iter().flatten().copied().collect();
-                needed.sort_unstable();
-                needed.dedup();
+                let (picks, needed) = uniform_draws(cfg.repeats, n_avail, n_ood, |r| {
+                    draw_rng(cfg.seed, &set.name, r)
+                });
                 let sub: Vec<Vec<i64>> = needed.iter().map(|&i| ids[i].clone()).collect();
                 let (f, l) = scorer.outputs_bucketed(&sub, 256, None);
                 let s = scorer.anomaly(&f, &l, cfg)?;

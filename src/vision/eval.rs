@@ -16,7 +16,6 @@ use crate::eval::{EvalConfig, EvalReport, MeanStd, Protocol, SetResult};
 use crate::metrics::{
     calibration_error, soft_f1, tune_temperature, CalibrationConfig, DetectionMetrics,
 };
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -212,17 +211,9 @@ pub fn evaluate(
             return Err(OeError::Data(format!("OOD set `{}` is empty", set.name)));
         }
         let n_ood = ood_count(cfg, n_in, avail);
-        let picks: Vec<Vec<usize>> = (0..cfg.repeats)
-            .map(|r| {
-                let mut o: Vec<usize> = (0..avail).collect();
-                o.shuffle(&mut draw_rng(cfg.seed, &set.name, r));
-                o.truncate(n_ood);
-                o
-            })
-            .collect();
-        let mut needed: Vec<usize> = picks.iter().flatten().copied().collect();
-        needed.sort_unstable();
-        needed.dedup();
+        let (picks, needed) = crate::eval::uniform_draws(cfg.repeats, avail, n_ood, |r| {
+            draw_rng(cfg.seed, &set.name, r)
+        });
         let logits = match &set.data {
             OodData::Images(s) => scorer.logits_images(s.as_ref(), &needed)?,
             OodData::Inputs(x) => scorer.logits_inputs(x, &needed)?,
