@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference throughput of the same WRN steps in PyTorch (protocol.md §3.1/§3.2).
+"""Reference throughput of the same WRN steps in PyTorch (README, "The paper's protocol: vision").
 
 Train step: 128 in-distribution + 256 outlier images (32x32) concatenated in one forward pass,
 cross-entropy + 0.5 * cross-entropy-to-uniform, SGD(lr, momentum 0.9, nesterov, wd 5e-4),

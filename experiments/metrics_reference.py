@@ -4,7 +4,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, average_precision_score, roc_curve
 
 def fpr_closest(y, s, level):
-    # the reference's display_results.fpr_and_fdr_at_recall, re-typed from protocol.md section 4
+    # the reference's display_results.fpr_and_fdr_at_recall, re-typed from the description in README, "The paper's protocol: metrics"
     y = np.asarray(y); s = np.asarray(s, dtype=float)
     desc = np.argsort(s, kind="mergesort")[::-1]
     s = s[desc]; y = y[desc]

@@ -63,3 +63,58 @@ impl OeError {
 
 /// `Result` with [`OeError`].
 pub type Result<T, E = OeError> = std::result::Result<T, E>;
+
+/// Warnings that do not stop a command (a dataset count that differs from its manifest's, ...).
+/// The library never prints: it hands each distinct message, once per process, to the sink the
+/// binary installed with [`set_warning_sink`], or keeps it for [`take_warnings`] when none is set.
+pub mod warnings {
+    use std::sync::Mutex;
+
+    type Sink = Box<dyn Fn(&str) + Send + Sync>;
+
+    static SINK: Mutex<Option<Sink>> = Mutex::new(None);
+    static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static PENDING: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Where warnings go from now on (the binaries print them to standard error).
+    pub fn set_warning_sink(sink: impl Fn(&str) + Send + Sync + 'static) {
+        *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(sink));
+    }
+
+    /// Reports `msg` once per process.
+    pub fn warn(msg: &str) {
+        {
+            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+            if said.iter().any(|m| m == msg) {
+                return;
+            }
+            said.push(msg.to_string());
+        }
+        match SINK.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(sink) => sink(msg),
+            None => PENDING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(msg.to_string()),
+        }
+    }
+
+    /// The warnings reported while no sink was set, oldest first (and forgets them).
+    pub fn take_warnings() -> Vec<String> {
+        std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn each_message_once() {
+            super::warn("unit-test warning a");
+            super::warn("unit-test warning a");
+            let got: Vec<String> = super::take_warnings()
+                .into_iter()
+                .filter(|w| w.starts_with("unit-test warning"))
+                .collect();
+            assert_eq!(got, ["unit-test warning a"]);
+        }
+    }
+}

@@ -1,28 +1,15 @@
-//! OOD evaluation protocols for text classifiers.
-//!
-//! - [`Protocol::Paper`] reproduces the reference evaluation (protocol.md §2.6): in-distribution test
-//!   texts in length-sorted batches of 64, `64·(⌊⌊N/5⌋/64⌋ + 1)` OOD texts per draw, SNLI and IMDB
-//!   taking their shortest examples deterministically, the other sets redrawn by shuffling, left
-//!   padding without masking, 10 draws. WMT16 sentences are used whole: protocol.md §2.6 says the
-//!   reference's CSV reading cut them at the first comma, but with the released weights the paper's
-//!   WMT16 rows are reproduced only without the cut (TREC baseline FPR90/AUROC/AUPR 50.9/77.9/42.9
-//!   uncut vs 45.7/83.7/58.1 cut; paper 50.7/78.2/42.2). `wmt16_comma_cut` turns the cut on.
-//! - [`Protocol::Clean`] draws `⌊N/ratio⌋` OOD texts uniformly at random (seeded) per draw and
-//!   computes every score independently of batch composition (texts are batched by exact length).
-//!
-//! Metrics are OOD-positive; FPR uses the paper's closest-recall rule at the configured level.
+//! Evaluation settings and results shared by the text and vision wings: the protocol choice, the
+//! one [`Detector`] an evaluation scores with, the metrics' settings, per-set results with means
+//! and standard deviations over draws, calibration results, and the one seeded draw formula.
+//! The protocols themselves are per wing (`text::protocol`, `vision::protocol`).
 
+use crate::detect::{Detector, Score};
 use crate::error::{OeError, Result};
 use crate::metrics::{DetectionMetrics, FprRule, MetricsConfig, Positive};
-use crate::models::{TextModel, TokenBatch};
-use crate::score::Score;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use tch::{Device, Kind, Tensor};
 
 /// Which evaluation protocol.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -35,46 +22,94 @@ pub enum Protocol {
     Clean,
 }
 
-/// A feature-space detector used instead of a logit score (fitted on in-distribution training
-/// features only; see [`crate::detectors`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum FeatureDetector {
-    /// Minimum class-conditional Mahalanobis distance with a shared covariance (Lee et al. 2018).
-    Mahalanobis,
-    /// Distance to the k-th nearest normalised training feature (Sun et al. 2022).
-    Knn,
-}
-
-impl FeatureDetector {
+impl Protocol {
+    /// `paper` or `clean`: the name in results tables and evaluation directories.
     pub fn name(self) -> &'static str {
         match self {
-            FeatureDetector::Mahalanobis => "mahalanobis",
-            FeatureDetector::Knn => "knn",
+            Protocol::Paper => "paper",
+            Protocol::Clean => "clean",
         }
     }
 }
 
 /// Evaluation settings.
+///
+/// Serialised (in `report.json`) with the field names of earlier versions: the detector is written
+/// as `score` (a logit score) plus `detector` (`null`, or a feature detector that replaces `score`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(from = "EvalConfigRepr", into = "EvalConfigRepr")]
 pub struct EvalConfig {
     pub protocol: Protocol,
-    pub score: Score,
+    /// What turns model outputs into anomaly scores.
+    pub detector: Detector,
     /// Number of OOD draws per set.
     pub repeats: usize,
     /// In-distribution test examples per OOD example (5 → the paper's 1:5 OOD:ID ratio).
     pub id_per_ood: usize,
-    /// Recall level for FPR (0.9 for text).
+    /// Recall level for FPR (0.9 for text, 0.95 for vision).
     pub tpr: f64,
     pub fpr_rule: FprRule,
     pub batch_size: usize,
     pub seed: u64,
-    /// Cut WMT16 sentences at their first comma (the CSV-reading quirk protocol.md §2.6 describes;
-    /// off by default because the paper's numbers match uncut sentences).
-    pub wmt16_comma_cut: bool,
-    /// Score with a feature-space detector instead of `score` (needs fitted detectors).
-    pub detector: Option<FeatureDetector>,
+}
+
+/// [`EvalConfig`] as written to disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+struct EvalConfigRepr {
+    protocol: Protocol,
+    score: Score,
+    repeats: usize,
+    id_per_ood: usize,
+    tpr: f64,
+    fpr_rule: FprRule,
+    batch_size: usize,
+    seed: u64,
+    detector: Option<crate::detect::FeatureDetector>,
+}
+
+impl Default for EvalConfigRepr {
+    fn default() -> Self {
+        EvalConfig::default().into()
+    }
+}
+
+impl From<EvalConfigRepr> for EvalConfig {
+    fn from(r: EvalConfigRepr) -> Self {
+        Self {
+            protocol: r.protocol,
+            detector: match r.detector {
+                Some(f) => Detector::Feature(f),
+                None => Detector::Logit(r.score),
+            },
+            repeats: r.repeats,
+            id_per_ood: r.id_per_ood,
+            tpr: r.tpr,
+            fpr_rule: r.fpr_rule,
+            batch_size: r.batch_size,
+            seed: r.seed,
+        }
+    }
+}
+
+impl From<EvalConfig> for EvalConfigRepr {
+    fn from(c: EvalConfig) -> Self {
+        let (score, detector) = match c.detector {
+            Detector::Logit(s) => (s, None),
+            Detector::Feature(f) => (Score::Msp, Some(f)),
+        };
+        Self {
+            protocol: c.protocol,
+            score,
+            repeats: c.repeats,
+            id_per_ood: c.id_per_ood,
+            tpr: c.tpr,
+            fpr_rule: c.fpr_rule,
+            batch_size: c.batch_size,
+            seed: c.seed,
+            detector,
+        }
+    }
 }
 
 impl EvalConfig {
@@ -95,37 +130,39 @@ impl EvalConfig {
 
     /// Name of the anomaly score in use (`msp`, `energy`, ..., or `mahalanobis` / `knn`).
     pub fn score_name(&self) -> String {
-        match self.detector {
-            Some(d) => d.name().to_string(),
-            None => self.score.to_string(),
-        }
+        self.detector.to_string()
+    }
+
+    /// The FPR column name of results evaluated with these settings, e.g. `fpr90_closest_out`.
+    pub fn fpr_column(&self) -> String {
+        let level = (self.tpr * 1000.0).round() / 10.0;
+        let level = if level.fract() == 0.0 {
+            format!("{}", level as i64)
+        } else {
+            format!("{level}")
+        };
+        let rule = match self.fpr_rule {
+            FprRule::Closest => "closest",
+            FprRule::AtLeast => "atleast",
+        };
+        format!("fpr{level}_{rule}_out")
     }
 }
 
 impl Default for EvalConfig {
+    /// The paper's text evaluation: MSP, 10 draws at 1:5 OOD:ID, FPR at 90% recall (closest rule).
     fn default() -> Self {
         Self {
             protocol: Protocol::Paper,
-            score: Score::Msp,
+            detector: Detector::Logit(Score::Msp),
             repeats: 10,
             id_per_ood: 5,
             tpr: 0.9,
             fpr_rule: FprRule::Closest,
             batch_size: 64,
             seed: 1,
-            wmt16_comma_cut: false,
-            detector: None,
         }
     }
-}
-
-/// The texts of an OOD set as the evaluation sees them (already lower-cased by the data layer).
-#[derive(Clone, Debug)]
-pub struct OodInput {
-    pub name: String,
-    pub texts: Vec<String>,
-    /// SNLI premises (the reference sorts SNLI by premise and hypothesis lengths).
-    pub premises: Option<Vec<String>>,
 }
 
 /// Mean and (population) standard deviation over draws, as the reference's `np.std`.
@@ -191,295 +228,42 @@ impl EvalReport {
     }
 }
 
-/// What the evaluation needs from a trained model.
-pub struct Scorer<'a> {
-    pub model: &'a TextModel,
-    pub device: Device,
-    /// In-distribution inputs padded to exactly this length (20NG: 100).
-    pub in_fix_len: Option<usize>,
-    /// Truncation applied to every input (transformers).
-    pub max_len: Option<usize>,
-    /// Fitted feature-space detectors, when evaluating with one.
-    pub detectors: Option<&'a crate::detectors::FeatureDetectors>,
-    /// Model outputs already computed for the same inputs (evaluating one model with several scores
-    /// runs the network once); `None`: nothing is kept.
-    pub cache: Option<&'a OutputCache>,
+/// Calibration of one OOD set (vision): RMS and MAD calibration error and soft F1, over draws.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CalibrationSet {
+    pub ood_set: String,
+    pub rms: MeanStd,
+    pub mad: MeanStd,
+    pub soft_f1: MeanStd,
 }
 
-/// Features and logits of batches a model has already scored, keyed by the exact token ids, batch
-/// size and padding of the request (the same request always gives the same outputs, so a hit is
-/// exact). Kept on the CPU.
-#[derive(Default)]
-pub struct OutputCache {
-    map: std::sync::Mutex<std::collections::HashMap<CacheKey, (Tensor, Tensor)>>,
+/// Calibration results of an evaluation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CalibrationSummary {
+    pub temperature: f64,
+    /// `false`: no held-out split was available, so T = 1.
+    pub tuned: bool,
+    pub n_validation: usize,
+    pub sets: Vec<CalibrationSet>,
+    /// Means over sets.
+    pub rms: f64,
+    pub mad: f64,
+    pub soft_f1: f64,
 }
 
-/// Two independent 64-bit hashes of a request, and its number of texts.
-type CacheKey = (u64, u64, usize);
-
-impl OutputCache {
-    /// Key of a request: two independent 64-bit hashes of everything that determines the outputs,
-    /// plus the number of texts.
-    fn key(
-        kind: u8,
-        ids: &[Vec<i64>],
-        order: Option<&[usize]>,
-        batch: usize,
-        fix_len: Option<usize>,
-    ) -> CacheKey {
-        use std::hash::{Hash, Hasher};
-        let mut h1 = std::collections::hash_map::DefaultHasher::new();
-        let mut h2 = FnvHasher(0xcbf2_9ce4_8422_2325);
-        let mut n = 0usize;
-        let mut feed = |s: &[i64]| {
-            s.hash(&mut h1);
-            s.hash(&mut h2);
-            n += 1;
-        };
-        match order {
-            Some(o) => o.iter().for_each(|&i| feed(&ids[i])),
-            None => ids.iter().for_each(|s| feed(s)),
-        }
-        for h in [&mut h1 as &mut dyn Hasher, &mut h2] {
-            kind.hash(&mut WrapHasher(h));
-            batch.hash(&mut WrapHasher(h));
-            fix_len.hash(&mut WrapHasher(h));
-        }
-        (h1.finish(), h2.finish(), n)
-    }
-
-    fn get(&self, key: &CacheKey) -> Option<(Tensor, Tensor)> {
-        let map = self.map.lock().ok()?;
-        map.get(key)
-            .map(|(f, l)| (f.shallow_clone(), l.shallow_clone()))
-    }
-
-    fn put(&self, key: CacheKey, f: &Tensor, l: &Tensor) {
-        if let Ok(mut map) = self.map.lock() {
-            map.insert(key, (f.shallow_clone(), l.shallow_clone()));
-        }
-    }
+/// The seed of a named set's stream under an evaluation seed (FNV-1a of the name).
+pub fn set_seed(seed: u64, set: &str) -> u64 {
+    crate::train::fnv1a(0x9e37_79b9_7f4a_7c15 ^ seed, set.as_bytes())
 }
 
-/// FNV-1a, the second, independent hash of [`OutputCache`] keys.
-struct FnvHasher(u64);
-impl std::hash::Hasher for FnvHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = crate::train::fnv1a(self.0, bytes);
-    }
-}
-
-/// Lets `Hash::hash` write into a `&mut dyn Hasher`.
-struct WrapHasher<'h>(&'h mut dyn std::hash::Hasher);
-impl std::hash::Hasher for WrapHasher<'_> {
-    fn finish(&self) -> u64 {
-        self.0.finish()
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.write(bytes)
-    }
-}
-
-impl<'a> Scorer<'a> {
-    /// Anomaly scores `[n]` from features `[n, d]` and logits `[n, k]` under `cfg`.
-    pub fn anomaly(&self, feats: &Tensor, logits: &Tensor, cfg: &EvalConfig) -> Result<Vec<f64>> {
-        match cfg.detector {
-            None => Ok(cfg.score.compute_vec(logits)),
-            Some(d) => {
-                let det = self.detectors.ok_or_else(|| {
-                    OeError::Config(format!("{} needs fitted detectors", d.name()))
-                })?;
-                let all = det.scores(&feats.to_device(self.device))?;
-                let (_, t) = all
-                    .into_iter()
-                    .find(|(n, _)| *n == d.name())
-                    .ok_or_else(|| OeError::Config(format!("no fitted {} detector", d.name())))?;
-                let t = t.to_device(Device::Cpu).to_kind(Kind::Double).contiguous();
-                Vec::<f64>::try_from(&t).map_err(OeError::Torch)
-            }
-        }
-    }
-
-    /// Features `[n, d]` and logits `[n, k]` for `order`, batched as [`Self::logits_in_order`].
-    pub fn outputs_in_order(
-        &self,
-        ids: &[Vec<i64>],
-        order: &[usize],
-        batch: usize,
-        fix_len: Option<usize>,
-    ) -> (Tensor, Tensor) {
-        let key = OutputCache::key(0, ids, Some(order), batch, fix_len);
-        if let Some(hit) = self.cache.and_then(|c| c.get(&key)) {
-            return hit;
-        }
-        let out = tch::no_grad(|| {
-            let (f, l): (Vec<Tensor>, Vec<Tensor>) = order
-                .chunks(batch.max(1))
-                .map(|c| {
-                    let seqs: Vec<&[i64]> = c.iter().map(|&i| self.truncate(&ids[i])).collect();
-                    let b = TokenBatch::left_padded(&seqs, fix_len, self.device);
-                    let (f, l) = self.model.features_and_logits(&b, false);
-                    (f.to_device(Device::Cpu), l.to_device(Device::Cpu))
-                })
-                .unzip();
-            (Tensor::cat(&f, 0), Tensor::cat(&l, 0))
-        });
-        if let Some(c) = self.cache {
-            c.put(key, &out.0, &out.1);
-        }
-        out
-    }
-
-    fn truncate<'b>(&self, s: &'b [i64]) -> &'b [i64] {
-        match self.max_len {
-            Some(m) if s.len() > m => &s[..m],
-            _ => s,
-        }
-    }
-
-    /// Logits `[n, k]` for `order` (indices into `ids`), batched as consecutive chunks of `batch` and
-    /// left-padded to the batch's longest (or `fix_len`). Row i is `ids[order[i]]`.
-    pub fn logits_in_order(
-        &self,
-        ids: &[Vec<i64>],
-        order: &[usize],
-        batch: usize,
-        fix_len: Option<usize>,
-    ) -> Tensor {
-        tch::no_grad(|| {
-            let parts: Vec<Tensor> = order
-                .chunks(batch.max(1))
-                .map(|c| {
-                    let seqs: Vec<&[i64]> = c.iter().map(|&i| self.truncate(&ids[i])).collect();
-                    let b = TokenBatch::left_padded(&seqs, fix_len, self.device);
-                    self.model.logits(&b, false).to_device(Device::Cpu)
-                })
-                .collect();
-            Tensor::cat(&parts, 0)
-        })
-    }
-
-    /// Logits `[n, k]` in input order, each text computed in a batch of texts of exactly its own
-    /// length (so no padding, and no dependence on other texts).
-    pub fn logits_bucketed(
-        &self,
-        ids: &[Vec<i64>],
-        batch: usize,
-        fix_len: Option<usize>,
-    ) -> Tensor {
-        self.outputs_bucketed(ids, batch, fix_len).1
-    }
-
-    /// Features `[n, d]` and logits `[n, k]` in input order, batched by exact length.
-    pub fn outputs_bucketed(
-        &self,
-        ids: &[Vec<i64>],
-        batch: usize,
-        fix_len: Option<usize>,
-    ) -> (Tensor, Tensor) {
-        let key = OutputCache::key(1, ids, None, batch, fix_len);
-        if let Some(hit) = self.cache.and_then(|c| c.get(&key)) {
-            return hit;
-        }
-        let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, s) in ids.iter().enumerate() {
-            let len = match fix_len {
-                Some(f) => f,
-                None => self.truncate(s).len(),
-            };
-            by_len.entry(len).or_default().push(i);
-        }
-        let mut order = Vec::with_capacity(ids.len());
-        let (mut fparts, mut lparts) = (Vec::new(), Vec::new());
-        tch::no_grad(|| {
-            for idx in by_len.values() {
-                for c in idx.chunks(batch.max(1)) {
-                    let seqs: Vec<&[i64]> = c.iter().map(|&i| self.truncate(&ids[i])).collect();
-                    let b = TokenBatch::left_padded(&seqs, fix_len, self.device);
-                    let (f, l) = self.model.features_and_logits(&b, false);
-                    fparts.push(f.to_device(Device::Cpu));
-                    lparts.push(l.to_device(Device::Cpu));
-                    order.extend_from_slice(c);
-                }
-            }
-        });
-        if lparts.is_empty() {
-            let z = Tensor::zeros([0, 0], (Kind::Float, Device::Cpu));
-            return (z.shallow_clone(), z);
-        }
-        // Undo the bucketing permutation.
-        let mut inverse = vec![0i64; order.len()];
-        for (pos, &i) in order.iter().enumerate() {
-            inverse[i] = pos as i64;
-        }
-        let inv = Tensor::from_slice(&inverse);
-        let out = (
-            Tensor::cat(&fparts, 0).index_select(0, &inv),
-            Tensor::cat(&lparts, 0).index_select(0, &inv),
-        );
-        if let Some(c) = self.cache {
-            c.put(key, &out.0, &out.1);
-        }
-        out
-    }
-}
-
-/// torchtext's `interleave_keys(a, b)`: the bits of two 16-bit values interleaved, `a`'s first.
-pub fn interleave_keys(a: usize, b: usize) -> u64 {
-    let mut k = 0u64;
-    for bit in (0..16).rev() {
-        k = (k << 1) | ((a as u64 >> bit) & 1);
-        k = (k << 1) | ((b as u64 >> bit) & 1);
-    }
-    k
-}
-
-/// Undoes PTB tokenisation of punctuation and clitics (`"roof 's edge ."` → `"roof's edge."`), to
-/// give SNLI hypotheses the raw form the reference fed its model.
-pub fn detokenize_ptb(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for tok in s.split_whitespace() {
-        let attach = matches!(
-            tok,
-            "." | ","
-                | "!"
-                | "?"
-                | ";"
-                | ":"
-                | "n't"
-                | "'s"
-                | "'re"
-                | "'ve"
-                | "'ll"
-                | "'d"
-                | "'m"
-                | ")"
-        ) || out.ends_with('(');
-        if !out.is_empty() && !attach {
-            out.push(' ');
-        }
-        out.push_str(tok);
-    }
-    out
-}
-
-/// The reference reads WMT16 sentences as one-column CSV, which keeps only the text before the first
-/// comma.
-pub fn wmt16_csv_cut(s: &str) -> String {
-    s.split(',').next().unwrap_or("").trim_end().to_string()
-}
-
-fn draw_rng(seed: u64, set: &str, draw: usize) -> ChaCha8Rng {
-    let h = crate::train::fnv1a(0x9e37_79b9_7f4a_7c15 ^ seed, set.as_bytes());
-    ChaCha8Rng::seed_from_u64(h.wrapping_add(draw as u64))
+/// The one draw stream of both wings: draw `draw` of OOD set `set` under evaluation seed `seed`.
+pub fn draw_rng(seed: u64, set: &str, draw: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(set_seed(seed, set).wrapping_add(draw as u64))
 }
 
 /// `repeats` seeded uniform draws of `n` of `avail` indices (draw `r` shuffles with `rng(r)` and
 /// keeps the first `n`), and the sorted union of all draws, so each drawn example is scored once.
-pub(crate) fn uniform_draws(
+pub fn uniform_draws(
     repeats: usize,
     avail: usize,
     n: usize,
@@ -499,207 +283,50 @@ pub(crate) fn uniform_draws(
     (picks, needed)
 }
 
-/// Encodes texts in parallel with `encode`.
-pub fn encode_all<F>(texts: &[String], encode: F) -> Vec<Vec<i64>>
-where
-    F: Fn(&str) -> Vec<i64> + Sync,
-{
-    texts.par_iter().map(|t| encode(t)).collect()
-}
-
-/// Runs the evaluation. `in_ids`/`in_labels`: the in-distribution test set in file order;
-/// `ood`: the OOD sets; `encode`: the model's vocabulary.
-pub fn evaluate<F>(
-    scorer: &Scorer,
-    in_ids: &[Vec<i64>],
-    in_labels: &[i64],
-    ood: &[OodInput],
-    encode: F,
-    cfg: &EvalConfig,
-) -> Result<EvalReport>
-where
-    F: Fn(&str) -> Vec<i64> + Sync,
-{
-    if in_ids.is_empty() || in_ids.len() != in_labels.len() {
-        return Err(OeError::Data(format!(
-            "in-distribution test set: {} texts, {} labels",
-            in_ids.len(),
-            in_labels.len()
-        )));
-    }
-    let mcfg = cfg.metrics_config()?;
-    let n_in = in_ids.len();
-    // In-distribution logits, in file order.
-    let in_logits = match cfg.protocol {
-        Protocol::Paper => {
-            let mut order: Vec<usize> = (0..n_in).collect();
-            if scorer.in_fix_len.is_none() {
-                order.sort_by_key(|&i| in_ids[i].len()); // stable, as Python's sorted
-            }
-            let (f, l) = scorer.outputs_in_order(in_ids, &order, cfg.batch_size, scorer.in_fix_len);
-            let mut inverse = vec![0i64; n_in];
-            for (pos, &i) in order.iter().enumerate() {
-                inverse[i] = pos as i64;
-            }
-            let inv = Tensor::from_slice(&inverse);
-            (f.index_select(0, &inv), l.index_select(0, &inv))
-        }
-        Protocol::Clean => scorer.outputs_bucketed(in_ids, 256, scorer.in_fix_len),
-    };
-    let (in_feats, in_logits) = in_logits;
-    let in_scores = scorer.anomaly(&in_feats, &in_logits, cfg)?;
-    let pred = Vec::<i64>::try_from(&in_logits.argmax(-1, false)).map_err(OeError::Torch)?;
-    let correct = pred.iter().zip(in_labels).filter(|(p, y)| p == y).count();
-
-    let mut sets = Vec::new();
-    for set in ood {
-        if set.texts.is_empty() {
-            return Err(OeError::Data(format!(
-                "OOD set `{}` has no texts",
-                set.name
-            )));
-        }
-        let texts: Vec<String> = match (cfg.protocol, set.name.as_str()) {
-            (Protocol::Paper, "snli") => set.texts.iter().map(|t| detokenize_ptb(t)).collect(),
-            (Protocol::Paper, "wmt16") if cfg.wmt16_comma_cut => {
-                set.texts.iter().map(|t| wmt16_csv_cut(t)).collect()
-            }
-            _ => set.texts.clone(),
-        };
-        let ids = encode_all(&texts, &encode);
-        let n_avail = ids.len();
-        let mut draws = Vec::with_capacity(cfg.repeats);
-        let mut scores = Vec::with_capacity(cfg.repeats);
-        match cfg.protocol {
-            Protocol::Paper => {
-                let per = n_in / cfg.id_per_ood;
-                let n_ood = (cfg.batch_size * (per / cfg.batch_size + 1)).min(n_avail);
-                let fixed_order: Option<Vec<usize>> = match set.name.as_str() {
-                    "snli" => {
-                        let prem = set.premises.as_ref().map(|p| {
-                            p.iter()
-                                .map(|t| detokenize_ptb(t).split_whitespace().count())
-                                .collect::<Vec<_>>()
-                        });
-                        let mut o: Vec<usize> = (0..n_avail).collect();
-                        o.sort_by_key(|&i| {
-                            interleave_keys(prem.as_ref().map_or(0, |p| p[i]), ids[i].len())
-                        });
-                        Some(o)
-                    }
-                    "imdb" => {
-                        let mut o: Vec<usize> = (0..n_avail).collect();
-                        o.sort_by_key(|&i| ids[i].len());
-                        Some(o)
-                    }
-                    _ => None,
-                };
-                let fixed = match fixed_order {
-                    Some(o) => {
-                        let take = &o[..n_ood];
-                        let (f, l) = scorer.outputs_in_order(&ids, take, cfg.batch_size, None);
-                        let s = scorer.anomaly(&f, &l, cfg)?;
-                        Some(take.iter().copied().zip(s).collect::<Vec<_>>())
-                    }
-                    None => None,
-                };
-                for r in 0..cfg.repeats {
-                    let drawn = match &fixed {
-                        Some(f) => f.clone(),
-                        None => {
-                            let mut o: Vec<usize> = (0..n_avail).collect();
-                            o.shuffle(&mut draw_rng(cfg.seed, &set.name, r));
-                            let take = &o[..n_ood];
-                            let (f, l) = scorer.outputs_in_order(&ids, take, cfg.batch_size, None);
-                            take.iter()
-                                .copied()
-                                .zip(scorer.anomaly(&f, &l, cfg)?)
-                                .collect()
-                        }
-                    };
-                    let s: Vec<f64> = drawn.iter().map(|p| p.1).collect();
-                    draws.push(DetectionMetrics::compute(&in_scores, &s, &mcfg)?);
-                    scores.push(drawn);
-                }
-            }
-            Protocol::Clean => {
-                let n_ood = (n_in / cfg.id_per_ood).max(1).min(n_avail);
-                let (picks, needed) = uniform_draws(cfg.repeats, n_avail, n_ood, |r| {
-                    draw_rng(cfg.seed, &set.name, r)
-                });
-                let sub: Vec<Vec<i64>> = needed.iter().map(|&i| ids[i].clone()).collect();
-                let (f, l) = scorer.outputs_bucketed(&sub, 256, None);
-                let s = scorer.anomaly(&f, &l, cfg)?;
-                let lookup: std::collections::HashMap<usize, f64> =
-                    needed.iter().copied().zip(s).collect();
-                for p in picks {
-                    let drawn: Vec<(usize, f64)> = p.iter().map(|&i| (i, lookup[&i])).collect();
-                    let s: Vec<f64> = drawn.iter().map(|x| x.1).collect();
-                    draws.push(DetectionMetrics::compute(&in_scores, &s, &mcfg)?);
-                    scores.push(drawn);
-                }
-            }
-        }
-        let col =
-            |f: fn(&DetectionMetrics) -> f64| MeanStd::of(&draws.iter().map(f).collect::<Vec<_>>());
-        sets.push(SetResult {
-            ood_set: set.name.clone(),
-            n_ood: scores.first().map_or(0, |s| s.len()),
-            n_available: n_avail,
-            fpr: col(|m| m.fpr),
-            auroc: col(|m| m.auroc),
-            aupr_out: col(|m| m.aupr),
-            draws,
-            scores,
-        });
-    }
-    Ok(EvalReport {
-        config: cfg.clone(),
-        n_in,
-        in_accuracy: correct as f64 / n_in as f64,
-        sets,
-        in_scores,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn interleave_keys_matches_torchtext() {
-        // torchtext: int(''.join(interleave(format(x, '016b') for x in (a, b))), base=2)
-        // (a, b) = (3, 5): a = ...011, b = ...101 -> pairs (0,1)(1,0)(1,1) -> 0b011011 = 27
-        assert_eq!(interleave_keys(3, 5), 27);
-        assert_eq!(interleave_keys(0, 1), 1);
-        assert_eq!(interleave_keys(1, 0), 2);
-        assert!(interleave_keys(2, 0) > interleave_keys(1, 3));
-    }
-
-    #[test]
-    fn detokenizes_snli_hypotheses() {
-        assert_eq!(
-            detokenize_ptb("The crowd is watching the roof 's edge . "),
-            "The crowd is watching the roof's edge."
-        );
-        assert_eq!(
-            detokenize_ptb("The boy does n't want it , ok ?"),
-            "The boy doesn't want it, ok?"
-        );
-    }
-
-    #[test]
-    fn wmt16_cut_at_first_comma() {
-        assert_eq!(
-            wmt16_csv_cut("today , the parliament dismissed , x"),
-            "today"
-        );
-        assert_eq!(wmt16_csv_cut("no comma here"), "no comma here");
-    }
-
-    #[test]
     fn mean_std_is_population_std() {
         let m = MeanStd::of(&[1.0, 3.0]);
         assert_eq!((m.mean, m.std), (2.0, 1.0));
+    }
+
+    #[test]
+    fn config_json_keeps_the_old_field_names() {
+        // As written by earlier versions (report.json), with a field that no longer exists.
+        let old = r#"{"protocol":"paper","score":{"type":"msp"},"repeats":10,"id_per_ood":5,
+            "tpr":0.9,"fpr_rule":"closest","batch_size":64,"seed":1,"wmt16_comma_cut":false,
+            "detector":"knn"}"#;
+        let c: EvalConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            c.detector,
+            Detector::Feature(crate::detect::FeatureDetector::Knn)
+        );
+        let back = serde_json::to_value(&c).unwrap();
+        assert_eq!(back["score"]["type"], "msp");
+        assert_eq!(back["detector"], "knn");
+        let c2: EvalConfig = serde_json::from_value(back).unwrap();
+        assert_eq!(c, c2);
+        let logit: EvalConfig =
+            serde_json::from_str(r#"{"score":{"type":"energy","temperature":2.0}}"#).unwrap();
+        assert_eq!(
+            logit.detector,
+            Detector::Logit(Score::Energy { temperature: 2.0 })
+        );
+        assert_eq!(logit.repeats, 10);
+    }
+
+    #[test]
+    fn fpr_column_names_level_and_rule() {
+        let c = EvalConfig::default();
+        assert_eq!(c.fpr_column(), "fpr90_closest_out");
+        let c = EvalConfig {
+            tpr: 0.95,
+            fpr_rule: FprRule::AtLeast,
+            ..c
+        };
+        assert_eq!(c.fpr_column(), "fpr95_atleast_out");
     }
 }

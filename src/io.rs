@@ -4,22 +4,68 @@ use crate::error::{OeError, Result};
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
-/// An interrupted write never leaves a partial file under the final name.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
+/// A temporary file in `dir` (created if needed) for an atomic write, named `<prefix>*<suffix>`.
+/// It is created with mode `0666 & !umask`, the mode an ordinary file gets, so that once renamed
+/// into place other users of a shared machine can read it as they read any other file.
+pub fn temp_file_in(dir: &Path, prefix: &str, suffix: &str) -> Result<tempfile::NamedTempFile> {
+    std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix).suffix(suffix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b.tempfile_in(dir).map_err(|e| OeError::io(dir, e))
+}
+
+/// The folder an atomic write of `path` puts its temporary file in.
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".oe-tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| OeError::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| OeError::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| OeError::io(path, e))?;
+    }
+}
+
+/// Refuses to replace anything but a regular file (or nothing): a device such as `/dev/null`, a
+/// FIFO, a directory or a symbolic link at `path` is an error naming it, never renamed over.
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Ok(()),
+        Ok(m) => {
+            let what = if m.file_type().is_symlink() {
+                "a symbolic link"
+            } else if m.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file (a device, FIFO or socket)"
+            };
+            Err(OeError::Config(format!(
+                "{}: is {what}; refusing to replace it (choose a regular file as output)",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(OeError::io(path, e)),
+    }
+}
+
+/// Moves a finished temporary file to `path` (after [`check_replaceable`]).
+pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    check_replaceable(path)?;
     tmp.persist(path).map_err(|e| OeError::io(path, e.error))?;
     Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
+/// An interrupted write never leaves a partial file under the final name; the file gets the usual
+/// permissions (`0666 & !umask`); an existing `path` that is not a regular file is not replaced.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    check_replaceable(path)?;
+    let mut tmp = temp_file_in(parent_dir(path), ".oe-tmp-", "")?;
+    tmp.write_all(bytes).map_err(|e| OeError::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| OeError::io(path, e))?;
+    persist(tmp, path)
 }
 
 fn parse_score(path: &Path, line: usize, field: &str) -> Result<f64> {
@@ -112,6 +158,47 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(content).unwrap();
         f
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn atomic_writes_get_the_usual_mode_and_never_replace_special_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.json");
+        write_atomic(&p, b"{}").unwrap();
+        // The process umask (read back by setting it) decides the mode, as for any created file.
+        let mask = unsafe_umask();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !mask, "mode {mode:o}, umask {mask:o}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"{}");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        let e = write_atomic(&link, b"x").unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let e = write_atomic(Path::new("/dev/null"), b"x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = write_atomic(d.path(), b"x").unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+    }
+
+    /// The current umask, from `/proc/self/status` (Linux), else the common 022.
+    #[cfg(unix)]
+    fn unsafe_umask() -> u32 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
     }
 
     #[test]

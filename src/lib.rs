@@ -1,32 +1,51 @@
 //! `oe`: anomaly detection with Outlier Exposure (Hendrycks, Mazeika & Dietterich, ICLR 2019).
 //!
-//! The library holds everything; the `oe-text` and `oe-vision` binaries only parse flags and call it.
+//! One shared core, two equal wings (`text`, `vision`) over it, and the command-line layer on top;
+//! the `oe-text` and `oe-vision` binaries only parse flags, call `request()` and a `run_*`
+//! function, and print. Imports point down this list: `cli` → `text`, `vision` → `report`,
+//! `results`, `rundir`, `eval` → `detect`, `train`, `datasets`, `paper`, `metrics`, `loss` → `io`,
+//! `device`, `error`. `text` and `vision` never import each other.
 //!
-//! - [`loss`]: the OE loss (cross-entropy to uniform) and the energy-bounded alternative.
-//! - [`score`]: anomaly scores from logits; **higher always means more anomalous**.
-//! - [`metrics`]: AUROC, AUPR, FPR at a TPR level, detection error, calibration; pure Rust.
+//! The shared core:
+//! - [`error`]: one error type with file / line constructors.
+//! - [`io`]: atomic writes (with the usual permissions) and score files.
 //! - [`device`]: `--device auto|cpu|cuda|cuda:N` and run-time CUDA loading.
-//! - [`io`]: score files and atomic writes.
+//! - [`loss`]: the OE loss (cross-entropy to uniform) and the energy-bounded alternative.
+//! - [`metrics`]: AUROC, AUPR, FPR at a TPR level, detection error, calibration; pure Rust.
+//! - [`paper`]: the paper's tables (text Tables 8 and 2, vision Table 7) and default settings.
+//! - [`datasets`]: dataset manifests, fetching and verification.
+//! - [`detect`]: the one [`detect::Detector`] type: logit scores and feature-space detectors;
+//!   **higher always means more anomalous**.
+//! - [`train`]: the phase driver, progress events, checkpoint files, seeds, optimisers.
+//! - [`eval`]: evaluation settings and results shared by both wings, and the one draw formula.
+//! - [`rundir`]: the model-directory protocol (shared `run.json` header, finished / interrupted).
+//! - [`results`]: the one results schema written per evaluation.
+//! - [`report`]: `oe-text report`, aggregating results of any runs (text and vision).
+//! - [`progress`]: renders progress events (bars on a terminal, plain lines otherwise).
+//!
+//! The wings:
+//! - [`text`]: datasets, tokenizers, GRU / transformer / MiniLM, training step, protocols, model
+//!   directories, calibration, batch scoring, the comparison grid, and the commands.
+//! - [`vision`]: image datasets, augmentation, synthetic OOD sets, Wide ResNets, training step,
+//!   protocol, model directories, benchmark, and the commands.
+//!
+//! On top: [`cli`], clap argument structs and their validation into requests.
 
 pub mod cli;
-pub mod compare;
-pub mod data;
-pub mod detectors;
+pub mod datasets;
+pub mod detect;
 pub mod device;
 pub mod error;
 pub mod eval;
 pub mod io;
 pub mod loss;
 pub mod metrics;
-pub mod models;
-pub mod optim;
 pub mod paper;
-pub mod pipeline;
 pub mod progress;
 pub mod report;
-pub mod score;
-pub mod scoring;
-pub mod tokenize;
+pub mod results;
+pub mod rundir;
+pub mod text;
 pub mod train;
 pub mod vision;
 

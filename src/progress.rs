@@ -1,7 +1,6 @@
 //! Rendering of training progress for the binaries: indicatif bars with loss, accuracy and ETA on a
 //! terminal, plain periodic lines otherwise, nothing with `--quiet`.
 
-use crate::pipeline::PipelineObserver;
 use crate::train::{EpochSummary, Observer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -146,9 +145,7 @@ impl Observer for Progress {
             _ => eprintln!("{line}"),
         }
     }
-}
 
-impl PipelineObserver for Progress {
     fn status(&mut self, msg: &str) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();

@@ -1,4 +1,4 @@
-//! all-MiniLM-L6-v2 through `oe::models::bert`, pinned to independently computed reference values.
+//! all-MiniLM-L6-v2 through `oe::text::models::bert`, pinned to independently computed reference values.
 //!
 //! Needs `.models/all-MiniLM-L6-v2` (made by `.ci/setup`); every test prints why and passes when it is
 //! absent.
@@ -14,11 +14,10 @@
 //! Its cos("A man is eating food.", "A man is eating a piece of bread.") = 0.7553 also matches the
 //! value sentence-transformers' documentation shows for this model.
 
-mod common;
+use crate::common;
 
-use oe::models::bert::{
-    encode_with_specials, load_bert_tokenizer, mean_pool, BertBatch, BertClassifier,
-    BertClassifierConfig, BertConfig, BertModel,
+use oe::text::models::bert::{
+    mean_pool, BertBatch, BertClassifier, BertClassifierConfig, BertConfig, BertModel,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -94,6 +93,24 @@ fn row(t: &Tensor, i: i64) -> Vec<f64> {
     Vec::<f64>::try_from(t.get(i).to_kind(Kind::Double)).unwrap()
 }
 
+/// The pretrained model's tokenizer as a model directory uses it ([`TextEncoder`]).
+fn encoder(dir: &Path, max_len: Option<usize>) -> oe::text::tokenize::TextEncoder {
+    oe::text::tokenize::TextEncoder::subword_from_file(&dir.join("tokenizer.json"), max_len)
+        .unwrap()
+}
+
+/// Token ids of `texts` (with `[CLS]`/`[SEP]`), right-padded into one batch on the CPU.
+fn batch_of(tk: &oe::text::tokenize::TextEncoder, texts: &[&str]) -> BertBatch {
+    let ids: Vec<Vec<i64>> = texts.iter().map(|t| tk.encode(t)).collect();
+    let refs: Vec<&[i64]> = ids.iter().map(Vec::as_slice).collect();
+    BertBatch::right_padded(
+        &refs,
+        oe::text::models::bert::BERT_PAD_ID,
+        None,
+        Device::Cpu,
+    )
+}
+
 fn cos(a: &[f64], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -103,14 +120,15 @@ fn cos(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn minilm_sentence_embeddings_match_reference() {
     let Some(dir) = model_dir() else { return };
-    let tk = load_bert_tokenizer(&dir).unwrap();
-    let ids = encode_with_specials(&tk, &SENTENCES, None).unwrap();
+    // The production tokenisation path: the model directory's encoder (`tokenizer.json`).
+    let tk = encoder(&dir, Some(128));
+    let ids: Vec<Vec<i64>> = SENTENCES.iter().map(|s| tk.encode(s)).collect();
     for (got, want) in ids.iter().zip(IDS) {
         assert_eq!(got.as_slice(), want);
     }
     let (_vs, m) = load(&dir);
     // All four in one right-padded batch.
-    let batch = BertBatch::from_texts(&tk, &SENTENCES, Some(128), Device::Cpu).unwrap();
+    let batch = batch_of(&tk, &SENTENCES);
     let emb = tch::no_grad(|| {
         let h = m.forward(&batch.input_ids, &batch.attention_mask, false);
         assert_eq!(h.size(), [4, 13, 384]);
@@ -133,7 +151,7 @@ fn minilm_sentence_embeddings_match_reference() {
     assert!((cos(&rows[2], &rows[3]) - COS_23).abs() < 1e-5);
     // Each sentence alone (no padding) gives the same embedding as in the padded batch.
     for (i, s) in SENTENCES.iter().enumerate() {
-        let one = BertBatch::from_texts(&tk, &[s], None, Device::Cpu).unwrap();
+        let one = batch_of(&tk, &[s]);
         let e = tch::no_grad(|| {
             mean_pool(
                 &m.forward(&one.input_ids, &one.attention_mask, false),
@@ -164,8 +182,8 @@ fn minilm_classifier_loads_with_or_without_bert_prefix_and_trains() {
     let vs2 = nn::VarStore::new(Device::Cpu);
     let clf2 = BertClassifier::new(&vs2.root(), &clf.bert.config().clone(), &cfg, 2);
     clf2.bert.load_safetensors(&saved).unwrap();
-    let tk = load_bert_tokenizer(&dir).unwrap();
-    let batch = BertBatch::from_texts(&tk, &SENTENCES, Some(cfg.max_len), Device::Cpu).unwrap();
+    let tk = encoder(&dir, Some(cfg.max_len));
+    let batch = batch_of(&tk, &SENTENCES);
     let (f1, _) = tch::no_grad(|| clf.features_and_logits(&batch, false));
     let (f2, _) = tch::no_grad(|| clf2.features_and_logits(&batch, false));
     assert_eq!(f1.size(), [4, 384]);
@@ -271,9 +289,11 @@ fn tiny_dataset(d: &Path) {
 
 #[test]
 fn minilm_trains_baseline_and_oe_into_self_contained_model_directories() {
-    use oe::models::{ModelConfig, PretrainedConfig};
-    use oe::pipeline::{run_train, LoadedModel, TrainRequest};
-    use oe::train::{Silent, TrainConfig};
+    use oe::text::model_dir::LoadedModel;
+    use oe::text::models::{ModelConfig, PretrainedConfig};
+    use oe::text::pipeline::{run_train, TrainRequest};
+    use oe::text::train::TrainConfig;
+    use oe::train::Silent;
     let Some(dir) = model_dir() else { return };
     tch::set_num_threads(2);
     let t = tempfile::tempdir().unwrap();
@@ -325,14 +345,14 @@ fn minilm_trains_baseline_and_oe_into_self_contained_model_directories() {
         "where is the nearest train station ?".into(),
         "word ".repeat(40),
     ];
-    let opts = oe::scoring::ScoreOptions::default();
-    let all = oe::scoring::score_texts(&m, &texts, &opts).unwrap();
+    let opts = oe::text::score::ScoreOptions::default();
+    let all = oe::text::score::score_texts(&m, &texts, &opts).unwrap();
     for (i, t) in texts.iter().enumerate() {
-        let one = oe::scoring::score_texts(&m, std::slice::from_ref(t), &opts).unwrap();
+        let one = oe::text::score::score_texts(&m, std::slice::from_ref(t), &opts).unwrap();
         assert!((one[0].score - all[i].score).abs() < 1e-5, "text {i}");
         assert!(one[0].score.is_finite());
     }
-    let pre = oe::scoring::Preprocess::of(&m.config);
+    let pre = oe::text::score::Preprocess::of(&m.config);
     let (ids, long) = pre.encode(&m.vocab, &texts[2]);
     assert!(long);
     assert_eq!(ids.len(), 16);

@@ -1,15 +1,18 @@
 //! `oe-text compare` on generated data: the grid is complete, its numbers are the ones a separate,
 //! uncached evaluation gives, reruns keep what is trained, and the CLI writes the tables.
 
-mod common;
+use crate::common;
 
-use oe::compare::{run_compare, Detector, ModelRuns};
-use oe::eval::{EvalConfig, FeatureDetector};
+use oe::detect::score::Score;
+use oe::detect::{Detector, FeatureDetector};
+use oe::eval::EvalConfig;
 use oe::loss::OeLoss;
-use oe::models::{GruConfig, ModelConfig};
-use oe::pipeline::{evaluate_model, load_ood_inputs, LoadedModel, TrainRequest};
-use oe::score::Score;
-use oe::train::{Silent, TrainConfig};
+use oe::text::compare::{run_compare, ModelRuns};
+use oe::text::model_dir::LoadedModel;
+use oe::text::models::{GruConfig, ModelConfig};
+use oe::text::pipeline::{evaluate_model, load_ood_inputs, TrainRequest};
+use oe::text::train::TrainConfig;
+use oe::train::Silent;
 use std::path::Path;
 use std::process::Command;
 use tch::Device;
@@ -107,7 +110,8 @@ fn grid_is_complete_and_matches_uncached_evaluation() {
 
     // Every cell equals a fresh evaluation (new model load, nothing cached).
     let req = &runs[0].oe;
-    let ind = oe::data::load_in_distribution(&req.in_dataset, &req.data_root, &req.text).unwrap();
+    let ind =
+        oe::text::data::load_in_distribution(&req.in_dataset, &req.data_root, &req.text).unwrap();
     let ood = load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text).unwrap();
     for (training, det) in [
         ("oe", Detector::Logit(Score::Energy { temperature: 1.0 })),
@@ -115,17 +119,12 @@ fn grid_is_complete_and_matches_uncached_evaluation() {
         ("baseline", Detector::Logit(Score::Msp)),
     ] {
         let m = LoadedModel::load(&out.join("gru").join(training), Device::Cpu).unwrap();
-        let cfg = match det {
-            Detector::Logit(s) => EvalConfig {
-                score: s,
-                ..req.eval.clone()
-            },
-            Detector::Feature(f) => EvalConfig {
-                detector: Some(f),
-                ..req.eval.clone()
-            },
+        let cfg = EvalConfig {
+            detector: det,
+            ..req.eval.clone()
         };
-        let (r, _) = evaluate_model(&m, &ind.test, &ood, &cfg, training).unwrap();
+        let (r, _) = evaluate_model(&m, &ind.test, &ood, &cfg, m.config.method_label()).unwrap();
+        assert_eq!(m.config.method_label().name(), training);
         let cell = res
             .rows
             .iter()

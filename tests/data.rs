@@ -1,8 +1,9 @@
 //! Integration tests of the data layer: real data from `../shared/data` (skipped with a printed
 //! reason when absent), loopback downloads, malformed inputs.
 
-use oe::data::{self, fetch, manifest, TextOptions};
-use oe::tokenize::{LabelVocab, WordVocab};
+use oe::datasets::{fetch, manifest};
+use oe::text::data::{self, TextOptions};
+use oe::text::tokenize::{LabelVocab, WordVocab};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -286,18 +287,30 @@ fn loopback_good_download_then_verify() {
     let base = serve(shared);
     let dir = tempfile::tempdir().unwrap();
     let m = manifest::get("trec").unwrap();
-    let r = fetch::fetch_dataset(m, dir.path(), &opts(format!("{base}/good"))).unwrap();
+    let r = fetch::fetch_dataset(
+        m,
+        dir.path(),
+        &opts(format!("{base}/good")),
+        &data::check_loader_counts,
+    )
+    .unwrap();
     assert_eq!(r.len(), 2);
     assert!(
         r.iter().all(|x| matches!(x, fetch::Fetched::Downloaded(_))),
         "{r:?}"
     );
-    let v = fetch::verify_dataset(m, dir.path()).unwrap();
+    let v = fetch::verify_dataset(m, dir.path(), &data::check_loader_counts).unwrap();
     assert!(v.ok(), "{v:?}");
     let d = data::load_in_distribution("trec", dir.path(), &TextOptions::default()).unwrap();
     assert_eq!(d.test.len(), 500);
     // Second fetch: nothing to do.
-    let r = fetch::fetch_dataset(m, dir.path(), &opts(format!("{base}/good"))).unwrap();
+    let r = fetch::fetch_dataset(
+        m,
+        dir.path(),
+        &opts(format!("{base}/good")),
+        &data::check_loader_counts,
+    )
+    .unwrap();
     assert!(r
         .iter()
         .all(|x| matches!(x, fetch::Fetched::AlreadyPresent(_))));
@@ -315,9 +328,14 @@ fn loopback_corrupted_truncated_and_missing_files_leave_nothing() {
         ("nothing", "404"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let e = fetch::fetch_dataset(m, dir.path(), &opts(format!("{base}/{mode}")))
-            .unwrap_err()
-            .to_string();
+        let e = fetch::fetch_dataset(
+            m,
+            dir.path(),
+            &opts(format!("{base}/{mode}")),
+            &data::check_loader_counts,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(what), "{mode}: {e}");
         assert!(!dir.path().join("wmt16/wmt16_sentences").exists(), "{mode}");
         no_leftovers(dir.path());
@@ -326,7 +344,13 @@ fn loopback_corrupted_truncated_and_missing_files_leave_nothing() {
     // A direct download of an archive-backed file (count-verified) through the mirror too.
     let dir = tempfile::tempdir().unwrap();
     let snli = manifest::get("snli").unwrap();
-    fetch::fetch_dataset(snli, dir.path(), &opts(format!("{base}/good"))).unwrap();
+    fetch::fetch_dataset(
+        snli,
+        dir.path(),
+        &opts(format!("{base}/good")),
+        &data::check_loader_counts,
+    )
+    .unwrap();
     assert_eq!(
         data::load_ood("snli", dir.path(), &TextOptions::default())
             .unwrap()
@@ -464,9 +488,9 @@ fn count_mismatch_missing_split_and_unknown_label() {
 
 #[test]
 fn data_root_resolution() {
-    let p = data::resolve_data_root(Some(Path::new("/x/y")));
+    let p = oe::datasets::resolve_data_root(Some(Path::new("/x/y")));
     assert_eq!(p, PathBuf::from("/x/y"));
-    let q = data::resolve_data_root(None);
+    let q = oe::datasets::resolve_data_root(None);
     assert!(
         q.ends_with("oe/data")
             || std::env::var_os("OE_DATA_DIR").is_some()

@@ -1,12 +1,13 @@
 //! `oe-text report` on generated run directories: aggregated numbers, mixed inputs, bootstrap
 //! coverage on a case with a known answer, plots and HTML.
 
-use oe::cli::{ReportArgs, ReportFormat};
 use oe::eval::{EvalConfig, EvalReport, MeanStd, Protocol, SetResult};
 use oe::metrics::{DetectionMetrics, MetricsConfig};
 use oe::report::aggregate::{self, GroupKey};
 use oe::report::bootstrap::{self, BootstrapConfig};
-use oe::report::{write_eval, RunMeta};
+use oe::report::command::ReportFormat;
+use oe::report::ReportRequest;
+use oe::results::{write_eval, RunMeta};
 use polars::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -103,12 +104,13 @@ fn make_eval(
     let dir = root.join(run);
     let meta = RunMeta {
         in_dataset: "sst".into(),
-        method: method.into(),
+        method: method.parse().unwrap(),
         model: "gru".into(),
         seed,
         model_dir: dir.display().to_string(),
+        paper: oe::paper::Table::Table8,
     };
-    write_eval(&dir, &report, &meta).unwrap();
+    write_eval(&dir, &report, None, &meta).unwrap();
     report
 }
 
@@ -117,8 +119,8 @@ fn args(
     format: ReportFormat,
     output: Option<PathBuf>,
     bootstrap: usize,
-) -> ReportArgs {
-    ReportArgs {
+) -> ReportRequest {
+    ReportRequest {
         run_dirs: dirs,
         by: vec![GroupKey::Dataset, GroupKey::Method, GroupKey::Score],
         format,
@@ -252,8 +254,13 @@ fn aggregates_over_seeds_and_draws_with_paper_deltas() {
             None,
             "draw-level sd is not defined for mean rows"
         );
-        let paper =
-            oe::report::paper_mean_over("sst", method, &["imdb".into(), "snli".into()]).unwrap();
+        let paper = oe::paper::mean_over(
+            oe::paper::Table::Table8,
+            "sst",
+            method,
+            &["imdb".into(), "snli".into()],
+        )
+        .unwrap();
         assert!(close(
             f64_at(df, "paper_auroc_pct", i).unwrap(),
             paper.auroc

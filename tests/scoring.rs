@@ -1,14 +1,16 @@
 //! `oe-text score` / `oe-text calibrate` on a tiny model trained here (1 epoch, generated data):
 //! batch independence, input order, every bad-input behaviour, atomic output, thresholds.
 
-mod common;
+use crate::common;
 
-use oe::models::{GruConfig, ModelConfig};
-use oe::pipeline::{run_train, LoadedModel, TrainRequest};
-use oe::scoring::input::InputOptions;
-use oe::scoring::output::{OutRow, RowWriter};
-use oe::scoring::{score_stream, ScoreOptions};
-use oe::train::{Silent, TrainConfig};
+use oe::text::model_dir::LoadedModel;
+use oe::text::models::{GruConfig, ModelConfig};
+use oe::text::pipeline::{run_train, TrainRequest};
+use oe::text::score::input::InputOptions;
+use oe::text::score::output::{OutRow, RowWriter};
+use oe::text::score::{score_stream, ScoreOptions};
+use oe::text::train::TrainConfig;
+use oe::train::Silent;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -198,9 +200,12 @@ fn many_sources_in_order_with_gzip_csv_jsonl_and_directories() {
         .unwrap();
     write(&d.join("c.csv.gz"), gz.finish().unwrap());
     write(&d.join("d.jsonl"), "{\"body\": \"great plot\"}\n");
-    let files =
-        oe::scoring::input::expand_inputs(&[d.join("tree"), d.join("c.csv.gz"), d.join("d.jsonl")])
-            .unwrap();
+    let files = oe::text::score::input::expand_inputs(&[
+        d.join("tree"),
+        d.join("c.csv.gz"),
+        d.join("d.jsonl"),
+    ])
+    .unwrap();
     let in_opts = InputOptions {
         column: Some("body".into()),
         ..Default::default()
@@ -462,7 +467,7 @@ fn output_files_are_written_atomically() {
     let pq = outdir.join("scores.parquet");
     let (ok, _, err) = run(&["--output", pq.to_str().unwrap()], &[&good]);
     assert!(ok, "{err}");
-    let df = oe::report::score_file::read_parquet(&pq).unwrap();
+    let df = oe::text::score::parquet::read_parquet(&pq).unwrap();
     assert_eq!(df.height(), 800);
 }
 
@@ -470,7 +475,7 @@ fn output_files_are_written_atomically() {
 fn thresholds_from_calibration() {
     let dir_model = model_dir();
     // Training stored a threshold at TPR 0.9 from the dev split.
-    let cal = oe::scoring::calibrate::load(dir_model, &oe::score::Score::Msp).unwrap();
+    let cal = oe::text::calibrate::load(dir_model, &oe::detect::score::Score::Msp).unwrap();
     assert_eq!(
         (cal.split.as_str(), cal.n_validation, cal.tpr),
         ("dev", 40, 0.9)
@@ -488,7 +493,7 @@ fn thresholds_from_calibration() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let cal = oe::scoring::calibrate::load(dir_model, &oe::score::Score::Msp).unwrap();
+    let cal = oe::text::calibrate::load(dir_model, &oe::detect::score::Score::Msp).unwrap();
     assert_eq!(cal.tpr, 0.95);
     assert!(cal.kept_fraction >= 0.95);
     let table = std::fs::read_to_string(dir_model.join("calibration-msp.csv")).unwrap();
@@ -535,7 +540,7 @@ fn holdout_is_recorded_and_used_for_calibration() {
         serde_json::from_slice(&std::fs::read(m.join("run.json")).unwrap()).unwrap();
     assert_eq!(run_json["holdout"]["n_heldout"], 30);
     assert_eq!(run_json["train_examples"], 90);
-    let cal = oe::scoring::calibrate::load(&m, &oe::score::Score::Msp).unwrap();
+    let cal = oe::text::calibrate::load(&m, &oe::detect::score::Score::Msp).unwrap();
     assert_eq!((cal.split.as_str(), cal.n_validation), ("holdout", 30));
     // `calibrate` rebuilds the same held-out texts from run.json and gets the same threshold.
     let out = oe_text()
@@ -550,13 +555,13 @@ fn holdout_is_recorded_and_used_for_calibration() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let again = oe::scoring::calibrate::load(&m, &oe::score::Score::Msp).unwrap();
+    let again = oe::text::calibrate::load(&m, &oe::detect::score::Score::Msp).unwrap();
     assert_eq!(again.threshold, cal.threshold);
     // Without a dev split or a hold-out, calibrate says what to do.
     let t2 = tempfile::tempdir().unwrap();
     dataset(t2.path(), false);
     let m2 = train(t2.path(), None);
-    assert!(oe::scoring::calibrate::load(&m2, &oe::score::Score::Msp).is_err());
+    assert!(oe::text::calibrate::load(&m2, &oe::detect::score::Score::Msp).is_err());
     let out = oe_text()
         .arg("calibrate")
         .arg("--model")

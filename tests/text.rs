@@ -1,11 +1,13 @@
 //! Integration tests of the text pipeline: the paper's released weights against independent logits,
 //! seeded determinism, checkpoint/resume, and the `oe-text` binary end to end on generated data.
 
-use oe::data::TextOptions;
-use oe::eval::Scorer;
-use oe::models::{GruConfig, ModelConfig, TokenBatch, TransformerConfig};
-use oe::pipeline::{import_weights, LoadedModel};
-use oe::train::{self, CheckpointState, EncodedSet, Method, TrainConfig};
+use oe::text::data::TextOptions;
+use oe::text::model_dir::LoadedModel;
+use oe::text::models::{GruConfig, ModelConfig, TokenBatch, TransformerConfig};
+use oe::text::pipeline::import_weights;
+use oe::text::protocol::Scorer;
+use oe::text::train::{self as ttrain, EncodedSet, TrainConfig};
+use oe::train::{self, CheckpointState, Method};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{nn, Device, Tensor};
@@ -86,11 +88,17 @@ fn released_weights_reproduce_independent_logits() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let weights = shared.join(format!("reference-models/{stem}.safetensors"));
+        let method = if stem.contains("-oe-") {
+            oe::train::MethodLabel::Oe
+        } else {
+            oe::train::MethodLabel::Baseline
+        };
         let (m, ind) = import_weights(
             &weights,
             ds,
             &data,
             &TextOptions::default(),
+            method,
             dir.path(),
             Device::Cpu,
         )
@@ -121,7 +129,8 @@ fn released_weights_reproduce_independent_logits() {
         } else {
             let (train_t, _) = sst_fixture_style(&data.join("sst/trees/train.txt"));
             let (test_t, test_l) = sst_fixture_style(&data.join("sst/trees/test.txt"));
-            let vocab = oe::tokenize::WordVocab::build(train_t.iter().map(String::as_str), 10_000);
+            let vocab =
+                oe::text::tokenize::WordVocab::build(train_t.iter().map(String::as_str), 10_000);
             assert_eq!(vocab.len(), 10_002);
             let fids: Vec<Vec<i64>> = test_t.iter().map(|t| vocab.encode(t)).collect();
             let fixture_style = m.scorer().logits_bucketed(&fids, 128, None);
@@ -178,7 +187,7 @@ fn train_toy(cfg: &TrainConfig, method: Method, oe: Option<&[Vec<i64>]>) -> nn::
         .build(&vs.root(), 40, 2)
         .unwrap();
     let set = toy_set(96, 5);
-    train::train_phase(
+    ttrain::train_phase(
         "t",
         method,
         &model,
@@ -285,11 +294,11 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
     });
     let build = |vs: &nn::VarStore| model_cfg.build(&vs.root(), 40, 2).unwrap();
     let run = |vs: &nn::VarStore,
-               model: &oe::models::TextModel,
+               model: &oe::text::models::TextModel,
                state: CheckpointState,
                opt: Option<&std::collections::HashMap<String, tch::Tensor>>,
                stop_after: Option<usize>| {
-        train::train_phase(
+        ttrain::train_phase(
             "p",
             Method::Baseline,
             model,
@@ -301,7 +310,7 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
             opt,
             &mut train::Silent,
             &mut |s, o| {
-                train::save_checkpoint(vs, o, s.epochs_done, &ckpt)?;
+                train::save_checkpoint(vs, o.state_tensors(), s.epochs_done, &ckpt)?;
                 if Some(s.epochs_done) == stop_after {
                     Err(oe::OeError::Config("simulated interruption".into()))
                 } else {

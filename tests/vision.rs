@@ -897,7 +897,7 @@ fn pipeline_trains_and_evaluates_on_the_cifar10_jpeg_folder() {
             c.into_inner()
         });
     }
-    let mut eval = oe::vision::eval::default_eval_config();
+    let mut eval = oe::vision::protocol::default_eval_config();
     eval.repeats = 2;
     let small = VisionTrainConfig {
         epochs: 1,
@@ -997,7 +997,6 @@ impl oe::train::Observer for Interrupt {
         }
     }
 }
-impl oe::pipeline::PipelineObserver for Interrupt {}
 
 #[test]
 fn resume_continues_exactly_from_the_last_epoch() {
@@ -1010,7 +1009,7 @@ fn resume_continues_exactly_from_the_last_epoch() {
         max_steps_per_epoch: Some(2),
         ..Default::default()
     };
-    let mut eval = oe::vision::eval::default_eval_config();
+    let mut eval = oe::vision::protocol::default_eval_config();
     eval.repeats = 1;
     let dir = tmp();
     let req = oe::vision::pipeline::VisionTrainRequest {

@@ -1,10 +1,11 @@
-//! `oe-vision`: Outlier Exposure for image classifiers. A thin layer over the `oe` library.
+//! `oe-vision`: Outlier Exposure for image classifiers. A thin layer over the `oe` library: each
+//! command is `args.request()`, then the library's `run_*`, then printing.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use oe::cli::vision::{BenchArgs, VisionDataArgs, VisionEvalCommandArgs, VisionTrainArgs};
 use oe::cli::{DeviceArgs, MetricsArgs};
 use oe::progress::{Progress, Style};
-use oe::vision::cli::{BenchArgs, VisionEvalCommandArgs, VisionTrainArgs};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -14,7 +15,7 @@ use std::process::ExitCode;
     about = "Out-of-distribution detection for image classifiers with Outlier Exposure",
     long_about = "Out-of-distribution detection for image classifiers with Outlier Exposure \
 (Hendrycks, Mazeika & Dietterich, ICLR 2019): Wide ResNets on CIFAR-10/100, SVHN, Tiny ImageNet or \
-image folders, with the paper's defaults (protocol.md §3). Anomaly scores are oriented so that higher \
+image folders, with the paper's defaults (README, \"Vision\"). Anomaly scores are oriented so that higher \
 means more anomalous; FPR is at 95% TPR with OOD as the positive class."
 )]
 struct Cli {
@@ -30,80 +31,46 @@ enum Command {
     Eval(Box<VisionEvalCommandArgs>),
     /// Images per second of WRN training and evaluation steps on synthetic data.
     Bench(BenchArgs),
+    /// Image datasets: list them, or show where one's files go and whether they are present.
+    Data(VisionDataArgs),
     /// AUROC, AUPR, FPR at a TPR level (use --tpr 0.95 for the paper's vision FPR95).
     Metrics(MetricsArgs),
     /// Show which device --device would select, and why.
     Device(DeviceArgs),
 }
 
+/// Sets libtorch's threads, resolves `--device` and says which device was chosen and why.
+fn device(args: &DeviceArgs, quiet: bool) -> anyhow::Result<tch::Device> {
+    let choice = args.select()?;
+    if !quiet {
+        eprintln!("{}", choice.description);
+    }
+    Ok(choice.device)
+}
+
 fn run() -> anyhow::Result<()> {
+    oe::error::warnings::set_warning_sink(|w| eprintln!("warning: {w}"));
     match Cli::parse().command {
         Command::Train(args) => {
-            let dev = args.device.select(args.quiet)?;
-            let req = args.request(dev)?;
+            let req = args.request(device(&args.device, args.quiet)?)?;
             let mut progress = Progress::new(Style::detect(args.quiet));
             let out = oe::vision::pipeline::run_train(&req, &mut progress)
                 .with_context(|| format!("training run in {}", req.out_dir.display()))?;
             print!("{}", out.table);
         }
         Command::Eval(args) => {
-            let dev = args.device.select(false)?;
-            let cfg = args.eval.config()?;
-            let m = oe::vision::pipeline::VisionModel::load(&args.model, dev)?;
-            let root = args.data.root();
-            let opts = oe::vision::data::InOptions {
-                svhn_extra: false,
-                size: Some(m.config.image_size),
-            };
-            let ind = oe::vision::data::load_in_distribution(&m.config.in_dataset, &root, &opts)?;
-            let mut test = ind.test;
-            if let Some(n) = args.max_test {
-                test = oe::vision::pipeline::sample(&test, n);
-            }
-            let val = (m.config.validation_examples > 0).then(|| {
-                let idx =
-                    oe::vision::data::validation_indices(&m.config.in_dataset, ind.train.len());
-                ind.train.subset(&idx)
-            });
-            let method = args.method.clone().unwrap_or_else(|| {
-                if m.config.method == oe::train::Method::Baseline {
-                    "baseline".into()
-                } else {
-                    "oe".into()
-                }
-            });
+            let req = args.request(device(&args.device, false)?)?;
             let mut progress = Progress::new(Style::detect(false));
-            let ood = oe::vision::pipeline::build_ood_sets(
-                args.eval.ood.as_deref(),
-                &m.config.in_dataset,
-                &root,
-                m.config.preset,
-                m.config.image_size,
-                test.len(),
-                &cfg,
-                &mut progress,
-            )?;
-            let (report, out) = oe::vision::pipeline::evaluate_model(
-                &m,
-                &test,
-                val.as_ref(),
-                &ood,
-                &cfg,
-                &method,
-                !args.eval.no_calibration,
-            )?;
-            print!(
-                "{}",
-                oe::vision::report::comparison_table(
-                    &m.config.in_dataset,
-                    &[(method.as_str(), &report)]
-                )
-            );
-            eprintln!("results: {}", out.display());
+            let out = oe::vision::pipeline::run_eval(&req, &mut progress).context("evaluating")?;
+            print!("{}", out.table);
+            eprintln!("results: {}", out.results_dir.display());
         }
+        Command::Data(args) => print!(
+            "{}",
+            oe::vision::data::manifests::run_data(&args.request())?
+        ),
         Command::Bench(args) => {
-            let dev = args.device.select(args.json)?;
-            let r = oe::vision::bench::run(&args.config(), dev)?;
+            let r = oe::vision::bench::run(&args.config(), device(&args.device, args.json)?)?;
             if args.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -121,8 +88,8 @@ fn run() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Metrics(args) => print!("{}", oe::cli::run_metrics(&args)?),
-        Command::Device(args) => println!("{}", oe::device::resolve(args.device)?.description),
+        Command::Metrics(args) => print!("{}", oe::metrics::files::run_metrics(&args.request()?)?),
+        Command::Device(args) => println!("{}", args.select()?.description),
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Calibration error with adaptive bins, soft F1 and temperature tuning (protocol.md §4, Appendix G).
+//! Calibration error with adaptive bins, soft F1 and temperature tuning (README, "The paper's protocol: metrics"; the paper's Appendix G).
 
 use crate::error::{OeError, Result};
 use serde::{Deserialize, Serialize};

@@ -11,6 +11,7 @@
 //! [`ranking::Ranking`] sorts once and serves AUROC, AUPR, FPR-at-TPR and detection error.
 
 pub mod calibration;
+pub mod files;
 pub mod ranking;
 
 pub use calibration::{

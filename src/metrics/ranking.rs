@@ -24,7 +24,7 @@ impl Positive {
     }
 }
 
-/// How the threshold for "FPR at a TPR level" is chosen (protocol.md §4).
+/// How the threshold for "FPR at a TPR level" is chosen (README, "The paper's protocol: metrics").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FprRule {
@@ -377,7 +377,7 @@ mod tests {
     // Reference values: scikit-learn 1.9.1 with numpy (float64). AUROC = roc_auc_score, AP =
     // average_precision_score, "atleast" = fpr[argmax(tpr >= level)] from roc_curve(drop_intermediate=
     // False), detection error = min(0.5(1 - tpr) + 0.5 fpr) over the same curve, and "closest" = the
-    // reference repository's fpr_and_fdr_at_recall re-typed in numpy from protocol.md §4. Labels are
+    // reference repository's fpr_and_fdr_at_recall re-typed in numpy from the description in README, "The paper's protocol: metrics". Labels are
     // 1 = OOD for ood_pos; for id_pos labels are 1 = in-distribution and scores negated.
     // The script is reproduced in experiments/metrics_reference.py.
     fn cases() -> Vec<Case> {

@@ -162,9 +162,30 @@ impl FprColumn {
         }
     }
 
-    /// Whether this is the paper's FPR90 (closest-recall rule).
+    /// Whether this is one of the paper's FPR definitions: FPR90 (text) or FPR95 (vision), with
+    /// the closest-recall rule.
     pub fn is_papers(&self) -> bool {
-        self.name == "fpr90_closest_out"
+        self.name == "fpr90_closest_out" || self.name == "fpr95_closest_out"
+    }
+
+    /// The recall level in percent as written in column names (`90`, `95`, `99.5`).
+    fn level(&self) -> String {
+        let level = (self.tpr * 1000.0).round() / 10.0;
+        if level.fract() == 0.0 {
+            format!("{}", level as i64)
+        } else {
+            format!("{level}")
+        }
+    }
+
+    /// The results column with the paper's FPR at this recall level (`paper_fpr90_pct`).
+    pub fn paper_column(&self) -> String {
+        format!("paper_fpr{}_pct", self.level())
+    }
+
+    /// The aggregated column with ours minus the paper's FPR (`delta_fpr90_pp`).
+    pub fn delta_column(&self) -> String {
+        format!("delta_fpr{}_pp", self.level())
     }
 }
 
@@ -239,6 +260,17 @@ pub fn scan_results(files: &[PathBuf]) -> Result<(LazyFrame, FprColumn)> {
                 lit(NULL).cast(DataType::Float64).alias(c)
             }
         };
+        // The paper's FPR at the same recall level as ours (`paper_fpr90_pct` for text results,
+        // `paper_fpr95_pct` for vision), and only for the paper's closest-recall rule.
+        let paper_col = fc.paper_column();
+        let paper_fpr =
+            if fc.rule == crate::metrics::FprRule::Closest && schema.get(&paper_col).is_some() {
+                col(paper_col.as_str())
+                    .cast(DataType::Float64)
+                    .alias("paper_fpr_pct")
+            } else {
+                lit(NULL).cast(DataType::Float64).alias("paper_fpr_pct")
+            };
         let fm = format!("{}_mean", fc.name);
         let fs = format!("{}_std", fc.name);
         lfs.push(lf.select([
@@ -260,7 +292,7 @@ pub fn scan_results(files: &[PathBuf]) -> Result<(LazyFrame, FprColumn)> {
             col("auroc_std").cast(DataType::Float64),
             col("aupr_out_mean").cast(DataType::Float64),
             col("aupr_out_std").cast(DataType::Float64),
-            paper("paper_fpr90_pct"),
+            paper_fpr,
             paper("paper_auroc_pct"),
             paper("paper_aupr_out_pct"),
             lit(eval_dir).alias("eval_dir"),
@@ -372,7 +404,7 @@ pub fn aggregate(files: &[PathBuf], by: &[GroupKey]) -> Result<Aggregated> {
                     sets: info_sets[i].clone(),
                     protocol: info_proto[i].clone(),
                     ratio: info_ratio[i].clone(),
-                    like_paper_model: info_model[i] == "gru"
+                    like_paper_model: (info_model[i] == "gru" || info_model[i].starts_with("wrn-"))
                         && info_score[i] == "msp"
                         && matches!(info_method[i].as_str(), "baseline" | "oe"),
                 },
@@ -394,7 +426,7 @@ pub fn aggregate(files: &[PathBuf], by: &[GroupKey]) -> Result<Aggregated> {
     for m in ["fpr", "auroc", "aupr_out"] {
         aggs.extend(metric_aggs(m));
     }
-    for p in ["paper_fpr90_pct", "paper_auroc_pct", "paper_aupr_out_pct"] {
+    for p in ["paper_fpr_pct", "paper_auroc_pct", "paper_aupr_out_pct"] {
         aggs.push(paper_agg(p));
     }
     aggs.push(
@@ -517,21 +549,19 @@ pub fn aggregate(files: &[PathBuf], by: &[GroupKey]) -> Result<Aggregated> {
     let mut df = df
         .lazy()
         .with_columns([
-            (col("fpr_mean") * lit(100.0) - col("paper_fpr90_pct")).alias("delta_fpr90_pp"),
+            (col("fpr_mean") * lit(100.0) - col("paper_fpr_pct")).alias("delta_fpr_pp"),
             (col("auroc_mean") * lit(100.0) - col("paper_auroc_pct")).alias("delta_auroc_pp"),
             (col("aupr_out_mean") * lit(100.0) - col("paper_aupr_out_pct"))
                 .alias("delta_aupr_out_pp"),
         ])
         .collect()
         .map_err(pe)?;
-    if !fpr.is_papers() {
-        // The paper's FPR is FPR90 (closest rule): no delta against another definition.
-        for c in ["paper_fpr90_pct", "delta_fpr90_pp"] {
-            df.with_column(Column::full_null(c.into(), n, &DataType::Float64))
-                .map_err(pe)?;
-        }
-    }
-    // Name the FPR columns after their definition, as in the per-run results.
+    // Name the paper's FPR and its delta after the recall level (`paper_fpr90_pct`,
+    // `delta_fpr90_pp`), and the FPR columns after their definition, as in the per-run results.
+    df.rename("paper_fpr_pct", fpr.paper_column().into())
+        .map_err(pe)?;
+    df.rename("delta_fpr_pp", fpr.delta_column().into())
+        .map_err(pe)?;
     let fname = fpr.name.clone();
     for suffix in ["mean", "std", "seed_std"] {
         df.rename(&format!("fpr_{suffix}"), format!("{fname}_{suffix}").into())
@@ -550,7 +580,8 @@ struct EvalInfo {
     sets: Vec<String>,
     protocol: String,
     ratio: String,
-    /// The paper's setting: its GRU, scored with MSP, as a baseline or with the uniform OE loss.
+    /// The paper's setting: its GRU (text) or a Wide ResNet (vision), scored with MSP, as a
+    /// baseline or with the uniform OE loss.
     like_paper_model: bool,
 }
 

@@ -1,8 +1,7 @@
 //! `oe-text report`: find results, aggregate, add bootstrap intervals, plot, render.
 
-use crate::cli::{ReportArgs, ReportFormat};
 use crate::error::{OeError, Result};
-use crate::report::aggregate::{self, Aggregated, EvalRun};
+use crate::report::aggregate::{self, Aggregated, EvalRun, GroupKey};
 use crate::report::bootstrap::{self, BootstrapConfig, EvalScores, Triple};
 use crate::report::plots::{self, Chart, ChartKind, Line, PlotFile};
 use polars::prelude::*;
@@ -11,6 +10,59 @@ use std::path::{Path, PathBuf};
 
 fn pe<E: std::fmt::Display>(e: E) -> OeError {
     OeError::Data(format!("report: {e}"))
+}
+
+/// Output format of `oe-text report`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// An aligned text table.
+    #[default]
+    Table,
+    /// A Markdown table (for papers and notes).
+    Md,
+    /// The full aggregated table as CSV.
+    Csv,
+    /// The full aggregated table as Parquet (needs an output path).
+    Parquet,
+    /// One self-contained HTML page: tables and plots (inline SVG), readable offline.
+    Html,
+}
+
+/// A validated `oe-text report` request.
+#[derive(Clone, Debug)]
+pub struct ReportRequest {
+    /// Run directories (or model/eval directories), searched recursively for results.parquet.
+    pub run_dirs: Vec<PathBuf>,
+    /// Group keys (the OOD set is always one).
+    pub by: Vec<GroupKey>,
+    pub format: ReportFormat,
+    /// Write the report here instead of returning it for standard output.
+    pub output: Option<PathBuf>,
+    /// Bootstrap resamples for confidence intervals (0: none).
+    pub bootstrap: usize,
+    pub seed: u64,
+    /// Confidence level of the intervals.
+    pub level: f64,
+    /// Directory for ROC, PR and histogram plots.
+    pub plots: Option<PathBuf>,
+    /// Fail instead of flagging groups that mix settings.
+    pub strict: bool,
+}
+
+impl Default for ReportRequest {
+    fn default() -> Self {
+        Self {
+            run_dirs: Vec::new(),
+            by: vec![GroupKey::Dataset, GroupKey::Method, GroupKey::Score],
+            format: ReportFormat::Table,
+            output: None,
+            bootstrap: 1000,
+            seed: 0,
+            level: 0.95,
+            plots: None,
+            strict: false,
+        }
+    }
 }
 
 /// What a report produced.
@@ -313,7 +365,7 @@ pub fn make_plots(
 }
 
 /// Builds the aggregated report (with intervals when `bootstrap > 0`).
-pub fn build(args: &ReportArgs) -> Result<(Report, Option<BTreeMap<String, EvalScores>>)> {
+pub fn build(args: &ReportRequest) -> Result<(Report, Option<BTreeMap<String, EvalScores>>)> {
     let files = aggregate::find_results(&args.run_dirs)?;
     let mut agg = aggregate::aggregate(&files, &args.by)?;
     if args.strict {
@@ -401,20 +453,20 @@ pub fn display_rows(report: &Report) -> (Vec<String>, Vec<Vec<String>>) {
         (
             f.name.clone(),
             format!("{} %", f.label()),
-            "paper_fpr90_pct",
-            "delta_fpr90_pp",
+            f.paper_column(),
+            f.delta_column(),
         ),
         (
             "auroc".to_string(),
             "AUROC %".to_string(),
-            "paper_auroc_pct",
-            "delta_auroc_pp",
+            "paper_auroc_pct".to_string(),
+            "delta_auroc_pp".to_string(),
         ),
         (
             "aupr_out".to_string(),
             "AUPR-Out %".to_string(),
-            "paper_aupr_out_pct",
-            "delta_aupr_out_pp",
+            "paper_aupr_out_pct".to_string(),
+            "delta_aupr_out_pp".to_string(),
         ),
     ];
     let ci = report.bootstrap.is_some();
@@ -571,7 +623,7 @@ fn write_out(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Runs `oe-text report`.
-pub fn run_report(args: &ReportArgs) -> Result<ReportOutput> {
+pub fn run_report(args: &ReportRequest) -> Result<ReportOutput> {
     if matches!(args.format, ReportFormat::Parquet | ReportFormat::Html) && args.output.is_none() {
         return Err(OeError::Config(format!(
             "--format {} needs --output PATH",

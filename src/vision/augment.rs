@@ -1,4 +1,4 @@
-//! Per-dataset preprocessing (protocol.md §3.2) and parallel batch assembly on the CPU.
+//! Per-dataset preprocessing (README, "The paper's protocol: vision") and parallel batch assembly on the CPU.
 //!
 //! A batch is built by rayon workers, one image each: read the u8 image from its source, random-crop
 //! with zero padding and flip as configured, convert to CHW float and normalise. Each image's random
@@ -60,7 +60,7 @@ impl Augment {
     }
 }
 
-/// The per-dataset settings of protocol.md §3.2.
+/// The per-dataset settings (README, "The paper's protocol: vision").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
@@ -116,7 +116,7 @@ impl Preset {
         }
     }
     /// Synthetic OOD sets live in network-input space: `[-1, 1]` for CIFAR and Tiny ImageNet,
-    /// `[0, 1]` for SVHN (protocol.md §3.4).
+    /// `[0, 1]` for SVHN (README, "The paper's protocol: vision").
     pub fn unit_range(self) -> bool {
         self == Preset::Svhn
     }

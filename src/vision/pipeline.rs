@@ -1,18 +1,18 @@
 //! The vision pipeline: data → baseline → OE (fine-tune or from scratch) → evaluation, with model
-//! directories as the text side's ([`crate::pipeline`]): `run.json`, `model.safetensors` written
+//! directories as the text side's ([`crate::text::pipeline`]): `run.json`, `model.safetensors` written
 //! once at the end, `checkpoint.safetensors` + `momentum.safetensors` + `checkpoint.json` rewritten
 //! atomically after every epoch for `--resume`, `train_log.json`, and `eval-<score>-<protocol>/`.
 
 use super::augment::Preset;
 use super::data::{self, ImageSet, ImageSource, InOptions};
-use super::eval::{self, OodData, OodSet, VisionReport, VisionScorer};
 use super::models::{WideResNet, WrnConfig};
+use super::protocol::{OodData, OodSet, VisionReport, VisionScorer};
 use super::synthetic::{self, Synthetic};
 use super::train::{self as vtrain, OeOrder, PhaseData, Sgd, VisionTrainConfig};
 use crate::error::{OeError, Result};
-use crate::eval::EvalConfig;
-use crate::pipeline::{already_trained, interrupted_state, write_json, PipelineObserver};
-use crate::train::{self, CheckpointState, Method};
+use crate::eval::{CalibrationSummary, EvalConfig, EvalReport};
+use crate::rundir::{self, already_trained, interrupted_state, write_json, RunHeader};
+use crate::train::{self, CheckpointState, Method, MethodLabel, Observer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
@@ -20,24 +20,28 @@ use tch::{nn, Device};
 /// Everything about how a vision model directory's model was made.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VisionRunConfig {
-    pub tool: String,
-    pub in_dataset: String,
+    /// `tool`, `in_dataset`, `method`, `init_from`, `train_examples`, `data_root`.
+    #[serde(flatten)]
+    pub header: RunHeader,
     pub preset: Preset,
     pub image_size: usize,
     pub classes: Vec<String>,
     pub model: WrnConfig,
-    pub method: Method,
     pub oe_source: Option<String>,
     pub oe_images: Option<usize>,
     pub train: VisionTrainConfig,
-    pub init_from: Option<String>,
-    pub train_examples: usize,
     /// Images held out from training for temperature tuning (0: none).
     pub validation_examples: usize,
-    pub data_root: PathBuf,
 }
 
-/// The paper's settings (protocol.md §3.2) for a preset and method.
+impl VisionRunConfig {
+    /// The training this model went through, as results name it.
+    pub fn method_label(&self) -> MethodLabel {
+        MethodLabel::of(self.header.method, &self.train.oe_loss)
+    }
+}
+
+/// The paper's settings (README, "The paper's protocol: vision") for a preset and method.
 pub fn paper_defaults(preset: Preset, method: Method) -> VisionTrainConfig {
     let base = VisionTrainConfig::default();
     let oe_batch_size = if preset == Preset::TinyImagenet {
@@ -77,15 +81,7 @@ pub struct VisionModel {
 
 impl VisionModel {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let p = dir.join("run.json");
-        let bytes = std::fs::read(&p).map_err(|e| {
-            OeError::Data(format!(
-                "{}: not a model directory ({e}); train one with `oe-vision train`",
-                p.display()
-            ))
-        })?;
-        let config: VisionRunConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| OeError::parse(&p, e.line(), e.to_string()))?;
+        let config: VisionRunConfig = rundir::read_run(dir, "oe-vision train")?;
         let mut vs = nn::VarStore::new(device);
         let model = WideResNet::new(&vs.root(), &config.model)?;
         train::load_weights(&mut vs, &dir.join("model.safetensors"))?;
@@ -122,7 +118,7 @@ pub struct VisionTrainRequest {
     pub oe: VisionTrainConfig,
     pub eval: EvalConfig,
     pub ood_sets: Option<Vec<String>>,
-    /// Hold out the validation split (protocol.md §3.2) for temperature tuning.
+    /// Hold out the validation split (README, "The paper's protocol: vision") for temperature tuning.
     pub hold_out: bool,
     pub calibrate: bool,
     /// Use only the first N training images (smoke tests).
@@ -139,6 +135,9 @@ pub struct VisionOutcome {
     pub table: String,
 }
 
+/// The SGD momentum buffers of an interrupted phase, next to `checkpoint.safetensors`.
+pub const MOMENTUM_FILE: &str = "momentum.safetensors";
+
 /// Trains (or resumes) one model directory; returns when `model.safetensors` exists.
 #[allow(clippy::too_many_arguments)]
 fn train_model_dir(
@@ -149,15 +148,14 @@ fn train_model_dir(
     init_weights: Option<&Path>,
     resume: bool,
     device: Device,
-    obs: &mut dyn PipelineObserver,
+    obs: &mut dyn Observer,
 ) -> Result<()> {
     if already_trained(dir, phase, resume, obs)? {
         return Ok(());
     }
-    let final_path = dir.join("model.safetensors");
-    let ckpt_w = dir.join("checkpoint.safetensors");
-    let ckpt_m = dir.join("momentum.safetensors");
-    let ckpt_j = dir.join("checkpoint.json");
+    let ckpt_w = dir.join(rundir::CHECKPOINT_WEIGHTS);
+    let ckpt_m = dir.join(MOMENTUM_FILE);
+    let ckpt_j = dir.join(rundir::CHECKPOINT_STATE);
     train::seed_everything(cfg.train.seed);
     let mut vs = nn::VarStore::new(device);
     let model = WideResNet::new(&vs.root(), &cfg.model)?;
@@ -185,21 +183,29 @@ fn train_model_dir(
         None => CheckpointState::default(),
     };
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
-    write_json(&dir.join("run.json"), cfg)?;
+    write_json(&dir.join(rundir::RUN_FILE), cfg)?;
     let mut save = |s: &CheckpointState, sgd: &Sgd| -> Result<()> {
         train::save_weights(&vs, &ckpt_w)?;
         sgd.save(&ckpt_m)?;
         write_json(&ckpt_j, s)
     };
     let state = vtrain::train_phase(
-        phase, cfg.method, &model, &mut sgd, data, &cfg.train, state, obs, &mut save,
+        phase,
+        cfg.header.method,
+        &model,
+        &mut sgd,
+        data,
+        &cfg.train,
+        state,
+        obs,
+        &mut save,
     )?;
-    write_json(&dir.join("train_log.json"), &state)?;
-    train::save_weights(&vs, &final_path)?;
-    for p in [&ckpt_w, &ckpt_m, &ckpt_j] {
-        let _ = std::fs::remove_file(p);
-    }
-    Ok(())
+    rundir::finish_phase(
+        dir,
+        &state,
+        |p| train::save_weights(&vs, p),
+        &[MOMENTUM_FILE],
+    )
 }
 
 /// Builds the OOD sets: synthetic ones (generated, `(n_in/ratio)·repeats` images, seeded) and real
@@ -214,7 +220,7 @@ pub fn build_ood_sets(
     image_size: usize,
     n_in: usize,
     cfg: &EvalConfig,
-    obs: &mut dyn PipelineObserver,
+    obs: &mut dyn Observer,
 ) -> Result<Vec<OodSet>> {
     let explicit = names.is_some();
     let names: Vec<String> = match names {
@@ -228,9 +234,7 @@ pub fn build_ood_sets(
     for n in &names {
         if let Some(kind) = Synthetic::parse(n) {
             let count = (n_in / cfg.id_per_ood.max(1)).max(1) * cfg.repeats;
-            let seed = n
-                .bytes()
-                .fold(cfg.seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+            let seed = crate::eval::set_seed(cfg.seed, n);
             let x = synthetic::generate(kind, count, image_size, preset.unit_range(), seed);
             out.push(OodSet {
                 name: kind.name(preset.unit_range()).to_string(),
@@ -271,10 +275,10 @@ pub fn evaluate_model(
     validation: Option<&ImageSet>,
     ood: &[OodSet],
     cfg: &EvalConfig,
-    method: &str,
+    method: MethodLabel,
     calibrate: bool,
 ) -> Result<(VisionReport, PathBuf)> {
-    let report = eval::evaluate(
+    let report = super::protocol::evaluate(
         &m.scorer(cfg.batch_size),
         test,
         ood,
@@ -282,14 +286,20 @@ pub fn evaluate_model(
         validation,
         calibrate,
     )?;
-    let meta = crate::report::RunMeta {
-        in_dataset: m.config.in_dataset.clone(),
-        method: method.to_string(),
+    let meta = crate::results::RunMeta {
+        in_dataset: m.config.header.in_dataset.clone(),
+        method,
         model: m.config.model.name(),
         seed: m.config.train.seed,
         model_dir: m.dir.display().to_string(),
+        paper: crate::paper::Table::Table7,
     };
-    let out = super::report::write_eval(&m.dir, &report, &meta)?;
+    let out = crate::results::write_eval(
+        &m.dir,
+        &report.detection,
+        report.calibration.as_ref(),
+        &meta,
+    )?;
     Ok((report, out))
 }
 
@@ -327,10 +337,7 @@ pub fn sample(set: &ImageSet, n: usize) -> ImageSet {
 }
 
 /// `oe-vision train`.
-pub fn run_train(
-    req: &VisionTrainRequest,
-    obs: &mut dyn PipelineObserver,
-) -> Result<VisionOutcome> {
+pub fn run_train(req: &VisionTrainRequest, obs: &mut dyn Observer) -> Result<VisionOutcome> {
     obs.status(&format!(
         "loading {} from {}",
         req.in_dataset,
@@ -375,20 +382,22 @@ pub fn run_train(
         None => None,
     };
     let base_cfg = VisionRunConfig {
-        tool: format!("oe {}", env!("CARGO_PKG_VERSION")),
-        in_dataset: req.in_dataset.clone(),
+        header: RunHeader {
+            tool: RunHeader::tool(),
+            in_dataset: req.in_dataset.clone(),
+            method: Method::Baseline,
+            init_from: None,
+            train_examples: train_set.len(),
+            data_root: req.data_root.clone(),
+        },
         preset,
         image_size: size,
         classes: classes.clone(),
         model,
-        method: Method::Baseline,
         oe_source: None,
         oe_images: None,
         train: req.baseline.clone(),
-        init_from: None,
-        train_examples: train_set.len(),
         validation_examples: val_set.as_ref().map_or(0, |v| v.len()),
-        data_root: req.data_root.clone(),
     };
     let mut dirs = Vec::new();
     let base_dir = req.out_dir.join("baseline");
@@ -407,11 +416,14 @@ pub fn run_train(
     if let (Some(name), Some(src)) = (&req.oe_source, &oe_src) {
         let oe_dir = req.out_dir.join("oe");
         let cfg = VisionRunConfig {
-            method: req.oe_method,
+            header: RunHeader {
+                method: req.oe_method,
+                init_from: (req.oe_method == Method::OeFinetune).then(|| "../baseline".to_string()),
+                ..base_cfg.header.clone()
+            },
             oe_source: Some(name.clone()),
             oe_images: Some(src.len()),
             train: req.oe.clone(),
-            init_from: (req.oe_method == Method::OeFinetune).then(|| "../baseline".to_string()),
             ..base_cfg.clone()
         };
         let data = PhaseData {
@@ -453,18 +465,108 @@ pub fn run_train(
             val_set.as_ref(),
             &ood,
             &req.eval,
-            name,
+            m.config.method_label(),
             req.calibrate,
         )?;
         obs.status(&format!("{name}: results in {}", out.display()));
         reports.push((name.clone(), r));
     }
-    let refs: Vec<(&str, &VisionReport)> = reports.iter().map(|(n, r)| (n.as_str(), r)).collect();
-    let table = super::report::comparison_table(&req.in_dataset, &refs);
+    let table = comparison_table(&req.in_dataset, &reports);
     Ok(VisionOutcome {
         dirs,
         reports,
         table,
+    })
+}
+
+/// The vision wing's terminal table for named reports ([`crate::results::vision_comparison_table`]).
+pub fn comparison_table(in_dataset: &str, reports: &[(String, VisionReport)]) -> String {
+    let refs: Vec<(&str, &EvalReport, Option<&CalibrationSummary>)> = reports
+        .iter()
+        .map(|(n, r)| (n.as_str(), &r.detection, r.calibration.as_ref()))
+        .collect();
+    crate::results::vision_comparison_table(in_dataset, &refs)
+}
+
+/// A validated `oe-vision eval` request.
+#[derive(Clone, Debug)]
+pub struct VisionEvalRequest {
+    /// A model directory written by `oe-vision train`.
+    pub model_dir: PathBuf,
+    /// The label in tables and results (default: the model directory's own, from `run.json`).
+    pub method: Option<MethodLabel>,
+    pub data_root: PathBuf,
+    pub eval: EvalConfig,
+    /// OOD sets (`None`: the paper's list for the dataset, those present).
+    pub ood_sets: Option<Vec<String>>,
+    /// Use at most this many test images (seeded sample).
+    pub max_test: Option<usize>,
+    /// Tune a temperature on the held-out split (when the model has one) and report calibration.
+    pub calibrate: bool,
+    pub device: Device,
+}
+
+/// What an evaluation produced.
+pub struct VisionEvalOutcome {
+    pub report: VisionReport,
+    pub table: String,
+    pub results_dir: PathBuf,
+}
+
+/// `oe-vision eval`: loads the model directory and its test (and held-out) images, builds the OOD
+/// sets, evaluates, and writes the results into the model directory.
+pub fn run_eval(req: &VisionEvalRequest, obs: &mut dyn Observer) -> Result<VisionEvalOutcome> {
+    let m = VisionModel::load(&req.model_dir, req.device)?;
+    let in_dataset = m.config.header.in_dataset.clone();
+    obs.status(&format!(
+        "loading {in_dataset} from {}",
+        req.data_root.display()
+    ));
+    let opts = InOptions {
+        svhn_extra: false,
+        size: Some(m.config.image_size),
+    };
+    let ind = data::load_in_distribution(&in_dataset, &req.data_root, &opts)?;
+    let mut test = ind.test;
+    if let Some(n) = req.max_test {
+        test = sample(&test, n);
+    }
+    let val = (m.config.validation_examples > 0).then(|| {
+        let idx = data::validation_indices(&in_dataset, ind.train.len());
+        ind.train.subset(&idx)
+    });
+    let method = req.method.unwrap_or_else(|| m.config.method_label());
+    let ood = build_ood_sets(
+        req.ood_sets.as_deref(),
+        &in_dataset,
+        &req.data_root,
+        m.config.preset,
+        m.config.image_size,
+        test.len(),
+        &req.eval,
+        obs,
+    )?;
+    let (report, results_dir) = evaluate_model(
+        &m,
+        &test,
+        val.as_ref(),
+        &ood,
+        &req.eval,
+        method,
+        req.calibrate,
+    )?;
+    let table = crate::results::vision_comparison_table(
+        &in_dataset,
+        &[(
+            method.name(),
+            &report.detection,
+            report.calibration.as_ref(),
+        )],
+    );
+    Ok(VisionEvalOutcome {
+        report,
+        table,
+        results_dir,
     })
 }
 

@@ -1,4 +1,4 @@
-//! Synthetic OOD sets, built directly in network-input space (protocol.md §3.4), `[n, 3, s, s]`:
+//! Synthetic OOD sets, built directly in network-input space (README, "The paper's protocol: vision"), `[n, 3, s, s]`:
 //!
 //! | set | CIFAR / Tiny ImageNet (`[-1, 1]`) | SVHN (`[0, 1]`) |
 //! |---|---|---|

@@ -1,10 +1,9 @@
-//! The vision training loop (protocol.md §3.2): SGD with Nesterov momentum and weight decay, a
+//! The vision training loop (README, "The paper's protocol: vision"): SGD with Nesterov momentum and weight decay, a
 //! cosine learning rate updated every step, in-distribution and outlier images concatenated into one
 //! forward pass, CPU-side augmentation prefetched on a background thread.
 //!
-//! Progress, checkpoint bookkeeping, weight files and seeds are the text side's
-//! ([`crate::train`]): [`Observer`], [`CheckpointState`], [`save_weights`], [`load_weights`],
-//! [`epoch_rng`]. The SGD momentum buffers are saved next to the weights, so `--resume` continues
+//! The epochs, seeding, loss check and checkpoint calls are the shared driver's
+//! ([`crate::train::run_phase`]); this module is the vision step and its optimiser. The SGD momentum buffers are saved next to the weights, so `--resume` continues
 //! exactly where the last completed epoch ended.
 
 use super::augment::{with_prefetch, Augment, StepPlan};
@@ -13,10 +12,12 @@ use super::models::WideResNet;
 use crate::error::{OeError, Result};
 use crate::loss::{cross_entropy, OeLoss};
 use crate::train::{
-    epoch_rng, load_weights, save_weights, CheckpointState, EpochSummary, Method, Observer, Pairing,
+    load_weights, run_phase, save_weights, CheckpointState, Method, Observer, Pairing, PhasePlan,
+    PhaseStep, StepOutcome,
 };
 use rand::seq::SliceRandom;
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
@@ -227,11 +228,6 @@ pub fn train_step(
     Tensor::stack(&[loss.detach().to_kind(Kind::Float), correct], 0).to_device(tch::Device::Cpu)
 }
 
-fn phase_seed(seed: u64, phase: &str, epoch: usize) -> i64 {
-    let mut r = epoch_rng(seed, phase, epoch);
-    (r.gen::<u64>() >> 1) as i64
-}
-
 /// Outlier indices for a whole epoch (`steps × oe_batch` at most, fewer when the source runs out).
 fn oe_epoch_indices(
     src: &dyn ImageSource,
@@ -302,8 +298,8 @@ pub struct PhaseData<'a> {
     pub oe: Option<(&'a dyn ImageSource, Augment)>,
 }
 
-/// Runs one phase from `state.epochs_done` to `cfg.epochs`, calling `checkpoint(state, sgd)` after
-/// every epoch.
+/// Runs one phase from `state.epochs_done` to `cfg.epochs` on the shared driver
+/// ([`run_phase`]), calling `checkpoint(state, sgd)` after every epoch.
 #[allow(clippy::too_many_arguments)]
 pub fn train_phase(
     phase: &str,
@@ -312,7 +308,7 @@ pub fn train_phase(
     sgd: &mut Sgd,
     data: &PhaseData,
     cfg: &VisionTrainConfig,
-    mut state: CheckpointState,
+    state: CheckpointState,
     observer: &mut dyn Observer,
     checkpoint: &mut dyn FnMut(&CheckpointState, &Sgd) -> Result<()>,
 ) -> Result<CheckpointState> {
@@ -333,18 +329,52 @@ pub fn train_phase(
             }
         },
     };
-    let device = model_device(sgd);
     let steps = n.div_ceil(cfg.batch_size);
-    let total = cfg.epochs * steps;
-    let start = state.epochs_done;
-    observer.phase_start(phase, cfg.epochs, steps, start);
-    for epoch in start..cfg.epochs {
-        let t0 = std::time::Instant::now();
-        tch::manual_seed(phase_seed(cfg.seed, phase, epoch));
-        let mut rng = epoch_rng(cfg.seed, phase, epoch);
+    let plan = PhasePlan {
+        phase,
+        seed: cfg.seed,
+        epochs: cfg.epochs,
+        steps_per_epoch: steps,
+    };
+    let mut step = VisionStep {
+        model,
+        device: model_device(sgd),
+        sgd,
+        data,
+        oe,
+        cfg,
+        steps,
+        checkpoint,
+    };
+    run_phase(&plan, state, observer, &mut step)
+}
+
+/// The vision step: in-distribution and outlier images in one forward pass, SGD with a per-step
+/// cosine learning rate, augmentation prefetched on a background thread.
+struct VisionStep<'a> {
+    model: &'a WideResNet,
+    device: tch::Device,
+    sgd: &'a mut Sgd,
+    data: &'a PhaseData<'a>,
+    oe: Option<(&'a dyn ImageSource, Augment)>,
+    cfg: &'a VisionTrainConfig,
+    steps: usize,
+    checkpoint: &'a mut dyn FnMut(&CheckpointState, &Sgd) -> Result<()>,
+}
+
+impl PhaseStep for VisionStep<'_> {
+    fn epoch(
+        &mut self,
+        epoch: usize,
+        rng: &mut ChaCha8Rng,
+        record: &mut dyn FnMut(usize, StepOutcome) -> Result<()>,
+    ) -> Result<f64> {
+        let (cfg, steps, device, model) = (self.cfg, self.steps, self.device, self.model);
+        let n = self.data.train.len();
+        let total = cfg.epochs * steps;
         let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rng);
-        let oe_batches = oe.map(|(s, _)| oe_epoch_indices(s, cfg, steps, &mut rng));
+        order.shuffle(rng);
+        let oe_batches = self.oe.map(|(s, _)| oe_epoch_indices(s, cfg, steps, rng));
         let limit = cfg.max_steps_per_epoch.unwrap_or(usize::MAX);
         let mut plans = Vec::new();
         for (s, chunk) in order.chunks(cfg.batch_size).enumerate() {
@@ -365,58 +395,42 @@ pub fn train_phase(
                 seed: rng.gen(),
             });
         }
-        let oe_pair = oe.as_ref().map(|(s, a)| (*s, a));
-        let lr_first = cfg.lr_for_step(epoch * steps, total);
-        let (loss_sum, correct, seen, done) = with_prefetch(
+        let oe_pair = self.oe.as_ref().map(|(s, a)| (*s, a));
+        let sgd = &mut *self.sgd;
+        with_prefetch(
             plans,
             cfg.prefetch,
-            data.train,
-            &data.train_aug,
+            self.data.train,
+            &self.data.train_aug,
             oe_pair,
-            |it| -> Result<(f64, f64, usize, usize)> {
-                let (mut loss_sum, mut correct, mut seen, mut done) = (0.0, 0.0, 0usize, 0usize);
+            |it| -> Result<()> {
                 for p in it {
                     let p = p?;
-                    let t = epoch * steps + p.step;
-                    let lr = cfg.lr_for_step(t, total);
+                    let lr = cfg.lr_for_step(epoch * steps + p.step, total);
                     let x_in = p.x_in.to_device(device);
                     let y_in = p.y_in.to_device(device);
                     let x_out = p.x_out.map(|x| x.to_device(device));
-                    let bs = y_in.size()[0] as usize;
+                    let examples = y_in.size()[0] as usize;
                     let r = train_step(model, sgd, &x_in, &y_in, x_out.as_ref(), &cfg.oe_loss, lr);
                     let v = Vec::<f32>::try_from(&r).map_err(OeError::Torch)?;
-                    let (l, c) = (v[0] as f64, v[1] as f64);
-                    if !l.is_finite() {
-                        return Err(OeError::Config(format!(
-                            "{phase}: loss became {l} at epoch {} step {}; lower the learning rate",
-                            epoch + 1,
-                            p.step + 1
-                        )));
-                    }
-                    loss_sum += l * bs as f64;
-                    correct += c;
-                    seen += bs;
-                    done += 1;
-                    observer.step(phase, epoch, p.step, l, c / bs as f64);
+                    record(
+                        p.step,
+                        StepOutcome {
+                            loss: v[0] as f64,
+                            correct: v[1] as f64,
+                            examples,
+                        },
+                    )?;
                 }
-                Ok((loss_sum, correct, seen, done))
+                Ok(())
             },
         )?;
-        let summary = EpochSummary {
-            epoch: epoch + 1,
-            lr: lr_first,
-            loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct / seen.max(1) as f64,
-            steps: done,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        observer.epoch_end(phase, epoch, &summary);
-        state.phase = phase.to_string();
-        state.epochs_done = epoch + 1;
-        state.history.push(summary);
-        checkpoint(&state, sgd)?;
+        Ok(cfg.lr_for_step(epoch * steps, total))
     }
-    Ok(state)
+
+    fn checkpoint(&mut self, state: &CheckpointState) -> Result<()> {
+        (self.checkpoint)(state, self.sgd)
+    }
 }
 
 fn model_device(sgd: &Sgd) -> tch::Device {

@@ -3,9 +3,10 @@
 #![allow(dead_code)] // each test crate uses part of this module
 
 use oe::eval::EvalConfig;
-use oe::models::ModelConfig;
-use oe::pipeline::TrainRequest;
-use oe::train::{Method, TrainConfig};
+use oe::text::models::ModelConfig;
+use oe::text::pipeline::TrainRequest;
+use oe::text::train::TrainConfig;
+use oe::train::Method;
 use std::path::Path;
 
 /// Writes `dir/{name}.csv` (`text,label`) for each `(name, rows)`, quoting every text.
@@ -43,6 +44,7 @@ pub fn request(
         out_dir: out.to_path_buf(),
         text: Default::default(),
         vocab_max_size: 10_000,
+        tokenizer: None,
         model,
         baseline: train.clone(),
         oe: train,

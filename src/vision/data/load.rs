@@ -154,7 +154,7 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &InOptions) -> Result
     })
 }
 
-/// Held-out validation indices for calibration (protocol.md §3.2): CIFAR the last 10% by index,
+/// Held-out validation indices for calibration (README, "The paper's protocol: vision"): CIFAR the last 10% by index,
 /// SVHN the last 5,000, Tiny ImageNet and folders 10% by a seed-0 permutation.
 pub fn validation_indices(name: &str, n: usize) -> Vec<usize> {
     match name {
@@ -310,7 +310,7 @@ pub fn load_ood_source(
     }
 }
 
-/// The paper's OOD sets for an in-distribution dataset (protocol.md §3.4; Table 7 rows).
+/// The paper's OOD sets for an in-distribution dataset (README, "The paper's protocol: vision"; Table 7 rows).
 pub fn paper_ood_sets(in_name: &str) -> Vec<&'static str> {
     match in_name {
         "svhn" => vec![

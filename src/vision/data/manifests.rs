@@ -1,13 +1,13 @@
 //! Manifests of the vision datasets (`data-manifests/*.toml`, the text side's format, parsed with
-//! [`crate::data::manifest::parse_manifest`]). Kept apart from the text list so the text data
+//! [`crate::datasets::manifest::parse_manifest`]). Kept apart from the text list so the text data
 //! commands never try to load or fetch images.
 
-use crate::data::manifest::{compare_count, parse_manifest, CountEntry, Manifest};
+use crate::datasets::manifest::{compare_count, parse_manifest, CountEntry, Manifest};
 use crate::error::Result;
 use std::sync::OnceLock;
 
 /// The embedded vision manifests (file stem, TOML text).
-pub const SOURCES: &[(&str, &str)] = crate::data::manifest::manifest_sources!(
+pub const SOURCES: &[(&str, &str)] = crate::datasets::manifest::manifest_sources!(
     "cifar10",
     "cifar100",
     "svhn",
@@ -44,4 +44,32 @@ fn expected(dataset: &str, split: &str) -> Option<&'static CountEntry> {
 /// Compares a loaded count with the manifest: equal → Ok; strict → error; else a warning.
 pub fn check_count(dataset: &str, split: &str, n: usize) -> Result<()> {
     compare_count(expected(dataset, split), dataset, split, n, "images", "")
+}
+/// An `oe-vision data` command.
+#[derive(Clone, Debug)]
+pub enum DataRequest {
+    List {
+        root: std::path::PathBuf,
+    },
+    Show {
+        root: std::path::PathBuf,
+        name: String,
+    },
+}
+
+/// Runs `oe-vision data list | show NAME`; returns the text to print.
+pub fn run_data(req: &DataRequest) -> Result<String> {
+    match req {
+        DataRequest::List { root } => Ok(crate::datasets::list(all(), root)),
+        DataRequest::Show { root, name } => {
+            let m = find(name).ok_or_else(|| {
+                let names: Vec<&str> = all().iter().map(|m| m.name.as_str()).collect();
+                crate::error::OeError::Config(format!(
+                    "unknown image dataset `{name}` (known: {})",
+                    names.join(", ")
+                ))
+            })?;
+            Ok(crate::datasets::describe(m, root))
+        }
+    }
 }

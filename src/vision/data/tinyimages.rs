@@ -2,7 +2,7 @@
 //! lazily, with the CIFAR exclusion list (`80mn_cifar_idxs.txt`, one-based indices).
 //!
 //! Record i holds a `(32, 32, 3)` array in Fortran order: byte j is pixel (row `j % 32`,
-//! column `(j / 32) % 32`, channel `j / 1024`) (protocol.md §3.2).
+//! column `(j / 32) % 32`, channel `j / 1024`) (README, "The paper's protocol: vision").
 
 use super::{column_major_to_hwc, ImageSource};
 use crate::error::{OeError, Result};

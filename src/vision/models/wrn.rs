@@ -1,5 +1,5 @@
 //! Pre-activation Wide ResNet (Zagoruyko & Komodakis), as the reference's `models/wrn.py`
-//! (protocol.md §3.1).
+//! (README, "The paper's protocol: vision").
 //!
 //! Channels `[16, 16w, 32w, 64w]`, `n = (depth − 4) / 6` BasicBlocks per group with strides 1, 2, 2;
 //! BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, a 1x1 shortcut conv where the channel count changes

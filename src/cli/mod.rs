@@ -1,0 +1,196 @@
+//! The command-line layer: clap argument structs and their validation into the library's request
+//! types (`args.request()`), shared by `oe-text` and `oe-vision`. Nothing in the library imports
+//! this module; the binaries parse, call `request()`, run the library, and print.
+
+pub mod data;
+pub mod report;
+pub mod score;
+pub mod text;
+pub mod vision;
+
+use crate::detect::{Detector, FeatureDetector};
+use crate::device::DeviceSpec;
+use crate::error::{OeError, Result};
+use crate::eval::{EvalConfig, Protocol};
+use crate::metrics::files::{MetricsRequest, TableFormat};
+use crate::metrics::{FprRule, MetricsConfig, Positive};
+use crate::text::data::TextOptions;
+use clap::Args;
+use std::path::PathBuf;
+
+/// `--device` and `--threads`, on every command that computes.
+#[derive(Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Where to compute: auto (a GPU when one is usable), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceSpec,
+    /// libtorch intra-op threads (0 = libtorch's default, all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
+    s.parse()
+}
+
+impl DeviceArgs {
+    /// Sets libtorch's threads and resolves `--device`; the choice says which device and why
+    /// (the binaries print it).
+    pub fn select(&self) -> Result<crate::device::DeviceChoice> {
+        crate::device::set_torch_threads(self.threads);
+        crate::device::resolve(self.device)
+    }
+}
+
+/// `oe-text metrics`: metrics from two files of anomaly scores.
+#[derive(Args, Clone, Debug)]
+pub struct MetricsArgs {
+    /// In-distribution anomaly scores: one number per line, or a CSV file with --column.
+    #[arg(long = "in", value_name = "FILE")]
+    pub in_file: PathBuf,
+    /// Out-of-distribution anomaly scores, same format.
+    #[arg(long = "out", value_name = "FILE")]
+    pub out_file: PathBuf,
+    /// Read this column of CSV files (with a header row) instead of one number per line.
+    #[arg(long)]
+    pub column: Option<String>,
+    /// TPR (recall of the positive class) at which FPR is reported.
+    #[arg(long, default_value_t = 0.9)]
+    pub tpr: f64,
+    /// Positive class: ood (the paper's; AUPR-Out) or id (AUPR-In, scores negated).
+    #[arg(long, value_enum, default_value_t = Positive::Ood)]
+    pub positive: Positive,
+    /// FPR threshold rule: closest (the paper's argmin |recall − level|) or at-least.
+    #[arg(long, value_enum, default_value_t = FprRule::Closest)]
+    pub fpr_rule: FprRule,
+    /// The files hold normality scores (higher = more normal, e.g. raw max softmax): negate them.
+    #[arg(long)]
+    pub higher_is_normal: bool,
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+}
+
+impl MetricsArgs {
+    /// The validated request.
+    pub fn request(&self) -> Result<MetricsRequest> {
+        if !(self.tpr > 0.0 && self.tpr <= 1.0) {
+            return Err(OeError::Config(format!(
+                "--tpr must be in (0, 1], got {}",
+                self.tpr
+            )));
+        }
+        Ok(MetricsRequest {
+            in_file: self.in_file.clone(),
+            out_file: self.out_file.clone(),
+            column: self.column.clone(),
+            config: MetricsConfig {
+                positive: self.positive,
+                tpr: self.tpr,
+                fpr_rule: self.fpr_rule,
+            },
+            higher_is_normal: self.higher_is_normal,
+            format: self.format,
+        })
+    }
+}
+
+/// Formats an error and its whole `source()` chain, one cause per line.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = format!("error: {err}");
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s += &format!("\n  caused by: {e}");
+        cur = e.source();
+    }
+    s
+}
+
+/// Data-root and text-preprocessing flags.
+#[derive(Args, Clone, Debug)]
+pub struct DataRootArgs {
+    /// Data root (default: $OE_DATA_DIR, then ~/.cache/oe/data).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Lower-case in-distribution text (default: the paper's choice: SST cased, others lower-cased).
+    #[arg(long)]
+    pub lowercase: Option<bool>,
+    /// Keep only the first N tokens of in-distribution texts (default: 100 for 20NG, else all).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+}
+
+impl DataRootArgs {
+    pub fn root(&self) -> PathBuf {
+        crate::datasets::resolve_data_root(self.data_dir.as_deref())
+    }
+    pub fn text(&self) -> TextOptions {
+        TextOptions {
+            lowercase: self.lowercase,
+            max_tokens: self.max_tokens,
+        }
+    }
+}
+
+/// Evaluation flags, shared by `train` and `eval`.
+#[derive(Args, Clone, Debug)]
+pub struct EvalArgs {
+    /// OOD sets, comma-separated: snli, imdb, multi30k, wmt16, yelp, ewt-answers, ..., or text files
+    /// (default: every set present under the data root).
+    #[arg(long, value_delimiter = ',', value_name = "SETS")]
+    pub ood: Option<Vec<String>>,
+    /// paper: the reference's protocol and quirks; clean: seeded uniform draws, batch-independent scores.
+    #[arg(long, value_enum, default_value_t = Protocol::Paper)]
+    pub protocol: Protocol,
+    /// Anomaly score: msp, maxlogit, energy[:T], entropy, xent-uniform, or a feature-space detector
+    /// fitted on the in-distribution training set: mahalanobis, knn (fitted and stored in the model
+    /// directory on first use).
+    #[arg(long, default_value = "msp", value_parser = parse_detector)]
+    pub score: Detector,
+    /// OOD draws per set.
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// In-distribution examples per OOD example (5: the paper's 1:5 OOD:ID).
+    #[arg(long, default_value_t = 5)]
+    pub id_per_ood: usize,
+    /// Recall level for FPR.
+    #[arg(long, default_value_t = 0.9)]
+    pub tpr: f64,
+    #[arg(long, value_enum, default_value_t = FprRule::Closest)]
+    pub fpr_rule: FprRule,
+    /// Seed of the OOD draws.
+    #[arg(long, default_value_t = 1)]
+    pub eval_seed: u64,
+    /// The same as --score mahalanobis|knn (kept for earlier command lines).
+    #[arg(long, value_enum, conflicts_with = "score")]
+    pub detector: Option<FeatureDetector>,
+}
+
+pub(crate) fn parse_detector(s: &str) -> std::result::Result<Detector, String> {
+    s.parse()
+}
+
+impl EvalArgs {
+    pub fn config(&self) -> Result<EvalConfig> {
+        if !(self.tpr > 0.0 && self.tpr <= 1.0) {
+            return Err(OeError::Config(format!(
+                "--tpr must be in (0, 1], got {}",
+                self.tpr
+            )));
+        }
+        if self.repeats == 0 || self.id_per_ood == 0 {
+            return Err(OeError::Config(
+                "--repeats and --id-per-ood must be positive".into(),
+            ));
+        }
+        Ok(EvalConfig {
+            protocol: self.protocol,
+            detector: self.detector.map_or(self.score, Detector::Feature),
+            repeats: self.repeats,
+            id_per_ood: self.id_per_ood,
+            tpr: self.tpr,
+            fpr_rule: self.fpr_rule,
+            batch_size: 64,
+            seed: self.eval_seed,
+        })
+    }
+}

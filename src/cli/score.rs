@@ -1,0 +1,178 @@
+//! Flags of `oe-text score` and `oe-text calibrate`.
+
+//! (Only flags and their validation: the commands are [`crate::text::score::run_score`] and
+//! [`crate::text::calibrate::run_calibrate`].)
+
+use crate::cli::DeviceArgs;
+use crate::detect::score::Score;
+use crate::error::{OeError, Result};
+use crate::text::calibrate::{CalibrateRequest, SplitChoice};
+use crate::text::pipeline::{ScoreRequest, Threshold};
+use crate::text::score::input::{
+    InputFormat, InputOptions, OnBadRecord, OnEmpty, OnInvalidUtf8, OnLong,
+};
+use crate::text::score::output::OutputFormat;
+use clap::Args;
+use std::path::PathBuf;
+
+fn parse_score(s: &str) -> std::result::Result<Score, String> {
+    s.parse()
+}
+
+fn parse_threshold(s: &str) -> std::result::Result<Threshold, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Threshold::Auto);
+    }
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map(Threshold::Value)
+        .ok_or_else(|| format!("--threshold takes `auto` or a number, got `{s}`"))
+}
+
+/// `oe-text score`. On the CPU, `--threads 0` (the default) gives libtorch half the cores
+/// ([`crate::text::score::default_score_threads`]).
+#[derive(Args, Clone, Debug)]
+pub struct ScoreArgs {
+    /// A model directory written by `oe-text train` (its baseline/ or oe/ folder).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Inputs: text files (one text per line), .gz files, CSV / JSON-lines files (text in --column),
+    /// directories (recursively; names starting with `.` left out) or `-` for standard input (default).
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Anomaly score: msp, maxlogit, energy[:T], entropy, xent-uniform (higher = more anomalous).
+    #[arg(long, default_value = "msp", value_parser = parse_score)]
+    pub score: Score,
+    /// Flag texts with score > threshold as OOD (`is_ood` column): `auto` (the threshold stored by
+    /// `oe-text calibrate` for this score) or a number.
+    #[arg(long, value_parser = parse_threshold, allow_hyphen_values = true)]
+    pub threshold: Option<Threshold>,
+    /// Output file, written atomically (default: standard output).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Output format (default: from --output's extension, else tsv).
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+    /// How input files are read (auto: by extension; standard input: lines).
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    pub input_format: InputFormat,
+    /// Text column of CSV / JSON-lines input (default: text).
+    #[arg(long)]
+    pub column: Option<String>,
+    /// Invalid UTF-8: fail (error naming file and line), skip, or replace (U+FFFD) and score.
+    #[arg(long, value_enum, default_value_t = OnInvalidUtf8::Fail)]
+    pub on_invalid_utf8: OnInvalidUtf8,
+    /// CSV rows without the column, unreadable CSV rows, malformed JSON lines: fail or skip.
+    #[arg(long, value_enum, default_value_t = OnBadRecord::Fail)]
+    pub on_bad_record: OnBadRecord,
+    /// Empty (white-space only) texts: skip, score (as a text of no tokens) or fail.
+    #[arg(long, value_enum, default_value_t = OnEmpty::Skip)]
+    pub on_empty: OnEmpty,
+    /// Texts longer than the model's maximum tokens or --max-line-bytes: truncate, skip or fail.
+    #[arg(long, value_enum, default_value_t = OnLong::Truncate)]
+    pub on_long: OnLong,
+    /// Longest line (or CSV field) read, in bytes; the rest is discarded while reading (bounds memory).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_line_bytes: usize,
+    /// Rows of a batch of short texts.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Largest number of texts read but not yet written (the reorder buffer).
+    #[arg(long, default_value_t = 65_536)]
+    pub max_pending: usize,
+    /// No summary on standard error.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl ScoreArgs {
+    pub fn input_options(&self) -> Result<InputOptions> {
+        if self.max_line_bytes == 0 {
+            return Err(OeError::Config("--max-line-bytes must be positive".into()));
+        }
+        Ok(InputOptions {
+            format: self.input_format,
+            column: self.column.clone(),
+            max_line_bytes: self.max_line_bytes,
+            on_invalid_utf8: self.on_invalid_utf8,
+            on_bad_record: self.on_bad_record,
+            on_empty: self.on_empty,
+            on_long: self.on_long,
+        })
+    }
+
+    pub fn output_format(&self) -> OutputFormat {
+        self.format.unwrap_or_else(|| match &self.output {
+            Some(p) => OutputFormat::from_path(p),
+            None => OutputFormat::Tsv,
+        })
+    }
+
+    /// The validated request.
+    pub fn request(&self, device: tch::Device) -> Result<ScoreRequest> {
+        if self.batch_size == 0 || self.max_pending == 0 {
+            return Err(OeError::Config(
+                "--batch-size and --max-pending must be positive".into(),
+            ));
+        }
+        Ok(ScoreRequest {
+            model_dir: self.model.clone(),
+            inputs: self.inputs.clone(),
+            input: self.input_options()?,
+            score: self.score,
+            threshold: self.threshold,
+            output: self.output.clone(),
+            format: self.output_format(),
+            batch_size: self.batch_size,
+            max_pending: self.max_pending,
+            default_threads: self.device.threads == 0,
+            device,
+        })
+    }
+}
+
+/// `oe-text calibrate`.
+#[derive(Args, Clone, Debug)]
+pub struct CalibrateArgs {
+    /// A model directory written by `oe-text train`.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Fraction of in-distribution validation texts to keep (not flag).
+    #[arg(long, default_value_t = 0.95)]
+    pub tpr: f64,
+    /// Anomaly score the threshold is for.
+    #[arg(long, default_value = "msp", value_parser = parse_score)]
+    pub score: Score,
+    /// Validation split: auto (the hold-out recorded at training, else the dev split), holdout, dev,
+    /// or test (not independent of the evaluation).
+    #[arg(long, value_enum, default_value_t = SplitChoice::Auto)]
+    pub split: SplitChoice,
+    /// Data root (default: the one recorded in run.json).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl CalibrateArgs {
+    /// The validated request.
+    pub fn request(&self, device: tch::Device) -> Result<CalibrateRequest> {
+        if !(self.tpr > 0.0 && self.tpr <= 1.0) {
+            return Err(OeError::Config(format!(
+                "--tpr must be in (0, 1], got {}",
+                self.tpr
+            )));
+        }
+        Ok(CalibrateRequest {
+            model_dir: self.model.clone(),
+            tpr: self.tpr,
+            score: self.score,
+            split: self.split,
+            data_dir: self.data_dir.clone(),
+            device,
+        })
+    }
+}

@@ -1,0 +1,528 @@
+//! Getting the data: verification of what is on disk, downloads (from the manifest's URL or an
+//! `OE_DATA_MIRROR`), extraction, atomic placement.
+//!
+//! Every download goes to a staging folder inside the data root (same file system), is checked
+//! (sha256 where the manifest has one; complete length; example counts where the sha256 describes
+//! only the mirror copy), and only then renamed to its final path. A failed or interrupted
+//! download leaves nothing under a final path; the staging folder is removed on failure (and a
+//! stale one, `.oe-staging-*`, is never read by any loader).
+
+use super::manifest::{ArchiveFormat, FileEntry, Manifest};
+use crate::error::{OeError, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where and how to download.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    /// Base URL replicating the data-root layout (`<mirror>/<path>`): `http://...` or `file:///...`
+    /// (or a plain folder path).
+    pub mirror: Option<String>,
+    /// Also fetch optional files.
+    pub all: bool,
+    /// Show a progress bar (only drawn when stderr is a terminal).
+    pub progress: bool,
+    pub timeout: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            mirror: None,
+            all: false,
+            progress: true,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl FetchOptions {
+    /// Defaults plus `OE_DATA_MIRROR`.
+    pub fn from_env() -> Self {
+        FetchOptions {
+            mirror: std::env::var("OE_DATA_MIRROR")
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
+            ..Default::default()
+        }
+    }
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| OeError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(crate::text::tokenize::vocab::hex(&h.finalize()))
+}
+
+/// State of one manifest file under a data root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Present and its sha256 matches.
+    Verified,
+    /// Present; the manifest has no sha256 for it (or only the mirror's): counts decide.
+    Unchecked,
+    /// Present with another sha256.
+    Mismatch {
+        expected: String,
+        actual: String,
+    },
+    Missing,
+}
+
+pub fn file_status(root: &Path, f: &FileEntry) -> Result<FileStatus> {
+    let p = root.join(&f.path);
+    if !p.is_file() {
+        return Ok(FileStatus::Missing);
+    }
+    match &f.sha256 {
+        None => Ok(FileStatus::Unchecked),
+        Some(exp) => {
+            let act = sha256_file(&p)?;
+            if act.eq_ignore_ascii_case(exp) {
+                Ok(FileStatus::Verified)
+            } else if f.sha256_mirror_only {
+                Ok(FileStatus::Unchecked)
+            } else {
+                Ok(FileStatus::Mismatch {
+                    expected: exp.clone(),
+                    actual: act,
+                })
+            }
+        }
+    }
+}
+
+fn open_url(url: &str, timeout: Duration) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+    if let Some(p) = url.strip_prefix("file://") {
+        let f = std::fs::File::open(p).map_err(|e| OeError::Data(format!("{url}: {e}")))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        return Ok((Box::new(f), len));
+    }
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        let f = std::fs::File::open(url).map_err(|e| OeError::Data(format!("{url}: {e}")))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        return Ok((Box::new(f), len));
+    }
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(timeout)
+        .timeout_read(timeout)
+        .build();
+    match agent.get(url).call() {
+        Ok(resp) => {
+            let len = resp
+                .header("Content-Length")
+                .and_then(|v| v.trim().parse().ok());
+            Ok((Box::new(resp.into_reader()), len))
+        }
+        Err(ureq::Error::Status(code, _)) => Err(OeError::Data(format!(
+            "{url}: HTTP {code}{}",
+            if code == 404 {
+                " (not found: check the URL or the mirror's layout)"
+            } else {
+                ""
+            }
+        ))),
+        Err(e) => Err(OeError::Data(format!(
+            "{url}: {e} (no network? download the file by hand into the data root, or set OE_DATA_MIRROR \
+             to an http(s):// or file:// mirror with the data-root layout)"
+        ))),
+    }
+}
+
+/// Downloads `url` to `dest` (parent folders created): streamed into a temporary file next to
+/// `dest`, length and sha256 checked, then renamed. Returns the sha256. On any error nothing is
+/// left at `dest` (an existing `dest` is left untouched).
+pub fn download_to(
+    url: &str,
+    dest: &Path,
+    expected_sha256: Option<&str>,
+    opts: &FetchOptions,
+) -> Result<String> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| OeError::Data(format!("{}: no parent folder", dest.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
+    let (reader, len) = open_url(url, opts.timeout)?;
+    let mut tmp = crate::io::temp_file_in(dir, ".oe-download-", "")?;
+    let pb = if opts.progress {
+        let pb = match len {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        if let Ok(st) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        ) {
+            pb.set_style(st.progress_chars("=> "));
+        }
+        pb.set_message(
+            dest.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut reader = pb.wrap_read(reader);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total: u64 = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(OeError::Data(format!(
+                    "{url}: transfer failed (truncated) after {total} bytes ({e}); nothing was saved, run the fetch again"
+                )))
+            }
+        };
+        h.update(&buf[..n]);
+        tmp.write_all(&buf[..n])
+            .map_err(|e| OeError::io(tmp.path(), e))?;
+        total += n as u64;
+    }
+    pb.finish_and_clear();
+    if let Some(n) = len {
+        if total != n {
+            return Err(OeError::Data(format!(
+                "{url}: truncated transfer ({total} of {n} bytes); nothing was saved, run the fetch again"
+            )));
+        }
+    }
+    let sha = crate::text::tokenize::vocab::hex(&h.finalize());
+    if let Some(exp) = expected_sha256 {
+        if !sha.eq_ignore_ascii_case(exp) {
+            return Err(OeError::Data(format!(
+                "{url}: sha256 {sha} differs from the manifest's {exp}; the download was discarded \
+                 (a corrupted or different file: try again, or check the mirror)"
+            )));
+        }
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| OeError::io(tmp.path(), e))?;
+    crate::io::persist(tmp, dest)?;
+    Ok(sha)
+}
+
+fn mirror_url(mirror: &str, path: &str) -> String {
+    let m = mirror.trim_end_matches('/');
+    if m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file://") {
+        format!("{m}/{path}")
+    } else {
+        format!(
+            "file://{}/{path}",
+            std::fs::canonicalize(m)
+                .unwrap_or_else(|_| PathBuf::from(m))
+                .display()
+        )
+    }
+}
+
+/// Extracts one member of an archive file into `dest` (through a temporary file next to it).
+fn extract_member(
+    archive: &Path,
+    format: ArchiveFormat,
+    member: &str,
+    dest: &Path,
+    sha: Option<&str>,
+) -> Result<()> {
+    let mut tmp = crate::io::temp_file_in(crate::io::parent_dir(dest), ".oe-extract-", "")?;
+    let bad = |e: String| OeError::Data(format!("{}: {e}", archive.display()));
+    let f = std::fs::File::open(archive).map_err(|e| OeError::io(archive, e))?;
+    match format {
+        ArchiveFormat::Zip => {
+            let mut z = zip::ZipArchive::new(std::io::BufReader::new(f))
+                .map_err(|e| bad(format!("bad zip: {e}")))?;
+            let mut m = z
+                .by_name(member)
+                .map_err(|e| bad(format!("member {member}: {e}")))?;
+            std::io::copy(&mut m, &mut tmp).map_err(|e| bad(format!("member {member}: {e}")))?;
+        }
+        ArchiveFormat::TarGz => {
+            let mut ar =
+                tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
+            let mut found = false;
+            for e in ar.entries().map_err(|e| bad(e.to_string()))? {
+                let mut e = e.map_err(|e| bad(e.to_string()))?;
+                let name = e
+                    .path()
+                    .map_err(|e| bad(e.to_string()))?
+                    .to_string_lossy()
+                    .into_owned();
+                if name.trim_start_matches("./") == member {
+                    std::io::copy(&mut e, &mut tmp)
+                        .map_err(|e| bad(format!("member {member}: {e}")))?;
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                return Err(bad(format!("no member {member}")));
+            }
+        }
+        ArchiveFormat::Gz => {
+            std::io::copy(&mut flate2::read::GzDecoder::new(f), &mut tmp)
+                .map_err(|e| bad(format!("bad gzip: {e}")))?;
+        }
+    }
+    if let Some(exp) = sha {
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| OeError::io(tmp.path(), e))?;
+        let act = sha256_file(tmp.path())?;
+        if !act.eq_ignore_ascii_case(exp) {
+            return Err(bad(format!(
+                "member {member}: sha256 {act} differs from the manifest's {exp}"
+            )));
+        }
+    }
+    crate::io::persist(tmp, dest)?;
+    Ok(())
+}
+
+/// What `fetch` did for one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    AlreadyPresent(String),
+    Downloaded(String),
+    Skipped(String, String),
+}
+
+/// Makes every required (with `opts.all`, every) file of `m` present and verified under `root`.
+/// The loaders' check of a dataset's files under a root (a staging directory while fetching):
+/// one line per loader with its counts, or the error the loaders gave. Each wing supplies its own
+/// (`text::data::check_loader_counts`).
+pub type CountCheck<'a> = &'a dyn Fn(&Manifest, &Path) -> Result<Vec<String>>;
+
+/// Downloads the missing files of `m` into `root`, verifying each by sha256 and then the loaders'
+/// counts (`counts`) on a staging copy before anything is moved into place.
+pub fn fetch_dataset(
+    m: &Manifest,
+    root: &Path,
+    opts: &FetchOptions,
+    counts: CountCheck,
+) -> Result<Vec<Fetched>> {
+    std::fs::create_dir_all(root).map_err(|e| OeError::io(root, e))?;
+    let mut out = Vec::new();
+    let mut todo: Vec<&FileEntry> = Vec::new();
+    for f in m.files.iter().filter(|f| f.required || opts.all) {
+        match file_status(root, f)? {
+            FileStatus::Verified | FileStatus::Unchecked => {
+                out.push(Fetched::AlreadyPresent(f.path.clone()))
+            }
+            FileStatus::Missing | FileStatus::Mismatch { .. } => todo.push(f),
+        }
+    }
+    if todo.is_empty() {
+        return Ok(out);
+    }
+    let stage = tempfile::Builder::new()
+        .prefix(".oe-staging-")
+        .tempdir_in(root)
+        .map_err(|e| OeError::io(root, e))?;
+    let mut staged: Vec<&FileEntry> = Vec::new();
+    let mut needs_counts = false;
+    let mut archives: std::collections::HashMap<&str, PathBuf> = Default::default();
+    for f in todo {
+        let dest = stage.path().join(&f.path);
+        if let Some(mirror) = &opts.mirror {
+            let r = download_to(
+                &mirror_url(mirror, &f.path),
+                &dest,
+                f.sha256.as_deref(),
+                opts,
+            );
+            match r {
+                Ok(_) => {}
+                Err(e) if !f.required => {
+                    out.push(Fetched::Skipped(
+                        f.path.clone(),
+                        format!("optional file not on the mirror: {e}"),
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(OeError::Data(format!("{} ({}): {e}", m.name, f.path))),
+            }
+        } else if let Some(url) = &f.url {
+            let sha = if f.sha256_mirror_only {
+                None
+            } else {
+                f.sha256.as_deref()
+            };
+            needs_counts |= f.sha256_mirror_only || f.sha256.is_none();
+            download_to(url, &dest, sha, opts)
+                .map_err(|e| OeError::Data(format!("{} ({}): {e}", m.name, f.path)))?;
+        } else if let (Some(aid), Some(member)) = (&f.archive, &f.member) {
+            let a = m
+                .archives
+                .iter()
+                .find(|a| &a.id == aid)
+                .expect("validated manifest");
+            if !archives.contains_key(aid.as_str()) {
+                let ap = stage.path().join(".archives").join(&a.id);
+                download_to(&a.url, &ap, a.sha256.as_deref(), opts)
+                    .map_err(|e| OeError::Data(format!("{} (archive {}): {e}", m.name, a.url)))?;
+                archives.insert(aid.as_str(), ap);
+            }
+            needs_counts |= f.sha256.is_none();
+            extract_member(
+                &archives[aid.as_str()],
+                a.format,
+                member,
+                &dest,
+                f.sha256.as_deref(),
+            )?;
+        } else if !f.required {
+            out.push(Fetched::Skipped(
+                f.path.clone(),
+                "no public download URL; a mirror (OE_DATA_MIRROR) can provide it".into(),
+            ));
+            continue;
+        } else {
+            return Err(OeError::Data(format!(
+                "{}: {} has no public download URL ({}); set OE_DATA_MIRROR to a mirror that has it, or copy it into {}",
+                m.name,
+                f.path,
+                f.note.as_deref().unwrap_or("see the manifest"),
+                root.display()
+            )));
+        }
+        staged.push(f);
+    }
+    if needs_counts {
+        // Count verification on the staging root, completed with the files already in place.
+        for f in m.files.iter() {
+            let src = root.join(&f.path);
+            let dst = stage.path().join(&f.path);
+            if src.is_file() && !dst.exists() {
+                if let Some(d) = dst.parent() {
+                    std::fs::create_dir_all(d).map_err(|e| OeError::io(d, e))?;
+                }
+                std::fs::hard_link(&src, &dst)
+                    .or_else(|_| std::fs::copy(&src, &dst).map(|_| ()))
+                    .map_err(|e| OeError::io(&dst, e))?;
+            }
+        }
+        counts(m, stage.path()).map_err(|e| {
+            OeError::Data(format!(
+                "{}: downloaded files failed the count check, nothing was kept: {e}",
+                m.name
+            ))
+        })?;
+    }
+    for f in staged {
+        let src = stage.path().join(&f.path);
+        let dst = root.join(&f.path);
+        if let Some(d) = dst.parent() {
+            std::fs::create_dir_all(d).map_err(|e| OeError::io(d, e))?;
+        }
+        std::fs::rename(&src, &dst).map_err(|e| OeError::io(&dst, e))?;
+        out.push(Fetched::Downloaded(f.path.clone()));
+    }
+    Ok(out)
+}
+
+/// Verification report of one dataset.
+#[derive(Clone, Debug)]
+pub struct VerifyReport {
+    pub name: String,
+    pub files: Vec<(String, FileStatus, bool)>,
+    /// Loader counts, or the error the loaders gave.
+    pub counts: std::result::Result<Vec<String>, String>,
+}
+
+impl VerifyReport {
+    /// True when every required file is present, none mismatches, and the loaders' counts pass.
+    pub fn ok(&self) -> bool {
+        self.counts.is_ok()
+            && self.files.iter().all(|(_, s, req)| match s {
+                FileStatus::Mismatch { .. } => false,
+                FileStatus::Missing => !req,
+                _ => true,
+            })
+    }
+}
+
+/// Re-checks what is on disk for one dataset: sha256 of each file, then the loaders' counts.
+pub fn verify_dataset(m: &Manifest, root: &Path, counts: CountCheck) -> Result<VerifyReport> {
+    let mut files = Vec::new();
+    for f in &m.files {
+        files.push((f.path.clone(), file_status(root, f)?, f.required));
+    }
+    let any_required_missing = files
+        .iter()
+        .any(|(_, s, r)| *r && *s == FileStatus::Missing);
+    let counts = if any_required_missing {
+        Err("required files missing".to_string())
+    } else {
+        counts(m, root).map_err(|e| e.to_string())
+    };
+    Ok(VerifyReport {
+        name: m.name.clone(),
+        files,
+        counts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_https_says_what_to_do() {
+        let d = tempfile::tempdir().unwrap();
+        let e = download_to(
+            "https://127.0.0.1:9/x",
+            &d.path().join("x"),
+            None,
+            &FetchOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("OE_DATA_MIRROR"), "{e}");
+        assert!(!d.path().join("x").exists());
+    }
+
+    #[test]
+    fn file_mirror_and_sha_check() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src.txt");
+        std::fs::write(&src, b"hello").unwrap();
+        let url = format!("file://{}", src.display());
+        let opts = FetchOptions {
+            progress: false,
+            ..Default::default()
+        };
+        let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        assert_eq!(
+            download_to(&url, &d.path().join("a/b.txt"), Some(good), &opts).unwrap(),
+            good
+        );
+        let bad = "0".repeat(64);
+        assert!(download_to(&url, &d.path().join("c.txt"), Some(&bad), &opts).is_err());
+        assert!(!d.path().join("c.txt").exists());
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.iter()
+                .all(|n| !n.to_string_lossy().starts_with(".oe-")),
+            "{left:?}"
+        );
+    }
+}

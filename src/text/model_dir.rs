@@ -1,0 +1,183 @@
+//! A text model directory: its `run.json` ([`RunConfig`], whose shared fields are
+//! [`crate::rundir::RunHeader`]), loaded with its vocabulary, weights and fitted feature detectors
+//! ([`LoadedModel`]), and the encoding of labelled texts for it. The directory protocol (files,
+//! finished / interrupted checks) is [`crate::rundir`]'s.
+//!
+//! Files: `run.json`, `vocab.json` (word models) or `tokenizer.json` (subword and pretrained
+//! encoders), `model.safetensors`, `train_log.json`, `detectors/` (fitted feature detectors),
+//! `calibration-<score>.{json,csv}` (deployment thresholds) and `eval-<score>-<protocol>/`.
+
+use crate::error::{OeError, Result};
+use crate::rundir::{self, RunHeader};
+use crate::text::data::{self, TextOptions};
+use crate::text::models::{ModelConfig, TextModel};
+use crate::text::protocol::{self, encode_all, Scorer};
+use crate::text::tokenize::{LabelVocab, TextEncoder};
+use crate::text::train::{EncodedSet, TrainConfig};
+use crate::train::{self, MethodLabel};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device};
+
+/// A held-out validation fraction of the training split, recorded in `run.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holdout {
+    /// Fraction of the training examples held out.
+    pub fraction: f64,
+    pub seed: u64,
+    /// Number of examples held out.
+    pub n_heldout: usize,
+    /// Training examples before the hold-out.
+    pub n_train_total: usize,
+}
+
+/// Everything about how a model directory's model was made.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// `tool`, `in_dataset`, `method`, `init_from`, `train_examples`, `data_root`.
+    #[serde(flatten)]
+    pub header: RunHeader,
+    pub text: TextOptions,
+    /// In-distribution inputs padded/truncated to exactly this many tokens (20NG: 100).
+    pub in_fix_len: Option<usize>,
+    pub vocab_max_size: usize,
+    pub vocab_size: usize,
+    pub vocab_sha256: String,
+    /// Class names; index = class id (the reference's frequency order).
+    pub labels: Vec<String>,
+    pub model: ModelConfig,
+    /// Outlier corpus used for OE (none for the baseline).
+    pub oe_corpus: Option<String>,
+    pub oe_examples: Option<usize>,
+    pub train: TrainConfig,
+    /// Validation texts held out of the training split (`--holdout`; none: all of train is used,
+    /// as the paper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<Holdout>,
+    /// The subword vocabulary trained from the training text (`--tokenizer wordpiece|bpe`; saved as
+    /// `tokenizer.json`); none: the word vocabulary, or a pretrained model's own tokenizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<crate::text::tokenize::hf::SubwordConfig>,
+}
+
+impl RunConfig {
+    /// The training this model went through, as results name it.
+    pub fn method_label(&self) -> MethodLabel {
+        MethodLabel::of(self.header.method, &self.train.oe_loss)
+    }
+}
+
+/// A model directory, loaded.
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    pub config: RunConfig,
+    pub vocab: TextEncoder,
+    pub labels: LabelVocab,
+    pub vs: nn::VarStore,
+    pub model: TextModel,
+    /// Feature-space detectors fitted on the training set (`detectors/`), when present.
+    pub detectors: Option<crate::detect::feature::FeatureDetectors>,
+    /// Outputs of evaluation batches already run (several scores, one forward pass).
+    pub outputs: protocol::OutputCache,
+}
+
+impl LoadedModel {
+    /// Loads `dir/run.json`, `dir/vocab.json` (or `dir/tokenizer.json`) and `dir/model.safetensors`
+    /// onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let config: RunConfig = rundir::read_run(dir, "oe-text train")?;
+        let vocab = TextEncoder::load_dir(dir, config.model.max_len())?;
+        if vocab.sha256() != config.vocab_sha256 {
+            return Err(OeError::Data(format!(
+                "{}: vocabulary hash differs from run.json; the directory was modified",
+                dir.display()
+            )));
+        }
+        let labels = LabelVocab::from_names(config.labels.clone())?;
+        let mut vs = nn::VarStore::new(device);
+        let model = config
+            .model
+            .build(&vs.root(), vocab.len() as i64, labels.len() as i64)?;
+        train::load_weights(&mut vs, &dir.join("model.safetensors"))?;
+        let det_dir = dir.join("detectors");
+        let detectors = if det_dir.is_dir() {
+            Some(crate::detect::feature::FeatureDetectors::load(
+                &det_dir, device,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            vocab,
+            labels,
+            vs,
+            model,
+            detectors,
+            outputs: Default::default(),
+        })
+    }
+
+    pub fn scorer(&self) -> Scorer<'_> {
+        Scorer {
+            model: &self.model,
+            device: self.vs.device(),
+            in_fix_len: self.config.in_fix_len,
+            max_len: self.config.model.max_len(),
+            detectors: self.detectors.as_ref(),
+            cache: Some(&self.outputs),
+        }
+    }
+
+    /// Fits Mahalanobis and k-NN detectors on the penultimate features of the in-distribution
+    /// training set (streamed in batches, each text computed without padding), stores them in
+    /// `dir/detectors/`, and keeps them for scoring.
+    pub fn fit_detectors(&mut self, train: &data::Labelled) -> Result<()> {
+        let enc = encode_labelled(&self.vocab, &self.labels, train, self.config.in_fix_len)?;
+        let (feats, _) = self
+            .scorer()
+            .outputs_bucketed(&enc.ids, 256, self.config.in_fix_len);
+        let labels = tch::Tensor::from_slice(&enc.labels);
+        let n = enc.labels.len() as i64;
+        let step = 1024i64;
+        let batches = (0..n).step_by(step as usize).map(|s| {
+            let len = step.min(n - s);
+            (feats.narrow(0, s, len), labels.narrow(0, s, len))
+        });
+        let det = crate::detect::feature::FeatureDetectors::fit(
+            batches,
+            self.labels.len(),
+            &Default::default(),
+            &Default::default(),
+        )?;
+        det.save(&self.dir.join("detectors"))?;
+        self.detectors = Some(det);
+        Ok(())
+    }
+}
+
+/// The default in-distribution fixed length: 20NG documents are cut and padded to 100 tokens.
+pub fn default_fix_len(in_dataset: &str, text: &TextOptions) -> Option<usize> {
+    if in_dataset.starts_with("20ng") {
+        Some(text.max_tokens.unwrap_or(100))
+    } else {
+        None
+    }
+}
+
+/// Tokens → ids for a labelled split.
+pub fn encode_labelled(
+    vocab: &TextEncoder,
+    labels: &LabelVocab,
+    set: &data::Labelled,
+    fix_len: Option<usize>,
+) -> Result<EncodedSet> {
+    let ids = encode_all(&set.texts, |t| vocab.encode(t));
+    let labels = labels.indices(set.labels.iter().map(String::as_str))?;
+    Ok(EncodedSet {
+        ids,
+        labels,
+        fix_len,
+    })
+}

@@ -1,0 +1,214 @@
+//! The paper's GRU classifier (`ClfGRU`; README, "The paper's protocol: text").
+//!
+//! Embedding 50 (pad row zero) → 2-layer unidirectional GRU(128) → linear head on the top layer's last
+//! hidden state. Variable names are PyTorch's (`embedding.weight`, `gru.weight_ih_l0`, ...,
+//! `linear.weight`), so the paper's released weights load unchanged.
+
+use super::{PadMode, TokenBatch, PAD_ID};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+/// GRU hyper-parameters; defaults are the paper's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GruConfig {
+    pub embedding_dim: i64,
+    pub hidden: i64,
+    pub layers: i64,
+    pub pad: PadMode,
+}
+
+impl Default for GruConfig {
+    fn default() -> Self {
+        Self {
+            embedding_dim: 50,
+            hidden: 128,
+            layers: 2,
+            pad: PadMode::Left,
+        }
+    }
+}
+
+/// The GRU classifier.
+#[derive(Debug)]
+pub struct GruClassifier {
+    embedding: Tensor,
+    /// Per layer: `[w_ih [3H, in], w_hh [3H, H], b_ih [3H], b_hh [3H]]`, gate rows in order r, z, n.
+    layers: Vec<[Tensor; 4]>,
+    linear_w: Tensor,
+    linear_b: Tensor,
+    cfg: GruConfig,
+}
+
+impl GruClassifier {
+    /// Creates the variables with PyTorch's default initialisation: GRU and linear U(±1/√H), embedding
+    /// N(0, 1) with the pad row zeroed.
+    pub fn new(path: &nn::Path, cfg: &GruConfig, vocab_size: i64, n_classes: i64) -> Self {
+        let h = cfg.hidden;
+        let k = 1.0 / (h as f64).sqrt();
+        let u = nn::Init::Uniform { lo: -k, up: k };
+        let embedding = (path / "embedding").var(
+            "weight",
+            &[vocab_size, cfg.embedding_dim],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        );
+        tch::no_grad(|| {
+            if vocab_size > PAD_ID {
+                let _ = embedding.get(PAD_ID).fill_(0.0);
+            }
+        });
+        let g = path / "gru";
+        let layers = (0..cfg.layers)
+            .map(|l| {
+                let input = if l == 0 { cfg.embedding_dim } else { h };
+                [
+                    g.var(&format!("weight_ih_l{l}"), &[3 * h, input], u),
+                    g.var(&format!("weight_hh_l{l}"), &[3 * h, h], u),
+                    g.var(&format!("bias_ih_l{l}"), &[3 * h], u),
+                    g.var(&format!("bias_hh_l{l}"), &[3 * h], u),
+                ]
+            })
+            .collect();
+        let lin = path / "linear";
+        let linear_w = lin.var("weight", &[n_classes, h], u);
+        let linear_b = lin.var("bias", &[n_classes], u);
+        Self {
+            embedding,
+            layers,
+            linear_w,
+            linear_b,
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Features (top-layer last hidden state, `[batch, H]`) and logits (`[batch, classes]`).
+    pub fn features_and_logits(&self, batch: &TokenBatch, train: bool) -> (Tensor, Tensor) {
+        let x = Tensor::embedding(&self.embedding, &batch.tokens, PAD_ID, false, false); // [B, T, E]
+        let last = match self.cfg.pad {
+            PadMode::Left => self.run_fused(&x, train),
+            PadMode::Masked => self.run_masked(&x, &batch.mask()),
+        };
+        let logits = last.linear(&self.linear_w, Some(&self.linear_b));
+        (last, logits)
+    }
+
+    /// The reference computation: libtorch's GRU over every position, padding included.
+    fn run_fused(&self, x: &Tensor, train: bool) -> Tensor {
+        let b = x.size()[0];
+        let h0 = Tensor::zeros(
+            [self.cfg.layers, b, self.cfg.hidden],
+            (Kind::Float, x.device()),
+        );
+        let params: Vec<&Tensor> = self.layers.iter().flat_map(|l| l.iter()).collect();
+        let (out, _) = x.gru(&h0, &params, true, self.cfg.layers, 0.0, train, false, true);
+        out.select(1, -1)
+    }
+
+    /// Step by step; at padded steps the state is carried unchanged, so with left padding and h0 = 0
+    /// the result equals running each sequence alone.
+    fn run_masked(&self, x: &Tensor, mask: &Tensor) -> Tensor {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let mut input = x.shallow_clone();
+        let mut last = Tensor::zeros([b, self.cfg.hidden], (Kind::Float, x.device()));
+        for [w_ih, w_hh, b_ih, b_hh] in &self.layers {
+            let mut h = Tensor::zeros([b, self.cfg.hidden], (Kind::Float, x.device()));
+            let mut outs = Vec::with_capacity(t as usize);
+            for s in 0..t {
+                let xs = input.select(1, s);
+                let m = mask.select(1, s).unsqueeze(1).to_kind(Kind::Float);
+                let next = xs.gru_cell(&h, w_ih, w_hh, Some(b_ih), Some(b_hh));
+                h = &next * &m + &h * (-&m + 1.0);
+                outs.push(h.shallow_clone());
+            }
+            input = Tensor::stack(&outs, 1);
+            last = h;
+        }
+        last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn model(pad: PadMode) -> (nn::VarStore, GruClassifier) {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = GruConfig {
+            pad,
+            ..Default::default()
+        };
+        let m = GruClassifier::new(&vs.root(), &cfg, 30, 3);
+        (vs, m)
+    }
+
+    #[test]
+    fn variable_names_and_shapes_match_pytorch() {
+        let (vs, _) = model(PadMode::Left);
+        let vars = vs.variables();
+        let shape = |n: &str| vars.get(n).unwrap_or_else(|| panic!("missing {n}")).size();
+        assert_eq!(shape("embedding.weight"), [30, 50]);
+        assert_eq!(shape("gru.weight_ih_l0"), [384, 50]);
+        assert_eq!(shape("gru.weight_hh_l0"), [384, 128]);
+        assert_eq!(shape("gru.weight_ih_l1"), [384, 128]);
+        assert_eq!(shape("gru.bias_hh_l1"), [384]);
+        assert_eq!(shape("linear.weight"), [3, 128]);
+        assert_eq!(shape("linear.bias"), [3]);
+        assert_eq!(vars.len(), 11);
+        let pad_row = vars["embedding.weight"].get(PAD_ID);
+        assert_eq!(pad_row.abs().sum(Kind::Float).double_value(&[]), 0.0);
+        let w = &vars["gru.weight_hh_l0"];
+        assert!(w.abs().max().double_value(&[]) <= 1.0 / 128f64.sqrt() + 1e-7);
+    }
+
+    /// A short text's logits alone, and the largest change when it is batched after a longer text:
+    /// (the text, its logits alone `[1, classes]`, max |difference|).
+    fn alone_vs_batched(m: &GruClassifier) -> (Vec<i64>, Tensor, f64) {
+        let a: Vec<i64> = vec![5, 6, 7];
+        let b: Vec<i64> = vec![8, 9, 10, 11, 12, 13, 2];
+        let alone = m
+            .features_and_logits(&TokenBatch::left_padded(&[&a], None, Device::Cpu), false)
+            .1;
+        let together = m
+            .features_and_logits(
+                &TokenBatch::left_padded(&[&b, &a], None, Device::Cpu),
+                false,
+            )
+            .1;
+        let diff = (alone.get(0) - together.get(1))
+            .abs()
+            .max()
+            .double_value(&[]);
+        (a, alone, diff)
+    }
+
+    #[test]
+    fn masked_scores_do_not_depend_on_the_batch() {
+        let (_vs, m) = model(PadMode::Masked);
+        let (a, alone, diff) = alone_vs_batched(&m);
+        assert!(diff < 1e-6, "masked logits changed with the batch: {diff}");
+        // ... and the masked path equals libtorch's fused GRU on an unpadded sequence (same weights;
+        // not a second model, since tests share libtorch's global RNG across threads).
+        let batch = TokenBatch::left_padded(&[&a], None, Device::Cpu);
+        let x = Tensor::embedding(&m.embedding, &batch.tokens, PAD_ID, false, false);
+        let fused = m
+            .run_fused(&x, false)
+            .linear(&m.linear_w, Some(&m.linear_b));
+        let d = (&fused - &alone).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "fused {fused:?} vs masked {alone:?}: {d}");
+    }
+
+    #[test]
+    fn left_padding_changes_paper_mode_scores() {
+        let (_vs, m) = model(PadMode::Left);
+        let (_, _, diff) = alone_vs_batched(&m);
+        assert!(
+            diff > 1e-6,
+            "the reference's padding effect should be visible"
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Text classifiers: the paper's GRU, a transformer encoder trained from scratch, and a pretrained
+//! BERT-family encoder (MiniLM) fine-tuned with a classification head.
+//!
+//! Every model maps a [`TokenBatch`] to logits `[batch, classes]`; features for feature-space detectors
+//! come from [`TextModel::features`].
+
+pub mod bert;
+pub mod gru;
+pub mod transformer;
+
+use crate::error::{OeError, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+pub use bert::{BertClassifier, BertClassifierConfig, BertConfig};
+pub use gru::{GruClassifier, GruConfig};
+pub use transformer::{TransformerClassifier, TransformerConfig};
+
+/// Padding token id (torchtext's `<pad>` = 1).
+pub const PAD_ID: i64 = 1;
+
+/// How padded positions are treated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PadMode {
+    /// The reference: sequences are left-padded and the model runs over the padding too, so a text's
+    /// logits depend on the longest text in its batch.
+    #[default]
+    Left,
+    /// Padded positions do not change the model state: a text gets the same logits whatever else is in
+    /// its batch (identical to running it alone).
+    Masked,
+}
+
+/// A batch of token ids, left-padded with [`PAD_ID`].
+#[derive(Debug)]
+pub struct TokenBatch {
+    /// `[batch, time]`, int64.
+    pub tokens: Tensor,
+    /// `[batch]`, int64: number of real (non-pad) tokens per row (the last `len` positions).
+    pub lengths: Tensor,
+}
+
+impl TokenBatch {
+    /// Left-pads `seqs` to the longest (at least 1 step), or to exactly `fix_len` (truncating the
+    /// end, as torchtext's `fix_length`), and moves the batch to `device`.
+    pub fn left_padded(seqs: &[&[i64]], fix_len: Option<usize>, device: Device) -> Self {
+        let t = fix_len
+            .unwrap_or_else(|| seqs.iter().map(|s| s.len()).max().unwrap_or(0))
+            .max(1);
+        let mut flat = vec![PAD_ID; seqs.len() * t];
+        let mut lens = Vec::with_capacity(seqs.len());
+        for (i, s) in seqs.iter().enumerate() {
+            let s = &s[..s.len().min(t)];
+            let start = i * t + (t - s.len());
+            flat[start..start + s.len()].copy_from_slice(s);
+            lens.push(s.len() as i64);
+        }
+        let tokens = Tensor::from_slice(&flat)
+            .view([seqs.len() as i64, t as i64])
+            .to_device(device);
+        let lengths = Tensor::from_slice(&lens).to_device(device);
+        Self { tokens, lengths }
+    }
+
+    /// `[batch, time]` bool mask, true at real tokens.
+    pub fn mask(&self) -> Tensor {
+        let (_, t) = self.tokens.size2().expect("tokens are [batch, time]");
+        let pos = Tensor::arange(t, (Kind::Int64, self.tokens.device())).unsqueeze(0);
+        let start = (-&self.lengths + t).unsqueeze(1);
+        pos.ge_tensor(&start)
+    }
+}
+
+/// Model configuration, saved in every model directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ModelConfig {
+    Gru(GruConfig),
+    Transformer(TransformerConfig),
+    /// A pretrained encoder (Hugging Face BERT layout) with a linear head.
+    Pretrained(PretrainedConfig),
+}
+
+/// A pretrained BERT-family encoder and its classification head. The encoder's `config.json` is
+/// copied in, so a model directory rebuilds the network without the original download.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PretrainedConfig {
+    /// Short name for tables and run directories (`minilm`).
+    pub name: String,
+    /// Where the pretrained weights were read from (recorded for provenance; a trained model
+    /// directory does not need it).
+    pub source: std::path::PathBuf,
+    pub encoder: BertConfig,
+    pub head: BertClassifierConfig,
+}
+
+impl PretrainedConfig {
+    /// Reads `dir/config.json`; the weights (`dir/model.safetensors`) are loaded when training starts.
+    pub fn from_dir(name: &str, dir: &std::path::Path, head: BertClassifierConfig) -> Result<Self> {
+        let encoder = BertConfig::from_dir(dir)?;
+        if head.max_len < 2 {
+            return Err(OeError::Config(format!(
+                "maximum length {} is below 2 ([CLS] and [SEP] alone need 2)",
+                head.max_len
+            )));
+        }
+        if head.max_len as i64 > encoder.max_position_embeddings {
+            return Err(OeError::Config(format!(
+                "maximum length {} exceeds the encoder's {} positions ({})",
+                head.max_len,
+                encoder.max_position_embeddings,
+                dir.display()
+            )));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            source: dir.to_path_buf(),
+            encoder,
+            head,
+        })
+    }
+}
+
+impl ModelConfig {
+    /// Short name for tables and run directories.
+    pub fn name(&self) -> &str {
+        match self {
+            ModelConfig::Gru(_) => "gru",
+            ModelConfig::Transformer(_) => "transformer",
+            ModelConfig::Pretrained(p) => &p.name,
+        }
+    }
+
+    /// Builds the model's variables under `path` (randomly initialised; a pretrained encoder's weights
+    /// are loaded by [`TextModel::load_pretrained`]). `vocab_size` must match a pretrained encoder's.
+    pub fn build(&self, path: &nn::Path, vocab_size: i64, n_classes: i64) -> Result<TextModel> {
+        if vocab_size < 2 || n_classes < 2 {
+            return Err(OeError::Config(format!(
+                "a classifier needs a vocabulary with at least 2 entries and at least 2 classes (got {vocab_size}, {n_classes})"
+            )));
+        }
+        Ok(match self {
+            ModelConfig::Gru(c) => {
+                TextModel::Gru(GruClassifier::new(path, c, vocab_size, n_classes))
+            }
+            ModelConfig::Transformer(c) => {
+                TextModel::Transformer(TransformerClassifier::new(path, c, vocab_size, n_classes)?)
+            }
+            ModelConfig::Pretrained(c) => {
+                if vocab_size != c.encoder.vocab_size {
+                    return Err(OeError::Config(format!(
+                        "the tokenizer has {vocab_size} entries but the encoder's config.json says {}",
+                        c.encoder.vocab_size
+                    )));
+                }
+                c.encoder.validate()?;
+                TextModel::Pretrained(BertClassifier::new(path, &c.encoder, &c.head, n_classes))
+            }
+        })
+    }
+
+    /// The truncation every input gets at scoring time (`None` = unlimited).
+    pub fn max_len(&self) -> Option<usize> {
+        match self {
+            ModelConfig::Gru(_) => None,
+            ModelConfig::Transformer(c) => Some(c.max_len),
+            ModelConfig::Pretrained(c) => Some(c.head.max_len),
+        }
+    }
+
+    /// Whether inputs are subword ids from a pretrained tokenizer (`tokenizer.json`) rather than the
+    /// word vocabulary built from the training text.
+    pub fn uses_pretrained_tokenizer(&self) -> bool {
+        matches!(self, ModelConfig::Pretrained(_))
+    }
+}
+
+/// A built text classifier.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per process; boxing buys nothing
+pub enum TextModel {
+    Gru(GruClassifier),
+    Transformer(TransformerClassifier),
+    Pretrained(BertClassifier),
+}
+
+impl TextModel {
+    /// Logits `[batch, classes]` for a left-padded batch.
+    pub fn logits(&self, batch: &TokenBatch, train: bool) -> Tensor {
+        self.features_and_logits(batch, train).1
+    }
+
+    /// Penultimate features `[batch, dim]` and logits `[batch, classes]`.
+    pub fn features_and_logits(&self, batch: &TokenBatch, train: bool) -> (Tensor, Tensor) {
+        match self {
+            TextModel::Gru(m) => m.features_and_logits(batch, train),
+            TextModel::Transformer(m) => m.features_and_logits(batch, train),
+            TextModel::Pretrained(m) => {
+                // Left-padded ids → right-padded with BERT's pad id and an attention mask.
+                let pad = m.bert.config().pad_token_id;
+                m.features_and_logits(&bert::BertBatch::from_left_padded(batch, pad), train)
+            }
+        }
+    }
+
+    /// Copies a pretrained encoder's weights (`dir/model.safetensors`) into the model; the head stays
+    /// as initialised. Other models have nothing to load and return an error.
+    pub fn load_pretrained(&self, dir: &std::path::Path) -> Result<()> {
+        match self {
+            TextModel::Pretrained(m) => m.bert.load_safetensors(&dir.join("model.safetensors")),
+            _ => Err(OeError::Config(
+                "only a pretrained encoder loads pretrained weights".into(),
+            )),
+        }
+    }
+
+    /// Penultimate features `[batch, dim]`.
+    pub fn features(&self, batch: &TokenBatch) -> Tensor {
+        self.features_and_logits(batch, false).0
+    }
+}
+
+/// and then from the working directory.
+pub fn default_minilm_dir() -> crate::error::Result<std::path::PathBuf> {
+    const NAME: &str = "all-MiniLM-L6-v2";
+    let mut tried = Vec::new();
+    if let Some(d) = std::env::var_os("OE_MODELS_DIR") {
+        tried.push(std::path::PathBuf::from(d).join(NAME));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        tried.extend(
+            exe.ancestors()
+                .skip(1)
+                .map(|a| a.join(".models").join(NAME)),
+        );
+    }
+    tried.push(std::path::PathBuf::from(".models").join(NAME));
+    tried
+        .iter()
+        .find(|d| d.join("config.json").is_file() && d.join("model.safetensors").is_file())
+        .cloned()
+        .ok_or_else(|| {
+            crate::error::OeError::Config(format!(
+                "pretrained {NAME} not found (run .ci/setup, which installs it into .models/, set \
+                 OE_MODELS_DIR, or pass --pretrained DIR); looked in: {}",
+                tried
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}

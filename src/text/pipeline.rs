@@ -1,0 +1,770 @@
+//! The text wing's commands: `run_train` (data → vocabulary → baseline → OE → evaluation, each
+//! model in a self-contained directory, [`crate::text::model_dir`]), `run_eval` (a model directory
+//! or released weights against the OOD sets) and `run_score` (streaming batch scoring,
+//! [`crate::text::score`]).
+
+use crate::error::{OeError, Result};
+use crate::eval::{EvalConfig, EvalReport};
+use crate::rundir::{self, already_trained, interrupted_state, write_json, RunHeader};
+use crate::text::data::{self, TextOptions};
+use crate::text::model_dir::{default_fix_len, encode_labelled, LoadedModel, RunConfig};
+use crate::text::models::ModelConfig;
+use crate::text::protocol::{self, encode_all, OodInput};
+use crate::text::score;
+use crate::text::tokenize::TextEncoder;
+use crate::text::train::{self as ttrain, EncodedSet, TrainConfig};
+use crate::train::{self, CheckpointState, Method, MethodLabel, Observer};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device};
+
+/// A full training request (`oe-text train`).
+#[derive(Clone, Debug)]
+pub struct TrainRequest {
+    pub in_dataset: String,
+    /// `None`: baseline only.
+    pub oe_corpus: Option<String>,
+    pub oe_method: Method,
+    pub data_root: PathBuf,
+    pub out_dir: PathBuf,
+    pub text: TextOptions,
+    /// Vocabulary size: most frequent training words (word vocabulary) or the subword vocabulary's
+    /// size (`tokenizer`).
+    pub vocab_max_size: usize,
+    /// Train a subword vocabulary by this definition instead of the word vocabulary (models
+    /// trained from scratch; `vocab_size` is replaced by `vocab_max_size`).
+    pub tokenizer: Option<crate::text::tokenize::hf::SubwordConfig>,
+    pub model: ModelConfig,
+    pub baseline: TrainConfig,
+    pub oe: TrainConfig,
+    pub eval: EvalConfig,
+    /// OOD sets to evaluate on (`None`: every set present under the data root).
+    pub ood_sets: Option<Vec<String>>,
+    pub resume: bool,
+    pub device: Device,
+    /// Hold this fraction of the training split out for validation (threshold calibration);
+    /// `None`: train on all of it (the paper).
+    pub holdout: Option<f64>,
+    /// After training, store the threshold keeping this fraction of the validation texts (the
+    /// hold-out, else the dev split) in each model directory; `None`: no calibration.
+    pub calibrate_tpr: Option<f64>,
+    /// Name of the OE model's directory under `out_dir` (`None`: `oe`), so runs with different OE
+    /// losses can share one baseline.
+    pub oe_dir: Option<String>,
+    /// Evaluate the trained models (`oe-text compare` evaluates them itself, with every detector).
+    pub evaluate: bool,
+}
+
+/// What a training run produced.
+pub struct TrainOutcome {
+    pub dirs: Vec<(String, PathBuf)>,
+    pub reports: Vec<(String, EvalReport)>,
+    pub table: String,
+    pub timings: Vec<PhaseTiming>,
+}
+
+/// Wall-clock time of one pipeline phase (written to `timings.json` in the run directory).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    pub phase: String,
+    pub seconds: f64,
+    /// Examples processed (training: in-distribution examples × epochs; evaluation: texts scored).
+    pub examples: usize,
+    pub examples_per_second: f64,
+}
+
+fn timing(phase: &str, t0: std::time::Instant, examples: usize) -> PhaseTiming {
+    let seconds = t0.elapsed().as_secs_f64();
+    PhaseTiming {
+        phase: phase.to_string(),
+        seconds,
+        examples,
+        examples_per_second: examples as f64 / seconds.max(1e-9),
+    }
+}
+
+/// Trains (or resumes) one model directory. Returns when `model.safetensors` exists.
+#[allow(clippy::too_many_arguments)]
+fn train_model_dir(
+    dir: &Path,
+    phase: &str,
+    cfg: &RunConfig,
+    vocab: &TextEncoder,
+    train_set: &EncodedSet,
+    oe_ids: Option<&[Vec<i64>]>,
+    init_weights: Option<&Path>,
+    resume: bool,
+    device: Device,
+    obs: &mut dyn Observer,
+) -> Result<()> {
+    if already_trained(dir, phase, resume, obs)? {
+        return Ok(());
+    }
+    let ckpt_w = dir.join(rundir::CHECKPOINT_WEIGHTS);
+    let ckpt_j = dir.join(rundir::CHECKPOINT_STATE);
+    train::seed_everything(cfg.train.seed);
+    let mut vs = nn::VarStore::new(device);
+    let model = cfg
+        .model
+        .build(&vs.root(), vocab.len() as i64, cfg.labels.len() as i64)?;
+    let mut opt_state = None;
+    let state = match interrupted_state(dir, resume)? {
+        Some(state) => {
+            train::load_weights(&mut vs, &ckpt_w)?;
+            let tensors = train::read_tensors(&ckpt_w)?;
+            if let Some(e) = tensors.get(train::CHECKPOINT_EPOCHS) {
+                let e = e.int64_value(&[0]);
+                if e != state.epochs_done as i64 {
+                    return Err(OeError::Data(format!(
+                        "{} is from epoch {e} but {} says {}: the run was interrupted while \
+                         saving; delete both to restart this phase",
+                        ckpt_w.display(),
+                        ckpt_j.display(),
+                        state.epochs_done
+                    )));
+                }
+            }
+            obs.status(&format!(
+                "{phase}: resuming after epoch {} of {} (weights and Adam state from {})",
+                state.epochs_done,
+                cfg.train.epochs,
+                ckpt_w.display()
+            ));
+            opt_state = Some(tensors);
+            state
+        }
+        None => {
+            if let Some(w) = init_weights {
+                train::load_weights(&mut vs, w)?;
+            } else if let ModelConfig::Pretrained(p) = &cfg.model {
+                obs.status(&format!(
+                    "{phase}: encoder weights from {}",
+                    p.source.display()
+                ));
+                model.load_pretrained(&p.source)?;
+            }
+            CheckpointState::default()
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
+    write_json(&dir.join(rundir::RUN_FILE), cfg)?;
+    vocab.save_dir(dir)?;
+    let method = cfg.header.method;
+    let mut save = |s: &CheckpointState, opt: &crate::train::optim::Adam| -> Result<()> {
+        train::save_checkpoint(&vs, opt.state_tensors(), s.epochs_done, &ckpt_w)?;
+        write_json(&ckpt_j, s)
+    };
+    let state = ttrain::train_phase(
+        phase,
+        method,
+        &model,
+        &vs,
+        train_set,
+        oe_ids,
+        &cfg.train,
+        state,
+        opt_state.as_ref(),
+        obs,
+        &mut save,
+    )?;
+    rundir::finish_phase(dir, &state, |p| train::save_weights(&vs, p), &[])
+}
+
+/// Loads the OOD sets named (or all present) with the paper's preprocessing.
+pub fn load_ood_inputs(
+    names: Option<&[String]>,
+    root: &Path,
+    text: &TextOptions,
+) -> Result<Vec<OodInput>> {
+    let names: Vec<String> = match names {
+        Some(n) => n.to_vec(),
+        None => data::available_ood_sets(root),
+    };
+    if names.is_empty() {
+        return Err(OeError::Data(format!(
+            "no OOD sets found under {} (known: {}); pass --data-dir or --ood FILE",
+            root.display(),
+            data::OOD_NAMES.join(", ")
+        )));
+    }
+    let ood_text = TextOptions {
+        lowercase: text.lowercase.map(|_| true).or(Some(true)),
+        max_tokens: None,
+    };
+    names
+        .iter()
+        .map(|n| {
+            let s = data::load_ood(n, root, &ood_text)?;
+            Ok(OodInput {
+                name: s.name,
+                texts: s.texts,
+                premises: s.premises,
+            })
+        })
+        .collect()
+}
+
+/// Evaluates a loaded model on its in-distribution test set and the given OOD inputs, and writes
+/// the results into its directory.
+pub fn evaluate_model(
+    m: &LoadedModel,
+    test: &data::Labelled,
+    ood: &[OodInput],
+    cfg: &EvalConfig,
+    method: MethodLabel,
+) -> Result<(EvalReport, PathBuf)> {
+    let enc = encode_labelled(&m.vocab, &m.labels, test, m.config.in_fix_len)?;
+    let vocab = &m.vocab;
+    let report = protocol::evaluate(
+        &m.scorer(),
+        &enc.ids,
+        &enc.labels,
+        ood,
+        |t| vocab.encode(t),
+        cfg,
+    )?;
+    let meta = crate::results::RunMeta {
+        in_dataset: m.config.header.in_dataset.clone(),
+        method,
+        model: m.config.model.name().to_string(),
+        seed: m.config.train.seed,
+        model_dir: m.dir.display().to_string(),
+        paper: crate::paper::Table::Table8,
+    };
+    let out = crate::results::write_eval(&m.dir, &report, None, &meta)?;
+    Ok((report, out))
+}
+
+/// Stores the deployment threshold of a freshly trained model (`calibration-<score>.*`) from the
+/// held-out validation texts, else the dev split; says so when there is neither.
+fn calibrate_after_training(
+    m: &LoadedModel,
+    heldout: Option<&data::Labelled>,
+    dev: Option<&data::Labelled>,
+    score: crate::detect::score::Score,
+    tpr: f64,
+) -> Result<String> {
+    use crate::text::calibrate::{calibrate, Validation};
+    let val = match (heldout, dev, &m.config.holdout) {
+        (Some(h), _, Some(rec)) => Validation {
+            texts: h.texts.clone(),
+            split: "holdout".into(),
+            note: format!(
+                "{} of {} training examples held out from training (fraction {}, seed {})",
+                rec.n_heldout, rec.n_train_total, rec.fraction, rec.seed
+            ),
+        },
+        (_, Some(d), _) => Validation {
+            texts: d.texts.clone(),
+            split: "dev".into(),
+            note: format!(
+                "{} dev split, not used in training",
+                m.config.header.in_dataset
+            ),
+        },
+        _ => {
+            return Ok(format!(
+                "{}: no threshold stored (no dev split and no --holdout)",
+                m.dir.display()
+            ))
+        }
+    };
+    let c = calibrate(m, &val, score, tpr)?;
+    Ok(format!(
+        "{}: threshold {} ({score}) keeps {:.1}% of {} {} texts",
+        m.dir.display(),
+        c.threshold,
+        c.kept_fraction * 100.0,
+        c.n_validation,
+        c.split
+    ))
+}
+
+/// `oe-text train`: baseline, then OE (fine-tune or from scratch), then evaluation of both.
+pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutcome> {
+    obs.status(&format!(
+        "loading {} from {}",
+        req.in_dataset,
+        req.data_root.display()
+    ));
+    let mut timings = Vec::new();
+    let t_data = std::time::Instant::now();
+    let ind = data::load_in_distribution(&req.in_dataset, &req.data_root, &req.text)?;
+    let (ind, heldout, holdout) = match req.holdout {
+        Some(f) => {
+            let (ind, val, h) = crate::text::calibrate::hold_out(ind, f, req.baseline.seed)?;
+            (ind, Some(val), Some(h))
+        }
+        None => (ind, None, None),
+    };
+    let subword = req
+        .tokenizer
+        .as_ref()
+        .map(|t| crate::text::tokenize::hf::SubwordConfig {
+            vocab_size: req.vocab_max_size,
+            ..t.clone()
+        });
+    let vocab = match (&req.model, &subword) {
+        (ModelConfig::Pretrained(p), None) => TextEncoder::subword_from_file(
+            &p.source.join(crate::text::tokenize::encoder::TOKENIZER_FILE),
+            Some(p.head.max_len),
+        )?,
+        (ModelConfig::Pretrained(_), Some(_)) => {
+            return Err(OeError::Config(
+                "a pretrained model uses its own tokenizer; --tokenizer is for models trained from scratch".into(),
+            ))
+        }
+        (m, Some(cfg)) => {
+            obs.status(&format!(
+                "training a {:?} vocabulary of {} on {} texts",
+                cfg.kind,
+                cfg.vocab_size,
+                ind.train.len()
+            ));
+            TextEncoder::train_subword(ind.train.texts.iter().map(String::as_str), cfg, m.max_len())?
+        }
+        (_, None) => TextEncoder::Word(ind.build_vocab(req.vocab_max_size)),
+    };
+    let labels = ind.label_vocab();
+    let fix_len = default_fix_len(&req.in_dataset, &req.text);
+    let train_set = encode_labelled(&vocab, &labels, &ind.train, fix_len)?;
+    obs.status(&format!(
+        "{}: {} train / {} test examples, {} classes, vocabulary {}",
+        req.in_dataset,
+        ind.train.len(),
+        ind.test.len(),
+        labels.len(),
+        vocab.len()
+    ));
+    let oe_ids = match &req.oe_corpus {
+        Some(c) => {
+            let sents = data::load_oe_corpus(c, &req.data_root)?;
+            obs.status(&format!("OE corpus {c}: {} sentences", sents.len()));
+            Some(encode_all(&sents, |t| vocab.encode(t)))
+        }
+        None => None,
+    };
+    let n_prepared = ind.train.len() + ind.test.len() + oe_ids.as_ref().map_or(0, |o| o.len());
+    timings.push(timing("data preparation", t_data, n_prepared));
+    let base_cfg = RunConfig {
+        header: RunHeader {
+            tool: RunHeader::tool(),
+            in_dataset: req.in_dataset.clone(),
+            method: Method::Baseline,
+            init_from: None,
+            train_examples: ind.train.len(),
+            data_root: req.data_root.clone(),
+        },
+        text: req.text.clone(),
+        in_fix_len: fix_len,
+        vocab_max_size: req.vocab_max_size,
+        vocab_size: vocab.len(),
+        vocab_sha256: vocab.sha256(),
+        labels: labels.names().to_vec(),
+        model: req.model.clone(),
+        oe_corpus: None,
+        oe_examples: None,
+        train: req.baseline.clone(),
+        holdout: holdout.clone(),
+        tokenizer: subword.clone(),
+    };
+    let mut dirs = Vec::new();
+    let base_dir = req.out_dir.join("baseline");
+    let oe_dir_name = req.oe_dir.as_deref().unwrap_or("oe");
+    let need_baseline = req.oe_corpus.is_none() || req.oe_method == Method::OeFinetune;
+    if need_baseline {
+        let t0 = std::time::Instant::now();
+        train_model_dir(
+            &base_dir, "baseline", &base_cfg, &vocab, &train_set, None, None, req.resume,
+            req.device, obs,
+        )?;
+        dirs.push(("baseline".to_string(), base_dir.clone()));
+        timings.push(timing(
+            "baseline training",
+            t0,
+            ind.train.len() * req.baseline.epochs,
+        ));
+    }
+    if let (Some(corpus), Some(oe_ids)) = (&req.oe_corpus, &oe_ids) {
+        let oe_dir = req.out_dir.join(oe_dir_name);
+        let oe_cfg = RunConfig {
+            header: RunHeader {
+                method: req.oe_method,
+                init_from: (req.oe_method == Method::OeFinetune).then(|| "../baseline".to_string()),
+                ..base_cfg.header.clone()
+            },
+            oe_corpus: Some(corpus.clone()),
+            oe_examples: Some(oe_ids.len()),
+            train: req.oe.clone(),
+            ..base_cfg.clone()
+        };
+        let init =
+            (req.oe_method == Method::OeFinetune).then(|| base_dir.join("model.safetensors"));
+        let t0 = std::time::Instant::now();
+        train_model_dir(
+            &oe_dir,
+            req.oe_method.name(),
+            &oe_cfg,
+            &vocab,
+            &train_set,
+            Some(oe_ids),
+            init.as_deref(),
+            req.resume,
+            req.device,
+            obs,
+        )?;
+        dirs.push((oe_dir_name.to_string(), oe_dir));
+        timings.push(timing(
+            req.oe_method.name(),
+            t0,
+            ind.train.len() * req.oe.epochs,
+        ));
+    }
+    // One timings file per OE variant, so runs sharing a baseline do not overwrite each other's.
+    let timings_file = match &req.oe_dir {
+        Some(d) => format!("timings-{d}.json"),
+        None => "timings.json".to_string(),
+    };
+    let mut reports = Vec::new();
+    if !req.evaluate {
+        write_json(&req.out_dir.join(&timings_file), &timings)?;
+        return Ok(TrainOutcome {
+            dirs,
+            reports,
+            table: String::new(),
+            timings,
+        });
+    }
+    obs.status("evaluating");
+    let t_eval = std::time::Instant::now();
+    let ood = load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text)?;
+    for (name, dir) in &dirs {
+        let mut m = LoadedModel::load(dir, req.device)?;
+        if m.detectors.is_none() {
+            // Fitted now so that later evaluations and scoring can use them; a training set too
+            // small for them (k-NN needs k examples) only matters when this evaluation uses one.
+            if let Err(e) = m.fit_detectors(&ind.train) {
+                if matches!(req.eval.detector, crate::detect::Detector::Feature(_)) {
+                    return Err(e);
+                }
+                obs.status(&format!("{name}: feature detectors not fitted: {e}"));
+            }
+        }
+        let (r, out) = evaluate_model(&m, &ind.test, &ood, &req.eval, m.config.method_label())?;
+        obs.status(&format!("{name}: results in {}", out.display()));
+        reports.push((name.clone(), r));
+        if let Some(tpr) = req.calibrate_tpr {
+            obs.status(&calibrate_after_training(
+                &m,
+                heldout.as_ref(),
+                ind.dev.as_ref(),
+                req.eval
+                    .detector
+                    .logit()
+                    .unwrap_or(crate::detect::Score::Msp),
+                tpr,
+            )?);
+        }
+    }
+    let scored: usize = reports
+        .iter()
+        .map(|(_, r)| {
+            r.n_in
+                + r.sets
+                    .iter()
+                    .map(|s| s.n_ood * s.draws.len())
+                    .sum::<usize>()
+        })
+        .sum();
+    timings.push(timing("evaluation", t_eval, scored));
+    for t in &timings {
+        obs.status(&format!(
+            "time: {:<20} {:8.1} s  {:10.0} examples/s",
+            t.phase, t.seconds, t.examples_per_second
+        ));
+    }
+    write_json(&req.out_dir.join(&timings_file), &timings)?;
+    let refs: Vec<(&str, &EvalReport)> = reports.iter().map(|(n, r)| (n.as_str(), r)).collect();
+    let table = crate::results::comparison_table(&req.in_dataset, &refs);
+    Ok(TrainOutcome {
+        dirs,
+        reports,
+        table,
+        timings,
+    })
+}
+
+/// What `oe-text eval` evaluates.
+#[derive(Clone, Debug)]
+pub enum EvalSource {
+    /// A model directory written by `oe-text train`.
+    ModelDir(PathBuf),
+    /// Released GRU weights (PyTorch names) for `in_dataset`, turned into a model directory at
+    /// `out_dir` with the vocabulary rebuilt from the training text.
+    Weights {
+        file: PathBuf,
+        in_dataset: String,
+        method: MethodLabel,
+        out_dir: PathBuf,
+    },
+}
+
+/// A validated `oe-text eval` request.
+#[derive(Clone, Debug)]
+pub struct EvalRequest {
+    pub source: EvalSource,
+    /// The label in tables and results (default: the model directory's own, from `run.json`).
+    pub method: Option<MethodLabel>,
+    pub data_root: PathBuf,
+    /// Casing and truncation for rebuilding the vocabulary of released weights.
+    pub text: TextOptions,
+    pub eval: EvalConfig,
+    /// OOD sets (`None`: every set present under the data root).
+    pub ood_sets: Option<Vec<String>>,
+    pub device: Device,
+}
+
+/// What an evaluation produced.
+pub struct EvalOutcome {
+    pub report: EvalReport,
+    /// The terminal table (ours beside the paper's Table 8).
+    pub table: String,
+    /// The evaluation directory written under the model directory.
+    pub results_dir: PathBuf,
+}
+
+/// `oe-text eval`: loads (or imports) the model, fits feature detectors when the evaluation uses
+/// one and none are stored, evaluates on the in-distribution test set and the OOD sets, and writes
+/// the results into the model directory.
+pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome> {
+    let needs_detectors = matches!(req.eval.detector, crate::detect::Detector::Feature(_));
+    let (mut m, ind) = match &req.source {
+        EvalSource::ModelDir(dir) => {
+            let m = LoadedModel::load(dir, req.device)?;
+            obs.status(&format!(
+                "loading {} from {}",
+                m.config.header.in_dataset,
+                req.data_root.display()
+            ));
+            let ind = data::load_in_distribution(
+                &m.config.header.in_dataset,
+                &req.data_root,
+                &m.config.text,
+            )?;
+            (m, ind)
+        }
+        EvalSource::Weights {
+            file,
+            in_dataset,
+            method,
+            out_dir,
+        } => import_weights(
+            file,
+            in_dataset,
+            &req.data_root,
+            &req.text,
+            *method,
+            out_dir,
+            req.device,
+        )?,
+    };
+    if needs_detectors && m.detectors.is_none() {
+        obs.status(&format!("{}: fitting feature detectors", m.dir.display()));
+        m.fit_detectors(&ind.train)?;
+    }
+    let method = req.method.unwrap_or_else(|| m.config.method_label());
+    let ood = load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &m.config.text)?;
+    let (report, results_dir) = evaluate_model(&m, &ind.test, &ood, &req.eval, method)?;
+    let table =
+        crate::results::comparison_table(&m.config.header.in_dataset, &[(method.name(), &report)]);
+    Ok(EvalOutcome {
+        report,
+        table,
+        results_dir,
+    })
+}
+
+/// Builds a GRU from released `.safetensors` weights with the vocabulary rebuilt from the training
+/// text (the paper's released checkpoints), as a model directory under `out_dir`.
+pub fn import_weights(
+    weights: &Path,
+    in_dataset: &str,
+    data_root: &Path,
+    text: &TextOptions,
+    method: MethodLabel,
+    out_dir: &Path,
+    device: Device,
+) -> Result<(LoadedModel, data::InDistribution)> {
+    let (method, oe_corpus, train) = match method {
+        MethodLabel::Baseline => (Method::Baseline, None, TrainConfig::default()),
+        MethodLabel::Oe => (
+            Method::OeFinetune,
+            Some("wikitext2".to_string()),
+            TrainConfig::default(),
+        ),
+        other => return Err(OeError::Config(format!(
+            "released weights are `baseline` or `oe` (the paper's OE fine-tuning); got `{other}`"
+        ))),
+    };
+    let ind = data::load_in_distribution(in_dataset, data_root, text)?;
+    let vocab = ind.build_vocab(10_000);
+    let labels = ind.label_vocab();
+    let model = ModelConfig::Gru(Default::default());
+    let cfg = RunConfig {
+        header: RunHeader {
+            tool: RunHeader::tool(),
+            in_dataset: in_dataset.to_string(),
+            method,
+            init_from: Some(weights.display().to_string()),
+            train_examples: ind.train.len(),
+            data_root: data_root.to_path_buf(),
+        },
+        text: text.clone(),
+        in_fix_len: default_fix_len(in_dataset, text),
+        vocab_max_size: 10_000,
+        vocab_size: vocab.len(),
+        vocab_sha256: vocab.sha256(),
+        labels: labels.names().to_vec(),
+        model,
+        oe_corpus,
+        oe_examples: None,
+        train,
+        holdout: None,
+        tokenizer: None,
+    };
+    // Check the weights' shapes against the rebuilt vocabulary before copying anything.
+    let tensors = tch::Tensor::read_safetensors(weights)
+        .map_err(|e| OeError::Data(format!("{}: cannot read weights: {e}", weights.display())))?;
+    for (name, t) in &tensors {
+        if name == "embedding.weight" && t.size()[0] != vocab.len() as i64 {
+            return Err(OeError::Data(format!(
+                "{}: embedding has {} rows but the vocabulary rebuilt from {in_dataset} has {} entries",
+                weights.display(),
+                t.size()[0],
+                vocab.len()
+            )));
+        }
+        if name == "linear.weight" && t.size()[0] != labels.len() as i64 {
+            return Err(OeError::Data(format!(
+                "{}: {} classes but {in_dataset} has {}",
+                weights.display(),
+                t.size()[0],
+                labels.len()
+            )));
+        }
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| OeError::io(out_dir, e))?;
+    write_json(&out_dir.join(rundir::RUN_FILE), &cfg)?;
+    TextEncoder::Word(vocab).save_dir(out_dir)?;
+    let bytes = std::fs::read(weights).map_err(|e| OeError::io(weights, e))?;
+    crate::io::write_atomic(&out_dir.join("model.safetensors"), &bytes)?;
+    let m = LoadedModel::load(out_dir, device)?;
+    Ok((m, ind))
+}
+
+/// `--threshold`: flag texts with score > threshold as OOD.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    /// The threshold stored by `oe-text calibrate` (or training) for the score.
+    Auto,
+    Value(f64),
+}
+
+/// A validated `oe-text score` request.
+#[derive(Clone, Debug)]
+pub struct ScoreRequest {
+    pub model_dir: std::path::PathBuf,
+    /// Files, directories or `-` (standard input); empty: standard input.
+    pub inputs: Vec<std::path::PathBuf>,
+    pub input: crate::text::score::input::InputOptions,
+    pub score: crate::detect::Score,
+    pub threshold: Option<Threshold>,
+    /// `None`: standard output.
+    pub output: Option<std::path::PathBuf>,
+    pub format: crate::text::score::output::OutputFormat,
+    pub batch_size: usize,
+    pub max_pending: usize,
+    /// `--threads 0`: on the CPU, give libtorch [`default_score_threads`].
+    pub default_threads: bool,
+    pub device: tch::Device,
+}
+
+/// What `oe-text score` did.
+pub struct ScoreOutcome {
+    pub summary: crate::text::score::ScoreSummary,
+    /// Where a stored threshold came from (`--threshold auto`).
+    pub threshold_note: Option<String>,
+    /// The output file, when not standard output.
+    pub output: Option<std::path::PathBuf>,
+}
+
+/// Resolves `--threshold` for a model and score.
+pub fn resolve_threshold(
+    m: &LoadedModel,
+    score: &crate::detect::Score,
+    t: Option<Threshold>,
+) -> Result<Option<(f64, Option<crate::text::calibrate::Calibration>)>> {
+    Ok(match t {
+        None => None,
+        Some(Threshold::Value(v)) => Some((v, None)),
+        Some(Threshold::Auto) => {
+            let c = crate::text::calibrate::load(&m.dir, score)?;
+            Some((c.threshold, Some(c)))
+        }
+    })
+}
+
+/// libtorch intra-op threads for scoring on the CPU when `--threads` is 0: half the cores (at least
+/// one), leaving the rest to the reader and the tokeniser. On 2 cores, libtorch's default (2 threads
+/// competing with the reader) measured 12x slower than 1 thread.
+pub fn default_score_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// `oe-text score`: loads the model directory and streams the inputs through it, in input order.
+pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
+    let m = LoadedModel::load(&req.model_dir, req.device)?;
+    if req.default_threads && m.vs.device() == tch::Device::Cpu {
+        tch::set_num_threads(default_score_threads() as i32);
+    }
+    let inputs = if req.inputs.is_empty() {
+        vec![std::path::PathBuf::from(score::input::STDIN)]
+    } else {
+        score::input::expand_inputs(&req.inputs)?
+    };
+    if inputs
+        .iter()
+        .filter(|p| p.as_os_str() == score::input::STDIN)
+        .count()
+        > 1
+    {
+        return Err(OeError::Config("standard input (`-`) given twice".into()));
+    }
+    let threshold = resolve_threshold(&m, &req.score, req.threshold)?;
+    let threshold_note = match &threshold {
+        Some((t, Some(c))) => Some(format!(
+            "threshold {t} for {} from {} ({} validation texts, {:.1}% kept; {})",
+            c.score,
+            crate::text::calibrate::paths(&m.dir, &c.score).0.display(),
+            c.n_validation,
+            c.kept_fraction * 100.0,
+            c.split
+        )),
+        _ => None,
+    };
+    let opts = score::ScoreOptions {
+        score: req.score,
+        threshold: threshold.map(|t| t.0),
+        max_batch_rows: req.batch_size,
+        max_pending: req.max_pending,
+        ..Default::default()
+    };
+    let mut writer =
+        score::output::open_writer(req.output.as_deref(), req.format, opts.threshold.is_some())?;
+    let summary = score::score_stream(&m, &inputs, &req.input, &opts, writer.as_mut())?;
+    Ok(ScoreOutcome {
+        summary,
+        threshold_note,
+        output: req.output.clone(),
+    })
+}

@@ -1,0 +1,501 @@
+//! Batch scoring of text with a trained model directory (`oe-text score`), and deployment thresholds
+//! (`oe-text calibrate`, [`calibrate`]).
+//!
+//! The scorer streams: a reader thread reads records ([`input`]) and tokenises them in parallel
+//! (rayon) in chunks, and hands them over a bounded channel to the inference loop, so reading
+//! overlaps inference and memory stays bounded whatever the input size. The inference loop
+//! ([`Engine`]) groups texts by exact token length (no padding between texts) and runs each length
+//! in batches of a fixed number of rows for that length (partial batches are filled with copies),
+//! so every batch of a given length has the same shape: **a text's score does not depend on which
+//! other texts share its batch**, bit for bit. Results are written in input order through a reorder
+//! buffer of at most [`ScoreOptions::max_pending`] texts: when it is full, the batch holding the
+//! oldest text is run early.
+//!
+//! Text preprocessing is the model's in-distribution preprocessing: lower-casing as the training
+//! data (SST cased, everything else lower-cased, or `run.json`'s `text.lowercase`), whitespace
+//! tokens looked up in the model's vocabulary, and a cut to the model's maximum number of tokens
+//! (20NG's fixed length 100, a transformer's `max_len`, `text.max_tokens`), counted.
+
+pub mod input;
+pub mod output;
+pub mod parquet;
+
+use crate::detect::score::Score;
+use crate::error::{OeError, Result};
+use crate::text::data::text::lower;
+use crate::text::model_dir::{LoadedModel, RunConfig};
+use crate::text::models::TextModel;
+use crate::text::tokenize::TextEncoder;
+use input::{Counts, InputOptions, OnLong, Record, RecordSink};
+use output::{OutRow, RowWriter};
+use rayon::prelude::*;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Scoring settings (besides input and output).
+#[derive(Clone, Debug)]
+pub struct ScoreOptions {
+    pub score: Score,
+    /// Flag texts with `score > threshold` as OOD.
+    pub threshold: Option<f64>,
+    /// Rows of a batch of short texts.
+    pub max_batch_rows: usize,
+    /// Token budget of a batch: a length-L batch has `clamp(budget / L, 8, max_batch_rows)` rows.
+    pub batch_tokens: usize,
+    /// Largest reorder buffer (texts read but not yet written).
+    pub max_pending: usize,
+    /// Texts per chunk handed from the reader thread to the inference loop.
+    pub chunk: usize,
+}
+
+impl Default for ScoreOptions {
+    fn default() -> Self {
+        Self {
+            score: Score::Msp,
+            threshold: None,
+            max_batch_rows: 256,
+            batch_tokens: 8192,
+            max_pending: 65_536,
+            chunk: 2048,
+        }
+    }
+}
+
+/// How texts become token ids for a model: its in-distribution preprocessing.
+#[derive(Clone, Debug)]
+pub struct Preprocess {
+    pub lowercase: bool,
+    /// The model's maximum number of tokens (longer texts are cut, counted, or follow `--on-long`).
+    pub max_tokens: Option<usize>,
+    /// Every input padded / cut to exactly this many tokens (20NG: 100).
+    pub fix_len: Option<usize>,
+}
+
+impl Preprocess {
+    pub fn of(cfg: &RunConfig) -> Self {
+        // The data layer's defaults: SST cased, every other dataset lower-cased.
+        let default_lower = !matches!(
+            cfg.header.in_dataset.as_str(),
+            "sst" | "sst-fine" | "sst-phrases" | "sst-fine-phrases"
+        );
+        let max_tokens = [cfg.in_fix_len, cfg.model.max_len(), cfg.text.max_tokens]
+            .into_iter()
+            .flatten()
+            .min();
+        Self {
+            lowercase: cfg.text.lowercase.unwrap_or(default_lower),
+            max_tokens,
+            fix_len: cfg.in_fix_len,
+        }
+    }
+
+    /// Token ids, and whether the text was longer than the model's maximum.
+    pub fn encode(&self, vocab: &TextEncoder, text: &str) -> (Vec<i64>, bool) {
+        let (mut ids, mut long) = if self.lowercase {
+            vocab.encode_checked(&lower(text))
+        } else {
+            vocab.encode_checked(text)
+        };
+        if let Some(m) = self.max_tokens {
+            long |= ids.len() > m;
+            vocab.truncate(&mut ids, m);
+        }
+        (ids, long)
+    }
+}
+
+/// One scored text.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scored {
+    /// Anomaly score (higher = more anomalous), computed in float32.
+    pub score: f32,
+    /// Predicted class index.
+    pub class: u32,
+    /// Its softmax probability.
+    pub prob: f32,
+}
+
+struct Slot {
+    source: u32,
+    line: u64,
+    key: usize,
+    out: Option<Scored>,
+}
+
+/// Length-bucketed, order-preserving batched inference.
+pub struct Engine<'m> {
+    model: &'m TextModel,
+    device: Device,
+    score: Score,
+    fix_len: Option<usize>,
+    max_batch_rows: usize,
+    batch_tokens: usize,
+    max_pending: usize,
+    buckets: HashMap<usize, Vec<(u64, Vec<i64>)>>,
+    ring: VecDeque<Slot>,
+    /// Sequence number of `ring[0]`.
+    base: u64,
+    /// Batches run and rows computed (including filler rows).
+    pub batches: u64,
+    pub rows_computed: u64,
+}
+
+impl<'m> Engine<'m> {
+    pub fn new(m: &'m LoadedModel, opts: &ScoreOptions) -> Self {
+        Self {
+            model: &m.model,
+            device: m.vs.device(),
+            score: opts.score,
+            fix_len: m.config.in_fix_len,
+            max_batch_rows: opts.max_batch_rows.max(1),
+            batch_tokens: opts.batch_tokens.max(1),
+            max_pending: opts.max_pending.max(1),
+            buckets: HashMap::new(),
+            ring: VecDeque::new(),
+            base: 0,
+            batches: 0,
+            rows_computed: 0,
+        }
+    }
+
+    /// Rows of every batch of texts of `key` tokens (a function of the length only).
+    pub fn rows_for(&self, key: usize) -> usize {
+        (self.batch_tokens / key.max(1)).clamp(8.min(self.max_batch_rows), self.max_batch_rows)
+    }
+
+    /// Texts read and not yet handed out.
+    pub fn pending(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Queues one text; runs its length's batch when full, and the oldest text's batch when the
+    /// reorder buffer is full.
+    pub fn push(&mut self, source: u32, line: u64, ids: Vec<i64>) {
+        let key = self.fix_len.unwrap_or(ids.len());
+        let seq = self.base + self.ring.len() as u64;
+        self.ring.push_back(Slot {
+            source,
+            line,
+            key,
+            out: None,
+        });
+        let b = self.buckets.entry(key).or_default();
+        b.push((seq, ids));
+        if b.len() >= self.rows_for(key) {
+            self.run(key);
+        }
+        while self.ring.len() > self.max_pending {
+            match self.ring.front() {
+                Some(s) if s.out.is_none() => {
+                    let k = s.key;
+                    self.run(k);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Runs one batch (at most `rows_for(key)` texts) of the bucket `key`.
+    fn run(&mut self, key: usize) {
+        let rows = self.rows_for(key);
+        let Some(bucket) = self.buckets.get_mut(&key) else {
+            return;
+        };
+        if bucket.is_empty() {
+            return;
+        }
+        let take = bucket.len().min(rows);
+        let items: Vec<(u64, Vec<i64>)> = bucket.drain(..take).collect();
+        let mut seqs: Vec<&[i64]> = items.iter().map(|(_, ids)| ids.as_slice()).collect();
+        // Fill to the fixed shape: a text's result never depends on the batch's other rows.
+        while seqs.len() < rows {
+            seqs.push(seqs[0]);
+        }
+        let out = tch::no_grad(|| {
+            let b = crate::text::models::TokenBatch::left_padded(&seqs, self.fix_len, self.device);
+            let logits = self.model.logits(&b, false).to_kind(Kind::Float);
+            let scores = self.score.compute(&logits);
+            let (prob, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
+            let n = take as i64;
+            let to_cpu = |t: Tensor| t.narrow(0, 0, n).to_device(Device::Cpu).contiguous();
+            (to_cpu(scores), to_cpu(class), to_cpu(prob))
+        });
+        self.batches += 1;
+        self.rows_computed += rows as u64;
+        let scores = Vec::<f32>::try_from(&out.0).expect("float scores");
+        let classes = Vec::<i64>::try_from(&out.1).expect("int64 classes");
+        let probs = Vec::<f32>::try_from(&out.2).expect("float probabilities");
+        for (i, (seq, _)) in items.iter().enumerate() {
+            let slot = &mut self.ring[(seq - self.base) as usize];
+            slot.out = Some(Scored {
+                score: scores[i],
+                class: classes[i] as u32,
+                prob: probs[i],
+            });
+        }
+    }
+
+    /// Runs every queued text (at the end of the input).
+    pub fn flush(&mut self) {
+        let mut keys: Vec<usize> = self.buckets.keys().copied().collect();
+        keys.sort_unstable();
+        for k in keys {
+            while self.buckets.get(&k).is_some_and(|b| !b.is_empty()) {
+                self.run(k);
+            }
+        }
+    }
+
+    /// Hands out finished texts in input order: `(source, line, result)`.
+    pub fn drain(&mut self, mut f: impl FnMut(u32, u64, Scored) -> Result<()>) -> Result<()> {
+        while let Some(Slot { out: Some(_), .. }) = self.ring.front() {
+            let s = self.ring.pop_front().expect("front exists");
+            self.base += 1;
+            f(s.source, s.line, s.out.expect("finished"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Scores in-memory texts through exactly the path `oe-text score` uses (same preprocessing, same
+/// batch shapes, so the same float32 scores). Over-long texts are cut.
+pub fn score_texts(m: &LoadedModel, texts: &[String], opts: &ScoreOptions) -> Result<Vec<Scored>> {
+    let pre = Preprocess::of(&m.config);
+    let mut eng = Engine::new(m, opts);
+    let mut out = Vec::with_capacity(texts.len());
+    let vocab = &m.vocab;
+    for chunk in texts.chunks(opts.chunk.max(1)) {
+        let ids: Vec<Vec<i64>> = chunk.par_iter().map(|t| pre.encode(vocab, t).0).collect();
+        for ids in ids {
+            eng.push(0, 0, ids);
+        }
+        eng.drain(|_, _, s| {
+            out.push(s);
+            Ok(())
+        })?;
+    }
+    eng.flush();
+    eng.drain(|_, _, s| {
+        out.push(s);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A tokenised record on its way to inference.
+struct Encoded {
+    source: u32,
+    line: u64,
+    ids: Vec<i64>,
+}
+
+enum Msg {
+    Chunk(Vec<Encoded>),
+}
+
+/// The reader thread's sink: collects records into chunks, tokenises them in parallel, applies the
+/// token-length policy and sends them on.
+struct ChunkSink<'a> {
+    buf: Vec<Record>,
+    chunk: usize,
+    counts: Counts,
+    tx: mpsc::SyncSender<Msg>,
+    pre: &'a Preprocess,
+    vocab: &'a TextEncoder,
+    on_long: OnLong,
+    sources: &'a [PathBuf],
+}
+
+impl ChunkSink<'_> {
+    fn send(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let recs = std::mem::take(&mut self.buf);
+        let (pre, vocab) = (self.pre, self.vocab);
+        let enc: Vec<(Encoded, bool)> = recs
+            .into_par_iter()
+            .map(|r| {
+                let (ids, long) = pre.encode(vocab, &r.text);
+                (
+                    Encoded {
+                        source: r.source,
+                        line: r.line,
+                        ids,
+                    },
+                    long,
+                )
+            })
+            .collect();
+        let mut out = Vec::with_capacity(enc.len());
+        for (e, long) in enc {
+            if long {
+                match self.on_long {
+                    OnLong::Truncate => self.counts.truncated_tokens += 1,
+                    OnLong::Skip => {
+                        self.counts.skipped_long += 1;
+                        continue;
+                    }
+                    OnLong::Fail => {
+                        return Err(OeError::parse(
+                            &self.sources[e.source as usize],
+                            e.line as usize,
+                            format!(
+                                "longer than the model's maximum of {} tokens (--on-long truncate|skip to go on)",
+                                self.pre.max_tokens.unwrap_or(0)
+                            ),
+                        ))
+                    }
+                }
+            }
+            out.push(e);
+        }
+        self.tx
+            .send(Msg::Chunk(out))
+            .map_err(|_| OeError::Data("scoring stopped".into()))
+    }
+}
+
+impl RecordSink for ChunkSink<'_> {
+    fn record(&mut self, r: Record) -> Result<()> {
+        self.buf.push(r);
+        if self.buf.len() >= self.chunk {
+            self.send()?;
+        }
+        Ok(())
+    }
+    fn counts(&mut self) -> &mut Counts {
+        &mut self.counts
+    }
+}
+
+/// What a scoring run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ScoreSummary {
+    pub counts: Counts,
+    pub sources: usize,
+    pub seconds: f64,
+    pub lines_per_second: f64,
+    pub batches: u64,
+    /// Rows computed, filler rows of partial batches included.
+    pub rows_computed: u64,
+    pub threshold: Option<f64>,
+}
+
+impl ScoreSummary {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{}\n{} sources, {:.1} s, {:.0} lines/s, {} batches ({:.1}% filler rows)",
+            self.counts.summary(),
+            self.sources,
+            self.seconds,
+            self.lines_per_second,
+            self.batches,
+            100.0 * (self.rows_computed.saturating_sub(self.counts.scored)) as f64
+                / self.rows_computed.max(1) as f64
+        );
+        if let Some(t) = self.threshold {
+            s += &format!(
+                "\nflagged OOD (score > {t}): {} of {} ({:.2}%)",
+                self.counts.flagged_ood,
+                self.counts.scored,
+                100.0 * self.counts.flagged_ood as f64 / self.counts.scored.max(1) as f64
+            );
+        }
+        s
+    }
+}
+
+/// Scores every record of `inputs` (already expanded into files, `-` = standard input) and writes one
+/// row per scored record, in input order, to `writer`.
+pub fn score_stream(
+    m: &LoadedModel,
+    inputs: &[PathBuf],
+    in_opts: &InputOptions,
+    opts: &ScoreOptions,
+    writer: &mut dyn RowWriter,
+) -> Result<ScoreSummary> {
+    let t0 = Instant::now();
+    let pre = Preprocess::of(&m.config);
+    let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    let labels = m.labels.names();
+    let mut eng = Engine::new(m, opts);
+    let mut flagged = 0u64;
+    let mut scored = 0u64;
+    let threshold = opts.threshold;
+    let (tx, rx) = mpsc::sync_channel::<Msg>(4);
+    let vocab = &m.vocab;
+    let pre_ref = &pre;
+    let result: Result<Counts> = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> Result<Counts> {
+            let mut sink = ChunkSink {
+                buf: Vec::new(),
+                chunk: opts.chunk.max(1),
+                counts: Counts::default(),
+                tx,
+                pre: pre_ref,
+                vocab,
+                on_long: in_opts.on_long,
+                sources: inputs,
+            };
+            for (i, p) in inputs.iter().enumerate() {
+                input::read_source(i as u32, p, in_opts, &mut sink)?;
+            }
+            sink.send()?;
+            Ok(sink.counts)
+        });
+        let mut write = |src: u32, line: u64, s: Scored| -> Result<()> {
+            let is_ood = threshold.map(|t| f64::from(s.score) > t);
+            if is_ood == Some(true) {
+                flagged += 1;
+            }
+            scored += 1;
+            writer.write(&OutRow {
+                source: &names[src as usize],
+                line,
+                score: s.score,
+                class: &labels[s.class as usize],
+                prob: s.prob,
+                is_ood,
+            })
+        };
+        let mut main = || -> Result<()> {
+            for msg in rx.iter() {
+                let Msg::Chunk(chunk) = msg;
+                for e in chunk {
+                    eng.push(e.source, e.line, e.ids);
+                }
+                eng.drain(&mut write)?;
+            }
+            Ok(())
+        };
+        let main_result = main();
+        // On an error here the reader stops at its next send (the receiver is gone).
+        drop(rx);
+        let counts = reader
+            .join()
+            .map_err(|_| OeError::Data("the reader thread panicked".into()))?;
+        main_result?;
+        let counts = counts?;
+        eng.flush();
+        eng.drain(&mut write)?;
+        Ok(counts)
+    });
+    let mut counts = result?;
+    writer.finish()?;
+    counts.scored = scored;
+    counts.flagged_ood = flagged;
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(ScoreSummary {
+        lines_per_second: counts.read as f64 / seconds.max(1e-9),
+        counts,
+        sources: inputs.len(),
+        seconds,
+        batches: eng.batches,
+        rows_computed: eng.rows_computed,
+        threshold,
+    })
+}

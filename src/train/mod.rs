@@ -1,0 +1,494 @@
+//! The training core shared by the text and vision wings: what a phase is ([`Method`],
+//! [`Pairing`]), progress events ([`Observer`]), checkpoint files, the seeded streams, and
+//! [`run_phase`], the one phase driver. The driver owns the epochs, the per-epoch seeding (shuffle
+//! stream and libtorch's dropout generator, both functions of (seed, phase, epoch) so that a resumed
+//! epoch is the uninterrupted one), the finite-loss check, the epoch summaries and the checkpoint
+//! calls; each wing supplies only its step ([`PhaseStep`]: `text::train`, `vision::train`).
+
+pub mod optim;
+
+use crate::error::{OeError, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{nn, Tensor};
+
+/// Which training a phase performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Cross-entropy only.
+    Baseline,
+    /// Start from a baseline and fine-tune with OE (the paper's text setting).
+    OeFinetune,
+    /// Train with OE from random initialisation.
+    OeScratch,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Baseline => "baseline",
+            Method::OeFinetune => "oe-finetune",
+            Method::OeScratch => "oe-scratch",
+        }
+    }
+}
+
+/// The training a model went through, as results tables, reports and comparisons name it
+/// (`baseline`, `oe`, `energy-oe`, and `-scratch` for OE from random initialisation). It is read from
+/// a model directory's `run.json` (its method and OE loss), never guessed from a file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MethodLabel {
+    Baseline,
+    /// OE fine-tuning with the paper's loss (cross-entropy to uniform).
+    Oe,
+    /// OE fine-tuning with the energy-bounded loss.
+    EnergyOe,
+    OeScratch,
+    EnergyOeScratch,
+}
+
+impl MethodLabel {
+    pub const ALL: [MethodLabel; 5] = [
+        MethodLabel::Baseline,
+        MethodLabel::Oe,
+        MethodLabel::EnergyOe,
+        MethodLabel::OeScratch,
+        MethodLabel::EnergyOeScratch,
+    ];
+
+    /// The label of a model trained with `method` and (for OE) `oe_loss`.
+    pub fn of(method: Method, oe_loss: &crate::loss::OeLoss) -> Self {
+        let energy = matches!(oe_loss, crate::loss::OeLoss::Energy { .. });
+        match (method, energy) {
+            (Method::Baseline, _) => MethodLabel::Baseline,
+            (Method::OeFinetune, false) => MethodLabel::Oe,
+            (Method::OeFinetune, true) => MethodLabel::EnergyOe,
+            (Method::OeScratch, false) => MethodLabel::OeScratch,
+            (Method::OeScratch, true) => MethodLabel::EnergyOeScratch,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodLabel::Baseline => "baseline",
+            MethodLabel::Oe => "oe",
+            MethodLabel::EnergyOe => "energy-oe",
+            MethodLabel::OeScratch => "oe-scratch",
+            MethodLabel::EnergyOeScratch => "energy-oe-scratch",
+        }
+    }
+
+    /// The paper's row this is compared with: `baseline` (MSP) or `oe`.
+    pub fn paper_method(self) -> &'static str {
+        match self {
+            MethodLabel::Baseline => "baseline",
+            _ => "oe",
+        }
+    }
+}
+
+impl std::fmt::Display for MethodLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MethodLabel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        MethodLabel::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = MethodLabel::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown method `{s}`; expected one of {}", all.join(", "))
+            })
+    }
+}
+
+/// How in-distribution and outlier batches are paired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pairing {
+    /// The reference: `zip(in_loader, oe_loader)`, an epoch ends when either runs out (in practice the
+    /// in-distribution data).
+    #[default]
+    Truncate,
+    /// Reshuffle and restart the outlier data whenever it runs out, so every in-distribution batch is
+    /// paired.
+    Cycle,
+}
+
+/// Progress events; the library never prints, binaries render these.
+pub trait Observer {
+    fn phase_start(
+        &mut self,
+        _phase: &str,
+        _epochs: usize,
+        _steps_per_epoch: usize,
+        _start_epoch: usize,
+    ) {
+    }
+    fn step(&mut self, _phase: &str, _epoch: usize, _step: usize, _loss: f64, _accuracy: f64) {}
+    fn epoch_end(&mut self, _phase: &str, _epoch: usize, _summary: &EpochSummary) {}
+    /// Something the user should know that does not stop training.
+    fn warning(&mut self, _msg: &str) {}
+    /// A short status line of the pipeline around training (loading, evaluating, results).
+    fn status(&mut self, _msg: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// What one epoch did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EpochSummary {
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f64,
+    pub train_accuracy: f64,
+    pub steps: usize,
+    pub seconds: f64,
+}
+
+/// Checkpoint bookkeeping written next to the weights (`checkpoint.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub phase: String,
+    /// Number of completed epochs of this phase.
+    pub epochs_done: usize,
+    pub history: Vec<EpochSummary>,
+}
+
+/// Writes the variables to `path` (`.safetensors`) atomically: temp file in the same directory,
+/// then rename, so a half-written file never carries the final name.
+pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    save_tensors(&named_variables(vs), path)
+}
+
+/// Writes a training checkpoint to `path` atomically: the variables (so `load_weights` reads it) and
+/// the optimiser's state (e.g. [`optim::Adam::state_tensors`]), which `read_tensors` + [`optim::Adam::load_state`] restore.
+/// `epochs_done` is stored too (`__checkpoint.epochs_done`), so a resume can check that the weights
+/// and `checkpoint.json` come from the same epoch.
+pub fn save_checkpoint(
+    vs: &nn::VarStore,
+    optimizer_state: Vec<(String, Tensor)>,
+    epochs_done: usize,
+    path: &Path,
+) -> Result<()> {
+    let mut all = named_variables(vs);
+    all.extend(optimizer_state);
+    all.push((
+        CHECKPOINT_EPOCHS.to_string(),
+        Tensor::from_slice(&[epochs_done as i64]),
+    ));
+    save_tensors(&all, path)
+}
+
+/// Name of the completed-epochs counter inside a checkpoint file.
+pub const CHECKPOINT_EPOCHS: &str = "__checkpoint.epochs_done";
+
+/// Every tensor of a `.safetensors` file, by name.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    Tensor::read_safetensors(path)
+        .map(|v| v.into_iter().collect())
+        .map_err(|e| OeError::Data(format!("{}: cannot read ({e})", path.display())))
+}
+
+fn named_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn save_tensors(named: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.partial.safetensors",
+        path.file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("weights")
+    ));
+    Tensor::write_safetensors(named, &tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| OeError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| OeError::io(path, e))?;
+    Ok(())
+}
+
+/// Loads `.safetensors` weights into `vs`, with a clear error naming the file.
+pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Err(OeError::Data(format!(
+            "{}: weights file not found",
+            path.display()
+        )));
+    }
+    vs.load(path).map_err(|e| {
+        OeError::Data(format!(
+            "{}: cannot load weights ({e}); the file is incomplete or from another model shape",
+            path.display()
+        ))
+    })
+}
+
+/// FNV-1a over `bytes`, continuing from `state` (0xcbf2_9ce4_8422_2325 starts a fresh hash): the
+/// string hash behind every seeded stream (shuffles, OOD draws) and the evaluation cache's keys.
+pub fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(state, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// A deterministic RNG for (seed, phase, epoch), so resuming mid-phase reproduces the same order.
+pub fn epoch_rng(seed: u64, phase: &str, epoch: usize) -> ChaCha8Rng {
+    let h = fnv1a(0xcbf2_9ce4_8422_2325, phase.as_bytes());
+    ChaCha8Rng::seed_from_u64(seed ^ h ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// The libtorch seed for (seed, phase, epoch): dropout and augmentation draws of that epoch.
+pub fn torch_epoch_seed(seed: u64, phase: &str, epoch: usize) -> i64 {
+    epoch_rng(seed, phase, epoch + 1_000_000).gen::<i64>()
+}
+
+/// Sets the global libtorch seed (initialisation, dropout) for reproducible CPU runs.
+pub fn seed_everything(seed: u64) {
+    tch::manual_seed(seed as i64);
+}
+
+/// What one optimisation step reports to the driver.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// The step's loss (the mean over its batch).
+    pub loss: f64,
+    /// Correctly classified in-distribution examples of the batch.
+    pub correct: f64,
+    /// In-distribution examples of the batch.
+    pub examples: usize,
+}
+
+/// A wing's training step, run by [`run_phase`].
+pub trait PhaseStep {
+    /// Runs epoch `epoch` (0-based), drawing its order from `rng`, and calls `record` once after every
+    /// optimisation step (`record` fails when the loss is not finite; pass that error on). Returns the
+    /// learning rate to report for the epoch.
+    fn epoch(
+        &mut self,
+        epoch: usize,
+        rng: &mut ChaCha8Rng,
+        record: &mut dyn FnMut(usize, StepOutcome) -> Result<()>,
+    ) -> Result<f64>;
+    /// Saves a checkpoint after the last epoch of `state`.
+    fn checkpoint(&mut self, state: &CheckpointState) -> Result<()>;
+}
+
+/// One phase of training: its name (the seed streams depend on it), seed and length.
+#[derive(Clone, Copy, Debug)]
+pub struct PhasePlan<'a> {
+    pub phase: &'a str,
+    pub seed: u64,
+    pub epochs: usize,
+    /// Optimisation steps of a full epoch (for progress; an epoch may stop early).
+    pub steps_per_epoch: usize,
+}
+
+/// Runs `plan` from `state.epochs_done` to `plan.epochs` with `step`: before every epoch seeds the
+/// epoch's shuffle stream and libtorch's generator from (seed, phase, epoch), checks every step's loss
+/// is finite, reports steps and epochs to `observer`, appends the epoch's summary to the state and
+/// has `step` write a checkpoint.
+pub fn run_phase(
+    plan: &PhasePlan,
+    mut state: CheckpointState,
+    observer: &mut dyn Observer,
+    step: &mut dyn PhaseStep,
+) -> Result<CheckpointState> {
+    let phase = plan.phase;
+    let start = state.epochs_done;
+    observer.phase_start(phase, plan.epochs, plan.steps_per_epoch, start);
+    for epoch in start..plan.epochs {
+        let t0 = std::time::Instant::now();
+        let mut rng = epoch_rng(plan.seed, phase, epoch);
+        tch::manual_seed(torch_epoch_seed(plan.seed, phase, epoch));
+        let (mut loss_sum, mut correct, mut seen, mut done) = (0.0, 0.0, 0usize, 0usize);
+        let mut record = |s: usize, o: StepOutcome| -> Result<()> {
+            if !o.loss.is_finite() {
+                return Err(OeError::Config(format!(
+                    "{phase}: loss became {} at epoch {} step {}; lower the learning rate",
+                    o.loss,
+                    epoch + 1,
+                    s + 1
+                )));
+            }
+            loss_sum += o.loss * o.examples as f64;
+            correct += o.correct;
+            seen += o.examples;
+            done += 1;
+            observer.step(
+                phase,
+                epoch,
+                s,
+                o.loss,
+                o.correct / o.examples.max(1) as f64,
+            );
+            Ok(())
+        };
+        let lr = step.epoch(epoch, &mut rng, &mut record)?;
+        let summary = EpochSummary {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct / seen.max(1) as f64,
+            steps: done,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        observer.epoch_end(phase, epoch, &summary);
+        state.phase = phase.to_string();
+        state.epochs_done = epoch + 1;
+        state.history.push(summary);
+        step.checkpoint(&state)?;
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_round_trip_and_follow_the_loss() {
+        use crate::loss::OeLoss;
+        for m in MethodLabel::ALL {
+            assert_eq!(m.name().parse::<MethodLabel>().unwrap(), m);
+        }
+        assert!("oe-ish".parse::<MethodLabel>().is_err());
+        let energy = OeLoss::Energy {
+            lambda: 0.1,
+            m_in: -25.0,
+            m_out: -7.0,
+            temperature: 1.0,
+        };
+        assert_eq!(
+            MethodLabel::of(Method::Baseline, &energy),
+            MethodLabel::Baseline
+        );
+        assert_eq!(
+            MethodLabel::of(Method::OeFinetune, &OeLoss::text_default()),
+            MethodLabel::Oe
+        );
+        assert_eq!(
+            MethodLabel::of(Method::OeFinetune, &energy),
+            MethodLabel::EnergyOe
+        );
+        assert_eq!(
+            MethodLabel::of(Method::OeScratch, &energy).paper_method(),
+            "oe"
+        );
+    }
+
+    #[test]
+    fn epoch_rng_is_deterministic_and_distinct() {
+        let a: u64 = epoch_rng(1, "baseline", 0).gen();
+        let b: u64 = epoch_rng(1, "baseline", 0).gen();
+        let c: u64 = epoch_rng(1, "baseline", 1).gen();
+        let d: u64 = epoch_rng(1, "oe", 0).gen();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+    }
+
+    /// A step that reports fixed outcomes, to check the driver's bookkeeping.
+    struct Fixed {
+        losses: Vec<f64>,
+        saved: Vec<usize>,
+    }
+
+    impl PhaseStep for Fixed {
+        fn epoch(
+            &mut self,
+            epoch: usize,
+            _rng: &mut ChaCha8Rng,
+            record: &mut dyn FnMut(usize, StepOutcome) -> Result<()>,
+        ) -> Result<f64> {
+            for (s, &l) in self.losses.iter().enumerate() {
+                record(
+                    s,
+                    StepOutcome {
+                        loss: l,
+                        correct: 1.0,
+                        examples: 2,
+                    },
+                )?;
+            }
+            Ok(0.1 * (epoch + 1) as f64)
+        }
+        fn checkpoint(&mut self, state: &CheckpointState) -> Result<()> {
+            self.saved.push(state.epochs_done);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn driver_resumes_summarises_and_checkpoints_every_epoch() {
+        let plan = PhasePlan {
+            phase: "p",
+            seed: 3,
+            epochs: 3,
+            steps_per_epoch: 2,
+        };
+        let mut step = Fixed {
+            losses: vec![1.0, 3.0],
+            saved: vec![],
+        };
+        let start = CheckpointState {
+            phase: "p".into(),
+            epochs_done: 1,
+            history: vec![Default::default()],
+        };
+        let s = run_phase(&plan, start, &mut Silent, &mut step).unwrap();
+        assert_eq!(step.saved, vec![2, 3]);
+        assert_eq!(s.epochs_done, 3);
+        assert_eq!(s.history.len(), 3);
+        let last = &s.history[2];
+        // loss: example-weighted mean (1·2 + 3·2) / 4; accuracy: 2 correct of 4.
+        assert_eq!(
+            (last.epoch, last.steps, last.loss, last.train_accuracy),
+            (3, 2, 2.0, 0.5)
+        );
+        assert!((last.lr - 0.3).abs() < 1e-12);
+    }
+
+    #[test]
+    fn driver_stops_on_a_non_finite_loss_naming_the_step() {
+        let plan = PhasePlan {
+            phase: "oe",
+            seed: 1,
+            epochs: 2,
+            steps_per_epoch: 2,
+        };
+        let mut step = Fixed {
+            losses: vec![1.0, f64::NAN],
+            saved: vec![],
+        };
+        let e = run_phase(&plan, CheckpointState::default(), &mut Silent, &mut step).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("oe: loss became NaN at epoch 1 step 2"),
+            "{e}"
+        );
+        assert!(step.saved.is_empty());
+    }
+
+    #[test]
+    fn epoch_seeds_differ_by_phase_and_epoch() {
+        assert_eq!(torch_epoch_seed(1, "a", 0), torch_epoch_seed(1, "a", 0));
+        assert_ne!(torch_epoch_seed(1, "a", 0), torch_epoch_seed(1, "a", 1));
+        assert_ne!(torch_epoch_seed(1, "a", 0), torch_epoch_seed(1, "b", 0));
+    }
+}

@@ -1,0 +1,13 @@
+//! The integration tests, as one test crate (so libtorch and the library link once): one module per
+//! area. Tests that need the shared datasets read them from `../shared/data` (or `$OE_DATA_DIR`) and
+//! skip, saying why, when they are absent.
+
+mod bert;
+mod common;
+mod compare;
+mod data;
+mod model_dir;
+mod report;
+mod scoring;
+mod text;
+mod vision;
