@@ -572,3 +572,111 @@ fn holdout_is_recorded_and_used_for_calibration() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--holdout"));
 }
+
+/// `--tokenizer wordpiece|bpe`: a transformer trained from scratch on a subword vocabulary trained
+/// from the training text; its directory holds the vocabulary as `tokenizer.json`, and it evaluates
+/// and scores like any other model (batch-independently, through the binary too).
+#[test]
+fn subword_tokenizer_models_train_evaluate_and_score() {
+    use oe::text::models::TransformerConfig;
+    use oe::text::tokenize::hf::{definition, SubwordKind};
+    use oe::text::tokenize::TextEncoder;
+    tch::set_num_threads(1);
+    for kind in [SubwordKind::WordPiece, SubwordKind::Bpe] {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        dataset(d, false);
+        let small = TrainConfig {
+            epochs: 1,
+            ..Default::default()
+        };
+        let model = ModelConfig::Transformer(TransformerConfig {
+            layers: 1,
+            heads: 2,
+            width: 16,
+            ff: 16,
+            max_len: 12,
+            ..Default::default()
+        });
+        let req = TrainRequest {
+            oe_corpus: None,
+            vocab_max_size: 80,
+            tokenizer: Some(definition(kind)),
+            ..common::request(d, &d.join("run"), model, small, 1)
+        };
+        let out = run_train(&req, &mut Silent).unwrap();
+        assert_eq!(out.reports.len(), 1);
+        let dir = d.join("run").join("baseline");
+        assert!(dir.join("tokenizer.json").is_file(), "{kind:?}");
+        assert!(!dir.join("vocab.json").exists(), "{kind:?}");
+        let m = LoadedModel::load(&dir, Device::Cpu).unwrap();
+        let recorded = m.config.tokenizer.clone().unwrap();
+        assert_eq!((recorded.kind, recorded.vocab_size), (kind, 80));
+        assert!(matches!(m.vocab, TextEncoder::Subword { .. }));
+        assert!(
+            m.vocab.len() <= 80 && m.vocab.len() > 20,
+            "{}",
+            m.vocab.len()
+        );
+        // Texts longer than the model's 12 tokens are cut; scores do not depend on the batch.
+        let texts: Vec<String> = (0..40).map(|i| sentence(i + 77)).collect();
+        let opts = ScoreOptions::default();
+        let all = oe::text::score::score_texts(&m, &texts, &opts).unwrap();
+        for (i, t) in texts.iter().enumerate().step_by(7) {
+            let one = oe::text::score::score_texts(&m, std::slice::from_ref(t), &opts).unwrap();
+            assert_eq!(
+                one[0].score.to_bits(),
+                all[i].score.to_bits(),
+                "{kind:?} text {i}"
+            );
+        }
+        // The binary scores it from the directory alone.
+        let input = d.join("in.txt");
+        write(&input, texts.join("\n") + "\n");
+        let o = Command::new(env!("CARGO_BIN_EXE_oe-text"))
+            .args(["score", "--quiet", "--device", "cpu", "--model"])
+            .arg(&dir)
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 41);
+    }
+}
+
+#[test]
+fn tokenizer_flag_reaches_the_request_and_is_refused_for_minilm() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct P {
+        #[command(flatten)]
+        t: oe::cli::text::TrainArgs,
+    }
+    let p = P::try_parse_from([
+        "x",
+        "--in",
+        "sst",
+        "--model",
+        "transformer",
+        "--tokenizer",
+        "bpe",
+    ])
+    .unwrap();
+    let req = p.t.request(Device::Cpu).unwrap();
+    let t = req.tokenizer.unwrap();
+    assert_eq!(t.kind, oe::text::tokenize::hf::SubwordKind::Bpe);
+    let p = P::try_parse_from(["x", "--in", "sst"]).unwrap();
+    assert!(p.t.request(Device::Cpu).unwrap().tokenizer.is_none());
+    let p = P::try_parse_from([
+        "x",
+        "--in",
+        "sst",
+        "--model",
+        "minilm",
+        "--tokenizer",
+        "wordpiece",
+    ])
+    .unwrap();
+    let e = p.t.tokenizer().unwrap_err().to_string();
+    assert!(e.contains("MiniLM"), "{e}");
+}

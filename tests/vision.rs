@@ -977,7 +977,7 @@ fn pipeline_trains_and_evaluates_on_the_cifar10_jpeg_folder() {
     let again = oe::vision::pipeline::run_train(
         &oe::vision::pipeline::VisionTrainRequest {
             resume: true,
-            ..req
+            ..req.clone()
         },
         &mut Silent,
     )
@@ -986,6 +986,98 @@ fn pipeline_trains_and_evaluates_on_the_cifar10_jpeg_folder() {
     // The loaded model scores as it did.
     let m = oe::vision::pipeline::VisionModel::load(&run.join("oe"), Device::Cpu).unwrap();
     assert_eq!(m.config.model.depth, 10);
+    assert_eq!(m.config.method_label(), oe::train::MethodLabel::Oe);
+
+    // `oe-vision eval` (the library's run_eval) writes the same results again, with the method
+    // read from run.json.
+    let ev = oe::vision::pipeline::run_eval(
+        &oe::vision::pipeline::VisionEvalRequest {
+            model_dir: run.join("oe"),
+            method: None,
+            data_root: dir.path().to_path_buf(),
+            eval: req.eval.clone(),
+            ood_sets: req.ood_sets.clone(),
+            max_test: Some(150),
+            calibrate: true,
+            device: Device::Cpu,
+        },
+        &mut Silent,
+    )
+    .unwrap();
+    assert_eq!(ev.results_dir, run.join("oe/eval-msp-paper"));
+    assert_eq!(ev.report.detection.sets.len(), 3);
+    assert!(
+        ev.table.starts_with(&format!("{}: FPR95", tgz.display())),
+        "{}",
+        ev.table
+    );
+
+    // `oe-text report` reads this real vision run like a text run: one results schema.
+    let files = oe::report::aggregate::find_results(std::slice::from_ref(&run)).unwrap();
+    assert_eq!(files.len(), 2, "baseline and oe evaluations");
+    let agg = oe::report::aggregate::aggregate(
+        &files,
+        &[
+            oe::report::aggregate::GroupKey::Method,
+            oe::report::aggregate::GroupKey::Model,
+        ],
+    )
+    .unwrap();
+    let df = &agg.frame;
+    assert_eq!(agg.fpr.name, "fpr95_closest_out");
+    // 2 methods × (3 OOD sets + mean).
+    assert_eq!(df.height(), 8);
+    let col = |c: &str| -> Vec<String> {
+        let s = df
+            .column(c)
+            .unwrap()
+            .cast(&polars::prelude::DataType::String)
+            .unwrap();
+        s.str()
+            .unwrap()
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect()
+    };
+    let mut methods = col("method");
+    methods.dedup();
+    assert_eq!(methods, ["baseline", "oe"]);
+    assert!(col("model").iter().all(|m| m == "wrn-10-1"));
+    for c in [
+        "paper_fpr95_pct",
+        "delta_fpr95_pp",
+        "fpr95_closest_out_mean",
+    ] {
+        assert!(df.column(c).is_ok(), "no column {c}");
+    }
+    // The per-run results carry calibration (null for text).
+    let results = std::fs::read_to_string(run.join("oe/eval-msp-paper/results.csv")).unwrap();
+    let header: Vec<&str> = results.lines().next().unwrap().split(',').collect();
+    for c in [
+        "protocol",
+        "calib_rms",
+        "calib_mad",
+        "calib_soft_f1",
+        "paper_fpr95_pct",
+    ] {
+        assert!(header.contains(&c), "{c} not in {header:?}");
+    }
+    // And through the binary, as a user runs it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oe-text"))
+        .args(["report", "--bootstrap", "20", "--by", "method"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("FPR95 %") && table.contains("gaussian"),
+        "{table}"
+    );
 }
 
 /// Panics in the first step of epoch 2 (after epoch 1's checkpoint was written): an interruption.

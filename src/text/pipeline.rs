@@ -602,9 +602,11 @@ pub fn import_weights(
             Some("wikitext2".to_string()),
             TrainConfig::default(),
         ),
-        other => return Err(OeError::Config(format!(
+        other => {
+            return Err(OeError::Config(format!(
             "released weights are `baseline` or `oe` (the paper's OE fine-tuning); got `{other}`"
-        ))),
+        )))
+        }
     };
     let ind = data::load_in_distribution(in_dataset, data_root, text)?;
     let vocab = ind.build_vocab(10_000);
