@@ -68,6 +68,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     persist(tmp, path)
 }
 
+/// Lower-case hexadecimal of `bytes` (sha256 digests in manifests, `run.json` and file names).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 fn parse_score(path: &Path, line: usize, field: &str) -> Result<f64> {
     let t = field.trim();
     if t.is_empty() {

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// λ used by the paper for text (NLP) experiments.
-pub const LAMBDA_TEXT: f64 = 1.0;
+pub const LAMBDA_TEXT: f64 = crate::paper::defaults::TEXT_LAMBDA;
 /// λ used by the paper for vision experiments.
-pub const LAMBDA_VISION: f64 = 0.5;
+pub const LAMBDA_VISION: f64 = crate::paper::defaults::VISION_LAMBDA;
 
 /// Which auxiliary loss is applied to the outlier batch.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,16 +39,6 @@ impl OeLoss {
     pub fn vision_default() -> Self {
         OeLoss::Uniform {
             lambda: LAMBDA_VISION,
-        }
-    }
-
-    /// The energy-bounded loss with Liu et al.'s defaults.
-    pub fn energy_default() -> Self {
-        OeLoss::Energy {
-            lambda: 0.1,
-            m_in: -25.0,
-            m_out: -7.0,
-            temperature: 1.0,
         }
     }
 

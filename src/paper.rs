@@ -9,6 +9,47 @@
 //!   decay 5e-4, cosine per step; 100 epochs at 0.1 (SVHN 20 at 0.01) from scratch, OE fine-tuning
 //!   10 epochs at 0.001 (SVHN 5 at 1e-4) with 128 + 256 outliers (Tiny ImageNet 180), λ = 0.5.
 
+/// The paper's (and its reference code's) default settings, cited by the wings' configs.
+pub mod defaults {
+    /// Text: Adam learning rate, cosine-annealed once per epoch.
+    pub const TEXT_LR: f64 = 0.01;
+    /// Text: baseline epochs.
+    pub const TEXT_EPOCHS: usize = 5;
+    /// Text: OE fine-tuning epochs (the reference code; the paper's text says 2).
+    pub const TEXT_OE_EPOCHS: usize = 5;
+    /// Text: in-distribution texts per batch, and outliers per batch.
+    pub const TEXT_BATCH: usize = 64;
+    pub const TEXT_OE_BATCH: usize = 64;
+    /// Text: most frequent training words in the vocabulary (plus `<unk>`, `<pad>`).
+    pub const TEXT_VOCAB: usize = 10_000;
+    /// Text: weight of the OE term.
+    pub const TEXT_LAMBDA: f64 = 1.0;
+    /// Vision: weight of the OE term.
+    pub const VISION_LAMBDA: f64 = 0.5;
+    /// Vision: SGD with Nesterov momentum, weight decay, the cosine's floor, batch size.
+    pub const VISION_MOMENTUM: f64 = 0.9;
+    pub const VISION_WEIGHT_DECAY: f64 = 5e-4;
+    pub const VISION_LR_MIN: f64 = 1e-6;
+    pub const VISION_BATCH: usize = 128;
+
+    /// Vision (epochs, learning rate, outliers per batch) for SVHN or not, Tiny ImageNet or not,
+    /// and OE fine-tuning or a phase from scratch (baseline, OE from scratch).
+    pub fn vision_schedule(
+        svhn: bool,
+        tiny_imagenet: bool,
+        oe_finetune: bool,
+    ) -> (usize, f64, usize) {
+        let oe_batch = if tiny_imagenet { 180 } else { 256 };
+        let (epochs, lr) = match (svhn, oe_finetune) {
+            (true, true) => (5, 1e-4),
+            (true, false) => (20, 0.01),
+            (false, true) => (10, 0.001),
+            (false, false) => (100, 0.1),
+        };
+        (epochs, lr, oe_batch)
+    }
+}
+
 /// Which published table a row comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Table {

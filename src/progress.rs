@@ -155,3 +155,33 @@ impl Observer for Progress {
         }
     }
 }
+
+/// A download progress bar for `data fetch` (drawn only on a terminal, as indicatif does).
+pub fn download_bar() -> crate::datasets::fetch::DownloadProgress {
+    let bar: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+    crate::datasets::fetch::DownloadProgress(std::sync::Arc::new(
+        move |name: &str, bytes: u64, total: Option<u64>, done: bool| {
+            let mut b = bar.lock().unwrap_or_else(|e| e.into_inner());
+            if done {
+                if let Some(pb) = b.take() {
+                    pb.finish_and_clear();
+                }
+                return;
+            }
+            let pb = b.get_or_insert_with(|| {
+                let pb = match total {
+                    Some(n) => ProgressBar::new(n),
+                    None => ProgressBar::new_spinner(),
+                };
+                if let Ok(st) = ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+                ) {
+                    pb.set_style(st.progress_chars("=> "));
+                }
+                pb.set_message(name.to_string());
+                pb
+            });
+            pb.set_position(bytes);
+        },
+    ))
+}

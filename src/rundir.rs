@@ -159,7 +159,13 @@ mod tests {
                 .epochs_done,
             2
         );
-        finish_phase(d.path(), &st, |p| Ok(std::fs::write(p, b"w").unwrap()), &[]).unwrap();
+        finish_phase(
+            d.path(),
+            &st,
+            |p| std::fs::write(p, b"w").map_err(|e| OeError::io(p, e)),
+            &[],
+        )
+        .unwrap();
         assert!(!d.path().join(CHECKPOINT_STATE).exists());
         assert!(d.path().join(TRAIN_LOG).is_file());
         let e = already_trained(d.path(), "baseline", false, &mut Silent).unwrap_err();

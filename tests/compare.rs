@@ -237,11 +237,7 @@ fn cli_compare_writes_the_grid() {
     let d = t.path();
     dataset(d);
     let out = compare_cli(d, &["--detectors", "msp,mahalanobis", "--no-energy-oe"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::check(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("| gru | baseline | msp |"), "{stdout}");
     assert!(stdout.contains("| gru | oe | mahalanobis |"), "{stdout}");
@@ -255,11 +251,7 @@ fn cli_compare_with_oe_from_scratch_has_no_baseline_rows() {
     let d = t.path();
     dataset(d);
     let out = compare_cli(d, &["--detectors", "msp", "--oe-method", "scratch"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::check(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("| gru | oe | msp |"), "{stdout}");
     assert!(stdout.contains("| gru | energy-oe | msp |"), "{stdout}");

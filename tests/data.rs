@@ -255,7 +255,7 @@ fn serve(root: PathBuf) -> String {
 fn opts(mirror: String) -> fetch::FetchOptions {
     fetch::FetchOptions {
         mirror: Some(mirror),
-        progress: false,
+        progress: None,
         ..Default::default()
     }
 }

@@ -2,6 +2,8 @@
 //! `tests/fixtures/model-cb7c0ec` was written by the binary of commit cb7c0ec (see its README), with
 //! that binary's `oe-text score` outputs beside it.
 
+use crate::common;
+
 use oe::text::model_dir::LoadedModel;
 use oe::train::{Method, MethodLabel};
 use std::path::{Path, PathBuf};
@@ -49,11 +51,7 @@ fn old_model_directory_scores_byte_identically() {
             .args(["--score", score])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::check(&out);
         let want =
             std::fs::read(dir.join(format!("scores-{}.tsv", score.replace(':', "_")))).unwrap();
         assert_eq!(

@@ -488,11 +488,7 @@ fn thresholds_from_calibration() {
         .args(["--tpr", "0.95", "--device", "cpu", "--threads", "1"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::check(&out);
     let cal = oe::text::calibrate::load(dir_model, &oe::detect::score::Score::Msp).unwrap();
     assert_eq!(cal.tpr, 0.95);
     assert!(cal.kept_fraction >= 0.95);
@@ -550,11 +546,7 @@ fn holdout_is_recorded_and_used_for_calibration() {
         .args(["--tpr", "0.9", "--device", "cpu", "--threads", "1"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::check(&out);
     let again = oe::text::calibrate::load(&m, &oe::detect::score::Score::Msp).unwrap();
     assert_eq!(again.threshold, cal.threshold);
     // Without a dev split or a hold-out, calibrate says what to do.
@@ -639,7 +631,7 @@ fn subword_tokenizer_models_train_evaluate_and_score() {
             .arg(&input)
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        common::check(&o);
         assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 41);
     }
 }

@@ -1,6 +1,8 @@
 //! Integration tests of the text pipeline: the paper's released weights against independent logits,
 //! seeded determinism, checkpoint/resume, and the `oe-text` binary end to end on generated data.
 
+use crate::common;
+
 use oe::text::data::TextOptions;
 use oe::text::model_dir::LoadedModel;
 use oe::text::models::{GruConfig, ModelConfig, TokenBatch, TransformerConfig};
@@ -489,11 +491,7 @@ fn train_and_eval_commands_end_to_end() {
         .arg(d)
         .output()
         .unwrap();
-    assert!(
-        ev.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ev.stderr)
-    );
+    common::check(&ev);
     assert!(run.join("oe/eval-energy-clean/results.parquet").is_file());
     // Feature-space detectors were fitted on the training set at training time and are reused.
     assert!(run.join("oe/detectors").is_dir());
@@ -514,11 +512,7 @@ fn train_and_eval_commands_end_to_end() {
         .arg(d)
         .output()
         .unwrap();
-    assert!(
-        ev.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ev.stderr)
-    );
+    common::check(&ev);
     let csv = std::fs::read_to_string(run.join("baseline/eval-knn-paper/results.csv")).unwrap();
     assert!(csv.contains(",knn,"), "{csv}");
 }

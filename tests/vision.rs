@@ -2,6 +2,8 @@
 //! synthetic OOD statistics, and short training runs on generated data and on the CIFAR-10 JPEG
 //! folder in `../shared/data` (skipped with a printed reason when absent).
 
+use crate::common;
+
 use oe::train::{CheckpointState, Method, Pairing, Silent};
 use oe::vision::augment::{make_batch, Augment, Normalize, Preset};
 use oe::vision::data::{
@@ -1068,11 +1070,7 @@ fn pipeline_trains_and_evaluates_on_the_cifar10_jpeg_folder() {
         .arg(&run)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::check(&out);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("FPR95 %") && table.contains("gaussian"),

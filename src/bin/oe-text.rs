@@ -3,10 +3,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use common::device;
 use oe::cli::text::{CompareArgs, EvalCommandArgs, TrainArgs};
 use oe::cli::{DeviceArgs, MetricsArgs};
 use oe::progress::{Progress, Style};
 use std::process::ExitCode;
+
+mod common;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,17 +50,7 @@ enum Command {
     Compare(Box<CompareArgs>),
 }
 
-/// Sets libtorch's threads, resolves `--device` and says which device was chosen and why.
-fn device(args: &DeviceArgs, quiet: bool) -> anyhow::Result<tch::Device> {
-    let choice = args.select()?;
-    if !quiet {
-        eprintln!("{}", choice.description);
-    }
-    Ok(choice.device)
-}
-
 fn run() -> anyhow::Result<()> {
-    oe::error::warnings::set_warning_sink(|w| eprintln!("warning: {w}"));
     match Cli::parse().command {
         Command::Train(args) => {
             let req = args.request(device(&args.device, args.quiet)?)?;
@@ -139,11 +132,5 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", oe::cli::error_chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    common::main(run)
 }

@@ -3,10 +3,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use common::device;
 use oe::cli::vision::{BenchArgs, VisionDataArgs, VisionEvalCommandArgs, VisionTrainArgs};
 use oe::cli::{DeviceArgs, MetricsArgs};
 use oe::progress::{Progress, Style};
 use std::process::ExitCode;
+
+mod common;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,17 +42,7 @@ enum Command {
     Device(DeviceArgs),
 }
 
-/// Sets libtorch's threads, resolves `--device` and says which device was chosen and why.
-fn device(args: &DeviceArgs, quiet: bool) -> anyhow::Result<tch::Device> {
-    let choice = args.select()?;
-    if !quiet {
-        eprintln!("{}", choice.description);
-    }
-    Ok(choice.device)
-}
-
 fn run() -> anyhow::Result<()> {
-    oe::error::warnings::set_warning_sink(|w| eprintln!("warning: {w}"));
     match Cli::parse().command {
         Command::Train(args) => {
             let req = args.request(device(&args.device, args.quiet)?)?;
@@ -95,11 +88,5 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", oe::cli::error_chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    common::main(run)
 }

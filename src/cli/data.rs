@@ -58,6 +58,7 @@ impl DataArgs {
                 names: names.clone(),
                 all: *all,
                 mirror: mirror.clone(),
+                progress: Some(crate::progress::download_bar()),
             },
             DataCommand::Verify { names } => DataRequest::Verify {
                 names: names.clone(),

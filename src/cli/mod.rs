@@ -73,12 +73,7 @@ pub struct MetricsArgs {
 impl MetricsArgs {
     /// The validated request.
     pub fn request(&self) -> Result<MetricsRequest> {
-        if !(self.tpr > 0.0 && self.tpr <= 1.0) {
-            return Err(OeError::Config(format!(
-                "--tpr must be in (0, 1], got {}",
-                self.tpr
-            )));
-        }
+        check_tpr(self.tpr)?;
         Ok(MetricsRequest {
             in_file: self.in_file.clone(),
             out_file: self.out_file.clone(),
@@ -92,6 +87,16 @@ impl MetricsArgs {
             format: self.format,
         })
     }
+}
+
+/// `--tpr` is a recall level in (0, 1].
+pub(crate) fn check_tpr(tpr: f64) -> Result<()> {
+    if !(tpr > 0.0 && tpr <= 1.0) {
+        return Err(OeError::Config(format!(
+            "--tpr must be in (0, 1], got {tpr}"
+        )));
+    }
+    Ok(())
 }
 
 /// Formats an error and its whole `source()` chain, one cause per line.
@@ -171,12 +176,7 @@ pub(crate) fn parse_detector(s: &str) -> std::result::Result<Detector, String> {
 
 impl EvalArgs {
     pub fn config(&self) -> Result<EvalConfig> {
-        if !(self.tpr > 0.0 && self.tpr <= 1.0) {
-            return Err(OeError::Config(format!(
-                "--tpr must be in (0, 1], got {}",
-                self.tpr
-            )));
-        }
+        check_tpr(self.tpr)?;
         if self.repeats == 0 || self.id_per_ood == 0 {
             return Err(OeError::Config(
                 "--repeats and --id-per-ood must be positive".into(),

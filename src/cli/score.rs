@@ -160,12 +160,7 @@ pub struct CalibrateArgs {
 impl CalibrateArgs {
     /// The validated request.
     pub fn request(&self, device: tch::Device) -> Result<CalibrateRequest> {
-        if !(self.tpr > 0.0 && self.tpr <= 1.0) {
-            return Err(OeError::Config(format!(
-                "--tpr must be in (0, 1], got {}",
-                self.tpr
-            )));
-        }
+        crate::cli::check_tpr(self.tpr)?;
         Ok(CalibrateRequest {
             model_dir: self.model.clone(),
             tpr: self.tpr,

@@ -36,14 +36,14 @@ impl ModelKind {
     /// pretrained weights).
     pub fn default_schedule(self) -> (usize, usize, f64) {
         match self {
-            ModelKind::Gru | ModelKind::Transformer => (5, 5, 0.01),
+            ModelKind::Gru | ModelKind::Transformer => {
+                use crate::paper::defaults::{TEXT_EPOCHS, TEXT_LR, TEXT_OE_EPOCHS};
+                (TEXT_EPOCHS, TEXT_OE_EPOCHS, TEXT_LR)
+            }
             ModelKind::Minilm => (2, 2, 2e-5),
         }
     }
 }
-
-/// The directory of the pretrained MiniLM: `$OE_MODELS_DIR/all-MiniLM-L6-v2`, else the
-/// `.models/all-MiniLM-L6-v2` that `.ci/setup` fills, looked up from the executable's folder upwards
 
 /// `--tokenizer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -154,7 +154,7 @@ pub struct TrainArgs {
     pub seed: u64,
     /// Vocabulary size: the most frequent training words plus <unk> and <pad> (word), or the size of
     /// the subword vocabulary (wordpiece, bpe).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = crate::paper::defaults::TEXT_VOCAB)]
     pub vocab_size: usize,
     /// How text becomes tokens for a model trained from scratch: word (the paper's vocabulary of
     /// training words), or a wordpiece / bpe vocabulary trained from the training text by the

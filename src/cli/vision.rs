@@ -56,12 +56,7 @@ pub struct VisionEvalArgs {
 
 impl VisionEvalArgs {
     pub fn config(&self) -> Result<EvalConfig> {
-        if !(self.tpr > 0.0 && self.tpr <= 1.0) {
-            return Err(OeError::Config(format!(
-                "--tpr must be in (0, 1], got {}",
-                self.tpr
-            )));
-        }
+        crate::cli::check_tpr(self.tpr)?;
         if self.repeats == 0 || self.id_per_ood == 0 || self.test_batch_size == 0 {
             return Err(OeError::Config(
                 "--repeats, --id-per-ood and --test-batch-size must be positive".into(),

@@ -14,6 +14,20 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Called as a download advances with (file name, bytes so far, total bytes when known), and
+/// once more with `done = true` at the end.
+#[derive(Clone)]
+pub struct DownloadProgress(pub std::sync::Arc<ProgressFn>);
+
+/// `(file name, bytes so far, total bytes, done)`.
+pub type ProgressFn = dyn Fn(&str, u64, Option<u64>, bool) + Send + Sync;
+
+impl std::fmt::Debug for DownloadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DownloadProgress")
+    }
+}
+
 /// Where and how to download.
 #[derive(Clone, Debug)]
 pub struct FetchOptions {
@@ -22,8 +36,8 @@ pub struct FetchOptions {
     pub mirror: Option<String>,
     /// Also fetch optional files.
     pub all: bool,
-    /// Show a progress bar (only drawn when stderr is a terminal).
-    pub progress: bool,
+    /// Told how a download advances (the binaries draw a bar); `None`: nothing is reported.
+    pub progress: Option<DownloadProgress>,
     pub timeout: Duration,
 }
 
@@ -32,7 +46,7 @@ impl Default for FetchOptions {
         FetchOptions {
             mirror: None,
             all: false,
-            progress: true,
+            progress: None,
             timeout: Duration::from_secs(60),
         }
     }
@@ -62,7 +76,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(crate::text::tokenize::vocab::hex(&h.finalize()))
+    Ok(crate::io::hex(&h.finalize()))
 }
 
 /// State of one manifest file under a data root.
@@ -155,26 +169,16 @@ pub fn download_to(
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
     let (reader, len) = open_url(url, opts.timeout)?;
     let mut tmp = crate::io::temp_file_in(dir, ".oe-download-", "")?;
-    let pb = if opts.progress {
-        let pb = match len {
-            Some(n) => indicatif::ProgressBar::new(n),
-            None => indicatif::ProgressBar::new_spinner(),
-        };
-        if let Ok(st) = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-        ) {
-            pb.set_style(st.progress_chars("=> "));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let report = |bytes: u64, done: bool| {
+        if let Some(p) = &opts.progress {
+            (p.0)(&name, bytes, len, done)
         }
-        pb.set_message(
-            dest.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
     };
-    let mut reader = pb.wrap_read(reader);
+    let mut reader = reader;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut total: u64 = 0;
@@ -193,8 +197,9 @@ pub fn download_to(
         tmp.write_all(&buf[..n])
             .map_err(|e| OeError::io(tmp.path(), e))?;
         total += n as u64;
+        report(total, false);
     }
-    pb.finish_and_clear();
+    report(total, true);
     if let Some(n) = len {
         if total != n {
             return Err(OeError::Data(format!(
@@ -202,7 +207,7 @@ pub fn download_to(
             )));
         }
     }
-    let sha = crate::text::tokenize::vocab::hex(&h.finalize());
+    let sha = crate::io::hex(&h.finalize());
     if let Some(exp) = expected_sha256 {
         if !sha.eq_ignore_ascii_case(exp) {
             return Err(OeError::Data(format!(
@@ -504,7 +509,7 @@ mod tests {
         std::fs::write(&src, b"hello").unwrap();
         let url = format!("file://{}", src.display());
         let opts = FetchOptions {
-            progress: false,
+            progress: None,
             ..Default::default()
         };
         let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";

@@ -174,15 +174,19 @@ pub fn parse_manifest(src: &str, origin: &str) -> Result<Manifest> {
     Ok(m)
 }
 
-/// All manifests (parsed once; a broken embedded manifest is a programming error).
+/// Parses embedded `(stem, TOML)` manifests; a broken embedded manifest is a programming error
+/// (the unit tests parse every one).
+pub fn parse_embedded(sources: &[(&str, &str)]) -> Vec<Manifest> {
+    sources
+        .iter()
+        .map(|(n, s)| parse_manifest(s, n).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+/// All text manifests (parsed once).
 pub fn all() -> &'static [Manifest] {
     static ALL: OnceLock<Vec<Manifest>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        SOURCES
-            .iter()
-            .map(|(n, s)| parse_manifest(s, n).unwrap_or_else(|e| panic!("{e}")))
-            .collect()
-    })
+    ALL.get_or_init(|| parse_embedded(SOURCES))
 }
 
 /// The manifest named `name`, or the one whose `loads` contains `name`.

@@ -49,22 +49,6 @@ pub struct ReportRequest {
     pub strict: bool,
 }
 
-impl Default for ReportRequest {
-    fn default() -> Self {
-        Self {
-            run_dirs: Vec::new(),
-            by: vec![GroupKey::Dataset, GroupKey::Method, GroupKey::Score],
-            format: ReportFormat::Table,
-            output: None,
-            bootstrap: 1000,
-            seed: 0,
-            level: 0.95,
-            plots: None,
-            strict: false,
-        }
-    }
-}
-
 /// What a report produced.
 #[derive(Clone, Debug, Default)]
 pub struct ReportOutput {

@@ -609,7 +609,7 @@ pub fn import_weights(
         }
     };
     let ind = data::load_in_distribution(in_dataset, data_root, text)?;
-    let vocab = ind.build_vocab(10_000);
+    let vocab = ind.build_vocab(crate::paper::defaults::TEXT_VOCAB);
     let labels = ind.label_vocab();
     let model = ModelConfig::Gru(Default::default());
     let cfg = RunConfig {
@@ -623,7 +623,7 @@ pub fn import_weights(
         },
         text: text.clone(),
         in_fix_len: default_fix_len(in_dataset, text),
-        vocab_max_size: 10_000,
+        vocab_max_size: crate::paper::defaults::TEXT_VOCAB,
         vocab_size: vocab.len(),
         vocab_sha256: vocab.sha256(),
         labels: labels.names().to_vec(),

@@ -7,7 +7,8 @@ use crate::loss::{cross_entropy, OeLoss};
 use crate::text::models::{TextModel, TokenBatch};
 use crate::train::optim::Adam;
 use crate::train::{
-    run_phase, CheckpointState, Method, Observer, Pairing, PhasePlan, PhaseStep, StepOutcome,
+    run_phase, CheckpointState, Method, Observer, Pairing, PhasePlan, PhaseStep, Record,
+    StepOutcome,
 };
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -32,12 +33,14 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
+    /// The reference code's text baseline ([`crate::paper::defaults`]).
     fn default() -> Self {
+        use crate::paper::defaults;
         Self {
-            epochs: 5,
-            lr: 0.01,
-            batch_size: 64,
-            oe_batch_size: 64,
+            epochs: defaults::TEXT_EPOCHS,
+            lr: defaults::TEXT_LR,
+            batch_size: defaults::TEXT_BATCH,
+            oe_batch_size: defaults::TEXT_OE_BATCH,
             oe_loss: OeLoss::text_default(),
             pairing: Pairing::Truncate,
             seed: 1,
@@ -53,17 +56,7 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0
-            || self.batch_size == 0
-            || self.oe_batch_size == 0
-            || self.lr.is_nan()
-            || self.lr <= 0.0
-        {
-            return Err(OeError::Config(format!(
-                "epochs, batch sizes and learning rate must be positive (epochs {}, batch {}, OE batch {}, lr {})",
-                self.epochs, self.batch_size, self.oe_batch_size, self.lr
-            )));
-        }
+        crate::train::check_schedule(self.epochs, self.batch_size, self.oe_batch_size, self.lr)?;
         Ok(())
     }
 }
@@ -151,12 +144,7 @@ struct TextStep<'a> {
 }
 
 impl PhaseStep for TextStep<'_> {
-    fn epoch(
-        &mut self,
-        epoch: usize,
-        rng: &mut ChaCha8Rng,
-        record: &mut dyn FnMut(usize, StepOutcome) -> Result<()>,
-    ) -> Result<f64> {
+    fn epoch(&mut self, epoch: usize, rng: &mut ChaCha8Rng, record: Record) -> Result<f64> {
         let (cfg, train, device) = (self.cfg, self.train, self.device);
         let lr = cfg.lr_at(epoch);
         let mut order: Vec<usize> = (0..train.ids.len()).collect();

@@ -206,21 +206,15 @@ fn named_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     v
 }
 
+/// Writes tensors as `.safetensors` through the one atomic-file mechanism ([`crate::io`]).
 fn save_tensors(named: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.partial.safetensors",
-        path.file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("weights")
-    ));
-    Tensor::write_safetensors(named, &tmp)?;
-    std::fs::File::open(&tmp)
+    crate::io::check_replaceable(path)?;
+    let tmp = crate::io::temp_file_in(crate::io::parent_dir(path), ".oe-tmp-", ".safetensors")?;
+    Tensor::write_safetensors(named, tmp.path())?;
+    std::fs::File::open(tmp.path())
         .and_then(|f| f.sync_all())
-        .map_err(|e| OeError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| OeError::io(path, e))?;
-    Ok(())
+        .map_err(|e| OeError::io(tmp.path(), e))?;
+    crate::io::persist(tmp, path)
 }
 
 /// Loads `.safetensors` weights into `vs`, with a clear error naming the file.
@@ -253,6 +247,16 @@ pub fn epoch_rng(seed: u64, phase: &str, epoch: usize) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed ^ h ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
+/// Checks the settings every phase needs: positive epochs, batch sizes and learning rate.
+pub fn check_schedule(epochs: usize, batch: usize, oe_batch: usize, lr: f64) -> Result<()> {
+    if epochs == 0 || batch == 0 || oe_batch == 0 || lr.is_nan() || lr <= 0.0 {
+        return Err(OeError::Config(format!(
+            "epochs, batch sizes and learning rate must be positive (epochs {epochs}, batch {batch}, OE batch {oe_batch}, lr {lr})"
+        )));
+    }
+    Ok(())
+}
+
 /// The libtorch seed for (seed, phase, epoch): dropout and augmentation draws of that epoch.
 pub fn torch_epoch_seed(seed: u64, phase: &str, epoch: usize) -> i64 {
     epoch_rng(seed, phase, epoch + 1_000_000).gen::<i64>()
@@ -274,17 +278,15 @@ pub struct StepOutcome {
     pub examples: usize,
 }
 
+/// What a step calls after every optimisation step: `record(step index, outcome)`.
+pub type Record<'a> = &'a mut dyn FnMut(usize, StepOutcome) -> Result<()>;
+
 /// A wing's training step, run by [`run_phase`].
 pub trait PhaseStep {
     /// Runs epoch `epoch` (0-based), drawing its order from `rng`, and calls `record` once after every
     /// optimisation step (`record` fails when the loss is not finite; pass that error on). Returns the
     /// learning rate to report for the epoch.
-    fn epoch(
-        &mut self,
-        epoch: usize,
-        rng: &mut ChaCha8Rng,
-        record: &mut dyn FnMut(usize, StepOutcome) -> Result<()>,
-    ) -> Result<f64>;
+    fn epoch(&mut self, epoch: usize, rng: &mut ChaCha8Rng, record: Record) -> Result<f64>;
     /// Saves a checkpoint after the last epoch of `state`.
     fn checkpoint(&mut self, state: &CheckpointState) -> Result<()>;
 }
@@ -410,12 +412,7 @@ mod tests {
     }
 
     impl PhaseStep for Fixed {
-        fn epoch(
-            &mut self,
-            epoch: usize,
-            _rng: &mut ChaCha8Rng,
-            record: &mut dyn FnMut(usize, StepOutcome) -> Result<()>,
-        ) -> Result<f64> {
+        fn epoch(&mut self, epoch: usize, _: &mut ChaCha8Rng, record: Record) -> Result<f64> {
             for (s, &l) in self.losses.iter().enumerate() {
                 record(
                     s,
@@ -434,18 +431,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn driver_resumes_summarises_and_checkpoints_every_epoch() {
+    /// A plan of `epochs` epochs of two steps, and a step reporting `losses`.
+    fn fixed(phase: &str, epochs: usize, losses: Vec<f64>) -> (PhasePlan<'_>, Fixed) {
         let plan = PhasePlan {
-            phase: "p",
+            phase,
             seed: 3,
-            epochs: 3,
+            epochs,
             steps_per_epoch: 2,
         };
-        let mut step = Fixed {
-            losses: vec![1.0, 3.0],
-            saved: vec![],
-        };
+        (
+            plan,
+            Fixed {
+                losses,
+                saved: vec![],
+            },
+        )
+    }
+
+    #[test]
+    fn driver_resumes_summarises_and_checkpoints_every_epoch() {
+        let (plan, mut step) = fixed("p", 3, vec![1.0, 3.0]);
         let start = CheckpointState {
             phase: "p".into(),
             epochs_done: 1,
@@ -466,16 +471,7 @@ mod tests {
 
     #[test]
     fn driver_stops_on_a_non_finite_loss_naming_the_step() {
-        let plan = PhasePlan {
-            phase: "oe",
-            seed: 1,
-            epochs: 2,
-            steps_per_epoch: 2,
-        };
-        let mut step = Fixed {
-            losses: vec![1.0, f64::NAN],
-            saved: vec![],
-        };
+        let (plan, mut step) = fixed("oe", 2, vec![1.0, f64::NAN]);
         let e = run_phase(&plan, CheckpointState::default(), &mut Silent, &mut step).unwrap_err();
         assert!(
             e.to_string()

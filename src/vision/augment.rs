@@ -60,17 +60,9 @@ impl Augment {
     }
 }
 
-/// The per-dataset settings (README, "The paper's protocol: vision").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Preset {
-    /// CIFAR-10/100 (and image folders by default): 32×32, flip + crop(pad 4), CIFAR statistics.
-    Cifar,
-    /// SVHN: 32×32, no augmentation, raw [0, 1]; OE images flipped only.
-    Svhn,
-    /// Tiny ImageNet: 64×64, flip + crop(pad 8), ImageNet statistics; OE images not augmented.
-    TinyImagenet,
-}
+/// The per-dataset settings (README, "The paper's protocol: vision"): the family is named by the
+/// data layer ([`super::data::Preset`]); what it means for preprocessing is here.
+pub use super::data::Preset;
 
 impl Preset {
     pub fn image_size(self) -> usize {

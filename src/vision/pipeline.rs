@@ -1,5 +1,5 @@
 //! The vision pipeline: data → baseline → OE (fine-tune or from scratch) → evaluation, with model
-//! directories as the text side's ([`crate::text::pipeline`]): `run.json`, `model.safetensors` written
+//! directories by the shared protocol ([`crate::rundir`]): `run.json`, `model.safetensors` written
 //! once at the end, `checkpoint.safetensors` + `momentum.safetensors` + `checkpoint.json` rewritten
 //! atomically after every epoch for `--resume`, `train_log.json`, and `eval-<score>-<protocol>/`.
 
@@ -43,23 +43,16 @@ impl VisionRunConfig {
 
 /// The paper's settings (README, "The paper's protocol: vision") for a preset and method.
 pub fn paper_defaults(preset: Preset, method: Method) -> VisionTrainConfig {
-    let base = VisionTrainConfig::default();
-    let oe_batch_size = if preset == Preset::TinyImagenet {
-        180
-    } else {
-        256
-    };
-    let (epochs, lr) = match (preset, method) {
-        (Preset::Svhn, Method::OeFinetune) => (5, 1e-4),
-        (Preset::Svhn, _) => (20, 0.01),
-        (_, Method::OeFinetune) => (10, 0.001),
-        _ => (100, 0.1),
-    };
+    let (epochs, lr, oe_batch_size) = crate::paper::defaults::vision_schedule(
+        preset == Preset::Svhn,
+        preset == Preset::TinyImagenet,
+        method == Method::OeFinetune,
+    );
     VisionTrainConfig {
         epochs,
         lr,
         oe_batch_size,
-        ..base
+        ..VisionTrainConfig::default()
     }
 }
 

@@ -13,7 +13,7 @@ use crate::error::{OeError, Result};
 use crate::loss::{cross_entropy, OeLoss};
 use crate::train::{
     load_weights, run_phase, save_weights, CheckpointState, Method, Observer, Pairing, PhasePlan,
-    PhaseStep, StepOutcome,
+    PhaseStep, Record, StepOutcome,
 };
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -60,16 +60,19 @@ pub struct VisionTrainConfig {
 }
 
 impl Default for VisionTrainConfig {
+    /// The paper's CIFAR baseline ([`crate::paper::defaults`]).
     fn default() -> Self {
+        use crate::paper::defaults;
+        let (epochs, lr, oe_batch_size) = defaults::vision_schedule(false, false, false);
         Self {
-            epochs: 100,
-            lr: 0.1,
-            lr_min: 1e-6,
-            momentum: 0.9,
+            epochs,
+            lr,
+            lr_min: defaults::VISION_LR_MIN,
+            momentum: defaults::VISION_MOMENTUM,
             nesterov: true,
-            weight_decay: 5e-4,
-            batch_size: 128,
-            oe_batch_size: 256,
+            weight_decay: defaults::VISION_WEIGHT_DECAY,
+            batch_size: defaults::VISION_BATCH,
+            oe_batch_size,
             oe_loss: OeLoss::vision_default(),
             oe_order: OeOrder::Offset,
             pairing: Pairing::Truncate,
@@ -96,17 +99,7 @@ impl VisionTrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0
-            || self.batch_size == 0
-            || self.oe_batch_size == 0
-            || self.lr.is_nan()
-            || self.lr <= 0.0
-        {
-            return Err(OeError::Config(format!(
-                "epochs, batch sizes and learning rate must be positive (epochs {}, batch {}, OE batch {}, lr {})",
-                self.epochs, self.batch_size, self.oe_batch_size, self.lr
-            )));
-        }
+        crate::train::check_schedule(self.epochs, self.batch_size, self.oe_batch_size, self.lr)?;
         if !(0.0..1.0).contains(&self.momentum) || self.weight_decay < 0.0 {
             return Err(OeError::Config(
                 "momentum must be in [0, 1) and weight decay >= 0".into(),
@@ -363,12 +356,7 @@ struct VisionStep<'a> {
 }
 
 impl PhaseStep for VisionStep<'_> {
-    fn epoch(
-        &mut self,
-        epoch: usize,
-        rng: &mut ChaCha8Rng,
-        record: &mut dyn FnMut(usize, StepOutcome) -> Result<()>,
-    ) -> Result<f64> {
+    fn epoch(&mut self, epoch: usize, rng: &mut ChaCha8Rng, record: Record) -> Result<f64> {
         let (cfg, steps, device, model) = (self.cfg, self.steps, self.device, self.model);
         let n = self.data.train.len();
         let total = cfg.epochs * steps;

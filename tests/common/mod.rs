@@ -61,3 +61,13 @@ pub fn request(
         evaluate: true,
     }
 }
+
+/// Requires a finished command to have succeeded, showing its standard error when it did not.
+pub fn check(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

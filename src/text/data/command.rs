@@ -26,6 +26,8 @@ pub enum DataRequest {
         names: Vec<String>,
         all: bool,
         mirror: Option<String>,
+        /// Told how each download advances.
+        progress: Option<fetch::DownloadProgress>,
     },
     /// Re-check files (sha256) and loader counts (default: every dataset present).
     Verify { names: Vec<String> },
@@ -120,9 +122,15 @@ pub fn run_data(root: &Path, req: &DataRequest) -> Result<DataOutput> {
                 }
             }
         }
-        DataRequest::Fetch { names, all, mirror } => {
+        DataRequest::Fetch {
+            names,
+            all,
+            mirror,
+            progress,
+        } => {
             let mut opts = FetchOptions::from_env();
             opts.all = *all;
+            opts.progress = progress.clone();
             if mirror.is_some() {
                 opts.mirror = mirror.clone();
             }

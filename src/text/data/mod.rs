@@ -215,8 +215,7 @@ pub const OOD_NAMES: &[&str] = &[
 ];
 
 /// OOD sets: "snli" (test hypotheses, `premises` filled), "imdb" (test reviews), "multi30k"
-/// (`oe_train.txt`), "wmt16" (raw lines; the paper's comma cut is left to evaluation, see
-/// [`text::csv_first_field`]), "yelp" (Yelp Review Full test), "ewt-<domain>" (dev sentences), or
+/// (`oe_train.txt`), "wmt16" (whole lines: the paper's rows are reproduced without the reference's comma cut), "yelp" (Yelp Review Full test), "ewt-<domain>" (dev sentences), or
 /// a path to a text file (one text per line; `.csv` / `.jsonl` files use the column `text`).
 pub fn load_ood(name: &str, root: &Path, opts: &TextOptions) -> Result<OodSet> {
     let lower = opts.lowercase.unwrap_or(true);

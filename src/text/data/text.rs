@@ -115,58 +115,14 @@ pub fn for_each_tar_gz_member(
     Ok(())
 }
 
-/// Reads a gzip-compressed file fully.
-pub fn read_gz(path: &Path) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_end(&mut out)
-        .map_err(|e| OeError::Data(format!("{}: bad gzip data: {e}", path.display())))?;
-    Ok(out)
-}
-
-/// Python's `csv.reader` first field of one line (what torchtext's single-field CSV datasets
-/// saw): an unquoted field ends at the first comma; a quoted field ends at its closing quote
-/// (`""` is a literal quote) and text after it up to a comma is appended. Used for the WMT16
-/// "comma cut" of the paper protocol.
-pub fn csv_first_field(line: &str) -> String {
-    let mut out = String::new();
-    let mut cs = line.chars().peekable();
-    if cs.peek() == Some(&'"') {
-        cs.next();
-        while let Some(c) = cs.next() {
-            if c == '"' {
-                if cs.peek() == Some(&'"') {
-                    cs.next();
-                    out.push('"');
-                } else {
-                    break;
-                }
-            } else {
-                out.push(c);
-            }
-        }
-    }
-    for c in cs {
-        if c == ',' {
-            break;
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn finish_and_csv() {
+    fn finish_lowercases_and_cuts() {
         assert_eq!(finish("A b C d", true, Some(2)), "a b");
         assert_eq!(finish("A  b", false, Some(5)), "A  b");
-        assert_eq!(csv_first_field("a b , c"), "a b ");
-        assert_eq!(csv_first_field("\"a , b\" c , d"), "a , b c ");
-        assert_eq!(csv_first_field("\"say \"\"hi\"\"\""), "say \"hi\"");
     }
 
     #[test]

@@ -168,12 +168,6 @@ impl ModelConfig {
             ModelConfig::Pretrained(c) => Some(c.head.max_len),
         }
     }
-
-    /// Whether inputs are subword ids from a pretrained tokenizer (`tokenizer.json`) rather than the
-    /// word vocabulary built from the training text.
-    pub fn uses_pretrained_tokenizer(&self) -> bool {
-        matches!(self, ModelConfig::Pretrained(_))
-    }
 }
 
 /// A built text classifier.
@@ -221,6 +215,8 @@ impl TextModel {
     }
 }
 
+/// The directory of the pretrained MiniLM: `$OE_MODELS_DIR/all-MiniLM-L6-v2`, else the
+/// `.models/all-MiniLM-L6-v2` that `.ci/setup` fills, looked up from the executable's folder upwards
 /// and then from the working directory.
 pub fn default_minilm_dir() -> crate::error::Result<std::path::PathBuf> {
     const NAME: &str = "all-MiniLM-L6-v2";

@@ -166,7 +166,7 @@ impl TextEncoder {
     pub fn sha256(&self) -> String {
         match self {
             TextEncoder::Word(v) => v.sha256(),
-            TextEncoder::Subword { json, .. } => super::vocab::hex(&Sha256::digest(json)),
+            TextEncoder::Subword { json, .. } => crate::io::hex(&Sha256::digest(json)),
         }
     }
 }

@@ -155,17 +155,8 @@ impl WordVocab {
             }
             h.update(t.as_bytes());
         }
-        hex(&h.finalize())
+        crate::io::hex(&h.finalize())
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// Class labels in the reference's order: torchtext `Field(sequential=False)` builds a vocabulary

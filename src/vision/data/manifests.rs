@@ -2,7 +2,7 @@
 //! [`crate::datasets::manifest::parse_manifest`]). Kept apart from the text list so the text data
 //! commands never try to load or fetch images.
 
-use crate::datasets::manifest::{compare_count, parse_manifest, CountEntry, Manifest};
+use crate::datasets::manifest::{compare_count, CountEntry, Manifest};
 use crate::error::Result;
 use std::sync::OnceLock;
 
@@ -20,14 +20,10 @@ pub const SOURCES: &[(&str, &str)] = crate::datasets::manifest::manifest_sources
     "isun",
 );
 
+/// All vision manifests (parsed once).
 pub fn all() -> &'static [Manifest] {
     static ALL: OnceLock<Vec<Manifest>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        SOURCES
-            .iter()
-            .map(|(n, s)| parse_manifest(s, n).unwrap_or_else(|e| panic!("{e}")))
-            .collect()
-    })
+    ALL.get_or_init(|| crate::datasets::manifest::parse_embedded(SOURCES))
 }
 
 pub fn find(name: &str) -> Option<&'static Manifest> {

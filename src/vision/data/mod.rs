@@ -25,6 +25,21 @@ pub use load::*;
 
 use crate::error::{OeError, Result};
 
+/// The dataset family that decides preprocessing (image size, normalisation, augmentation:
+/// [`super::augment`]).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// CIFAR-10/100 (and image folders by default): 32×32, flip + crop(pad 4), CIFAR statistics.
+    Cifar,
+    /// SVHN: 32×32, no augmentation, raw [0, 1]; OE images flipped only.
+    Svhn,
+    /// Tiny ImageNet: 64×64, flip + crop(pad 8), ImageNet statistics; OE images not augmented.
+    TinyImagenet,
+}
+
 /// Images of one size, `[n, h, w, 3]` u8 (HWC, RGB), with optional integer labels.
 #[derive(Clone, Debug, Default)]
 pub struct ImageSet {
