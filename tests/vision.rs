@@ -986,7 +986,7 @@ fn pipeline_trains_and_evaluates_on_the_cifar10_jpeg_folder() {
     .unwrap();
     assert_eq!(again.reports.len(), 2);
     // The loaded model scores as it did.
-    let m = oe::vision::pipeline::VisionModel::load(&run.join("oe"), Device::Cpu).unwrap();
+    let m = oe::vision::model_dir::VisionModel::load(&run.join("oe"), Device::Cpu).unwrap();
     assert_eq!(m.config.model.depth, 10);
     assert_eq!(m.config.method_label(), oe::train::MethodLabel::Oe);
 

@@ -6,6 +6,7 @@
 pub mod augment;
 pub mod bench;
 pub mod data;
+pub mod model_dir;
 pub mod models;
 pub mod pipeline;
 pub mod protocol;

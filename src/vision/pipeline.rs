@@ -5,41 +5,17 @@
 
 use super::augment::Preset;
 use super::data::{self, ImageSet, ImageSource, InOptions};
+use super::model_dir::{VisionModel, VisionRunConfig, MOMENTUM_FILE};
 use super::models::{WideResNet, WrnConfig};
-use super::protocol::{OodData, OodSet, VisionReport, VisionScorer};
+use super::protocol::{OodData, OodSet, VisionReport};
 use super::synthetic::{self, Synthetic};
 use super::train::{self as vtrain, OeOrder, PhaseData, Sgd, VisionTrainConfig};
 use crate::error::{OeError, Result};
 use crate::eval::{CalibrationSummary, EvalConfig, EvalReport};
 use crate::rundir::{self, already_trained, interrupted_state, write_json, RunHeader};
 use crate::train::{self, CheckpointState, Method, MethodLabel, Observer};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
-
-/// Everything about how a vision model directory's model was made.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VisionRunConfig {
-    /// `tool`, `in_dataset`, `method`, `init_from`, `train_examples`, `data_root`.
-    #[serde(flatten)]
-    pub header: RunHeader,
-    pub preset: Preset,
-    pub image_size: usize,
-    pub classes: Vec<String>,
-    pub model: WrnConfig,
-    pub oe_source: Option<String>,
-    pub oe_images: Option<usize>,
-    pub train: VisionTrainConfig,
-    /// Images held out from training for temperature tuning (0: none).
-    pub validation_examples: usize,
-}
-
-impl VisionRunConfig {
-    /// The training this model went through, as results name it.
-    pub fn method_label(&self) -> MethodLabel {
-        MethodLabel::of(self.header.method, &self.train.oe_loss)
-    }
-}
 
 /// The paper's settings (README, "The paper's protocol: vision") for a preset and method.
 pub fn paper_defaults(preset: Preset, method: Method) -> VisionTrainConfig {
@@ -61,38 +37,6 @@ pub fn paper_model(preset: Preset, classes: usize) -> WrnConfig {
     match preset {
         Preset::Svhn => WrnConfig::wrn_16_4(classes as i64),
         _ => WrnConfig::wrn_40_2(classes as i64),
-    }
-}
-
-/// A model directory, loaded.
-pub struct VisionModel {
-    pub dir: PathBuf,
-    pub config: VisionRunConfig,
-    pub vs: nn::VarStore,
-    pub model: WideResNet,
-}
-
-impl VisionModel {
-    pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let config: VisionRunConfig = rundir::read_run(dir, "oe-vision train")?;
-        let mut vs = nn::VarStore::new(device);
-        let model = WideResNet::new(&vs.root(), &config.model)?;
-        train::load_weights(&mut vs, &dir.join("model.safetensors"))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            config,
-            vs,
-            model,
-        })
-    }
-
-    pub fn scorer(&self, batch_size: usize) -> VisionScorer<'_> {
-        VisionScorer {
-            model: &self.model,
-            device: self.vs.device(),
-            norm: self.config.preset.norm(),
-            batch_size,
-        }
     }
 }
 
@@ -127,9 +71,6 @@ pub struct VisionOutcome {
     pub reports: Vec<(String, VisionReport)>,
     pub table: String,
 }
-
-/// The SGD momentum buffers of an interrupted phase, next to `checkpoint.safetensors`.
-pub const MOMENTUM_FILE: &str = "momentum.safetensors";
 
 /// Trains (or resumes) one model directory; returns when `model.safetensors` exists.
 #[allow(clippy::too_many_arguments)]
