@@ -5,6 +5,7 @@
 mod bert;
 mod common;
 mod compare;
+mod conformal;
 mod data;
 mod model_dir;
 mod report;

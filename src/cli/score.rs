@@ -7,7 +7,7 @@ use crate::cli::DeviceArgs;
 use crate::detect::score::Score;
 use crate::error::{OeError, Result};
 use crate::text::calibrate::{CalibrateRequest, SplitChoice};
-use crate::text::pipeline::{ScoreRequest, Threshold};
+use crate::text::pipeline::{PDecision, ScoreRequest, Threshold};
 use crate::text::score::input::{
     InputFormat, InputOptions, OnBadRecord, OnEmpty, OnInvalidUtf8, OnLong,
 };
@@ -17,6 +17,17 @@ use std::path::PathBuf;
 
 fn parse_score(s: &str) -> std::result::Result<Score, String> {
     s.parse()
+}
+
+/// A level (`--alpha`, `--fdr`) in (0, 1).
+fn check_level(flag: &str, v: f64) -> Result<()> {
+    if v > 0.0 && v < 1.0 {
+        Ok(())
+    } else {
+        Err(OeError::Config(format!(
+            "{flag} must be in (0, 1), got {v}"
+        )))
+    }
 }
 
 fn parse_threshold(s: &str) -> std::result::Result<Threshold, String> {
@@ -48,6 +59,19 @@ pub struct ScoreArgs {
     /// `oe-text calibrate` for this score) or a number.
     #[arg(long, value_parser = parse_threshold, allow_hyphen_values = true)]
     pub threshold: Option<Threshold>,
+    /// Flag texts whose conformal p-value (against the validation scores stored by `oe-text
+    /// calibrate`) is at most A: an in-distribution text is flagged with probability at most A.
+    /// Adds a p_value column.
+    #[arg(long, value_name = "A", conflicts_with_all = ["threshold", "fdr"])]
+    pub alpha: Option<f64>,
+    /// Flag texts by the Benjamini-Hochberg procedure over all scored texts: at most a fraction Q
+    /// of the flagged texts are in-distribution (in expectation). Rows are written once every text
+    /// is scored (memory grows with the input). Adds a p_value column.
+    #[arg(long, value_name = "Q", conflicts_with_all = ["threshold", "alpha"])]
+    pub fdr: Option<f64>,
+    /// Add the conformal p-value column without flagging by it.
+    #[arg(long)]
+    pub p_values: bool,
     /// Output file, written atomically (default: standard output).
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -124,6 +148,18 @@ impl ScoreArgs {
             input: self.input_options()?,
             score: self.score,
             threshold: self.threshold,
+            p_decision: match (self.alpha, self.fdr, self.p_values) {
+                (Some(a), _, _) => {
+                    check_level("--alpha", a)?;
+                    PDecision::Alpha(a)
+                }
+                (_, Some(q), _) => {
+                    check_level("--fdr", q)?;
+                    PDecision::Fdr(q)
+                }
+                (None, None, true) => PDecision::Report,
+                (None, None, false) => PDecision::None,
+            },
             output: self.output.clone(),
             format: self.output_format(),
             batch_size: self.batch_size,

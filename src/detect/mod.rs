@@ -4,6 +4,7 @@
 //! feature-space detector fitted on in-distribution training features ([`feature`]: Mahalanobis,
 //! k-NN). Being one enum, an evaluation cannot name a logit score and a feature detector at once.
 
+pub mod conformal;
 pub mod feature;
 pub mod score;
 

@@ -188,6 +188,27 @@ pub struct Calibration {
     pub note: String,
     pub rule: String,
     pub tool: String,
+    /// The validation scores themselves, ascending, for conformal p-values (empty in
+    /// calibrations written before they were stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_scores: Vec<f64>,
+}
+
+impl Calibration {
+    /// Conformal p-values against the stored validation scores; an error saying to recalibrate
+    /// when the calibration predates them.
+    pub fn conformal(&self, dir: &Path) -> Result<crate::detect::conformal::Conformal> {
+        if self.validation_scores.is_empty() {
+            return Err(OeError::Config(format!(
+                "{}: this calibration stores no validation scores (written by an older version); \
+                 run `oe-text calibrate --model {} --score {}` again",
+                paths(dir, &self.score).0.display(),
+                dir.display(),
+                self.score
+            )));
+        }
+        crate::detect::conformal::Conformal::new(self.validation_scores.clone())
+    }
 }
 
 /// The per-threshold table (ascending thresholds, one per distinct score) of `scores`.
@@ -261,6 +282,11 @@ pub fn calibrate(m: &LoadedModel, val: &Validation, score: Score, tpr: f64) -> R
         note: val.note.clone(),
         rule: "smallest validation score t with #{score <= t}/n >= tpr; flag score > t".into(),
         tool: format!("oe {}", env!("CARGO_PKG_VERSION")),
+        validation_scores: {
+            let mut v = scores.clone();
+            v.sort_by(f64::total_cmp);
+            v
+        },
     };
     let (jp, cp) = paths(&m.dir, &score);
     let mut csv = String::from("threshold,n_kept,kept_fraction,n_flagged\n");

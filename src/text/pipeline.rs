@@ -681,6 +681,8 @@ pub struct ScoreRequest {
     pub input: crate::text::score::input::InputOptions,
     pub score: crate::detect::Score,
     pub threshold: Option<Threshold>,
+    /// How texts are flagged OOD, by conformal p-value (instead of `threshold`).
+    pub p_decision: PDecision,
     /// `None`: standard output.
     pub output: Option<std::path::PathBuf>,
     pub format: crate::text::score::output::OutputFormat,
@@ -689,6 +691,21 @@ pub struct ScoreRequest {
     /// `--threads 0`: on the CPU, give libtorch [`default_score_threads`].
     pub default_threads: bool,
     pub device: tch::Device,
+}
+
+/// Conformal p-values in `oe-text score` (against the validation scores stored by `calibrate`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum PDecision {
+    /// No p-values.
+    #[default]
+    None,
+    /// A `p_value` column, no flags from it.
+    Report,
+    /// Flag `p_value <= alpha`: in-distribution texts are flagged with probability at most `alpha`.
+    Alpha(f64),
+    /// Flag by Benjamini–Hochberg at level `q` over all scored texts: the false-discovery rate
+    /// among flagged texts is at most `q` (rows are written once every text is scored).
+    Fdr(f64),
 }
 
 /// What `oe-text score` did.
@@ -743,7 +760,7 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
         return Err(OeError::Config("standard input (`-`) given twice".into()));
     }
     let threshold = resolve_threshold(&m, &req.score, req.threshold)?;
-    let threshold_note = match &threshold {
+    let mut threshold_note = match &threshold {
         Some((t, Some(c))) => Some(format!(
             "threshold {t} for {} from {} ({} validation texts, {:.1}% kept; {})",
             c.score,
@@ -754,16 +771,56 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
         )),
         _ => None,
     };
+    let conformal = match req.p_decision {
+        PDecision::None => None,
+        _ => {
+            let c = crate::text::calibrate::load(&m.dir, &req.score)?;
+            threshold_note = Some(format!(
+                "p-values against {} {} validation scores ({}) from {}",
+                c.n_validation,
+                c.score,
+                c.split,
+                crate::text::calibrate::paths(&m.dir, &c.score).0.display()
+            ));
+            Some(c.conformal(&m.dir)?)
+        }
+    };
     let opts = score::ScoreOptions {
         score: req.score,
         threshold: threshold.map(|t| t.0),
+        p_values: conformal,
+        alpha: match req.p_decision {
+            PDecision::Alpha(a) => Some(a),
+            _ => None,
+        },
         max_batch_rows: req.batch_size,
         max_pending: req.max_pending,
         ..Default::default()
     };
-    let mut writer =
-        score::output::open_writer(req.output.as_deref(), req.format, opts.threshold.is_some())?;
-    let summary = score::score_stream(&m, &inputs, &req.input, &opts, writer.as_mut())?;
+    let cols = score::output::Columns {
+        p_value: opts.p_values.is_some(),
+        is_ood: opts.threshold.is_some()
+            || opts.alpha.is_some()
+            || matches!(req.p_decision, PDecision::Fdr(_)),
+    };
+    let mut writer = score::output::open_writer(req.output.as_deref(), req.format, cols)?;
+    let summary = match req.p_decision {
+        PDecision::Fdr(q) => {
+            // Benjamini–Hochberg needs every p-value: keep the rows, decide, then write them.
+            let mut rows = score::output::Collected::default();
+            let mut summary = score::score_stream(&m, &inputs, &req.input, &opts, &mut rows)?;
+            let p: Vec<f64> = rows.rows.iter().map(|r| r.p_value.unwrap_or(1.0)).collect();
+            let flags = crate::detect::conformal::benjamini_hochberg(&p, q);
+            for (r, f) in rows.rows.iter().zip(&flags) {
+                writer.write(&r.as_row(Some(*f)))?;
+            }
+            writer.finish()?;
+            summary.counts.flagged_ood = flags.iter().filter(|&&f| f).count() as u64;
+            summary.decision = Some(format!("Benjamini-Hochberg, FDR <= {q}"));
+            summary
+        }
+        _ => score::score_stream(&m, &inputs, &req.input, &opts, writer.as_mut())?,
+    };
     Ok(ScoreOutcome {
         summary,
         threshold_note,

@@ -41,6 +41,10 @@ pub struct ScoreOptions {
     pub score: Score,
     /// Flag texts with `score > threshold` as OOD.
     pub threshold: Option<f64>,
+    /// Validation scores for a conformal `p_value` column ([`crate::detect::conformal`]).
+    pub p_values: Option<crate::detect::conformal::Conformal>,
+    /// Flag texts with `p_value <= alpha` as OOD (needs `p_values`; replaces `threshold`).
+    pub alpha: Option<f64>,
     /// Rows of a batch of short texts.
     pub max_batch_rows: usize,
     /// Token budget of a batch: a length-L batch has `clamp(budget / L, 8, max_batch_rows)` rows.
@@ -56,6 +60,8 @@ impl Default for ScoreOptions {
         Self {
             score: Score::Msp,
             threshold: None,
+            p_values: None,
+            alpha: None,
             max_batch_rows: 256,
             batch_tokens: 8192,
             max_pending: 65_536,
@@ -383,6 +389,8 @@ pub struct ScoreSummary {
     /// Rows computed, filler rows of partial batches included.
     pub rows_computed: u64,
     pub threshold: Option<f64>,
+    /// The decision rule when it is not a score threshold (`p_value <= 0.05`, ...).
+    pub decision: Option<String>,
 }
 
 impl ScoreSummary {
@@ -397,9 +405,14 @@ impl ScoreSummary {
             100.0 * (self.rows_computed.saturating_sub(self.counts.scored)) as f64
                 / self.rows_computed.max(1) as f64
         );
-        if let Some(t) = self.threshold {
+        let rule = match (&self.decision, self.threshold) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(t)) => Some(format!("score > {t}")),
+            (None, None) => None,
+        };
+        if let Some(rule) = rule {
             s += &format!(
-                "\nflagged OOD (score > {t}): {} of {} ({:.2}%)",
+                "\nflagged OOD ({rule}): {} of {} ({:.2}%)",
                 self.counts.flagged_ood,
                 self.counts.scored,
                 100.0 * self.counts.flagged_ood as f64 / self.counts.scored.max(1) as f64
@@ -426,6 +439,12 @@ pub fn score_stream(
     let mut flagged = 0u64;
     let mut scored = 0u64;
     let threshold = opts.threshold;
+    let conformal = opts.p_values.as_ref();
+    if opts.alpha.is_some() && conformal.is_none() {
+        return Err(OeError::Config(
+            "flagging by p-value needs the validation scores of a calibration".into(),
+        ));
+    }
     let (tx, rx) = mpsc::sync_channel::<Msg>(4);
     let vocab = &m.vocab;
     let pre_ref = &pre;
@@ -448,7 +467,11 @@ pub fn score_stream(
             Ok(sink.counts)
         });
         let mut write = |src: u32, line: u64, s: Scored| -> Result<()> {
-            let is_ood = threshold.map(|t| f64::from(s.score) > t);
+            let p_value = conformal.map(|c| c.p_value(f64::from(s.score)));
+            let is_ood = match (opts.alpha, p_value) {
+                (Some(a), Some(p)) => Some(p <= a),
+                _ => threshold.map(|t| f64::from(s.score) > t),
+            };
             if is_ood == Some(true) {
                 flagged += 1;
             }
@@ -460,6 +483,7 @@ pub fn score_stream(
                 class: &labels[s.class as usize],
                 prob: s.prob,
                 is_ood,
+                p_value,
             })
         };
         let mut main = || -> Result<()> {
@@ -497,5 +521,6 @@ pub fn score_stream(
         batches: eng.batches,
         rows_computed: eng.rows_computed,
         threshold,
+        decision: opts.alpha.map(|a| format!("p_value <= {a}")),
     })
 }

@@ -3,9 +3,10 @@
 //! when every row is written; an interrupted or failed run leaves nothing under the final name).
 //!
 //! Columns: `source`, `line`, `score` (anomaly score, higher = more anomalous), `class` (predicted
-//! class name), `prob` (its softmax probability) and, when a threshold is in force, `is_ood`
-//! (`score > threshold`).
+//! class name), `prob` (its softmax probability), `p_value` (conformal, against the calibration's
+//! validation scores, when requested) and, when a decision rule is in force, `is_ood`.
 
+pub use super::parquet::Columns;
 use crate::error::{OeError, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,8 @@ pub struct OutRow<'a> {
     pub class: &'a str,
     pub prob: f32,
     pub is_ood: Option<bool>,
+    /// Conformal p-value (`--alpha`, `--fdr`, `--p-values`).
+    pub p_value: Option<f64>,
 }
 
 /// Where rows go.
@@ -135,19 +138,19 @@ impl Write for Dest {
 pub struct TextRows {
     w: std::io::BufWriter<Dest>,
     format: OutputFormat,
-    with_ood: bool,
+    cols: Columns,
     header_done: bool,
     name: PathBuf,
     line: String,
 }
 
 impl TextRows {
-    pub fn new(dest: Dest, format: OutputFormat, with_ood: bool) -> Self {
+    pub fn new(dest: Dest, format: OutputFormat, cols: Columns) -> Self {
         let name = dest.name();
         Self {
             w: std::io::BufWriter::with_capacity(1 << 16, dest),
             format,
-            with_ood,
+            cols,
             header_done: false,
             name,
             line: String::new(),
@@ -161,7 +164,10 @@ impl TextRows {
             "\t"
         };
         let mut cols = vec!["source", "line", "score", "class", "prob"];
-        if self.with_ood {
+        if self.cols.p_value {
+            cols.push("p_value");
+        }
+        if self.cols.is_ood {
             cols.push("is_ood");
         }
         cols.join(sep) + "\n"
@@ -226,6 +232,9 @@ impl RowWriter for TextRows {
                     js(r.class),
                     num(r.prob)
                 );
+                if let Some(p) = r.p_value {
+                    let _ = write!(l, ",\"p_value\":{p}");
+                }
                 if let Some(o) = r.is_ood {
                     let _ = write!(l, ",\"is_ood\":{o}");
                 }
@@ -241,6 +250,9 @@ impl RowWriter for TextRows {
                 let _ = write!(l, "{sep}{}{sep}{}{sep}", r.line, r.score);
                 field(r.class, l);
                 let _ = write!(l, "{sep}{}", r.prob);
+                if let Some(p) = r.p_value {
+                    let _ = write!(l, "{sep}{p}");
+                }
                 if let Some(o) = r.is_ood {
                     let _ = write!(l, "{sep}{o}");
                 }
@@ -271,10 +283,13 @@ pub struct ParquetRows {
 }
 
 impl ParquetRows {
-    pub fn new(dest: Dest, with_ood: bool, row_group: usize) -> Result<Self> {
+    pub fn new(dest: Dest, cols: Columns, row_group: usize) -> Result<Self> {
         Ok(Self {
-            w: Some(crate::text::score::parquet::ScoreParquet::new(
-                dest, with_ood, row_group,
+            w: Some(crate::text::score::parquet::ScoreParquet::with_sink(
+                dest.sink()?,
+                dest,
+                cols,
+                row_group,
             )?),
         })
     }
@@ -285,7 +300,9 @@ impl RowWriter for ParquetRows {
         self.w
             .as_mut()
             .ok_or_else(|| OeError::Data("Parquet output already finished".into()))?
-            .push(r.source, r.line, r.score, r.class, r.prob, r.is_ood)
+            .push(
+                r.source, r.line, r.score, r.class, r.prob, r.p_value, r.is_ood,
+            )
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -298,19 +315,68 @@ impl RowWriter for ParquetRows {
     }
 }
 
+/// One row kept in memory by [`Collected`].
+#[derive(Clone, Debug)]
+pub struct OwnedRow {
+    pub source: String,
+    pub line: u64,
+    pub score: f32,
+    pub class: String,
+    pub prob: f32,
+    pub p_value: Option<f64>,
+}
+
+impl OwnedRow {
+    /// The row to write, with `is_ood` decided afterwards.
+    pub fn as_row(&self, is_ood: Option<bool>) -> OutRow<'_> {
+        OutRow {
+            source: &self.source,
+            line: self.line,
+            score: self.score,
+            class: &self.class,
+            prob: self.prob,
+            is_ood,
+            p_value: self.p_value,
+        }
+    }
+}
+
+/// Keeps every row (for decisions that need all scores first, e.g. Benjamini–Hochberg).
+#[derive(Clone, Debug, Default)]
+pub struct Collected {
+    pub rows: Vec<OwnedRow>,
+}
+
+impl RowWriter for Collected {
+    fn write(&mut self, r: &OutRow) -> Result<()> {
+        self.rows.push(OwnedRow {
+            source: r.source.to_string(),
+            line: r.line,
+            score: r.score,
+            class: r.class.to_string(),
+            prob: r.prob,
+            p_value: r.p_value,
+        });
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// A writer for `format` to `path` (atomic) or standard output.
 pub fn open_writer(
     path: Option<&Path>,
     format: OutputFormat,
-    with_ood: bool,
+    cols: Columns,
 ) -> Result<Box<dyn RowWriter>> {
     let dest = match path {
         Some(p) if p.as_os_str() != "-" => Dest::atomic(p)?,
         _ => Dest::stdout(),
     };
     Ok(match format {
-        OutputFormat::Parquet => Box::new(ParquetRows::new(dest, with_ood, 65_536)?),
-        f => Box::new(TextRows::new(dest, f, with_ood)),
+        OutputFormat::Parquet => Box::new(ParquetRows::new(dest, cols, 65_536)?),
+        f => Box::new(TextRows::new(dest, f, cols)),
     })
 }
 
@@ -326,6 +392,7 @@ mod tests {
             class: "pos",
             prob: 0.75,
             is_ood: Some(i.is_multiple_of(2)),
+            p_value: None,
         }
     }
 
@@ -341,7 +408,7 @@ mod tests {
             ),
         ] {
             let p = dir.path().join(format!("out-{f:?}"));
-            let mut w = open_writer(Some(&p), f, true).unwrap();
+            let mut w = open_writer(Some(&p), f, Columns { p_value: false, is_ood: true }).unwrap();
             w.write(&row(1)).unwrap();
             // Nothing under the final name before finish.
             assert!(!p.exists());
@@ -355,7 +422,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("out.tsv");
         {
-            let mut w = open_writer(Some(&p), OutputFormat::Tsv, false).unwrap();
+            let mut w = open_writer(Some(&p), OutputFormat::Tsv, Columns::default()).unwrap();
             for i in 0..100_000 {
                 w.write(&row(i)).unwrap();
             }
@@ -369,7 +436,15 @@ mod tests {
     fn parquet_row_groups() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("out.parquet");
-        let mut w = open_writer(Some(&p), OutputFormat::Parquet, true).unwrap();
+        let mut w = open_writer(
+            Some(&p),
+            OutputFormat::Parquet,
+            Columns {
+                p_value: false,
+                is_ood: true,
+            },
+        )
+        .unwrap();
         for i in 0..70_000 {
             w.write(&row(i)).unwrap();
         }

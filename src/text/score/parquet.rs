@@ -12,22 +12,30 @@ fn pe<E: std::fmt::Display>(e: E) -> OeError {
 }
 
 /// Columns `source` (string), `line` (u64), `score` (f64, the float32 score widened exactly),
-/// `class` (string), `prob` (f64) and, with a threshold, `is_ood` (bool).
+/// `class` (string), `prob` (f64) and, when requested, `p_value` (f64) and `is_ood` (bool).
 pub struct ScoreParquet<D> {
     writer: ParquetBatched<Box<dyn Write + Send>>,
     /// Kept so that the caller gets it back (to commit an atomic file) from [`ScoreParquet::finish`].
     dest: D,
-    with_ood: bool,
+    cols: Columns,
     row_group: usize,
     source: Vec<String>,
     line: Vec<u64>,
     score: Vec<f64>,
     class: Vec<String>,
     prob: Vec<f64>,
+    p_value: Vec<f64>,
     is_ood: Vec<bool>,
 }
 
-fn schema(with_ood: bool) -> Schema {
+/// The optional columns of an output: `p_value`, then `is_ood`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Columns {
+    pub p_value: bool,
+    pub is_ood: bool,
+}
+
+fn schema(cols: Columns) -> Schema {
     let mut fields = vec![
         Field::new("source".into(), DataType::String),
         Field::new("line".into(), DataType::UInt64),
@@ -35,7 +43,10 @@ fn schema(with_ood: bool) -> Schema {
         Field::new("class".into(), DataType::String),
         Field::new("prob".into(), DataType::Float64),
     ];
-    if with_ood {
+    if cols.p_value {
+        fields.push(Field::new("p_value".into(), DataType::Float64));
+    }
+    if cols.is_ood {
         fields.push(Field::new("is_ood".into(), DataType::Boolean));
     }
     Schema::from_iter(fields)
@@ -46,28 +57,30 @@ impl<D> ScoreParquet<D> {
     pub fn with_sink(
         sink: Box<dyn Write + Send>,
         dest: D,
-        with_ood: bool,
+        cols: Columns,
         row_group: usize,
     ) -> Result<Self> {
         let row_group = row_group.max(1);
         let writer = ParquetWriter::new(sink)
             .with_row_group_size(Some(row_group))
-            .batched(&schema(with_ood))
+            .batched(&schema(cols))
             .map_err(pe)?;
         Ok(Self {
             writer,
             dest,
-            with_ood,
+            cols,
             row_group,
             source: Vec::new(),
             line: Vec::new(),
             score: Vec::new(),
             class: Vec::new(),
             prob: Vec::new(),
+            p_value: Vec::new(),
             is_ood: Vec::new(),
         })
     }
 
+    /// Appends one row: source, line, score, class, probability, p-value, OOD flag.
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
@@ -76,6 +89,7 @@ impl<D> ScoreParquet<D> {
         score: f32,
         class: &str,
         prob: f32,
+        p_value: Option<f64>,
         is_ood: Option<bool>,
     ) -> Result<()> {
         self.source.push(source.to_string());
@@ -83,7 +97,10 @@ impl<D> ScoreParquet<D> {
         self.score.push(f64::from(score));
         self.class.push(class.to_string());
         self.prob.push(f64::from(prob));
-        if self.with_ood {
+        if self.cols.p_value {
+            self.p_value.push(p_value.unwrap_or(1.0));
+        }
+        if self.cols.is_ood {
             self.is_ood.push(is_ood.unwrap_or(false));
         }
         if self.line.len() >= self.row_group {
@@ -103,7 +120,13 @@ impl<D> ScoreParquet<D> {
             Column::new("class".into(), std::mem::take(&mut self.class)),
             Column::new("prob".into(), std::mem::take(&mut self.prob)),
         ];
-        if self.with_ood {
+        if self.cols.p_value {
+            cols.push(Column::new(
+                "p_value".into(),
+                std::mem::take(&mut self.p_value),
+            ));
+        }
+        if self.cols.is_ood {
             cols.push(Column::new(
                 "is_ood".into(),
                 std::mem::take(&mut self.is_ood),
@@ -118,17 +141,6 @@ impl<D> ScoreParquet<D> {
         self.write_group()?;
         self.writer.finish().map_err(pe)?;
         Ok(self.dest)
-    }
-}
-
-impl ScoreParquet<crate::text::score::output::Dest> {
-    pub fn new(
-        dest: crate::text::score::output::Dest,
-        with_ood: bool,
-        row_group: usize,
-    ) -> Result<Self> {
-        let sink = dest.sink()?;
-        Self::with_sink(sink, dest, with_ood, row_group)
     }
 }
 
