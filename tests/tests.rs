@@ -10,5 +10,6 @@ mod data;
 mod model_dir;
 mod report;
 mod scoring;
+mod serve;
 mod text;
 mod vision;

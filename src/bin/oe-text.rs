@@ -40,6 +40,8 @@ enum Command {
     /// Score text files, directories or standard input with a model directory (streaming, in input
     /// order): anomaly score, predicted class, and is_ood with --threshold.
     Score(Box<oe::cli::score::ScoreArgs>),
+    /// Serve the model over HTTP (JSON): POST /v1/score, GET /v1/model, /healthz, /readyz, /metrics.
+    Serve(Box<oe::cli::score::ServeArgs>),
     /// Store the score threshold that keeps --tpr of held-out in-distribution validation texts.
     Calibrate(oe::cli::score::CalibrateArgs),
     /// Aggregate the results of many runs (text and vision): tables vs the paper, bootstrap
@@ -108,6 +110,20 @@ fn run() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Serve(args) => {
+            let req = args.request(device(&args.device, false)?)?;
+            oe::text::serve::run(
+                &req,
+                |addr| {
+                    eprintln!(
+                        "listening on http://{addr} (POST /v1/score; SIGTERM or Ctrl-C stops)"
+                    )
+                },
+                shutdown_signal(),
+            )
+            .context("serving")?;
+            eprintln!("stopped: requests in flight were answered");
+        }
         Command::Calibrate(args) => {
             let req = args.request(device(&args.device, false)?)?;
             let (_, line) = oe::text::calibrate::run_calibrate(&req).context("calibrating")?;
@@ -129,6 +145,22 @@ fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn main() -> ExitCode {

@@ -207,3 +207,78 @@ impl CalibrateArgs {
         })
     }
 }
+
+/// `oe-text serve`.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// A model directory written by `oe-text train` (its baseline/ or oe/ folder).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Address to listen on (loopback by default; 0 as the port picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Score of requests that name none: msp, maxlogit, energy[:T], entropy, xent-uniform.
+    #[arg(long, default_value = "msp", value_parser = parse_score)]
+    pub score: Score,
+    /// A micro-batch closes at this many texts...
+    #[arg(long, default_value_t = 256)]
+    pub max_batch: usize,
+    /// ...or this many milliseconds after its first request.
+    #[arg(long, default_value_t = 5)]
+    pub max_wait_ms: u64,
+    /// Requests admitted at once (waiting or being scored); beyond it: 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Largest request body.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Most texts per request.
+    #[arg(long, default_value_t = 1024)]
+    pub max_texts: usize,
+    /// Longest text, in bytes.
+    #[arg(long, default_value_t = 64 << 10)]
+    pub max_text_bytes: usize,
+    /// A file holding a bearer token that every route but /healthz and /readyz then requires.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// HTTP worker threads (inference runs on its own thread; --threads sets libtorch's).
+    #[arg(long, default_value_t = 2)]
+    pub http_threads: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl ServeArgs {
+    /// The validated request (reads the token file; its content is never printed).
+    pub fn request(&self, device: tch::Device) -> Result<crate::text::serve::ServeRequest> {
+        let token = match &self.token_file {
+            Some(p) => {
+                let t = std::fs::read_to_string(p).map_err(|e| OeError::io(p, e))?;
+                let t = t.trim().to_string();
+                if t.is_empty() {
+                    return Err(OeError::Config(format!(
+                        "{}: the token file is empty",
+                        p.display()
+                    )));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let req = crate::text::serve::ServeRequest {
+            addr: self.addr,
+            score: self.score,
+            max_batch: self.max_batch,
+            max_wait: std::time::Duration::from_millis(self.max_wait_ms),
+            queue: self.queue,
+            max_body_bytes: self.max_body_bytes,
+            max_texts: self.max_texts,
+            max_text_bytes: self.max_text_bytes,
+            token,
+            threads: self.http_threads,
+            ..crate::text::serve::ServeRequest::new(self.model.clone(), device)
+        };
+        req.validate()?;
+        Ok(req)
+    }
+}

@@ -20,5 +20,6 @@ pub mod models;
 pub mod pipeline;
 pub mod protocol;
 pub mod score;
+pub mod serve;
 pub mod tokenize;
 pub mod train;
