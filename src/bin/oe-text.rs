@@ -42,6 +42,8 @@ enum Command {
     Score(Box<oe::cli::score::ScoreArgs>),
     /// Serve the model over HTTP (JSON): POST /v1/score, GET /v1/model, /healthz, /readyz, /metrics.
     Serve(Box<oe::cli::score::ServeArgs>),
+    /// Drift in a scored file: OOD rate, small-p-value share and p-value histogram per window.
+    Monitor(oe::cli::score::MonitorArgs),
     /// Store the score threshold that keeps --tpr of held-out in-distribution validation texts.
     Calibrate(oe::cli::score::CalibrateArgs),
     /// Aggregate the results of many runs (text and vision): tables vs the paper, bootstrap
@@ -123,6 +125,13 @@ fn run() -> anyhow::Result<()> {
             )
             .context("serving")?;
             eprintln!("stopped: requests in flight were answered");
+        }
+        Command::Monitor(args) => {
+            let out = oe::text::score::monitor::run_monitor(&args.request()?)?;
+            print!("{}", out.table);
+            if let Some(p) = out.plot {
+                eprintln!("wrote {}", p.display());
+            }
         }
         Command::Calibrate(args) => {
             let req = args.request(device(&args.device, false)?)?;

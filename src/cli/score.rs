@@ -282,3 +282,35 @@ impl ServeArgs {
         Ok(req)
     }
 }
+
+/// `oe-text monitor`.
+#[derive(Args, Clone, Debug)]
+pub struct MonitorArgs {
+    /// A file written by `oe-text score` (TSV, CSV, JSON lines or Parquet).
+    #[arg(value_name = "SCORED")]
+    pub input: PathBuf,
+    /// Texts per window.
+    #[arg(long, default_value_t = 1000)]
+    pub every: usize,
+    /// Level of the "small p-value" share.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// Also plot the rates per window (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+impl MonitorArgs {
+    pub fn request(&self) -> Result<crate::text::score::monitor::MonitorRequest> {
+        check_level("--alpha", self.alpha)?;
+        if self.every == 0 {
+            return Err(OeError::Config("--every must be positive".into()));
+        }
+        Ok(crate::text::score::monitor::MonitorRequest {
+            input: self.input.clone(),
+            every: self.every,
+            alpha: self.alpha,
+            plot: self.plot.clone(),
+        })
+    }
+}

@@ -58,6 +58,8 @@ pub enum ChartKind {
     Pr(Vec<Line>, Vec<(f64, usize)>),
     /// Density histograms: (label, bins as (left, right, density), colour).
     Hist(Vec<HistSeries>),
+    /// Lines over any x range, y in [0, 1] (rates per window).
+    Series(Vec<Line>),
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +87,17 @@ where
     root.fill(&WHITE).map_err(de)?;
     let (x_range, y_range) = match &chart.kind {
         ChartKind::Roc(_) | ChartKind::Pr(..) => (0.0..1.0, 0.0..1.0),
+        ChartKind::Series(lines) => {
+            let xs = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
+            let lo = xs().fold(f64::INFINITY, f64::min);
+            let hi = xs().fold(f64::NEG_INFINITY, f64::max);
+            let (lo, hi) = if lo.is_finite() && hi > lo {
+                (lo, hi)
+            } else {
+                (0.0, 1.0)
+            };
+            (lo..hi, 0.0..1.0)
+        }
         ChartKind::Hist(series) => {
             let lo = series
                 .iter()
@@ -123,7 +136,7 @@ where
         .map_err(de)?;
     let grey = RGBColor(150, 150, 150);
     match &chart.kind {
-        ChartKind::Roc(lines) | ChartKind::Pr(lines, _) => {
+        ChartKind::Roc(lines) | ChartKind::Pr(lines, _) | ChartKind::Series(lines) => {
             if let ChartKind::Roc(_) = chart.kind {
                 cc.draw_series(LineSeries::new(
                     [(0.0, 0.0), (1.0, 1.0)],
@@ -187,7 +200,7 @@ where
     let pos = match chart.kind {
         ChartKind::Roc(_) => SeriesLabelPosition::LowerRight,
         ChartKind::Pr(..) => SeriesLabelPosition::UpperRight,
-        ChartKind::Hist(_) => SeriesLabelPosition::UpperLeft,
+        ChartKind::Hist(_) | ChartKind::Series(_) => SeriesLabelPosition::UpperLeft,
     };
     cc.configure_series_labels()
         .position(pos)

@@ -17,6 +17,7 @@
 //! (20NG's fixed length 100, a transformer's `max_len`, `text.max_tokens`), counted.
 
 pub mod input;
+pub mod monitor;
 pub mod output;
 pub mod parquet;
 
