@@ -118,6 +118,17 @@ fn server(m: &Path, f: impl FnOnce(&mut ServeRequest)) -> oe::text::serve::Serve
     spawn(req).unwrap()
 }
 
+/// A fresh model directory and a service on it with the settings `f` makes.
+fn start(
+    f: impl FnOnce(&mut ServeRequest),
+) -> (tempfile::TempDir, oe::text::serve::Server, String) {
+    let d = tempfile::tempdir().unwrap();
+    let m = model(d.path());
+    let s = server(&m, f);
+    let addr = s.addr.to_string();
+    (d, s, addr)
+}
+
 /// POSTs `body` to `/v1/score`; returns (status, JSON body, Retry-After).
 fn post(addr: &str, body: &[u8], token: Option<&str>) -> (u16, serde_json::Value, Option<String>) {
     let mut r = ureq::post(&format!("http://{addr}/v1/score"))
@@ -216,15 +227,12 @@ fn service_scores_exactly_like_score_in_any_batch() {
 
 #[test]
 fn limits_bad_input_and_token_get_their_status_and_a_json_error() {
-    let d = tempfile::tempdir().unwrap();
-    let m = model(d.path());
-    let s = server(&m, |r| {
+    let (_d, s, addr) = start(|r| {
         r.max_texts = 5;
         r.max_text_bytes = 50;
         r.max_body_bytes = 2000;
         r.token = Some("s3cret-token".into());
     });
-    let addr = s.addr.to_string();
     let t = Some("s3cret-token");
     let ok = score_body(&["a good film".to_string()]);
     let (st, v, _) = post(&addr, &ok, None);
@@ -323,15 +331,12 @@ fn limits_bad_input_and_token_get_their_status_and_a_json_error() {
 
 #[test]
 fn a_full_queue_answers_503_with_retry_after() {
-    let d = tempfile::tempdir().unwrap();
-    let m = model(d.path());
     // One admitted request at a time, held 600 ms by the batch window.
-    let s = server(&m, |r| {
+    let (_d, s, addr) = start(|r| {
         r.queue = 1;
         r.max_batch = 10_000;
         r.max_wait = Duration::from_millis(600);
     });
-    let addr = s.addr.to_string();
     let first = {
         let addr = addr.clone();
         std::thread::spawn(move || post(&addr, &score_body(&["a good film".into()]), None))

@@ -34,7 +34,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,19 +102,6 @@ impl ServeRequest {
         }
         Ok(())
     }
-}
-
-/// One scored text in a response.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ScoredText {
-    /// Anomaly score (higher = more anomalous), float32 as `oe-text score` writes it.
-    pub score: f32,
-    pub class: String,
-    pub prob: f32,
-    /// `score > threshold` at the stored threshold for the score; `null` without one.
-    pub is_ood: Option<bool>,
-    /// Conformal p-value against the stored validation scores; `null` without them.
-    pub p_value: Option<f64>,
 }
 
 /// Work for the inference thread.
@@ -681,24 +667,22 @@ async fn score_request(
         .cloned()
         .unwrap_or_default();
     let mut flagged = 0u64;
-    let results: Vec<ScoredText> = scored
+    // One object per text: the float32 score and probability as `oe-text score` writes them, the
+    // class name, `is_ood` at the stored threshold and the conformal p-value (null without them).
+    let results: Vec<serde_json::Value> = scored
         .iter()
         .map(|s| {
             let is_ood = threshold.map(|t| f64::from(s.score) > t);
             if is_ood == Some(true) {
                 flagged += 1;
             }
-            ScoredText {
-                score: s.score,
-                class: labels
-                    .get(s.class as usize)
-                    .and_then(|c| c.as_str())
-                    .unwrap_or("")
-                    .to_string(),
-                prob: s.prob,
-                is_ood,
-                p_value: conformal.as_ref().map(|c| c.p_value(f64::from(s.score))),
-            }
+            serde_json::json!({
+                "score": s.score,
+                "class": labels.get(s.class as usize).and_then(|c| c.as_str()).unwrap_or(""),
+                "prob": s.prob,
+                "is_ood": is_ood,
+                "p_value": conformal.as_ref().map(|c| c.p_value(f64::from(s.score))),
+            })
         })
         .collect();
     shared.metrics.texts.fetch_add(n as u64, Ordering::Relaxed);

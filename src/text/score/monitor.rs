@@ -86,7 +86,11 @@ fn flag(path: &Path, line: usize, s: &str) -> Result<bool> {
     match s.trim() {
         "true" => Ok(true),
         "false" => Ok(false),
-        other => Err(OeError::parse(path, line, format!("is_ood `{other}` is not true or false"))),
+        other => Err(OeError::parse(
+            path,
+            line,
+            format!("is_ood `{other}` is not true or false"),
+        )),
     }
 }
 
@@ -101,12 +105,15 @@ pub fn read_scored(path: &Path) -> Result<Vec<Row>> {
         Some("parquet") => {
             let df = crate::text::score::parquet::read_parquet(path)?;
             let get = |c: &str| -> Option<Vec<Option<f64>>> {
-                let s = df.column(c).ok()?.cast(&polars::prelude::DataType::Float64).ok()?;
+                let s = df
+                    .column(c)
+                    .ok()?
+                    .cast(&polars::prelude::DataType::Float64)
+                    .ok()?;
                 Some(s.f64().ok()?.iter().collect())
             };
-            let score = get("score").ok_or_else(|| {
-                OeError::Data(format!("{}: no `score` column", path.display()))
-            })?;
+            let score = get("score")
+                .ok_or_else(|| OeError::Data(format!("{}: no `score` column", path.display())))?;
             let p = get("p_value");
             let ood: Option<Vec<Option<bool>>> = df
                 .column("is_ood")
@@ -129,9 +136,9 @@ pub fn read_scored(path: &Path) -> Result<Vec<Row>> {
                     let v: serde_json::Value = serde_json::from_str(l)
                         .map_err(|e| OeError::parse(path, i + 1, format!("not JSON: {e}")))?;
                     Ok(Row {
-                        score: v["score"].as_f64().ok_or_else(|| {
-                            OeError::parse(path, i + 1, "no numeric `score`")
-                        })?,
+                        score: v["score"]
+                            .as_f64()
+                            .ok_or_else(|| OeError::parse(path, i + 1, "no numeric `score`"))?,
                         is_ood: v["is_ood"].as_bool(),
                         p_value: v["p_value"].as_f64(),
                     })
@@ -167,7 +174,9 @@ pub fn read_scored(path: &Path) -> Result<Vec<Row>> {
                     };
                     Ok(Row {
                         score: num(path, line, "score", at(si)?)?,
-                        is_ood: oi.map(|i| at(i).and_then(|s| flag(path, line, s))).transpose()?,
+                        is_ood: oi
+                            .map(|i| at(i).and_then(|s| flag(path, line, s)))
+                            .transpose()?,
                         p_value: pi
                             .map(|i| at(i).and_then(|s| num(path, line, "p_value", s)))
                             .transpose()?,
@@ -193,7 +202,10 @@ pub fn run_monitor(req: &MonitorRequest) -> Result<MonitorOutcome> {
     }
     let rows = read_scored(&req.input)?;
     if rows.is_empty() {
-        return Err(OeError::Data(format!("{}: no scored rows", req.input.display())));
+        return Err(OeError::Data(format!(
+            "{}: no scored rows",
+            req.input.display()
+        )));
     }
     let ws = windows(&rows, req.every, req.alpha);
     let mut t = format!(
@@ -218,7 +230,11 @@ pub fn run_monitor(req: &MonitorRequest) -> Result<MonitorOutcome> {
             pct(w.ood_rate),
             pct(w.small_p),
             w.p_hist
-                .map(|h| h.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" "))
+                .map(|h| h
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "))
                 .unwrap_or_else(|| "-".into())
         );
     }
@@ -298,9 +314,16 @@ mod tests {
         // 0.1 is in (0, 0.1]; 1.0 in (0.9, 1].
         assert_eq!(w[1].p_hist.unwrap(), [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!((w[2].first, w[2].rows, w[2].ood_rate), (5, 1, Some(1.0)));
-        let no_p = [Row { score: 1.0, is_ood: None, p_value: None }];
+        let no_p = [Row {
+            score: 1.0,
+            is_ood: None,
+            p_value: None,
+        }];
         let w = windows(&no_p, 10, 0.05);
-        assert_eq!((w[0].ood_rate, w[0].small_p, w[0].p_hist), (None, None, None));
+        assert_eq!(
+            (w[0].ood_rate, w[0].small_p, w[0].p_hist),
+            (None, None, None)
+        );
     }
 
     #[test]
@@ -313,9 +336,19 @@ mod tests {
         )
         .unwrap();
         let rows = read_scored(&p).unwrap();
-        assert_eq!(rows[1], Row { score: -0.1, is_ood: Some(true), p_value: Some(0.01) });
+        assert_eq!(
+            rows[1],
+            Row {
+                score: -0.1,
+                is_ood: Some(true),
+                p_value: Some(0.01)
+            }
+        );
         std::fs::write(&p, "source\tline\tscore\nx\t1\tnope\n").unwrap();
         let e = read_scored(&p).unwrap_err().to_string();
-        assert!(e.contains("s.tsv") && e.contains('2') && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("s.tsv") && e.contains('2') && e.contains("nope"),
+            "{e}"
+        );
     }
 }

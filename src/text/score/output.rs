@@ -200,9 +200,9 @@ fn csv_field(s: &str, out: &mut String) {
     }
 }
 
-impl RowWriter for TextRows {
-    fn write(&mut self, r: &OutRow) -> Result<()> {
-        use std::fmt::Write as _;
+impl TextRows {
+    /// Writes the header once (TSV and CSV; JSON lines have none).
+    fn write_header(&mut self) -> Result<()> {
         if !self.header_done && self.format != OutputFormat::Jsonl {
             let h = self.header();
             self.w
@@ -210,6 +210,14 @@ impl RowWriter for TextRows {
                 .map_err(|e| OeError::io(&self.name, e))?;
         }
         self.header_done = true;
+        Ok(())
+    }
+}
+
+impl RowWriter for TextRows {
+    fn write(&mut self, r: &OutRow) -> Result<()> {
+        use std::fmt::Write as _;
+        self.write_header()?;
         let l = &mut self.line;
         l.clear();
         match self.format {
@@ -265,13 +273,7 @@ impl RowWriter for TextRows {
     }
 
     fn finish(&mut self) -> Result<()> {
-        if !self.header_done && self.format != OutputFormat::Jsonl {
-            let h = self.header();
-            self.w
-                .write_all(h.as_bytes())
-                .map_err(|e| OeError::io(&self.name, e))?;
-            self.header_done = true;
-        }
+        self.write_header()?;
         self.w.flush().map_err(|e| OeError::io(&self.name, e))?;
         self.w.get_mut().commit()
     }
