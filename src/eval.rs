@@ -135,12 +135,7 @@ impl EvalConfig {
 
     /// The FPR column name of results evaluated with these settings, e.g. `fpr90_closest_out`.
     pub fn fpr_column(&self) -> String {
-        let level = (self.tpr * 1000.0).round() / 10.0;
-        let level = if level.fract() == 0.0 {
-            format!("{}", level as i64)
-        } else {
-            format!("{level}")
-        };
+        let level = crate::metrics::level_name(self.tpr);
         let rule = match self.fpr_rule {
             FprRule::Closest => "closest",
             FprRule::AtLeast => "atleast",

@@ -61,6 +61,8 @@ pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
 /// An interrupted write never leaves a partial file under the final name; the file gets the usual
 /// permissions (`0666 & !umask`); an existing `path` that is not a regular file is not replaced.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Checked before anything is created (no temporary file in `/dev` for `-o /dev/null`), and
+    // again by `persist` at the rename.
     check_replaceable(path)?;
     let mut tmp = temp_file_in(parent_dir(path), ".oe-tmp-", "")?;
     tmp.write_all(bytes).map_err(|e| OeError::io(path, e))?;

@@ -144,6 +144,21 @@ pub fn nlp_lookup(in_dataset: &str, ood_set: &str, method: &str) -> Option<Paper
     lookup(Table::Table8, in_dataset, ood_set, method)
 }
 
+/// The row for `set`, or for `mean` the table averaged over `sets` (what our mean row averages).
+pub fn row_or_mean(
+    table: Table,
+    in_dataset: &str,
+    set: &str,
+    method: &str,
+    sets: &[String],
+) -> Option<PaperRow> {
+    if set == "mean" {
+        mean_over(table, in_dataset, method, sets)
+    } else {
+        lookup(table, in_dataset, set, method)
+    }
+}
+
 /// A per-set table averaged over `sets` (all must be in it), percent; over the table's own sets
 /// this is (to rounding) its `mean` row.
 pub fn mean_over(

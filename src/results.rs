@@ -41,12 +41,13 @@ fn pe<E: std::fmt::Display>(e: E) -> OeError {
 
 /// The paper's row for `set` (or the mean of its rows over `sets` when `set` is `mean`).
 fn paper_row(meta: &RunMeta, set: &str, sets: &[String]) -> Option<PaperRow> {
-    let method = meta.method.paper_method();
-    if set == "mean" {
-        crate::paper::mean_over(meta.paper, &meta.in_dataset, method, sets)
-    } else {
-        crate::paper::lookup(meta.paper, &meta.in_dataset, set, method)
-    }
+    crate::paper::row_or_mean(
+        meta.paper,
+        &meta.in_dataset,
+        set,
+        meta.method.paper_method(),
+        sets,
+    )
 }
 
 /// The results rows of one evaluation (see the module docs for the columns).
@@ -312,12 +313,8 @@ pub fn paper_cells<'a>(
         } else {
             "oe"
         };
-        let p = if set == "mean" {
-            crate::paper::mean_over(table, &in_dataset, method, sets)
-        } else {
-            crate::paper::lookup(table, &in_dataset, set, method)
-        };
-        p.map(|x| [x.fpr, x.auroc, x.aupr_out])
+        crate::paper::row_or_mean(table, &in_dataset, set, method, sets)
+            .map(|x| [x.fpr, x.auroc, x.aupr_out])
     }
 }
 

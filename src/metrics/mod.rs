@@ -17,4 +17,6 @@ pub mod ranking;
 pub use calibration::{
     calibration_error, soft_f1, tune_temperature, CalibrationConfig, CalibrationError,
 };
-pub use ranking::{DetectionMetrics, FprAtTpr, FprRule, MetricsConfig, Positive, Ranking};
+pub use ranking::{
+    level_name, DetectionMetrics, FprAtTpr, FprRule, MetricsConfig, Positive, Ranking,
+};

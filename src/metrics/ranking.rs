@@ -24,6 +24,16 @@ impl Positive {
     }
 }
 
+/// A recall level as written in metric names, in percent to 0.1: `0.9` → `90`, `0.995` → `99.5`.
+pub fn level_name(tpr: f64) -> String {
+    let level = (tpr * 1000.0).round() / 10.0;
+    if level.fract() == 0.0 {
+        format!("{}", level as i64)
+    } else {
+        format!("{level}")
+    }
+}
+
 /// How the threshold for "FPR at a TPR level" is chosen (README, "The paper's protocol: metrics").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

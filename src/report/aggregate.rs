@@ -170,12 +170,7 @@ impl FprColumn {
 
     /// The recall level in percent as written in column names (`90`, `95`, `99.5`).
     fn level(&self) -> String {
-        let level = (self.tpr * 1000.0).round() / 10.0;
-        if level.fract() == 0.0 {
-            format!("{}", level as i64)
-        } else {
-            format!("{level}")
-        }
+        crate::metrics::level_name(self.tpr)
     }
 
     /// The results column with the paper's FPR at this recall level (`paper_fpr90_pct`).

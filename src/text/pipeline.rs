@@ -774,14 +774,26 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
     let conformal = match req.p_decision {
         PDecision::None => None,
         _ => {
-            let c = crate::text::calibrate::load(&m.dir, &req.score)?;
-            threshold_note = Some(format!(
+            // The calibration `--threshold auto` already read, else read it now.
+            let loaded;
+            let c = match &threshold {
+                Some((_, Some(c))) => c,
+                _ => {
+                    loaded = crate::text::calibrate::load(&m.dir, &req.score)?;
+                    &loaded
+                }
+            };
+            let note = format!(
                 "p-values against {} {} validation scores ({}) from {}",
                 c.n_validation,
                 c.score,
                 c.split,
                 crate::text::calibrate::paths(&m.dir, &c.score).0.display()
-            ));
+            );
+            threshold_note = Some(match threshold_note {
+                Some(t) => format!("{t}; {note}"),
+                None => note,
+            });
             Some(c.conformal(&m.dir)?)
         }
     };

@@ -163,18 +163,35 @@ impl Histogram {
     }
 }
 
-/// A stored calibration and its p-values (when it has validation scores).
-type Stored = (Calibration, Option<Conformal>);
+/// A score's stored threshold and, when the calibration has validation scores, its p-values
+/// (shared, not copied, by the requests that use them).
+#[derive(Clone)]
+struct Stored {
+    threshold: f64,
+    conformal: Option<Arc<Conformal>>,
+}
+
+impl Stored {
+    fn of(c: &Calibration, dir: &std::path::Path) -> Self {
+        Self {
+            threshold: c.threshold,
+            conformal: c.conformal(dir).ok().map(Arc::new),
+        }
+    }
+}
 
 /// What the handlers share.
 struct Shared {
     jobs: mpsc::SyncSender<Job>,
     admitted: AtomicUsize,
+    /// False once shutdown has begun (requests in flight are still answered).
     ready: AtomicBool,
     req: ServeRequest,
     metrics: Metrics,
-    /// Calibrations by score name, read from the model directory on first use.
+    /// Calibrations by score name: the default scores' read at start, others on first use.
     calibrations: Mutex<HashMap<String, Option<Stored>>>,
+    /// Class names by index.
+    labels: Vec<String>,
     model_info: serde_json::Value,
 }
 
@@ -298,16 +315,43 @@ pub fn run(
         let hist = batch_metrics.clone();
         std::thread::spawn(move || inference_loop(&req, jobs_rx, loaded_tx, &hist))
     };
-    let model_info = loaded_rx
+    let mut model_info = loaded_rx
         .recv()
         .map_err(|_| OeError::Data("the inference thread stopped while loading".into()))??;
+    // The stored calibrations, read once: for `/v1/model` and for the requests.
+    let mut calibrations = HashMap::new();
+    let mut thresholds = Vec::new();
+    for s in Score::all() {
+        let c = crate::text::calibrate::load(&req.model_dir, &s).ok();
+        if let Some(c) = &c {
+            thresholds.push(serde_json::json!({
+                "score": s.to_string(),
+                "threshold": c.threshold,
+                "tpr": c.tpr,
+                "n_validation": c.n_validation,
+                "split": c.split,
+                "p_values": !c.validation_scores.is_empty(),
+            }));
+        }
+        calibrations.insert(s.to_string(), c.map(|c| Stored::of(&c, &req.model_dir)));
+    }
+    model_info["thresholds"] = serde_json::Value::Array(thresholds);
+    let labels = model_info["labels"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     let shared = Arc::new(Shared {
         jobs: jobs_tx,
         admitted: AtomicUsize::new(0),
         ready: AtomicBool::new(true),
         req: req.clone(),
         metrics: Metrics::default(),
-        calibrations: Mutex::new(HashMap::new()),
+        calibrations: Mutex::new(calibrations),
+        labels,
         model_info,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -324,12 +368,15 @@ pub fn run(
             .map_err(|e| OeError::Data(format!("listening address: {e}")))?;
         let app = router(shared.clone(), batch_metrics.clone());
         on_ready(addr);
+        let draining = shared.clone();
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                draining.ready.store(false, Ordering::SeqCst);
+            })
             .await
             .map_err(|e| OeError::Data(format!("serving: {e}")))
     });
-    shared.ready.store(false, Ordering::SeqCst);
     // The router (and with it every sender) is gone once serving returns: the loop ends.
     drop(shared);
     drop(rt);
@@ -426,23 +473,10 @@ fn inference_loop(
     Ok(())
 }
 
-/// `GET /v1/model`'s body.
+/// `GET /v1/model`'s body (its `thresholds` are added by [`run`]).
 fn model_info(m: &LoadedModel) -> Result<serde_json::Value> {
     let weights = m.dir.join(crate::rundir::WEIGHTS_FILE);
     let sha = crate::datasets::fetch::sha256_file(&weights)?;
-    let mut thresholds = Vec::new();
-    for s in Score::all() {
-        if let Ok(c) = crate::text::calibrate::load(&m.dir, &s) {
-            thresholds.push(serde_json::json!({
-                "score": s.to_string(),
-                "threshold": c.threshold,
-                "tpr": c.tpr,
-                "n_validation": c.n_validation,
-                "split": c.split,
-                "p_values": !c.validation_scores.is_empty(),
-            }));
-        }
-    }
     // Fitted feature detectors are listed; the service scores with logit scores (as `score`).
     let detectors: Vec<&str> = if m.detectors.is_some() {
         vec!["mahalanobis", "knn"]
@@ -459,7 +493,6 @@ fn model_info(m: &LoadedModel) -> Result<serde_json::Value> {
         "weights_sha256": sha,
         "scores": Score::all().iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         "detectors": detectors,
-        "thresholds": thresholds,
     }))
 }
 
@@ -662,10 +695,6 @@ async fn score_request(
         })?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     let (threshold, conformal) = calibration(shared, &score);
-    let labels = shared.model_info["labels"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let mut flagged = 0u64;
     // One object per text: the float32 score and probability as `oe-text score` writes them, the
     // class name, `is_ood` at the stored threshold and the conformal p-value (null without them).
@@ -678,7 +707,7 @@ async fn score_request(
             }
             serde_json::json!({
                 "score": s.score,
-                "class": labels.get(s.class as usize).and_then(|c| c.as_str()).unwrap_or(""),
+                "class": shared.labels.get(s.class as usize).map_or("", String::as_str),
                 "prob": s.prob,
                 "is_ood": is_ood,
                 "p_value": conformal.as_ref().map(|c| c.p_value(f64::from(s.score))),
@@ -695,7 +724,7 @@ async fn score_request(
 }
 
 /// The stored threshold and validation scores of `score` (read once, then kept).
-fn calibration(shared: &Shared, score: &Score) -> (Option<f64>, Option<Conformal>) {
+fn calibration(shared: &Shared, score: &Score) -> (Option<f64>, Option<Arc<Conformal>>) {
     let mut map = shared
         .calibrations
         .lock()
@@ -703,13 +732,10 @@ fn calibration(shared: &Shared, score: &Score) -> (Option<f64>, Option<Conformal
     let entry = map.entry(score.to_string()).or_insert_with(|| {
         crate::text::calibrate::load(&shared.req.model_dir, score)
             .ok()
-            .map(|c| {
-                let conf = c.conformal(&shared.req.model_dir).ok();
-                (c, conf)
-            })
+            .map(|c| Stored::of(&c, &shared.req.model_dir))
     });
     match entry {
-        Some((c, conf)) => (Some(c.threshold), conf.clone()),
+        Some(st) => (Some(st.threshold), st.conformal.clone()),
         None => (None, None),
     }
 }
