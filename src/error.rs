@@ -37,6 +37,11 @@ pub enum OeError {
     #[error("data: {0}")]
     Data(String),
 
+    /// A stop was requested (SIGTERM, SIGUSR1 or SIGINT, see [`crate::interrupt`]); the work done so
+    /// far was saved where it can be resumed from. The message says what and where.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+
     /// Errors raised by libtorch.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
@@ -59,6 +64,17 @@ impl OeError {
             msg: msg.into(),
         }
     }
+}
+
+/// An error and its causes on one line, `: `-separated (for records written to files).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s += &format!(": {e}");
+        cur = e.source();
+    }
+    s
 }
 
 /// `Result` with [`OeError`].

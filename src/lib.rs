@@ -22,6 +22,8 @@
 //! - [`results`]: the one results schema written per evaluation.
 //! - [`report`]: `oe-text report`, aggregating results of any runs (text and vision).
 //! - [`progress`]: renders progress events (bars on a terminal, plain lines otherwise).
+//! - [`interrupt`]: graceful stops on SIGTERM / SIGUSR1 (preemption, time limits) and Slurm requeue.
+//! - [`cluster`]: sweeps (a grid of training runs) and Slurm array scripts for sweeps and sharded scoring.
 //!
 //! The wings:
 //! - [`text`]: datasets, tokenizers, GRU / transformer / MiniLM, training step, protocols, model
@@ -32,11 +34,13 @@
 //! On top: [`cli`], clap argument structs and their validation into requests.
 
 pub mod cli;
+pub mod cluster;
 pub mod datasets;
 pub mod detect;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod interrupt;
 pub mod io;
 pub mod loss;
 pub mod metrics;

@@ -133,6 +133,162 @@ pub fn finish_phase(
     Ok(())
 }
 
+/// The lock file of a directory being written (`.oe-lock`, see [`RunLock`]).
+pub const LOCK_FILE: &str = ".oe-lock";
+
+/// Who holds a [`RunLock`]: written as JSON into the lock file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LockOwner {
+    pub pid: u32,
+    pub host: String,
+    /// Seconds since the Unix epoch.
+    pub started: u64,
+    pub command: String,
+    /// `SLURM_JOB_ID` (or `ARRAYJOB_TASK`) when the owner ran under Slurm: a requeued task may take
+    /// over its own lock on another node.
+    #[serde(default)]
+    pub slurm_job: Option<String>,
+}
+
+impl LockOwner {
+    fn me(command: &str) -> Self {
+        LockOwner {
+            pid: std::process::id(),
+            host: hostname(),
+            started: crate::io::unix_now(),
+            command: command.to_string(),
+            slurm_job: slurm_job_id(),
+        }
+    }
+
+    /// Whether the owner is certainly gone: same host and no such process, or the same Slurm job
+    /// (a requeued task restarting).
+    pub fn is_stale(&self) -> bool {
+        let me = LockOwner::me("");
+        if self.slurm_job.is_some() && self.slurm_job == me.slurm_job {
+            return true;
+        }
+        self.host == me.host && (self.pid == me.pid || !process_alive(self.pid))
+    }
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn slurm_job_id() -> Option<String> {
+    crate::interrupt::slurm_array_task().or_else(|| std::env::var("SLURM_JOB_ID").ok())
+}
+
+/// Whether process `pid` exists on this host.
+pub fn process_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// An exclusive claim on a directory while one process writes it, so two `train --out X` (or two
+/// sweep tasks) never write the same directory. The lock file is created with `O_EXCL` and names
+/// its owner; a lock whose owner is gone (same host, no such process; or the same Slurm job,
+/// restarted) is taken over. Dropping the lock removes the file.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Takes the lock of `dir` (created if needed) for `command`.
+    pub fn acquire(dir: &Path, command: &str) -> Result<RunLock> {
+        std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
+        Self::acquire_file(&dir.join(LOCK_FILE), dir, command)
+    }
+
+    /// Takes the lock file `path` guarding `what` (a directory or file named in errors).
+    pub fn acquire_file(path: &Path, what: &Path, command: &str) -> Result<RunLock> {
+        let dir = what;
+        let path = path.to_path_buf();
+        let me = LockOwner::me(command);
+        let body = serde_json::to_vec_pretty(&me).map_err(|e| OeError::Data(e.to_string()))?;
+        for _ in 0..3 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(&body)
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| OeError::io(&path, e))?;
+                    return Ok(RunLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    match read_lock(&path)? {
+                        Some(owner) if !owner.is_stale() => {
+                            return Err(OeError::Config(format!(
+                                "{} is being written by `{}` (pid {} on {}, since {}{}); lock file {}: \
+                                 wait for it, or delete the lock file if that process is gone",
+                                dir.display(),
+                                owner.command,
+                                owner.pid,
+                                owner.host,
+                                crate::io::utc_time(owner.started),
+                                owner
+                                    .slurm_job
+                                    .as_deref()
+                                    .map(|j| format!(", Slurm job {j}"))
+                                    .unwrap_or_default(),
+                                path.display()
+                            )))
+                        }
+                        // Stale (or vanished meanwhile): remove and try again.
+                        _ => {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => return Err(OeError::io(&path, e)),
+            }
+        }
+        Err(OeError::Config(format!(
+            "{}: cannot take the lock (it keeps reappearing)",
+            path.display()
+        )))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The owner recorded in a lock file; `None` when it vanished or is unreadable (a crash while
+/// writing it).
+pub fn read_lock(path: &Path) -> Result<Option<LockOwner>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(OeError::io(path, e)),
+    }
+}
+
+/// Whether `dir` is locked by a live owner (for status views).
+pub fn live_lock(dir: &Path) -> Option<LockOwner> {
+    read_lock(&dir.join(LOCK_FILE))
+        .ok()
+        .flatten()
+        .filter(|o| !o.is_stale())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +303,7 @@ mod tests {
             phase: "baseline".into(),
             epochs_done: 2,
             history: vec![],
+            partial: None,
         };
         write_json(&d.path().join(CHECKPOINT_STATE), &st).unwrap();
         std::fs::write(d.path().join(CHECKPOINT_WEIGHTS), b"x").unwrap();
@@ -171,6 +328,42 @@ mod tests {
         let e = already_trained(d.path(), "baseline", false, &mut Silent).unwrap_err();
         assert!(e.to_string().contains("use --resume"), "{e}");
         assert!(already_trained(d.path(), "baseline", true, &mut Silent).unwrap());
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_and_a_stale_lock_taken_over() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("run");
+        let lock = RunLock::acquire(&dir, "oe-text train").unwrap();
+        // Held by this (live) process: a second writer gets an error naming the owner... unless it
+        // is this very process, which counts as stale; so write a live foreign owner by hand.
+        drop(lock);
+        let foreign = LockOwner {
+            pid: 1, // init: alive on every Linux host
+            host: hostname(),
+            started: 0,
+            command: "oe-text train --out run".into(),
+            slurm_job: None,
+        };
+        std::fs::write(dir.join(LOCK_FILE), serde_json::to_vec(&foreign).unwrap()).unwrap();
+        let e = RunLock::acquire(&dir, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("is being written by `oe-text train --out run` (pid 1 on")
+                && e.contains(LOCK_FILE),
+            "{e}"
+        );
+        assert!(live_lock(&dir).is_some());
+        // A dead owner on this host: taken over, and the file is gone after the drop.
+        let dead = LockOwner {
+            pid: u32::MAX / 2,
+            ..foreign
+        };
+        std::fs::write(dir.join(LOCK_FILE), serde_json::to_vec(&dead).unwrap()).unwrap();
+        assert!(live_lock(&dir).is_none());
+        let l = RunLock::acquire(&dir, "x").unwrap();
+        assert_eq!(read_lock(&dir.join(LOCK_FILE)).unwrap().unwrap().command, "x");
+        drop(l);
+        assert!(!dir.join(LOCK_FILE).exists());
     }
 
     #[test]

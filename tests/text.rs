@@ -295,11 +295,13 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
         pooling: Default::default(),
     });
     let build = |vs: &nn::VarStore| model_cfg.build(&vs.root(), 40, 2).unwrap();
-    let run = |vs: &nn::VarStore,
-               model: &oe::text::models::TextModel,
-               state: CheckpointState,
-               opt: Option<&std::collections::HashMap<String, tch::Tensor>>,
-               stop_after: Option<usize>| {
+    let last_state = std::cell::RefCell::new(CheckpointState::default());
+    let run_obs = |vs: &nn::VarStore,
+                   model: &oe::text::models::TextModel,
+                   state: CheckpointState,
+                   opt: Option<&std::collections::HashMap<String, tch::Tensor>>,
+                   stop_after: Option<usize>,
+                   obs: &mut dyn train::Observer| {
         ttrain::train_phase(
             "p",
             Method::Baseline,
@@ -310,9 +312,10 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
             &cfg,
             state,
             opt,
-            &mut train::Silent,
+            obs,
             &mut |s, o| {
-                train::save_checkpoint(vs, o.state_tensors(), s.epochs_done, &ckpt)?;
+                train::save_checkpoint(vs, o.state_tensors(), s, &ckpt)?;
+                *last_state.borrow_mut() = s.clone();
                 if Some(s.epochs_done) == stop_after {
                     Err(oe::OeError::Config("simulated interruption".into()))
                 } else {
@@ -321,11 +324,18 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
             },
         )
     };
+    let run = |vs: &nn::VarStore,
+               model: &oe::text::models::TextModel,
+               state: CheckpointState,
+               opt: Option<&std::collections::HashMap<String, tch::Tensor>>,
+               stop_after: Option<usize>| {
+        run_obs(vs, model, state, opt, stop_after, &mut train::Silent)
+    };
     // Reference: three epochs without interruption.
     train::seed_everything(1);
     let vs_ref = nn::VarStore::new(Device::Cpu);
     let model_ref = build(&vs_ref);
-    run(&vs_ref, &model_ref, CheckpointState::default(), None, None).unwrap();
+    let ref_state = run(&vs_ref, &model_ref, CheckpointState::default(), None, None).unwrap();
     // Run 1: "crash" after the first epoch's checkpoint.
     train::seed_everything(1);
     let vs = nn::VarStore::new(Device::Cpu);
@@ -343,6 +353,7 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
         phase: "p".into(),
         epochs_done: 1,
         history: vec![],
+        partial: None,
     };
     let done = run(&vs2, &model2, state, Some(&tensors), None).unwrap();
     assert_eq!(done.epochs_done, 3);
@@ -352,6 +363,54 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
         0.0,
         "a resumed run must end where the uninterrupted one does"
     );
+    // Run 3: a stop request (what SIGTERM does) after the 6th step, i.e. in the middle of the second
+    // epoch (4 steps per epoch): a mid-epoch checkpoint, then a resume from it in a "new process".
+    struct StopAt(usize, usize);
+    impl train::Observer for StopAt {
+        fn step(&mut self, _: &str, _: usize, _: usize, _: f64, _: f64) {
+            self.1 += 1;
+            if self.1 == self.0 {
+                oe::interrupt::request_in_this_thread();
+            }
+        }
+    }
+    train::seed_everything(1);
+    let vs4 = nn::VarStore::new(Device::Cpu);
+    let model4 = build(&vs4);
+    let e = run_obs(&vs4, &model4, CheckpointState::default(), None, None, &mut StopAt(6, 0))
+        .unwrap_err();
+    oe::interrupt::clear();
+    assert!(matches!(e, oe::OeError::Interrupted(_)), "{e}");
+    let mid = last_state.borrow().clone();
+    assert_eq!((mid.epochs_done, mid.steps_done()), (1, 2), "{mid:?}");
+    let json = serde_json::to_string(&mid).unwrap();
+    train::seed_everything(99);
+    let mut vs5 = nn::VarStore::new(Device::Cpu);
+    let model5 = build(&vs5);
+    train::load_weights(&mut vs5, &ckpt).unwrap();
+    let tensors = train::read_tensors(&ckpt).unwrap();
+    let state: CheckpointState = serde_json::from_str(&json).unwrap();
+    train::check_checkpoint_progress(&tensors, &state, &ckpt, Path::new("checkpoint.json")).unwrap();
+    let done = run(&vs5, &model5, state, Some(&tensors), None).unwrap();
+    assert_eq!(
+        max_weight_diff(&vs_ref, &vs5),
+        0.0,
+        "a run resumed mid-epoch must end where the uninterrupted one does"
+    );
+    assert_eq!(done.history.len(), 3);
+    // The interrupted epoch's summary is the uninterrupted one's (its sums were checkpointed).
+    assert_eq!(done.history[1].loss, ref_state.history[1].loss);
+    assert_eq!(done.history[1].train_accuracy, ref_state.history[1].train_accuracy);
+    assert_eq!(done.history[1].steps, 4);
+    // A checkpoint.json from another step than the weights is refused.
+    let other = CheckpointState {
+        partial: None,
+        ..mid.clone()
+    };
+    let e = train::check_checkpoint_progress(&tensors, &other, &ckpt, Path::new("checkpoint.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("epoch 1 step 2") && e.contains("step 0"), "{e}");
     // A truncated weights file is rejected with a clear error.
     let bytes = std::fs::read(&ckpt).unwrap();
     let bad = dir.path().join("model.safetensors");

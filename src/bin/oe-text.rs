@@ -52,18 +52,198 @@ enum Command {
     /// Detectors × training (baseline, OE, energy-bounded OE) × model (GRU, transformer, MiniLM) on
     /// every OOD set: trains what is missing, writes compare.csv / compare.md and per-model results.
     Compare(Box<CompareArgs>),
+    /// Merge the parts of `score --shard I/N --output FILE` into FILE (byte-identical to an
+    /// unsharded score), after checking that all parts are finished and agree.
+    Merge(oe::cli::score::MergeArgs),
+    /// Sweeps: a TOML grid of training runs, one run directory per point; run points locally or as a
+    /// Slurm job array; status from the run directories.
+    Sweep(oe::cli::cluster::SweepArgs),
+}
+
+/// Trains as `oe-text train` does (one sweep point, or the command itself).
+fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let req = args.request(device(&args.device, args.quiet)?)?;
+    let mut progress = Progress::new(Style::detect(args.quiet));
+    let out = oe::text::pipeline::run_train(&req, &mut progress)
+        .with_context(|| format!("training run in {}", req.out_dir.display()))?;
+    print!("{}", out.table);
+    Ok(())
+}
+
+fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
+    use oe::cli::cluster::SweepCommand;
+    use oe::cluster::sweep;
+    match &args.command {
+        SweepCommand::Plan { sweep: file } => {
+            let s = sweep::load(file)?;
+            for p in &s.points {
+                oe::cli::cluster::point_train_args(file, p)?;
+            }
+            s.write_plan()?;
+            for p in &s.points {
+                println!("{:>4}  {:<40} oe-text train {}", p.index, p.name, p.args.join(" "));
+            }
+            eprintln!(
+                "{} points; wrote {}",
+                s.points.len(),
+                s.out.join(sweep::PLAN_FILE).display()
+            );
+        }
+        SweepCommand::Status { sweep: file, all } => {
+            let s = sweep::load(file)?;
+            print!("{}", sweep::status(&s).render(*all));
+        }
+        SweepCommand::Run { sweep: file, index } => {
+            oe::interrupt::install()?;
+            let s = sweep::load(file)?;
+            // Every point's flags are checked before anything runs.
+            let parsed: Vec<TrainArgs> = s
+                .points
+                .iter()
+                .map(|p| oe::cli::cluster::point_train_args(file, p))
+                .collect::<oe::Result<_>>()?;
+            s.write_plan()?;
+            let todo: Vec<usize> = match index {
+                Some(i) => vec![s.point(*i)?.index],
+                None => (0..s.points.len()).collect(),
+            };
+            for i in todo {
+                let p = &s.points[i];
+                if sweep::point_state(p) == sweep::PointState::Done {
+                    eprintln!("point {i} ({}): already done", p.name);
+                    continue;
+                }
+                eprintln!("point {i} ({}): oe-text train {}", p.name, p.args.join(" "));
+                let t0 = std::time::Instant::now();
+                match train(&parsed[i]) {
+                    Ok(()) => sweep::mark_done(p, t0.elapsed().as_secs_f64())?,
+                    Err(e) => {
+                        let interrupted = e.chain().any(|c| {
+                            matches!(c.downcast_ref::<oe::OeError>(), Some(oe::OeError::Interrupted(_)))
+                        });
+                        if !interrupted {
+                            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+                            sweep::mark_failed(p, &msg.join(": "))?;
+                        }
+                        return Err(e.context(format!("sweep point {i} ({})", p.name)));
+                    }
+                }
+            }
+        }
+        SweepCommand::Slurm { sweep: file, slurm } => {
+            let s = sweep::load(file)?;
+            for p in &s.points {
+                oe::cli::cluster::point_train_args(file, p)?;
+            }
+            s.write_plan()?;
+            let st = sweep::status(&s);
+            let todo = st.unfinished();
+            if todo.is_empty() {
+                print!("{}", st.render(false));
+                eprintln!("nothing to submit: every point is done or running");
+                return Ok(());
+            }
+            let dir = s.out.join("slurm");
+            let logs = dir.join("logs");
+            std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+            let argv = vec![
+                oe::cluster::slurm::current_program()?.display().to_string(),
+                "sweep".into(),
+                "run".into(),
+                s.file.display().to_string(),
+                "--index".into(),
+                oe::cluster::slurm::TASK_ID.into(),
+            ];
+            let script = oe::cluster::slurm::array_script(
+                &format!("oe-sweep-{}", s.name),
+                &todo,
+                &logs,
+                &std::env::current_dir()?,
+                &slurm.options()?,
+                &argv,
+                &format!("sweep {} ({} of {} points)", s.file.display(), todo.len(), s.points.len()),
+            )?;
+            let path = dir.join("sweep.sbatch");
+            oe::cluster::slurm::write_script(&path, &script)?;
+            eprintln!(
+                "wrote {} ({} tasks: {})",
+                path.display(),
+                todo.len(),
+                oe::cluster::slurm::compact_ranges(&todo)
+            );
+            if slurm.submit {
+                let id = oe::cluster::slurm::sbatch(&path, &[])?;
+                println!("{id}");
+                eprintln!("submitted job array {id}; `oe-text sweep status {}` follows it", file.display());
+            } else {
+                eprintln!("submit with: sbatch {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `score --slurm N`: the command line of this run, without the Slurm flags.
+fn score_argv_without_slurm() -> anyhow::Result<Vec<String>> {
+    let mut out = vec![oe::cluster::slurm::current_program()?.display().to_string()];
+    let with_value = [
+        "--slurm", "--partition", "--time", "--gpus", "--cpus", "--mem", "--max-parallel",
+        "--signal-secs",
+    ];
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--submit" {
+            continue;
+        }
+        if with_value.contains(&a.as_str()) {
+            it.next();
+            continue;
+        }
+        if with_value.iter().any(|f| a.starts_with(&format!("{f}="))) {
+            continue;
+        }
+        out.push(a);
+    }
+    Ok(out)
 }
 
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Train(args) => {
-            let req = args.request(device(&args.device, args.quiet)?)?;
-            let mut progress = Progress::new(Style::detect(args.quiet));
-            let out = oe::text::pipeline::run_train(&req, &mut progress)
-                .with_context(|| format!("training run in {}", req.out_dir.display()))?;
-            print!("{}", out.table);
+            oe::interrupt::install()?;
+            train(&args)?;
+        }
+        Command::Sweep(args) => sweep(&args)?,
+        Command::Merge(args) => {
+            let out = oe::text::score::shard::run_merge(&args.request())?;
+            if args.status {
+                print!("{}", out.render_states());
+                let done = out
+                    .states
+                    .iter()
+                    .filter(|s| matches!(s, oe::text::score::shard::PartState::Done { .. }))
+                    .count();
+                if done < out.shards {
+                    anyhow::bail!("{done} of {} parts done", out.shards);
+                }
+            } else {
+                if let Some(c) = &out.counts {
+                    eprintln!("{}", c.summary());
+                }
+                if let (Some(f), Some(d)) = (out.flagged_ood, &out.decision) {
+                    eprintln!(
+                        "flagged OOD ({d}): {f} of {} ({:.2}%)",
+                        out.rows,
+                        100.0 * f as f64 / out.rows.max(1) as f64
+                    );
+                }
+                if let Some(p) = &out.output {
+                    eprintln!("merged {} parts, {} rows: wrote {}", out.shards, out.rows, p.display());
+                }
+            }
         }
         Command::Compare(args) => {
+            oe::interrupt::install()?;
             let runs = args.runs(device(&args.train.device, args.train.quiet)?)?;
             let out_dir = args.out_dir();
             let mut progress = Progress::new(Style::detect(args.train.quiet));
@@ -99,9 +279,45 @@ fn run() -> anyhow::Result<()> {
             print!("{out}");
         }
         Command::Device(args) => println!("{}", args.select()?.description),
+        Command::Score(args) if args.slurm.is_some() => {
+            let output = args
+                .output
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--slurm needs --output FILE (the merged output)"))?;
+            let out = oe::cluster::slurm::score_slurm(&oe::cluster::slurm::ScoreSlurmRequest {
+                score_argv: score_argv_without_slurm()?,
+                output,
+                shards: args.slurm.unwrap_or(1),
+                options: args.slurm_opts.options()?,
+                submit: args.slurm_opts.submit,
+                chdir: std::env::current_dir()?,
+            })?;
+            eprintln!(
+                "wrote {}, {} and {}",
+                out.array_script.display(),
+                out.merge_script.display(),
+                out.submit_script.display()
+            );
+            match out.jobs {
+                Some((a, m)) => println!("{a} {m}"),
+                None => eprintln!("submit with: {}", out.submit_script.display()),
+            }
+        }
         Command::Score(args) => {
+            oe::interrupt::install()?;
             let req = args.request(device(&args.device, args.quiet)?)?;
             let out = oe::text::pipeline::run_score(&req).context("scoring")?;
+            if let Some((part, kept)) = &out.part {
+                if !args.quiet {
+                    if *kept {
+                        eprintln!("{}: already finished, kept", part.display());
+                    } else {
+                        eprintln!("{}", out.summary.render());
+                        eprintln!("wrote part {}", part.display());
+                    }
+                }
+                return Ok(());
+            }
             if !args.quiet {
                 if let Some(n) = &out.threshold_note {
                     eprintln!("{n}");

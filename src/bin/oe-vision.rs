@@ -45,6 +45,7 @@ enum Command {
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Train(args) => {
+            oe::interrupt::install()?;
             let req = args.request(device(&args.device, args.quiet)?)?;
             let mut progress = Progress::new(Style::detect(args.quiet));
             let out = oe::vision::pipeline::run_train(&req, &mut progress)

@@ -2,6 +2,7 @@
 //! types (`args.request()`), shared by `oe-text` and `oe-vision`. Nothing in the library imports
 //! this module; the binaries parse, call `request()`, run the library, and print.
 
+pub mod cluster;
 pub mod data;
 pub mod report;
 pub mod score;
@@ -97,6 +98,15 @@ pub(crate) fn check_tpr(tpr: f64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Whether this process is a Slurm job restarted after a requeue (`SLURM_RESTART_COUNT` > 0): such a
+/// run resumes its checkpoint by itself, as if `--resume` were given.
+pub fn restarted_by_slurm() -> bool {
+    std::env::var("SLURM_RESTART_COUNT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 /// Formats an error and its whole `source()` chain, one cause per line.

@@ -105,6 +105,17 @@ pub struct ScoreArgs {
     /// Largest number of texts read but not yet written (the reorder buffer).
     #[arg(long, default_value_t = 65_536)]
     pub max_pending: usize,
+    /// Score only shard I of N (0 <= I < N) into a part of --output (in OUTPUT.parts/), for
+    /// `oe-text merge`: blocks of 1,024 records go round-robin to the shards. Rerunning a finished
+    /// shard does nothing; an interrupted one resumes.
+    #[arg(long, value_name = "I/N", conflicts_with = "slurm")]
+    pub shard: Option<crate::text::score::shard::Shard>,
+    /// Write a Slurm array script scoring N shards and a merge job that runs after all of them
+    /// succeed (`afterok`), into OUTPUT.slurm/; with --submit, submit both.
+    #[arg(long, value_name = "N")]
+    pub slurm: Option<usize>,
+    #[command(flatten)]
+    pub slurm_opts: crate::cli::cluster::SlurmArgs,
     /// No summary on standard error.
     #[arg(long)]
     pub quiet: bool,
@@ -142,6 +153,11 @@ impl ScoreArgs {
                 "--batch-size and --max-pending must be positive".into(),
             ));
         }
+        if self.shard.is_some() && self.output.as_deref().is_none_or(|p| p.as_os_str() == "-") {
+            return Err(OeError::Config(
+                "--shard needs --output FILE: the parts go to FILE.parts/ and `oe-text merge -o FILE` writes FILE".into(),
+            ));
+        }
         Ok(ScoreRequest {
             model_dir: self.model.clone(),
             inputs: self.inputs.clone(),
@@ -166,7 +182,37 @@ impl ScoreArgs {
             max_pending: self.max_pending,
             default_threads: self.device.threads == 0,
             device,
+            shard: self.shard,
         })
+    }
+}
+
+/// `oe-text merge`.
+#[derive(Args, Clone, Debug)]
+pub struct MergeArgs {
+    /// The final output, as given to `score --shard I/N --output FILE` (the parts are in FILE.parts/).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Number of shards (default: from the part file names).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Only show each part's state (done, running, interrupted, failed, not started); exit status 1
+    /// unless all are done.
+    #[arg(long)]
+    pub status: bool,
+    /// Delete FILE.parts/ after a successful merge.
+    #[arg(long)]
+    pub remove_parts: bool,
+}
+
+impl MergeArgs {
+    pub fn request(&self) -> crate::text::score::shard::MergeRequest {
+        crate::text::score::shard::MergeRequest {
+            output: self.output.clone(),
+            shards: self.shards,
+            status_only: self.status,
+            remove_parts: self.remove_parts,
+        }
     }
 }
 

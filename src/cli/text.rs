@@ -316,7 +316,7 @@ impl TrainArgs {
             oe,
             eval: self.eval.config()?,
             ood_sets: self.eval.ood.clone(),
-            resume: self.resume,
+            resume: self.resume || crate::cli::restarted_by_slurm(),
             device,
             holdout: self.holdout,
             calibrate_tpr: (self.calibrate_tpr > 0.0).then_some(self.calibrate_tpr),

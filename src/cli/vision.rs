@@ -284,7 +284,7 @@ impl VisionTrainArgs {
             calibrate: !self.eval.no_calibration,
             max_train: self.max_train,
             max_test: self.max_test,
-            resume: self.resume,
+            resume: self.resume || crate::cli::restarted_by_slurm(),
             device,
         })
     }

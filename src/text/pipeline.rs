@@ -112,21 +112,11 @@ fn train_model_dir(
         Some(state) => {
             train::load_weights(&mut vs, &ckpt_w)?;
             let tensors = train::read_tensors(&ckpt_w)?;
-            if let Some(e) = tensors.get(train::CHECKPOINT_EPOCHS) {
-                let e = e.int64_value(&[0]);
-                if e != state.epochs_done as i64 {
-                    return Err(OeError::Data(format!(
-                        "{} is from epoch {e} but {} says {}: the run was interrupted while \
-                         saving; delete both to restart this phase",
-                        ckpt_w.display(),
-                        ckpt_j.display(),
-                        state.epochs_done
-                    )));
-                }
-            }
+            train::check_checkpoint_progress(&tensors, &state, &ckpt_w, &ckpt_j)?;
             obs.status(&format!(
-                "{phase}: resuming after epoch {} of {} (weights and Adam state from {})",
+                "{phase}: resuming after epoch {} step {} of {} epochs (weights and Adam state from {})",
                 state.epochs_done,
+                state.steps_done(),
                 cfg.train.epochs,
                 ckpt_w.display()
             ));
@@ -151,7 +141,7 @@ fn train_model_dir(
     vocab.save_dir(dir)?;
     let method = cfg.header.method;
     let mut save = |s: &CheckpointState, opt: &crate::train::optim::Adam| -> Result<()> {
-        train::save_checkpoint(&vs, opt.state_tensors(), s.epochs_done, &ckpt_w)?;
+        train::save_checkpoint(&vs, opt.state_tensors(), s, &ckpt_w)?;
         write_json(&ckpt_j, s)
     };
     let state = ttrain::train_phase(
@@ -282,6 +272,7 @@ fn calibrate_after_training(
 
 /// `oe-text train`: baseline, then OE (fine-tune or from scratch), then evaluation of both.
 pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutcome> {
+    let _lock = rundir::RunLock::acquire(&req.out_dir, "oe-text train")?;
     obs.status(&format!(
         "loading {} from {}",
         req.in_dataset,
@@ -434,6 +425,12 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
             table: String::new(),
             timings,
         });
+    }
+    if crate::interrupt::requested() {
+        return Err(OeError::Interrupted(format!(
+            "training of {} is finished, its evaluation was not run; run the same command with --resume",
+            req.out_dir.display()
+        )));
     }
     obs.status("evaluating");
     let t_eval = std::time::Instant::now();
@@ -691,6 +688,8 @@ pub struct ScoreRequest {
     /// `--threads 0`: on the CPU, give libtorch [`default_score_threads`].
     pub default_threads: bool,
     pub device: tch::Device,
+    /// Score one shard into a part of `output` ([`score::shard`]; merged by `oe-text merge`).
+    pub shard: Option<score::shard::Shard>,
 }
 
 /// Conformal p-values in `oe-text score` (against the validation scores stored by `calibrate`).
@@ -715,6 +714,8 @@ pub struct ScoreOutcome {
     pub threshold_note: Option<String>,
     /// The output file, when not standard output.
     pub output: Option<std::path::PathBuf>,
+    /// With a shard: the part's rows file, and whether it was already finished (nothing scored).
+    pub part: Option<(std::path::PathBuf, bool)>,
 }
 
 /// Resolves `--threshold` for a model and score.
@@ -815,6 +816,9 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
             || opts.alpha.is_some()
             || matches!(req.p_decision, PDecision::Fdr(_)),
     };
+    if let Some(shard) = req.shard {
+        return score_shard(req, &m, &inputs, opts, cols, shard, threshold_note);
+    }
     let mut writer = score::output::open_writer(req.output.as_deref(), req.format, cols)?;
     let summary = match req.p_decision {
         PDecision::Fdr(q) => {
@@ -833,9 +837,152 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
         }
         _ => score::score_stream(&m, &inputs, &req.input, &opts, writer.as_mut())?,
     };
+    if let Some(n) = summary.stopped_after {
+        return Err(OeError::Interrupted(format!(
+            "scoring stopped after {n} records; nothing was written (rerun the command)"
+        )));
+    }
     Ok(ScoreOutcome {
         summary,
         threshold_note,
         output: req.output.clone(),
+        part: None,
+    })
+}
+
+/// `oe-text score --shard I/N -o OUTPUT`: scores the shard into its part (resuming an interrupted
+/// part, keeping a finished one), see [`score::shard`].
+fn score_shard(
+    req: &ScoreRequest,
+    m: &LoadedModel,
+    inputs: &[std::path::PathBuf],
+    mut opts: score::ScoreOptions,
+    cols: score::output::Columns,
+    shard: score::shard::Shard,
+    threshold_note: Option<String>,
+) -> Result<ScoreOutcome> {
+    use score::shard::{self as sh, PartStart};
+    let output = req
+        .output
+        .as_deref()
+        .filter(|p| p.as_os_str() != "-")
+        .ok_or_else(|| OeError::Config("--shard needs --output FILE (the merged output's name)".into()))?;
+    let paths = sh::part_paths(output, shard);
+    let dir = sh::parts_dir(output);
+    std::fs::create_dir_all(&dir).map_err(|e| OeError::io(&dir, e))?;
+    let _lock = rundir::RunLock::acquire_file(&paths.lock, &paths.rows, "oe-text score --shard")?;
+    let model_sha256 = crate::datasets::fetch::sha256_file(&m.dir.join(rundir::WEIGHTS_FILE))?;
+    let calibration_sha256 = if opts.p_values.is_some() || threshold_note.is_some() {
+        let p = crate::text::calibrate::paths(&m.dir, &req.score).0;
+        Some(crate::datasets::fetch::sha256_file(&p)?)
+    } else {
+        None
+    };
+    let settings = sh::PartSettings {
+        score: req.score.to_string(),
+        threshold: opts.threshold,
+        alpha: opts.alpha,
+        fdr: match req.p_decision {
+            PDecision::Fdr(q) => Some(q),
+            _ => None,
+        },
+        p_values: cols.p_value,
+        is_ood: cols.is_ood,
+        format: req.format,
+        input: serde_json::to_value(&req.input).map_err(|e| OeError::Data(e.to_string()))?,
+        calibration_sha256,
+    };
+    let prior = match sh::part_start(output, shard, &model_sha256, &settings)? {
+        PartStart::Finished(r) => {
+            let mut summary = score::ScoreSummary {
+                counts: r.counts.clone(),
+                sources: r.sources.len(),
+                seconds: 0.0,
+                lines_per_second: 0.0,
+                batches: 0,
+                rows_computed: 0,
+                threshold: opts.threshold,
+                decision: None,
+                stopped_after: None,
+                owned: Some(r.owned),
+                input_digest: Some(r.input_digest.clone()),
+            };
+            summary.counts.scored = r.rows;
+            return Ok(ScoreOutcome {
+                summary,
+                threshold_note,
+                output: None,
+                part: Some((paths.rows, true)),
+            });
+        }
+        PartStart::Start(g) => g,
+    };
+    let (owned_done, rows, bytes) = (prior.owned_done, prior.rows, prior.bytes);
+    let sources: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    let mut part = sh::PartRows::open(&paths.partial, &sources, m.labels.names(), rows, bytes)?;
+    opts.shard = Some(sh::ShardSel {
+        shard,
+        skip_owned: owned_done,
+    });
+    let mut summary = match score::score_stream(m, inputs, &req.input, &opts, &mut part) {
+        Ok(s) => s,
+        Err(e) => {
+            if !matches!(e, OeError::Interrupted(_)) {
+                let _ = sh::write_failure(output, shard, &crate::error::chain(&e));
+            }
+            return Err(e);
+        }
+    };
+    // This shard's counts include those of the runs before a resume.
+    summary.counts.truncated_tokens += prior.truncated_tokens;
+    summary.counts.skipped_long += prior.skipped_long;
+    if let Some(k) = summary.stopped_after {
+        part.sync()?;
+        sh::write_progress(
+            output,
+            &sh::PartProgress {
+                shard,
+                model_sha256,
+                settings,
+                owned_done: k,
+                rows: part.rows,
+                bytes: part.bytes,
+                truncated_tokens: summary.counts.truncated_tokens,
+                skipped_long: summary.counts.skipped_long,
+                stopped: crate::io::utc_time(crate::io::unix_now()),
+            },
+        )?;
+        return Err(OeError::Interrupted(format!(
+            "shard {shard} stopped after {k} of its records ({} rows in {}); run the same command to resume",
+            part.rows,
+            paths.partial.display()
+        )));
+    }
+    part.sync()?;
+    let (rows, bytes) = (part.rows, part.bytes);
+    drop(part);
+    summary.counts.scored = rows;
+    let record = sh::PartRecord {
+        shard,
+        model_dir: std::fs::canonicalize(&m.dir).unwrap_or_else(|_| m.dir.clone()),
+        model_sha256,
+        input_digest: summary.input_digest.clone().unwrap_or_default(),
+        sources,
+        labels: m.labels.names().to_vec(),
+        settings,
+        records: summary.counts.read,
+        owned: summary.owned.unwrap_or(0),
+        rows,
+        bytes,
+        counts: summary.counts.clone(),
+        host: rundir::hostname(),
+        finished: crate::io::utc_time(crate::io::unix_now()),
+    };
+    sh::complete_part(output, &record)?;
+    Ok(ScoreOutcome {
+        summary,
+        threshold_note,
+        output: None,
+        part: Some((paths.rows, false)),
     })
 }

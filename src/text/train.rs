@@ -73,8 +73,9 @@ pub struct EncodedSet {
 /// Runs one training phase from `state.epochs_done` to `cfg.epochs`, calling
 /// `checkpoint(state, optimiser)` after every epoch. `oe` is required for the OE methods and ignored
 /// for the baseline. `optimizer_state` (from a checkpoint) restores Adam's moments and step, so a
-/// resumed phase continues exactly as an uninterrupted one (on the CPU, bit for bit): the shuffles
-/// and the dropout stream are functions of (seed, phase, epoch).
+/// resumed phase continues exactly as an uninterrupted one (on the CPU, bit for bit), also from a
+/// mid-epoch checkpoint: the shuffles are functions of (seed, phase, epoch), the dropout stream of
+/// (seed, phase, epoch, step).
 #[allow(clippy::too_many_arguments)]
 pub fn train_phase(
     phase: &str,
@@ -144,7 +145,13 @@ struct TextStep<'a> {
 }
 
 impl PhaseStep for TextStep<'_> {
-    fn epoch(&mut self, epoch: usize, rng: &mut ChaCha8Rng, record: Record) -> Result<f64> {
+    fn epoch(
+        &mut self,
+        epoch: usize,
+        rng: &mut ChaCha8Rng,
+        skip: usize,
+        record: Record,
+    ) -> Result<f64> {
         let (cfg, train, device) = (self.cfg, self.train, self.device);
         let lr = cfg.lr_at(epoch);
         let mut order: Vec<usize> = (0..train.ids.len()).collect();
@@ -162,6 +169,13 @@ impl PhaseStep for TextStep<'_> {
                         oe_pos = 0;
                     }
                 }
+            }
+            if step < skip {
+                // Done before a resume: advance the outlier stream as the step did.
+                if self.oe.is_some() {
+                    oe_pos = (oe_pos + cfg.oe_batch_size).min(oe_order.len());
+                }
+                continue;
             }
             let seqs: Vec<&[i64]> = chunk.iter().map(|&i| train.ids[i].as_slice()).collect();
             let batch = TokenBatch::left_padded(&seqs, train.fix_len, device);

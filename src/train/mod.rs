@@ -1,9 +1,12 @@
 //! The training core shared by the text and vision wings: what a phase is ([`Method`],
 //! [`Pairing`]), progress events ([`Observer`]), checkpoint files, the seeded streams, and
-//! [`run_phase`], the one phase driver. The driver owns the epochs, the per-epoch seeding (shuffle
-//! stream and libtorch's dropout generator, both functions of (seed, phase, epoch) so that a resumed
-//! epoch is the uninterrupted one), the finite-loss check, the epoch summaries and the checkpoint
-//! calls; each wing supplies only its step ([`PhaseStep`]: `text::train`, `vision::train`).
+//! [`run_phase`], the one phase driver. The driver owns the epochs, the seeding (the shuffle stream
+//! is a function of (seed, phase, epoch), libtorch's dropout generator is reseeded before every
+//! step from (seed, phase, epoch, step), so that a run resumed at any step is the uninterrupted
+//! one), the finite-loss check, the epoch summaries, the checkpoint calls, and graceful stops: when
+//! [`crate::interrupt::requested`] turns true, the driver ends the phase after the current step with
+//! a mid-epoch checkpoint ([`PartialEpoch`]) and returns [`OeError::Interrupted`]. Each wing
+//! supplies only its step ([`PhaseStep`]: `text::train`, `vision::train`).
 
 pub mod optim;
 
@@ -163,6 +166,32 @@ pub struct CheckpointState {
     /// Number of completed epochs of this phase.
     pub epochs_done: usize,
     pub history: Vec<EpochSummary>,
+    /// The epoch in progress when the run was stopped mid-epoch (on a signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+}
+
+impl CheckpointState {
+    /// Optimisation steps done in the epoch after `epochs_done` (0 at an epoch boundary).
+    pub fn steps_done(&self) -> usize {
+        self.partial.as_ref().map_or(0, |p| p.steps_done)
+    }
+}
+
+/// An epoch stopped after `steps_done` steps, with its running sums so that its summary is the
+/// uninterrupted epoch's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// 0-based epoch (= `epochs_done`).
+    pub epoch: usize,
+    /// Steps of this epoch already done (the resumed epoch skips them).
+    pub steps_done: usize,
+    /// Steps recorded (can be fewer than the step index + 1 only for steps the wing skipped).
+    pub recorded: usize,
+    pub loss_sum: f64,
+    pub correct: f64,
+    pub seen: usize,
+    pub seconds: f64,
 }
 
 /// Writes the variables to `path` (`.safetensors`) atomically: temp file in the same directory,
@@ -173,25 +202,58 @@ pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
 
 /// Writes a training checkpoint to `path` atomically: the variables (so `load_weights` reads it) and
 /// the optimiser's state (e.g. [`optim::Adam::state_tensors`]), which `read_tensors` + [`optim::Adam::load_state`] restore.
-/// `epochs_done` is stored too (`__checkpoint.epochs_done`), so a resume can check that the weights
-/// and `checkpoint.json` come from the same epoch.
+/// The progress (epochs done, steps of the next epoch done) is stored too (`__checkpoint.epochs_done`,
+/// `__checkpoint.steps_done`), so a resume can check that the weights and `checkpoint.json` come
+/// from the same step ([`check_checkpoint_progress`]).
 pub fn save_checkpoint(
     vs: &nn::VarStore,
     optimizer_state: Vec<(String, Tensor)>,
-    epochs_done: usize,
+    state: &CheckpointState,
     path: &Path,
 ) -> Result<()> {
     let mut all = named_variables(vs);
     all.extend(optimizer_state);
     all.push((
         CHECKPOINT_EPOCHS.to_string(),
-        Tensor::from_slice(&[epochs_done as i64]),
+        Tensor::from_slice(&[state.epochs_done as i64]),
+    ));
+    all.push((
+        CHECKPOINT_STEPS.to_string(),
+        Tensor::from_slice(&[state.steps_done() as i64]),
     ));
     save_tensors(&all, path)
 }
 
 /// Name of the completed-epochs counter inside a checkpoint file.
 pub const CHECKPOINT_EPOCHS: &str = "__checkpoint.epochs_done";
+/// Name of the steps-done-in-the-next-epoch counter inside a checkpoint file.
+pub const CHECKPOINT_STEPS: &str = "__checkpoint.steps_done";
+
+/// Checks that checkpoint tensors (`path`) and `checkpoint.json` (`state`, from `json`) describe the
+/// same step; files written by older versions carry no step counter (0).
+pub fn check_checkpoint_progress(
+    tensors: &HashMap<String, Tensor>,
+    state: &CheckpointState,
+    path: &Path,
+    json: &Path,
+) -> Result<()> {
+    let get = |k: &str| tensors.get(k).map(|t| t.int64_value(&[0]));
+    let epochs = get(CHECKPOINT_EPOCHS);
+    let steps = get(CHECKPOINT_STEPS).unwrap_or(0);
+    if let Some(e) = epochs {
+        if e != state.epochs_done as i64 || steps != state.steps_done() as i64 {
+            return Err(OeError::Data(format!(
+                "{} is from epoch {e} step {steps} but {} says epoch {} step {}: the run was \
+                 interrupted while saving; delete both to restart this phase",
+                path.display(),
+                json.display(),
+                state.epochs_done,
+                state.steps_done()
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Every tensor of a `.safetensors` file, by name.
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
@@ -257,9 +319,13 @@ pub fn check_schedule(epochs: usize, batch: usize, oe_batch: usize, lr: f64) -> 
     Ok(())
 }
 
-/// The libtorch seed for (seed, phase, epoch): dropout and augmentation draws of that epoch.
-pub fn torch_epoch_seed(seed: u64, phase: &str, epoch: usize) -> i64 {
-    epoch_rng(seed, phase, epoch + 1_000_000).gen::<i64>()
+/// The libtorch seed for (seed, phase, epoch, step): the dropout draws of that step.
+pub fn torch_step_seed(seed: u64, phase: &str, epoch: usize, step: usize) -> i64 {
+    let h = fnv1a(0xcbf2_9ce4_8422_2325, phase.as_bytes());
+    let mut r = ChaCha8Rng::seed_from_u64(
+        seed ^ h ^ ((epoch as u64) << 32 | step as u64).wrapping_mul(0xd6e8_feb8_6659_fd93),
+    );
+    r.gen::<i64>()
 }
 
 /// Sets the global libtorch seed (initialisation, dropout) for reproducible CPU runs.
@@ -284,10 +350,18 @@ pub type Record<'a> = &'a mut dyn FnMut(usize, StepOutcome) -> Result<()>;
 /// A wing's training step, run by [`run_phase`].
 pub trait PhaseStep {
     /// Runs epoch `epoch` (0-based), drawing its order from `rng`, and calls `record` once after every
-    /// optimisation step (`record` fails when the loss is not finite; pass that error on). Returns the
+    /// optimisation step (`record` fails when the loss is not finite or a stop was requested; pass
+    /// that error on). The first `skip` steps were done before a resume: draw everything exactly as
+    /// for an uninterrupted epoch, but do not run them (and do not record them). Returns the
     /// learning rate to report for the epoch.
-    fn epoch(&mut self, epoch: usize, rng: &mut ChaCha8Rng, record: Record) -> Result<f64>;
-    /// Saves a checkpoint after the last epoch of `state`.
+    fn epoch(
+        &mut self,
+        epoch: usize,
+        rng: &mut ChaCha8Rng,
+        skip: usize,
+        record: Record,
+    ) -> Result<f64>;
+    /// Saves a checkpoint of `state` (after its last epoch, or mid-epoch when `state.partial`).
     fn checkpoint(&mut self, state: &CheckpointState) -> Result<()>;
 }
 
@@ -301,10 +375,12 @@ pub struct PhasePlan<'a> {
     pub steps_per_epoch: usize,
 }
 
-/// Runs `plan` from `state.epochs_done` to `plan.epochs` with `step`: before every epoch seeds the
-/// epoch's shuffle stream and libtorch's generator from (seed, phase, epoch), checks every step's loss
-/// is finite, reports steps and epochs to `observer`, appends the epoch's summary to the state and
-/// has `step` write a checkpoint.
+/// Runs `plan` from `state.epochs_done` (and `state.partial`'s step) to `plan.epochs` with `step`:
+/// before every epoch seeds the epoch's shuffle stream from (seed, phase, epoch), before every step
+/// libtorch's generator from (seed, phase, epoch, step), checks every step's loss is finite,
+/// reports steps and epochs to `observer`, appends the epoch's summary to the state and has `step`
+/// write a checkpoint. A stop request ([`crate::interrupt`]) ends the phase after the current step
+/// with a mid-epoch checkpoint and [`OeError::Interrupted`].
 pub fn run_phase(
     plan: &PhasePlan,
     mut state: CheckpointState,
@@ -314,11 +390,30 @@ pub fn run_phase(
     let phase = plan.phase;
     let start = state.epochs_done;
     observer.phase_start(phase, plan.epochs, plan.steps_per_epoch, start);
+    let interrupted = |state: &CheckpointState| {
+        OeError::Interrupted(format!(
+            "{phase}: stopped after epoch {} step {}; a checkpoint was written, run the same command with --resume to continue",
+            state.epochs_done + usize::from(state.partial.is_some()),
+            state.steps_done()
+        ))
+    };
+    if start < plan.epochs && crate::interrupt::requested() {
+        return Err(interrupted(&state));
+    }
     for epoch in start..plan.epochs {
         let t0 = std::time::Instant::now();
         let mut rng = epoch_rng(plan.seed, phase, epoch);
-        tch::manual_seed(torch_epoch_seed(plan.seed, phase, epoch));
-        let (mut loss_sum, mut correct, mut seen, mut done) = (0.0, 0.0, 0usize, 0usize);
+        let resumed = state.partial.take().filter(|p| p.epoch == epoch);
+        let p0 = resumed.unwrap_or(PartialEpoch {
+            epoch,
+            ..Default::default()
+        });
+        let skip = p0.steps_done;
+        tch::manual_seed(torch_step_seed(plan.seed, phase, epoch, skip));
+        let (mut loss_sum, mut correct, mut seen, mut done) =
+            (p0.loss_sum, p0.correct, p0.seen, p0.recorded);
+        let mut next_step = skip;
+        let mut stop = false;
         let mut record = |s: usize, o: StepOutcome| -> Result<()> {
             if !o.loss.is_finite() {
                 return Err(OeError::Config(format!(
@@ -332,6 +427,7 @@ pub fn run_phase(
             correct += o.correct;
             seen += o.examples;
             done += 1;
+            next_step = s + 1;
             observer.step(
                 phase,
                 epoch,
@@ -339,16 +435,37 @@ pub fn run_phase(
                 o.loss,
                 o.correct / o.examples.max(1) as f64,
             );
+            tch::manual_seed(torch_step_seed(plan.seed, phase, epoch, s + 1));
+            if crate::interrupt::requested() {
+                stop = true;
+                return Err(OeError::Interrupted(String::new()));
+            }
             Ok(())
         };
-        let lr = step.epoch(epoch, &mut rng, &mut record)?;
+        let res = step.epoch(epoch, &mut rng, skip, &mut record);
+        let seconds = p0.seconds + t0.elapsed().as_secs_f64();
+        if stop {
+            state.phase = phase.to_string();
+            state.partial = Some(PartialEpoch {
+                epoch,
+                steps_done: next_step,
+                recorded: done,
+                loss_sum,
+                correct,
+                seen,
+                seconds,
+            });
+            step.checkpoint(&state)?;
+            return Err(interrupted(&state));
+        }
+        let lr = res?;
         let summary = EpochSummary {
             epoch: epoch + 1,
             lr,
             loss: loss_sum / seen.max(1) as f64,
             train_accuracy: correct / seen.max(1) as f64,
             steps: done,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds,
         };
         observer.epoch_end(phase, epoch, &summary);
         state.phase = phase.to_string();
@@ -412,8 +529,14 @@ mod tests {
     }
 
     impl PhaseStep for Fixed {
-        fn epoch(&mut self, epoch: usize, _: &mut ChaCha8Rng, record: Record) -> Result<f64> {
-            for (s, &l) in self.losses.iter().enumerate() {
+        fn epoch(
+            &mut self,
+            epoch: usize,
+            _: &mut ChaCha8Rng,
+            skip: usize,
+            record: Record,
+        ) -> Result<f64> {
+            for (s, &l) in self.losses.iter().enumerate().skip(skip) {
                 record(
                     s,
                     StepOutcome {
@@ -455,6 +578,7 @@ mod tests {
             phase: "p".into(),
             epochs_done: 1,
             history: vec![Default::default()],
+            partial: None,
         };
         let s = run_phase(&plan, start, &mut Silent, &mut step).unwrap();
         assert_eq!(step.saved, vec![2, 3]);
@@ -482,9 +606,91 @@ mod tests {
     }
 
     #[test]
-    fn epoch_seeds_differ_by_phase_and_epoch() {
-        assert_eq!(torch_epoch_seed(1, "a", 0), torch_epoch_seed(1, "a", 0));
-        assert_ne!(torch_epoch_seed(1, "a", 0), torch_epoch_seed(1, "a", 1));
-        assert_ne!(torch_epoch_seed(1, "a", 0), torch_epoch_seed(1, "b", 0));
+    fn step_seeds_differ_by_phase_epoch_and_step() {
+        assert_eq!(torch_step_seed(1, "a", 0, 0), torch_step_seed(1, "a", 0, 0));
+        assert_ne!(torch_step_seed(1, "a", 0, 0), torch_step_seed(1, "a", 1, 0));
+        assert_ne!(torch_step_seed(1, "a", 0, 0), torch_step_seed(1, "a", 0, 1));
+        assert_ne!(torch_step_seed(1, "a", 0, 0), torch_step_seed(1, "b", 0, 0));
+    }
+
+    /// A step whose "weights" are the sum of its losses, checkpointed in memory.
+    struct Summing {
+        losses: Vec<f64>,
+        total: f64,
+        saved: Vec<(CheckpointState, f64)>,
+        /// Request a stop after this many recorded steps.
+        stop_after: Option<usize>,
+        recorded: usize,
+    }
+
+    impl PhaseStep for Summing {
+        fn epoch(
+            &mut self,
+            epoch: usize,
+            _: &mut ChaCha8Rng,
+            skip: usize,
+            record: Record,
+        ) -> Result<f64> {
+            for (s, &l) in self.losses.iter().enumerate().skip(skip) {
+                self.total += l * (epoch + 1) as f64;
+                self.recorded += 1;
+                if self.stop_after == Some(self.recorded) {
+                    crate::interrupt::request_in_this_thread();
+                }
+                record(
+                    s,
+                    StepOutcome {
+                        loss: l,
+                        correct: 1.0,
+                        examples: 2,
+                    },
+                )?;
+            }
+            Ok(0.5)
+        }
+        fn checkpoint(&mut self, state: &CheckpointState) -> Result<()> {
+            self.saved.push((state.clone(), self.total));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stop_mid_epoch_checkpoints_and_the_resumed_run_equals_the_uninterrupted_one() {
+        let plan = PhasePlan {
+            phase: "p",
+            seed: 3,
+            epochs: 3,
+            steps_per_epoch: 4,
+        };
+        let losses = vec![1.0, 2.0, 3.0, 4.0];
+        let mk = |stop_after| Summing {
+            losses: losses.clone(),
+            total: 0.0,
+            saved: vec![],
+            stop_after,
+            recorded: 0,
+        };
+        let mut full = mk(None);
+        let want = run_phase(&plan, CheckpointState::default(), &mut Silent, &mut full).unwrap();
+        // Stop after the 6th step: epoch 2 (0-based 1), step index 1 done.
+        let mut a = mk(Some(6));
+        let e = run_phase(&plan, CheckpointState::default(), &mut Silent, &mut a).unwrap_err();
+        crate::interrupt::clear();
+        assert!(matches!(e, OeError::Interrupted(_)), "{e}");
+        assert!(e.to_string().contains("stopped after epoch 2 step 2"), "{e}");
+        let (ckpt, total) = a.saved.last().unwrap().clone();
+        assert_eq!(ckpt.epochs_done, 1);
+        assert_eq!(ckpt.steps_done(), 2);
+        let json = serde_json::to_string(&ckpt).unwrap();
+        let ckpt: CheckpointState = serde_json::from_str(&json).unwrap();
+        let mut b = mk(None);
+        b.total = total;
+        let got = run_phase(&plan, ckpt, &mut Silent, &mut b).unwrap();
+        assert_eq!(b.total, full.total);
+        assert_eq!(got.history.len(), 3);
+        for (g, w) in got.history.iter().zip(&want.history) {
+            assert_eq!((g.epoch, g.steps, g.loss, g.train_accuracy), (w.epoch, w.steps, w.loss, w.train_accuracy));
+        }
+        assert!(got.partial.is_none());
     }
 }

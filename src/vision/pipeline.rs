@@ -109,8 +109,10 @@ fn train_model_dir(
         Some(state) => {
             sgd.load(&ckpt_m)?;
             obs.status(&format!(
-                "{phase}: resuming after epoch {} of {} (weights and SGD momentum restored)",
-                state.epochs_done, cfg.train.epochs
+                "{phase}: resuming after epoch {} step {} of {} epochs (weights and SGD momentum restored)",
+                state.epochs_done,
+                state.steps_done(),
+                cfg.train.epochs
             ));
             state
         }
@@ -272,6 +274,7 @@ pub fn sample(set: &ImageSet, n: usize) -> ImageSet {
 
 /// `oe-vision train`.
 pub fn run_train(req: &VisionTrainRequest, obs: &mut dyn Observer) -> Result<VisionOutcome> {
+    let _lock = rundir::RunLock::acquire(&req.out_dir, "oe-vision train")?;
     obs.status(&format!(
         "loading {} from {}",
         req.in_dataset,

@@ -356,7 +356,13 @@ struct VisionStep<'a> {
 }
 
 impl PhaseStep for VisionStep<'_> {
-    fn epoch(&mut self, epoch: usize, rng: &mut ChaCha8Rng, record: Record) -> Result<f64> {
+    fn epoch(
+        &mut self,
+        epoch: usize,
+        rng: &mut ChaCha8Rng,
+        skip: usize,
+        record: Record,
+    ) -> Result<f64> {
         let (cfg, steps, device, model) = (self.cfg, self.steps, self.device, self.model);
         let n = self.data.train.len();
         let total = cfg.epochs * steps;
@@ -383,6 +389,8 @@ impl PhaseStep for VisionStep<'_> {
                 seed: rng.gen(),
             });
         }
+        // Steps done before a resume: every draw above was made, none of them is run.
+        plans.retain(|p| p.step >= skip);
         let oe_pair = self.oe.as_ref().map(|(s, a)| (*s, a));
         let sgd = &mut *self.sgd;
         with_prefetch(

@@ -108,7 +108,7 @@ impl Default for InputOptions {
 }
 
 /// What happened to the records read; printed at the end of every run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counts {
     /// Records read (lines of text / JSON-lines files, data rows of CSV files).
     pub read: u64,

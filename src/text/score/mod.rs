@@ -20,6 +20,7 @@ pub mod input;
 pub mod monitor;
 pub mod output;
 pub mod parquet;
+pub mod shard;
 
 use crate::detect::score::Score;
 use crate::error::{OeError, Result};
@@ -54,6 +55,9 @@ pub struct ScoreOptions {
     pub max_pending: usize,
     /// Texts per chunk handed from the reader thread to the inference loop.
     pub chunk: usize,
+    /// Score only this shard's records ([`shard::Shard::owns`]), skipping its first `skip_owned`
+    /// (done before a resume), and compute the digest of the whole input.
+    pub shard: Option<shard::ShardSel>,
 }
 
 impl Default for ScoreOptions {
@@ -67,6 +71,7 @@ impl Default for ScoreOptions {
             batch_tokens: 8192,
             max_pending: 65_536,
             chunk: 2048,
+            shard: None,
         }
     }
 }
@@ -307,6 +312,14 @@ enum Msg {
 /// token-length policy and sends them on.
 struct ChunkSink<'a> {
     buf: Vec<Record>,
+    shard: Option<shard::ShardSel>,
+    /// Records seen (all shards').
+    seq: u64,
+    /// This shard's records seen, those skipped on a resume included.
+    owned: u64,
+    digest: Option<shard::InputDigest>,
+    /// Stopped on a stop request ([`crate::interrupt`]).
+    stopped: bool,
     chunk: usize,
     counts: Counts,
     tx: mpsc::SyncSender<Msg>,
@@ -368,6 +381,25 @@ impl ChunkSink<'_> {
 
 impl RecordSink for ChunkSink<'_> {
     fn record(&mut self, r: Record) -> Result<()> {
+        if crate::interrupt::requested() {
+            self.stopped = true;
+            self.send()?;
+            return Err(OeError::Interrupted("scoring stopped".into()));
+        }
+        if let Some(d) = &mut self.digest {
+            d.update(&r);
+        }
+        let seq = self.seq;
+        self.seq += 1;
+        if let Some(sel) = &self.shard {
+            if !sel.shard.owns(seq) {
+                return Ok(());
+            }
+            self.owned += 1;
+            if self.owned <= sel.skip_owned {
+                return Ok(());
+            }
+        }
         self.buf.push(r);
         if self.buf.len() >= self.chunk {
             self.send()?;
@@ -392,6 +424,16 @@ pub struct ScoreSummary {
     pub threshold: Option<f64>,
     /// The decision rule when it is not a score threshold (`p_value <= 0.05`, ...).
     pub decision: Option<String>,
+    /// Set when a stop request ended the run early: rows were written (not finished) for this many
+    /// of the shard's records (of all records without a shard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_after: Option<u64>,
+    /// With a shard: this shard's records (those skipped on a resume included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owned: Option<u64>,
+    /// With a shard: the digest of every record of the input ([`shard::InputDigest`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_digest: Option<String>,
 }
 
 impl ScoreSummary {
@@ -424,7 +466,9 @@ impl ScoreSummary {
 }
 
 /// Scores every record of `inputs` (already expanded into files, `-` = standard input) and writes one
-/// row per scored record, in input order, to `writer`.
+/// row per scored record, in input order, to `writer` (only the records of `opts.shard` with one).
+/// On a stop request ([`crate::interrupt`]) reading stops, every record read is scored and written,
+/// `writer` is **not** finished, and the summary's `stopped_after` says how far it got.
 pub fn score_stream(
     m: &LoadedModel,
     inputs: &[PathBuf],
@@ -449,10 +493,16 @@ pub fn score_stream(
     let (tx, rx) = mpsc::sync_channel::<Msg>(4);
     let vocab = &m.vocab;
     let pre_ref = &pre;
-    let result: Result<Counts> = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || -> Result<Counts> {
+    let shard_sel = opts.shard;
+    let result: Result<(Counts, ReadEnd)> = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> Result<(Counts, ReadEnd)> {
             let mut sink = ChunkSink {
                 buf: Vec::new(),
+                shard: shard_sel,
+                seq: 0,
+                owned: 0,
+                digest: shard_sel.map(|_| shard::InputDigest::new()),
+                stopped: false,
                 chunk: opts.chunk.max(1),
                 counts: Counts::default(),
                 tx,
@@ -461,11 +511,22 @@ pub fn score_stream(
                 on_long: in_opts.on_long,
                 sources: inputs,
             };
-            for (i, p) in inputs.iter().enumerate() {
-                input::read_source(i as u32, p, in_opts, &mut sink)?;
+            let mut read_all = || -> Result<()> {
+                for (i, p) in inputs.iter().enumerate() {
+                    input::read_source(i as u32, p, in_opts, &mut sink)?;
+                }
+                sink.send()
+            };
+            match read_all() {
+                Err(OeError::Interrupted(_)) if sink.stopped => {}
+                r => r?,
             }
-            sink.send()?;
-            Ok(sink.counts)
+            let end = ReadEnd {
+                seen: if shard_sel.is_some() { sink.owned } else { sink.seq },
+                stopped: sink.stopped,
+                digest: sink.digest.take().map(|d| d.finish()),
+            };
+            Ok((sink.counts, end))
         });
         let mut write = |src: u32, line: u64, s: Scored| -> Result<()> {
             let p_value = conformal.map(|c| c.p_value(f64::from(s.score)));
@@ -509,8 +570,10 @@ pub fn score_stream(
         eng.drain(&mut write)?;
         Ok(counts)
     });
-    let mut counts = result?;
-    writer.finish()?;
+    let (mut counts, end) = result?;
+    if !end.stopped {
+        writer.finish()?;
+    }
     counts.scored = scored;
     counts.flagged_ood = flagged;
     let seconds = t0.elapsed().as_secs_f64();
@@ -523,5 +586,16 @@ pub fn score_stream(
         rows_computed: eng.rows_computed,
         threshold,
         decision: opts.alpha.map(|a| format!("p_value <= {a}")),
+        stopped_after: end.stopped.then_some(end.seen),
+        owned: shard_sel.map(|_| end.seen),
+        input_digest: end.digest,
     })
+}
+
+/// How reading ended.
+struct ReadEnd {
+    /// Records seen (with a shard: the shard's, those skipped on a resume included).
+    seen: u64,
+    stopped: bool,
+    digest: Option<String>,
 }
