@@ -361,7 +361,10 @@ mod tests {
         std::fs::write(dir.join(LOCK_FILE), serde_json::to_vec(&dead).unwrap()).unwrap();
         assert!(live_lock(&dir).is_none());
         let l = RunLock::acquire(&dir, "x").unwrap();
-        assert_eq!(read_lock(&dir.join(LOCK_FILE)).unwrap().unwrap().command, "x");
+        assert_eq!(
+            read_lock(&dir.join(LOCK_FILE)).unwrap().unwrap().command,
+            "x"
+        );
         drop(l);
         assert!(!dir.join(LOCK_FILE).exists());
     }

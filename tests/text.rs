@@ -377,8 +377,15 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
     train::seed_everything(1);
     let vs4 = nn::VarStore::new(Device::Cpu);
     let model4 = build(&vs4);
-    let e = run_obs(&vs4, &model4, CheckpointState::default(), None, None, &mut StopAt(6, 0))
-        .unwrap_err();
+    let e = run_obs(
+        &vs4,
+        &model4,
+        CheckpointState::default(),
+        None,
+        None,
+        &mut StopAt(6, 0),
+    )
+    .unwrap_err();
     oe::interrupt::clear();
     assert!(matches!(e, oe::OeError::Interrupted(_)), "{e}");
     let mid = last_state.borrow().clone();
@@ -390,7 +397,8 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
     train::load_weights(&mut vs5, &ckpt).unwrap();
     let tensors = train::read_tensors(&ckpt).unwrap();
     let state: CheckpointState = serde_json::from_str(&json).unwrap();
-    train::check_checkpoint_progress(&tensors, &state, &ckpt, Path::new("checkpoint.json")).unwrap();
+    train::check_checkpoint_progress(&tensors, &state, &ckpt, Path::new("checkpoint.json"))
+        .unwrap();
     let done = run(&vs5, &model5, state, Some(&tensors), None).unwrap();
     assert_eq!(
         max_weight_diff(&vs_ref, &vs5),
@@ -400,7 +408,10 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
     assert_eq!(done.history.len(), 3);
     // The interrupted epoch's summary is the uninterrupted one's (its sums were checkpointed).
     assert_eq!(done.history[1].loss, ref_state.history[1].loss);
-    assert_eq!(done.history[1].train_accuracy, ref_state.history[1].train_accuracy);
+    assert_eq!(
+        done.history[1].train_accuracy,
+        ref_state.history[1].train_accuracy
+    );
     assert_eq!(done.history[1].steps, 4);
     // A checkpoint.json from another step than the weights is refused.
     let other = CheckpointState {

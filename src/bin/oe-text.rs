@@ -81,7 +81,12 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
             }
             s.write_plan()?;
             for p in &s.points {
-                println!("{:>4}  {:<40} oe-text train {}", p.index, p.name, p.args.join(" "));
+                println!(
+                    "{:>4}  {:<40} oe-text train {}",
+                    p.index,
+                    p.name,
+                    p.args.join(" ")
+                );
             }
             eprintln!(
                 "{} points; wrote {}",
@@ -119,7 +124,10 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
                     Ok(()) => sweep::mark_done(p, t0.elapsed().as_secs_f64())?,
                     Err(e) => {
                         let interrupted = e.chain().any(|c| {
-                            matches!(c.downcast_ref::<oe::OeError>(), Some(oe::OeError::Interrupted(_)))
+                            matches!(
+                                c.downcast_ref::<oe::OeError>(),
+                                Some(oe::OeError::Interrupted(_))
+                            )
                         });
                         if !interrupted {
                             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -143,9 +151,10 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
                 eprintln!("nothing to submit: every point is done or running");
                 return Ok(());
             }
-            let dir = s.out.join("slurm");
+            let dir = std::env::current_dir()?.join(&s.out).join("slurm");
             let logs = dir.join("logs");
-            std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+            std::fs::create_dir_all(&logs)
+                .with_context(|| format!("creating {}", logs.display()))?;
             let argv = vec![
                 oe::cluster::slurm::current_program()?.display().to_string(),
                 "sweep".into(),
@@ -161,7 +170,12 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
                 &std::env::current_dir()?,
                 &slurm.options()?,
                 &argv,
-                &format!("sweep {} ({} of {} points)", s.file.display(), todo.len(), s.points.len()),
+                &format!(
+                    "sweep {} ({} of {} points)",
+                    s.file.display(),
+                    todo.len(),
+                    s.points.len()
+                ),
             )?;
             let path = dir.join("sweep.sbatch");
             oe::cluster::slurm::write_script(&path, &script)?;
@@ -174,7 +188,10 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
             if slurm.submit {
                 let id = oe::cluster::slurm::sbatch(&path, &[])?;
                 println!("{id}");
-                eprintln!("submitted job array {id}; `oe-text sweep status {}` follows it", file.display());
+                eprintln!(
+                    "submitted job array {id}; `oe-text sweep status {}` follows it",
+                    file.display()
+                );
             } else {
                 eprintln!("submit with: sbatch {}", path.display());
             }
@@ -187,7 +204,13 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
 fn score_argv_without_slurm() -> anyhow::Result<Vec<String>> {
     let mut out = vec![oe::cluster::slurm::current_program()?.display().to_string()];
     let with_value = [
-        "--slurm", "--partition", "--time", "--gpus", "--cpus", "--mem", "--max-parallel",
+        "--slurm",
+        "--partition",
+        "--time",
+        "--gpus",
+        "--cpus",
+        "--mem",
+        "--max-parallel",
         "--signal-secs",
     ];
     let mut it = std::env::args().skip(1);
@@ -238,7 +261,12 @@ fn run() -> anyhow::Result<()> {
                     );
                 }
                 if let Some(p) = &out.output {
-                    eprintln!("merged {} parts, {} rows: wrote {}", out.shards, out.rows, p.display());
+                    eprintln!(
+                        "merged {} parts, {} rows: wrote {}",
+                        out.shards,
+                        out.rows,
+                        p.display()
+                    );
                 }
             }
         }
@@ -280,10 +308,9 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Device(args) => println!("{}", args.select()?.description),
         Command::Score(args) if args.slurm.is_some() => {
-            let output = args
-                .output
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("--slurm needs --output FILE (the merged output)"))?;
+            let output = args.output.clone().ok_or_else(|| {
+                anyhow::anyhow!("--slurm needs --output FILE (the merged output)")
+            })?;
             let out = oe::cluster::slurm::score_slurm(&oe::cluster::slurm::ScoreSlurmRequest {
                 score_argv: score_argv_without_slurm()?,
                 output,

@@ -66,9 +66,7 @@ pub struct SweepArgs {
 pub enum SweepCommand {
     /// List the points of a sweep file (index, name, run directory, train flags) and write
     /// OUT/sweep.json.
-    Plan {
-        sweep: PathBuf,
-    },
+    Plan { sweep: PathBuf },
     /// Run one point (--index, as a Slurm array task does) or every unfinished point one after the
     /// other; finished points are skipped, interrupted ones resume.
     Run {

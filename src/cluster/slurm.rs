@@ -69,8 +69,7 @@ pub fn compact_ranges(indices: &[usize]) -> String {
 /// `s` quoted for a POSIX shell (unchanged when it is made only of safe characters).
 pub fn shell_quote(s: &str) -> String {
     let safe = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if safe {
         s.to_string()
@@ -342,10 +341,17 @@ mod tests {
             max_parallel: Some(2),
             ..Default::default()
         };
-        let argv: Vec<String> = ["/bin/oe-text", "sweep", "run", "/a b/s.toml", "--index", TASK_ID]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let argv: Vec<String> = [
+            "/bin/oe-text",
+            "sweep",
+            "run",
+            "/a b/s.toml",
+            "--index",
+            TASK_ID,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let s = array_script(
             "oe-sweep-x",
             &[0, 1, 3],
@@ -372,7 +378,16 @@ mod tests {
             assert!(s.contains(want), "missing {want:?} in\n{s}");
         }
         let shard_argv = vec!["x".to_string(), format!("{TASK_ID}/4")];
-        let s = array_script("n", &[0], Path::new("/l"), Path::new("/w"), &SlurmOptions::default(), &shard_argv, "w").unwrap();
+        let s = array_script(
+            "n",
+            &[0],
+            Path::new("/l"),
+            Path::new("/w"),
+            &SlurmOptions::default(),
+            &shard_argv,
+            "w",
+        )
+        .unwrap();
         assert!(s.ends_with("exec x \"${SLURM_ARRAY_TASK_ID}\"/4\n"), "{s}");
         assert!(array_script("n", &[], Path::new("/l"), Path::new("/w"), &o, &argv, "w").is_err());
     }

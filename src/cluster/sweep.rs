@@ -145,8 +145,8 @@ fn name_part(s: &str) -> String {
 /// Reads and expands the sweep file `path`.
 pub fn load(path: &Path) -> Result<Sweep> {
     let bytes = std::fs::read(path).map_err(|e| OeError::io(path, e))?;
-    let text = String::from_utf8(bytes.clone())
-        .map_err(|_| OeError::parse(path, 1, "not UTF-8"))?;
+    let text =
+        String::from_utf8(bytes.clone()).map_err(|_| OeError::parse(path, 1, "not UTF-8"))?;
     let f: SweepFile = toml::from_str(&text).map_err(|e| {
         let line = e
             .span()
@@ -349,11 +349,8 @@ pub fn point_state(p: &Point) -> PointState {
     }
     let has_checkpoint = std::fs::read_dir(&p.dir)
         .map(|rd| {
-            rd.flatten().any(|e| {
-                e.path()
-                    .join(crate::rundir::CHECKPOINT_STATE)
-                    .is_file()
-            })
+            rd.flatten()
+                .any(|e| e.path().join(crate::rundir::CHECKPOINT_STATE).is_file())
         })
         .unwrap_or(false);
     if has_checkpoint {
@@ -397,7 +394,10 @@ pub struct SweepStatus {
 
 impl SweepStatus {
     pub fn count(&self, label: &str) -> usize {
-        self.states.iter().filter(|(_, s)| s.label() == label).count()
+        self.states
+            .iter()
+            .filter(|(_, s)| s.label() == label)
+            .count()
     }
 
     /// Indices of the points not done and not running (what a resubmission runs).
@@ -480,8 +480,20 @@ mod tests {
         assert_eq!(
             p2.args,
             [
-                "--oe", "wikitext2", "--ood", "snli,imdb", "--quiet", "--in", "d/trec.csv", "--lr",
-                "0.5", "--seed", "1", "--out", "o/in-trec.csv_lr-0.5_seed-1", "--resume"
+                "--oe",
+                "wikitext2",
+                "--ood",
+                "snli,imdb",
+                "--quiet",
+                "--in",
+                "d/trec.csv",
+                "--lr",
+                "0.5",
+                "--seed",
+                "1",
+                "--out",
+                "o/in-trec.csv_lr-0.5_seed-1",
+                "--resume"
             ]
         );
         assert!(s.point(4).unwrap_err().to_string().contains("has 4 points"));
@@ -494,7 +506,10 @@ mod tests {
             ("[fixed]\nout = \"x\"\n", "set by the sweep itself"),
             ("[grid]\nseed = []\n", "has no values"),
             ("[fixed]\nseed = 1\n[grid]\nseed = [2]\n", "in both"),
-            ("[grid]\nin = [\"a/x.csv\", \"b/x.csv\"]\n", "share the directory name"),
+            (
+                "[grid]\nin = [\"a/x.csv\", \"b/x.csv\"]\n",
+                "share the directory name",
+            ),
             ("[grid]\nood = [[[\"a\"]]]\n", "nested arrays"),
             ("[grdi]\nseed = [1]\n", "unknown field"),
             ("name = \n", "s.toml:1"),
@@ -511,7 +526,10 @@ mod tests {
         let out = d.path().join("o");
         let p = write(
             d.path(),
-            &format!("out = {:?}\n[grid]\nseed = [1, 2, 3, 4, 5]\n", out.display().to_string()),
+            &format!(
+                "out = {:?}\n[grid]\nseed = [1, 2, 3, 4, 5]\n",
+                out.display().to_string()
+            ),
         );
         let s = load(&p).unwrap();
         s.write_plan().unwrap();
@@ -519,7 +537,10 @@ mod tests {
         mark_failed(&s.points[1], "data: boom").unwrap();
         std::fs::create_dir_all(s.points[2].dir.join("baseline")).unwrap();
         std::fs::write(
-            s.points[2].dir.join("baseline").join(crate::rundir::CHECKPOINT_STATE),
+            s.points[2]
+                .dir
+                .join("baseline")
+                .join(crate::rundir::CHECKPOINT_STATE),
             "{}",
         )
         .unwrap();
@@ -536,7 +557,10 @@ mod tests {
         // A changed file over the same output is refused.
         let p = write(
             d.path(),
-            &format!("out = {:?}\n[grid]\nseed = [7]\n", out.display().to_string()),
+            &format!(
+                "out = {:?}\n[grid]\nseed = [7]\n",
+                out.display().to_string()
+            ),
         );
         let e = load(&p).unwrap().write_plan().unwrap_err().to_string();
         assert!(e.contains("other points"), "{e}");

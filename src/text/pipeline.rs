@@ -866,7 +866,9 @@ fn score_shard(
         .output
         .as_deref()
         .filter(|p| p.as_os_str() != "-")
-        .ok_or_else(|| OeError::Config("--shard needs --output FILE (the merged output's name)".into()))?;
+        .ok_or_else(|| {
+            OeError::Config("--shard needs --output FILE (the merged output's name)".into())
+        })?;
     let paths = sh::part_paths(output, shard);
     let dir = sh::parts_dir(output);
     std::fs::create_dir_all(&dir).map_err(|e| OeError::io(&dir, e))?;

@@ -677,7 +677,10 @@ mod tests {
         let e = run_phase(&plan, CheckpointState::default(), &mut Silent, &mut a).unwrap_err();
         crate::interrupt::clear();
         assert!(matches!(e, OeError::Interrupted(_)), "{e}");
-        assert!(e.to_string().contains("stopped after epoch 2 step 2"), "{e}");
+        assert!(
+            e.to_string().contains("stopped after epoch 2 step 2"),
+            "{e}"
+        );
         let (ckpt, total) = a.saved.last().unwrap().clone();
         assert_eq!(ckpt.epochs_done, 1);
         assert_eq!(ckpt.steps_done(), 2);
@@ -689,7 +692,10 @@ mod tests {
         assert_eq!(b.total, full.total);
         assert_eq!(got.history.len(), 3);
         for (g, w) in got.history.iter().zip(&want.history) {
-            assert_eq!((g.epoch, g.steps, g.loss, g.train_accuracy), (w.epoch, w.steps, w.loss, w.train_accuracy));
+            assert_eq!(
+                (g.epoch, g.steps, g.loss, g.train_accuracy),
+                (w.epoch, w.steps, w.loss, w.train_accuracy)
+            );
         }
         assert!(got.partial.is_none());
     }

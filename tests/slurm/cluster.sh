@@ -65,7 +65,7 @@ missing_binaries() {
     for b in "${DAEMONS[@]}" "${CLIENTS[@]}"; do
         command -v "$b" >/dev/null 2>&1 || out+=("$b")
     done
-    printf '%s\n' "${out[@]+"${out[@]}"}"
+    echo "${out[*]+"${out[*]}"}"
 }
 
 # ---------------------------------------------------------------- install ---
@@ -81,11 +81,11 @@ cmd_install() {
         return 0
     fi
     if [[ "$(id -u)" != 0 ]]; then
-        log "install: not root, cannot install Slurm (missing: $(echo $missing)); Slurm tests will be skipped"
+        log "install: not root, cannot install Slurm (missing: $missing); Slurm tests will be skipped"
         return 0
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
-        log "install: no apt-get, cannot install Slurm (missing: $(echo $missing)); Slurm tests will be skipped"
+        log "install: no apt-get, cannot install Slurm (missing: $missing); Slurm tests will be skipped"
         return 0
     fi
 
@@ -115,7 +115,7 @@ cmd_install() {
     fi
     missing="$(missing_binaries)"
     if [[ -n "$missing" ]]; then
-        log "install: still missing after apt-get: $(echo $missing) (see $aptlog); Slurm tests will be skipped"
+        log "install: still missing after apt-get: $missing (see $aptlog); Slurm tests will be skipped"
         return 0
     fi
     log "install: installed $(slurmd -V 2>/dev/null) in $((SECONDS - t0)) s (log: $aptlog)"
@@ -230,8 +230,18 @@ EOF
 launch() {
     local name="$1"; shift
     setsid "$@" </dev/null >>"$STATE/log/$name.out" 2>&1 &
-    local pid=$!
+    local pid=$! i cmd
     echo "$name $pid" >>"$PIDS"
+    # Until the forked shell has exec'd setsid and setsid the daemon,
+    # /proc/PID/cmdline still shows bash or setsid: wait for the exec (or
+    # for an early death, which leaves an empty cmdline) so that liveness
+    # checks do not mistake the gap for an exit.
+    for ((i = 0; i < 100; i++)); do
+        is_our_daemon "$name" "$pid" && break
+        cmd="$(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+        [[ -n "$cmd" ]] || break
+        sleep 0.05
+    done
     log "started $name (pid $pid)"
 }
 
@@ -278,7 +288,7 @@ cmd_start() {
     local missing
     missing="$(missing_binaries)"
     if [[ -n "$missing" ]]; then
-        log "Slurm/munge not installed (missing: $(echo $missing)); run '$0 install' first"
+        log "Slurm/munge not installed (missing: $missing); run '$0 install' first"
         exit 2
     fi
     if [[ "$(id -u)" != 0 ]]; then
@@ -334,8 +344,11 @@ cmd_start() {
         --key-file="$STATE/munge/munge.key" \
         --pid-file="$STATE/run/munged.pid" \
         --seed-file="$STATE/munge/munge.seed"
+    # shellcheck disable=SC2016  # evaluated later, on purpose
     wait_for '[[ -S "$SOCKET" ]] || ! daemon_alive munged' 10 || true
-    [[ -S "$SOCKET" ]] && daemon_alive munged || start_failed "munged did not create $SOCKET"
+    if ! { [[ -S "$SOCKET" ]] && daemon_alive munged; }; then
+        start_failed "munged did not create $SOCKET"
+    fi
 
     # -c: start from a clean state; -i: ignore unreadable state files.
     launch slurmctld slurmctld -D -c -i -f "$CONF"
@@ -372,6 +385,7 @@ cmd_stop_inner() {
             # shellcheck disable=SC2086
             timeout 5 scancel $ids >/dev/null 2>&1 || true
             # Give the steps a moment to be killed while slurmd is still there.
+            # shellcheck disable=SC2016  # evaluated later, on purpose
             wait_for '[[ -z "$(timeout 5 squeue -h -o %A 2>/dev/null)" ]]' 8 || true
         fi
         timeout 5 scontrol shutdown >/dev/null 2>&1 || true

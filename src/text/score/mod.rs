@@ -522,7 +522,11 @@ pub fn score_stream(
                 r => r?,
             }
             let end = ReadEnd {
-                seen: if shard_sel.is_some() { sink.owned } else { sink.seq },
+                seen: if shard_sel.is_some() {
+                    sink.owned
+                } else {
+                    sink.seq
+                },
                 stopped: sink.stopped,
                 digest: sink.digest.take().map(|d| d.finish()),
             };

@@ -194,12 +194,7 @@ pub fn parts_dir(output: &Path) -> PathBuf {
 pub fn part_paths(output: &Path, shard: Shard) -> PartPaths {
     let dir = parts_dir(output);
     let w = shard.count.to_string().len().max(3);
-    let stem = format!(
-        "part-{:0w$}-of-{:0w$}",
-        shard.index,
-        shard.count,
-        w = w
-    );
+    let stem = format!("part-{:0w$}-of-{:0w$}", shard.index, shard.count, w = w);
     let f = |ext: &str| dir.join(format!("{stem}{ext}"));
     PartPaths {
         rows: f(".rows"),
@@ -284,9 +279,11 @@ impl PartRows {
 
 impl RowWriter for PartRows {
     fn write(&mut self, r: &OutRow) -> Result<()> {
-        let src = self.sources.get(r.source).copied().ok_or_else(|| {
-            OeError::Data(format!("part rows: unknown source {}", r.source))
-        })?;
+        let src = self
+            .sources
+            .get(r.source)
+            .copied()
+            .ok_or_else(|| OeError::Data(format!("part rows: unknown source {}", r.source)))?;
         let class = self
             .labels
             .get(r.class)
@@ -755,7 +752,9 @@ fn merge_rows(paths: &[PathBuf], mut f: impl FnMut(&PartRow) -> Result<()>) -> R
             )));
         }
         last = Some((src, line));
-        let row = heads[i].take().ok_or_else(|| OeError::Data("merge: lost a row".into()))?;
+        let row = heads[i]
+            .take()
+            .ok_or_else(|| OeError::Data("merge: lost a row".into()))?;
         f(&row)?;
         let next = readers[i].next_row()?;
         if let Some(r) = &next {
@@ -772,7 +771,10 @@ mod tests {
 
     #[test]
     fn shards_parse_and_split_blocks_round_robin() {
-        assert_eq!("2/4".parse::<Shard>().unwrap(), Shard { index: 2, count: 4 });
+        assert_eq!(
+            "2/4".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 4 }
+        );
         for bad in ["4/4", "1", "a/2", "0/0", "-1/3"] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
@@ -793,7 +795,14 @@ mod tests {
         let labels = vec!["neg".to_string(), "pos".to_string()];
         let mut w = PartRows::open(&p, &sources, &labels, 0, 0).unwrap();
         let rows = [
-            (1u32, 7u64, -0.0f32, 1u32, f32::MIN_POSITIVE, Some(1.0 / 3.0)),
+            (
+                1u32,
+                7u64,
+                -0.0f32,
+                1u32,
+                f32::MIN_POSITIVE,
+                Some(1.0 / 3.0),
+            ),
             (0, 2, 0.1, 0, 1.0, None),
         ];
         for &(s, l, sc, c, pr, pv) in &rows {
@@ -819,12 +828,20 @@ mod tests {
         }
         assert!(r.next_row().unwrap().is_none());
         // Reopened for a resume at the first row: the second is cut off.
-        let first_len = std::fs::read_to_string(&p).unwrap().lines().next().unwrap().len() + 1;
+        let first_len = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .len()
+            + 1;
         let w = PartRows::open(&p, &sources, &labels, 1, first_len as u64).unwrap();
         drop(w);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), first_len as u64);
         // A progress record longer than the file is refused.
-        let e = PartRows::open(&p, &sources, &labels, 5, 10_000).err().unwrap();
+        let e = PartRows::open(&p, &sources, &labels, 5, 10_000)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("delete the part"), "{e}");
     }
 
