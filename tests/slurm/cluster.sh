@@ -20,8 +20,8 @@
 # Only the `export` line goes to stdout; all progress and diagnostics go to stderr.
 #
 # The cluster: node `localhost` (127.0.0.1) advertising 4 CPUs and 1024 MB,
-# whatever the host really has; partition `debug` (default, low priority,
-# jobs there are requeued on preemption after a 5 s grace period) and
+# whatever the host really has; partition `debug` (default, low priority;
+# its jobs are requeued when preempted, GraceTime 5 s) and
 # partition `urgent` (high priority; a whole-node job there preempts `debug`).
 # A requeued job becomes eligible again after ~10 s (munge credential expiry).
 # Preemption timing, for tests that wait on it: slurmctld signals only job
