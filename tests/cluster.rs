@@ -480,9 +480,17 @@ fn a_second_writer_of_a_run_directory_gets_a_clear_error() {
     assert!(!out.join(oe::rundir::LOCK_FILE).exists());
 }
 
-/// A sweep file over the dataset in `d`: `points` seeds (and, with `failing`, a point whose dataset
-/// does not exist), into `out`.
-pub fn sweep_file(path: &Path, d: &Path, out: &Path, seeds: &[u64], epochs: usize, failing: bool) {
+/// A sweep file over the dataset in `d`: one point per seed (and, with `failing`, per seed a point
+/// whose dataset does not exist), into `out`; progress lines unless `quiet`.
+pub fn sweep_file(
+    path: &Path,
+    d: &Path,
+    out: &Path,
+    seeds: &[u64],
+    epochs: usize,
+    failing: bool,
+    quiet: bool,
+) {
     let ds = if failing {
         format!(
             "[{:?}, {:?}]",
@@ -493,7 +501,7 @@ pub fn sweep_file(path: &Path, d: &Path, out: &Path, seeds: &[u64], epochs: usiz
         format!("[{:?}]", d.display().to_string())
     };
     let body = format!(
-        "name = \"test\"\nout = {:?}\n[fixed]\ndata-dir = {:?}\nood = {:?}\noe = {:?}\nepochs = {epochs}\noe-epochs = 1\nbatch-size = 8\ndevice = \"cpu\"\nthreads = 1\nquiet = true\n[grid]\nin = {ds}\nseed = {seeds:?}\n",
+        "name = \"test\"\nout = {:?}\n[fixed]\ndata-dir = {:?}\nood = {:?}\noe = {:?}\nepochs = {epochs}\noe-epochs = 1\nbatch-size = 8\ndevice = \"cpu\"\nthreads = 1\nquiet = {quiet}\n[grid]\nin = {ds}\nseed = {seeds:?}\n",
         out.display().to_string(),
         d.display().to_string(),
         d.join("ood.txt").display().to_string(),
@@ -509,7 +517,7 @@ fn sweeps_run_points_skip_finished_ones_and_report_their_state() {
     dataset(&d);
     let out = t.path().join("sweep");
     let file = t.path().join("s.toml");
-    sweep_file(&file, &d, &out, &[1, 2], 1, true);
+    sweep_file(&file, &d, &out, &[1, 2], 1, true, true);
     let status = || {
         let r = oe_text()
             .args(["sweep", "status"])

@@ -12,5 +12,6 @@ mod model_dir;
 mod report;
 mod scoring;
 mod serve;
+mod slurm;
 mod text;
 mod vision;

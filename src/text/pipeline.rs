@@ -856,12 +856,12 @@ fn score_shard(
     req: &ScoreRequest,
     m: &LoadedModel,
     inputs: &[std::path::PathBuf],
-    mut opts: score::ScoreOptions,
+    opts: score::ScoreOptions,
     cols: score::output::Columns,
     shard: score::shard::Shard,
     threshold_note: Option<String>,
 ) -> Result<ScoreOutcome> {
-    use score::shard::{self as sh, PartStart};
+    use score::shard as sh;
     let output = req
         .output
         .as_deref()
@@ -873,6 +873,39 @@ fn score_shard(
     let dir = sh::parts_dir(output);
     std::fs::create_dir_all(&dir).map_err(|e| OeError::io(&dir, e))?;
     let _lock = rundir::RunLock::acquire_file(&paths.lock, &paths.rows, "oe-text score --shard")?;
+    // Any failure from here on is recorded for `merge --status` (a stop request is not a failure).
+    let r = score_shard_locked(
+        req,
+        m,
+        inputs,
+        opts,
+        cols,
+        shard,
+        threshold_note,
+        output,
+        paths,
+    );
+    if let Err(e) = &r {
+        if !matches!(e, OeError::Interrupted(_)) {
+            let _ = sh::write_failure(output, shard, &crate::error::chain(e));
+        }
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_shard_locked(
+    req: &ScoreRequest,
+    m: &LoadedModel,
+    inputs: &[std::path::PathBuf],
+    mut opts: score::ScoreOptions,
+    cols: score::output::Columns,
+    shard: score::shard::Shard,
+    threshold_note: Option<String>,
+    output: &Path,
+    paths: score::shard::PartPaths,
+) -> Result<ScoreOutcome> {
+    use score::shard::{self as sh, PartStart};
     let model_sha256 = crate::datasets::fetch::sha256_file(&m.dir.join(rundir::WEIGHTS_FILE))?;
     let calibration_sha256 = if opts.p_values.is_some() || threshold_note.is_some() {
         let p = crate::text::calibrate::paths(&m.dir, &req.score).0;
@@ -926,15 +959,7 @@ fn score_shard(
         shard,
         skip_owned: owned_done,
     });
-    let mut summary = match score::score_stream(m, inputs, &req.input, &opts, &mut part) {
-        Ok(s) => s,
-        Err(e) => {
-            if !matches!(e, OeError::Interrupted(_)) {
-                let _ = sh::write_failure(output, shard, &crate::error::chain(&e));
-            }
-            return Err(e);
-        }
-    };
+    let mut summary = score::score_stream(m, inputs, &req.input, &opts, &mut part)?;
     // This shard's counts include those of the runs before a resume.
     summary.counts.truncated_tokens += prior.truncated_tokens;
     summary.counts.skipped_long += prior.skipped_long;
