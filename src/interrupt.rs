@@ -68,11 +68,16 @@ pub fn slurm_array_task() -> Option<String> {
     (!job.is_empty() && !task.is_empty()).then(|| format!("{job}_{task}"))
 }
 
-/// Asks Slurm to requeue this array task (`scontrol requeue ARRAYJOBID_TASKID`). `Ok(None)` outside
-/// an array task; the message of `scontrol` when it refuses (for example when Slurm requeues the
-/// task itself on preemption).
+/// Asks Slurm to requeue this job: an array task by `ARRAYJOBID_TASKID` (only that task), any other
+/// batch job by `SLURM_JOB_ID`. `Ok(None)` outside Slurm; the message of `scontrol` when it refuses
+/// (a job submitted without `--requeue`, an interactive allocation, or a job Slurm is already
+/// requeueing), which the caller reports as a warning.
 pub fn requeue_slurm_task() -> Result<Option<String>> {
-    let Some(id) = slurm_array_task() else {
+    let Some(id) = slurm_array_task().or_else(|| {
+        std::env::var("SLURM_JOB_ID")
+            .ok()
+            .filter(|j| !j.is_empty())
+    }) else {
         return Ok(None);
     };
     let out = std::process::Command::new("scontrol")

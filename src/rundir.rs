@@ -37,8 +37,43 @@ pub struct RunHeader {
     /// What the weights were initialised from (a relative model directory, or imported weights).
     pub init_from: Option<String>,
     pub train_examples: usize,
-    /// The data root the datasets were read from.
+    /// The data root the datasets were read from (absolute since this version; older directories
+    /// may hold a path relative to where training ran).
     pub data_root: PathBuf,
+    /// The files training read (absolute paths) with their sha256, so a run moved to another node
+    /// can check that it reads the same data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_files: Vec<DataFile>,
+}
+
+/// A data file a run read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl DataFile {
+    /// Hashes `path` (made absolute).
+    pub fn of(path: &Path) -> Result<DataFile> {
+        let abs = std::fs::canonicalize(path).map_err(|e| OeError::io(path, e))?;
+        let bytes = std::fs::metadata(&abs).map_err(|e| OeError::io(&abs, e))?.len();
+        Ok(DataFile {
+            sha256: crate::datasets::fetch::sha256_file(&abs)?,
+            path: abs,
+            bytes,
+        })
+    }
+}
+
+/// `p` made absolute (against the current directory) without requiring it to exist.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    })
 }
 
 impl RunHeader {

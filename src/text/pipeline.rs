@@ -335,6 +335,10 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
         }
         None => None,
     };
+    let data_files = data::training_files(&req.in_dataset, &req.data_root, req.oe_corpus.as_deref())?
+        .iter()
+        .map(|p| rundir::DataFile::of(p))
+        .collect::<Result<Vec<_>>>()?;
     let n_prepared = ind.train.len() + ind.test.len() + oe_ids.as_ref().map_or(0, |o| o.len());
     timings.push(timing("data preparation", t_data, n_prepared));
     let base_cfg = RunConfig {
@@ -344,7 +348,8 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
             method: Method::Baseline,
             init_from: None,
             train_examples: ind.train.len(),
-            data_root: req.data_root.clone(),
+            data_root: rundir::absolute(&req.data_root),
+            data_files,
         },
         text: req.text.clone(),
         in_fix_len: fix_len,
@@ -616,7 +621,11 @@ pub fn import_weights(
             method,
             init_from: Some(weights.display().to_string()),
             train_examples: ind.train.len(),
-            data_root: data_root.to_path_buf(),
+            data_root: rundir::absolute(data_root),
+            data_files: data::training_files(in_dataset, data_root, None)?
+                .iter()
+                .map(|p| rundir::DataFile::of(p))
+                .collect::<Result<Vec<_>>>()?,
         },
         text: text.clone(),
         in_fix_len: default_fix_len(in_dataset, text),

@@ -21,7 +21,7 @@ pub mod wikitext;
 use crate::datasets::manifest;
 use crate::error::{OeError, Result};
 use crate::text::tokenize::{LabelVocab, WordVocab};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Per-dataset text options; `None` = the paper's default for that dataset (SST cased, everything
 /// else lower-cased; 20NG truncated to the first 100 tokens; others untruncated).
@@ -100,6 +100,45 @@ pub const IN_DISTRIBUTION_NAMES: &[&str] = &[
 /// "20ng" (no-short, the paper's), "20ng-bydate" (subject + body, no filtering), or a path to a
 /// user dataset (a folder with `train.{csv,jsonl}` and `test.*`, optionally `dev.*`, or a train
 /// file whose name contains `train`; columns `text` and `label`).
+/// The files [`load_in_distribution`] reads for `name` (and, with `oe`, [`load_oe_corpus`]), that
+/// exist: recorded with their sha256 in every model directory.
+pub fn training_files(name: &str, root: &Path, oe: Option<&str>) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = match name {
+        "sst" | "sst-fine" | "sst-phrases" | "sst-fine-phrases" => ["train.txt", "dev.txt", "test.txt"]
+            .iter()
+            .map(|f| root.join("sst").join("trees").join(f))
+            .collect(),
+        "trec" | "trec-coarse" => ["train_5500.label", "TREC_10.label"]
+            .iter()
+            .map(|f| root.join("trec").join(f))
+            .collect(),
+        "20ng" | "20ng-bydate" => {
+            let d = root.join("20newsgroups");
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
+                .map_err(|e| OeError::io(&d, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            files
+        }
+        _ => {
+            let (tr, dv, te) = indist::user_split_files(Path::new(name))?;
+            std::iter::once(tr).chain(dv).chain(std::iter::once(te)).collect()
+        }
+    };
+    match oe {
+        Some("wikitext2" | "wikitext-2") => v.push(root.join("wikitext-2").join("wiki.train.tokens")),
+        Some("wikitext103" | "wikitext-103") => {
+            v.push(root.join("wikitext-103").join("wiki.train.tokens"))
+        }
+        Some(f) => v.push(PathBuf::from(f)),
+        None => {}
+    }
+    v.retain(|p| p.is_file());
+    Ok(v)
+}
+
 pub fn load_in_distribution(name: &str, root: &Path, opts: &TextOptions) -> Result<InDistribution> {
     let mut untrunc = None;
     let (train, dev, test) = match name {
