@@ -79,6 +79,9 @@ pub struct LoadedModel {
     pub detectors: Option<crate::detect::feature::FeatureDetectors>,
     /// Outputs of evaluation batches already run (several scores, one forward pass).
     pub outputs: protocol::OutputCache,
+    /// The batch-row probe of [`crate::text::score`] (`(max rows probed, smallest free batch)`),
+    /// run once per process and model.
+    pub row_probe: std::sync::Mutex<Option<(usize, Option<usize>)>>,
 }
 
 impl LoadedModel {
@@ -116,6 +119,7 @@ impl LoadedModel {
             model,
             detectors,
             outputs: Default::default(),
+            row_probe: Default::default(),
         })
     }
 

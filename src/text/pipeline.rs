@@ -945,6 +945,7 @@ fn score_shard_locked(
                 lines_per_second: 0.0,
                 batches: 0,
                 rows_computed: 0,
+                free_rows: None,
                 threshold: opts.threshold,
                 decision: None,
                 stopped_after: None,

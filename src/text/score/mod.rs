@@ -5,9 +5,12 @@
 //! (rayon) in chunks, and hands them over a bounded channel to the inference loop, so reading
 //! overlaps inference and memory stays bounded whatever the input size. The inference loop
 //! ([`Engine`]) groups texts by exact token length (no padding between texts) and runs each length
-//! in batches of a fixed number of rows for that length (partial batches are filled with copies),
-//! so every batch of a given length has the same shape: **a text's score does not depend on which
-//! other texts share its batch**, bit for bit. Results are written in input order through a reorder
+//! in batches of at most a fixed number of rows for that length: **a text's score does not depend
+//! on which other texts share its batch**, bit for bit. libtorch's matrix products give a row the
+//! same bits for every batch size from some size on (16 rows with MKL on the CPUs we measured;
+//! smaller batches take other kernels): [`probe_free_rows`] checks that on the loaded model, on
+//! this machine, once per process, and then partial batches are filled with copies only up to that
+//! size. Where the probe fails every partial batch is filled to the full fixed shape. Results are written in input order through a reorder
 //! buffer of at most [`ScoreOptions::max_pending`] texts: when it is full, the batch holding the
 //! oldest text is run early.
 //!
@@ -146,6 +149,9 @@ pub struct Engine<'m> {
     max_batch_rows: usize,
     batch_tokens: usize,
     max_pending: usize,
+    /// Smallest batch from which results no longer depend on the batch size ([`probe_free_rows`]);
+    /// `None`: fill every batch to its fixed shape.
+    free_rows: Option<usize>,
     buckets: HashMap<usize, Vec<(u64, Vec<i64>)>>,
     ring: VecDeque<Slot>,
     /// Sequence number of `ring[0]`.
@@ -157,14 +163,16 @@ pub struct Engine<'m> {
 
 impl<'m> Engine<'m> {
     pub fn new(m: &'m LoadedModel, opts: &ScoreOptions) -> Self {
+        let max_batch_rows = opts.max_batch_rows.max(1);
         Self {
             model: &m.model,
             device: m.vs.device(),
             score: opts.score,
             fix_len: m.config.in_fix_len,
-            max_batch_rows: opts.max_batch_rows.max(1),
+            max_batch_rows,
             batch_tokens: opts.batch_tokens.max(1),
             max_pending: opts.max_pending.max(1),
+            free_rows: free_rows(m, max_batch_rows),
             buckets: HashMap::new(),
             ring: VecDeque::new(),
             base: 0,
@@ -222,7 +230,12 @@ impl<'m> Engine<'m> {
         let take = bucket.len().min(rows);
         let items: Vec<(u64, Vec<i64>)> = bucket.drain(..take).collect();
         let mut seqs: Vec<&[i64]> = items.iter().map(|(_, ids)| ids.as_slice()).collect();
-        // Fill to the fixed shape: a text's result never depends on the batch's other rows.
+        // Fill to the fixed shape, or to the size from which results do not depend on the batch
+        // size: a text's result never depends on the batch's other rows.
+        let rows = match self.free_rows {
+            Some(f) if f < rows => take.max(f),
+            _ => rows,
+        };
         while seqs.len() < rows {
             seqs.push(seqs[0]);
         }
@@ -270,6 +283,77 @@ impl<'m> Engine<'m> {
         }
         Ok(())
     }
+}
+
+/// [`probe_free_rows`] for `m` up to `max_rows`, cached in the model.
+fn free_rows(m: &LoadedModel, max_rows: usize) -> Option<usize> {
+    let mut g = match m.row_probe.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if let Some((r, f)) = *g {
+        if r >= max_rows {
+            return f;
+        }
+    }
+    let f = probe_free_rows(&m.model, m.vs.device(), m.config.in_fix_len, m.vocab.len(), max_rows);
+    *g = Some((max_rows, f));
+    f
+}
+
+/// The smallest batch size `f` (16, 32 or 64) such that, on this machine and this model, every row
+/// of a batch of `r` rows gets the same logits bit for bit for every `r` in `f..=max_rows` tried
+/// (f, f + 1, f + 5, 2f + 3, the midpoint, max_rows - 1, max_rows), at a few lengths (random token
+/// ids, seeded). `None` when no candidate passes: then batches keep their fixed shapes.
+pub fn probe_free_rows(
+    model: &TextModel,
+    device: Device,
+    fix_len: Option<usize>,
+    vocab_len: usize,
+    max_rows: usize,
+) -> Option<usize> {
+    use rand::{Rng, SeedableRng};
+    let recurrent = matches!(model, TextModel::Gru(_));
+    let lengths: Vec<usize> = match fix_len {
+        Some(f) => vec![f],
+        None if recurrent => vec![1, 7, 33],
+        None => vec![3, 9],
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x0e5c_0e5c);
+    let hi = vocab_len.max(3) as i64;
+    let batches: Vec<Vec<Vec<i64>>> = lengths
+        .iter()
+        .map(|&l| {
+            (0..max_rows)
+                .map(|_| (0..l).map(|_| rng.gen_range(2..hi)).collect())
+                .collect()
+        })
+        .collect();
+    let logits = |seqs: &[Vec<i64>]| {
+        let refs: Vec<&[i64]> = seqs.iter().map(Vec::as_slice).collect();
+        tch::no_grad(|| {
+            let b = crate::text::models::TokenBatch::left_padded(&refs, fix_len, device);
+            model.logits(&b, false).to_kind(Kind::Float).to_device(Device::Cpu)
+        })
+    };
+    let full: Vec<Tensor> = batches.iter().map(|b| logits(b)).collect();
+    'candidate: for f in [16usize, 32, 64] {
+        if f >= max_rows {
+            return None;
+        }
+        let mut sizes = vec![f, f + 1, f + 5, 2 * f + 3, (f + max_rows) / 2, max_rows - 1];
+        sizes.retain(|&r| r >= f && r < max_rows);
+        for (b, whole) in batches.iter().zip(&full) {
+            for &r in &sizes {
+                let part = logits(&b[..r]);
+                if !part.equal(&whole.narrow(0, 0, r as i64)) {
+                    continue 'candidate;
+                }
+            }
+        }
+        return Some(f);
+    }
+    None
 }
 
 /// Scores in-memory texts through exactly the path `oe-text score` uses (same preprocessing, same
@@ -421,6 +505,10 @@ pub struct ScoreSummary {
     pub batches: u64,
     /// Rows computed, filler rows of partial batches included.
     pub rows_computed: u64,
+    /// Batch size from which results were checked not to depend on it ([`probe_free_rows`]);
+    /// `None`: partial batches were filled to their fixed shapes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_rows: Option<usize>,
     pub threshold: Option<f64>,
     /// The decision rule when it is not a score threshold (`p_value <= 0.05`, ...).
     pub decision: Option<String>,
@@ -439,14 +527,18 @@ pub struct ScoreSummary {
 impl ScoreSummary {
     pub fn render(&self) -> String {
         let mut s = format!(
-            "{}\n{} sources, {:.1} s, {:.0} lines/s, {} batches ({:.1}% filler rows)",
+            "{}\n{} sources, {:.1} s, {:.0} lines/s, {} batches ({:.1}% filler rows; {})",
             self.counts.summary(),
             self.sources,
             self.seconds,
             self.lines_per_second,
             self.batches,
             100.0 * (self.rows_computed.saturating_sub(self.counts.scored)) as f64
-                / self.rows_computed.max(1) as f64
+                / self.rows_computed.max(1) as f64,
+            match self.free_rows {
+                Some(f) => format!("partial batches filled to {f} rows"),
+                None => "partial batches filled to their fixed shapes".to_string(),
+            }
         );
         let rule = match (&self.decision, self.threshold) {
             (Some(d), _) => Some(d.clone()),
@@ -588,6 +680,7 @@ pub fn score_stream(
         seconds,
         batches: eng.batches,
         rows_computed: eng.rows_computed,
+        free_rows: eng.free_rows,
         threshold,
         decision: opts.alpha.map(|a| format!("p_value <= {a}")),
         stopped_after: end.stopped.then_some(end.seen),
