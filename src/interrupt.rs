@@ -73,11 +73,9 @@ pub fn slurm_array_task() -> Option<String> {
 /// (a job submitted without `--requeue`, an interactive allocation, or a job Slurm is already
 /// requeueing), which the caller reports as a warning.
 pub fn requeue_slurm_task() -> Result<Option<String>> {
-    let Some(id) = slurm_array_task().or_else(|| {
-        std::env::var("SLURM_JOB_ID")
-            .ok()
-            .filter(|j| !j.is_empty())
-    }) else {
+    let Some(id) =
+        slurm_array_task().or_else(|| std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty()))
+    else {
         return Ok(None);
     };
     let out = std::process::Command::new("scontrol")

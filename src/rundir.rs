@@ -58,7 +58,9 @@ impl DataFile {
     /// Hashes `path` (made absolute).
     pub fn of(path: &Path) -> Result<DataFile> {
         let abs = std::fs::canonicalize(path).map_err(|e| OeError::io(path, e))?;
-        let bytes = std::fs::metadata(&abs).map_err(|e| OeError::io(&abs, e))?.len();
+        let bytes = std::fs::metadata(&abs)
+            .map_err(|e| OeError::io(&abs, e))?
+            .len();
         Ok(DataFile {
             sha256: crate::datasets::fetch::sha256_file(&abs)?,
             path: abs,

@@ -185,9 +185,11 @@ fn service_scores_exactly_like_score_in_any_batch() {
     let all = texts(300, 1);
     let want = reference(&m, &all, d.path());
     assert_eq!(want.len(), all.len());
+    let log = d.path().join("requests.jsonl");
     let s = server(&m, |r| {
         r.max_batch = 32;
         r.max_wait = Duration::from_millis(20);
+        r.log = Some(log.clone());
     });
     let addr = s.addr.to_string();
     // 6 concurrent clients, each sending its share in requests of 1..=17 texts.
@@ -222,7 +224,34 @@ fn service_scores_exactly_like_score_in_any_batch() {
     assert!(metrics.contains("oe_requests_total{route=\"/v1/score\",status=\"200\"}"));
     assert!(metrics.contains("oe_batch_texts_count"));
     assert!(metrics.contains("oe_request_seconds_bucket"));
+    assert!(metrics.contains("oe_log_dropped_total 0"), "{metrics}");
     s.stop().unwrap();
+    // The request log: one line per scored text (never the text), each score one of the
+    // reference's; `monitor --window-secs` windows it by time.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 300);
+    let scores: std::collections::HashSet<u32> = want.iter().map(|w| w.0.to_bits()).collect();
+    for l in &lines {
+        assert!(l["time"].as_f64().unwrap() > 1.7e9);
+        assert_eq!(l["score_kind"], "msp");
+        assert!(l.get("text").is_none());
+        let sc = l["score"].as_f64().unwrap() as f32;
+        assert!(scores.contains(&sc.to_bits()), "{l}");
+    }
+    let out = oe::text::score::monitor::run_monitor(&oe::text::score::monitor::MonitorRequest {
+        input: log.clone(),
+        every: 1000,
+        window_secs: Some(1.0),
+        alpha: 0.05,
+        plot: None,
+    })
+    .unwrap();
+    assert_eq!(out.windows.iter().map(|w| w.rows).sum::<usize>(), 300);
+    assert!(out.table.contains("from (UTC)"), "{}", out.table);
 }
 
 #[test]

@@ -290,6 +290,10 @@ pub struct ServeArgs {
     /// HTTP worker threads (inference runs on its own thread; --threads sets libtorch's).
     #[arg(long, default_value_t = 2)]
     pub http_threads: usize,
+    /// Append one JSON line per scored text to this file (time, request, score kind, score, class,
+    /// prob, is_ood, p_value; never the text): the input of `oe-text monitor --window-secs`.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -322,6 +326,7 @@ impl ServeArgs {
             max_text_bytes: self.max_text_bytes,
             token,
             threads: self.http_threads,
+            log: self.log.clone(),
             ..crate::text::serve::ServeRequest::new(self.model.clone(), device)
         };
         req.validate()?;
@@ -332,12 +337,16 @@ impl ServeArgs {
 /// `oe-text monitor`.
 #[derive(Args, Clone, Debug)]
 pub struct MonitorArgs {
-    /// A file written by `oe-text score` (TSV, CSV, JSON lines or Parquet).
+    /// A file written by `oe-text score` (TSV, CSV, JSON lines or Parquet), or the log of
+    /// `oe-text serve --log`.
     #[arg(value_name = "SCORED")]
     pub input: PathBuf,
     /// Texts per window.
     #[arg(long, default_value_t = 1000)]
     pub every: usize,
+    /// Windows of this many seconds instead (the service's log: `oe-text serve --log FILE`).
+    #[arg(long, value_name = "SECS", conflicts_with = "every")]
+    pub window_secs: Option<f64>,
     /// Level of the "small p-value" share.
     #[arg(long, default_value_t = 0.05)]
     pub alpha: f64,
@@ -355,6 +364,7 @@ impl MonitorArgs {
         Ok(crate::text::score::monitor::MonitorRequest {
             input: self.input.clone(),
             every: self.every,
+            window_secs: self.window_secs,
             alpha: self.alpha,
             plot: self.plot.clone(),
         })

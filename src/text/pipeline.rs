@@ -335,10 +335,11 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
         }
         None => None,
     };
-    let data_files = data::training_files(&req.in_dataset, &req.data_root, req.oe_corpus.as_deref())?
-        .iter()
-        .map(|p| rundir::DataFile::of(p))
-        .collect::<Result<Vec<_>>>()?;
+    let data_files =
+        data::training_files(&req.in_dataset, &req.data_root, req.oe_corpus.as_deref())?
+            .iter()
+            .map(|p| rundir::DataFile::of(p))
+            .collect::<Result<Vec<_>>>()?;
     let n_prepared = ind.train.len() + ind.test.len() + oe_ids.as_ref().map_or(0, |o| o.len());
     timings.push(timing("data preparation", t_data, n_prepared));
     let base_cfg = RunConfig {

@@ -21,6 +21,11 @@
 //! object `{"error", "field"}`. With a token, every route but `/healthz` and `/readyz` needs
 //! `Authorization: Bearer <token>` (401). The service stops on the shutdown signal it is given
 //! (the binary: SIGTERM or Ctrl-C): it stops accepting, finishes requests in flight, and returns.
+//!
+//! With `log`, every scored text is appended as one JSON line (`time` in Unix seconds, `request`,
+//! `score_kind`, `score`, `class`, `prob`, `is_ood`, `p_value`; never the text) by a writer thread
+//! behind a bounded channel: a full channel drops lines (counted in `/metrics`) rather than slowing
+//! requests. `oe-text monitor --window-secs` reads it.
 
 use crate::detect::conformal::Conformal;
 use crate::detect::Score;
@@ -63,6 +68,8 @@ pub struct ServeRequest {
     /// HTTP worker threads (inference has its own thread).
     pub threads: usize,
     pub device: tch::Device,
+    /// Append one JSON line per scored text here.
+    pub log: Option<PathBuf>,
 }
 
 impl ServeRequest {
@@ -82,6 +89,7 @@ impl ServeRequest {
             token: None,
             threads: 2,
             device,
+            log: None,
         }
     }
 
@@ -119,6 +127,8 @@ struct Metrics {
     texts: AtomicU64,
     flagged: AtomicU64,
     latency: Histogram,
+    /// Log lines dropped because the log writer fell behind.
+    log_dropped: AtomicU64,
 }
 
 const LATENCY_BUCKETS: [f64; 11] = [
@@ -193,6 +203,26 @@ struct Shared {
     /// Class names by index.
     labels: Vec<String>,
     model_info: serde_json::Value,
+    /// Lines for the request log's writer thread (one string per request).
+    log: Option<mpsc::SyncSender<String>>,
+    requests_seen: AtomicU64,
+}
+
+/// Appends what arrives on `rx` to `path` until every sender is gone; flushes whenever the channel
+/// is momentarily empty, syncs at the end.
+fn log_writer(path: PathBuf, file: std::fs::File, rx: mpsc::Receiver<String>) -> Result<()> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(file);
+    let io = |e| OeError::io(&path, e);
+    while let Ok(first) = rx.recv() {
+        w.write_all(first.as_bytes()).map_err(io)?;
+        while let Ok(more) = rx.try_recv() {
+            w.write_all(more.as_bytes()).map_err(io)?;
+        }
+        w.flush().map_err(io)?;
+    }
+    w.flush().map_err(io)?;
+    w.get_ref().sync_all().map_err(io)
 }
 
 /// An error response: status and `{"error", "field"}`.
@@ -344,7 +374,25 @@ pub fn run(
                 .collect()
         })
         .unwrap_or_default();
+    let (log, log_thread) = match &req.log {
+        Some(p) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| OeError::io(p, e))?;
+            let (tx, rx) = mpsc::sync_channel::<String>(4096);
+            let path = p.clone();
+            (
+                Some(tx),
+                Some(std::thread::spawn(move || log_writer(path, file, rx))),
+            )
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
+        log,
+        requests_seen: AtomicU64::new(0),
         jobs: jobs_tx,
         admitted: AtomicUsize::new(0),
         ready: AtomicBool::new(true),
@@ -383,7 +431,13 @@ pub fn run(
     let looped = inference
         .join()
         .map_err(|_| OeError::Data("the inference thread panicked".into()))?;
-    served.and(looped)
+    let logged = match log_thread {
+        Some(t) => t
+            .join()
+            .map_err(|_| OeError::Data("the log writer panicked".into()))?,
+        None => Ok(()),
+    };
+    served.and(looped).and(logged)
 }
 
 fn router(shared: Arc<Shared>, batches: Arc<Histogram>) -> Router {
@@ -716,6 +770,35 @@ async fn score_request(
         .collect();
     shared.metrics.texts.fetch_add(n as u64, Ordering::Relaxed);
     shared.metrics.flagged.fetch_add(flagged, Ordering::Relaxed);
+    let request = shared.requests_seen.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(log) = &shared.log {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let kind = score.to_string();
+        let mut lines = String::new();
+        for r in &results {
+            let line = serde_json::json!({
+                "time": (time * 1000.0).round() / 1000.0,
+                "request": request,
+                "score_kind": kind,
+                "score": r["score"],
+                "class": r["class"],
+                "prob": r["prob"],
+                "is_ood": r["is_ood"],
+                "p_value": r["p_value"],
+            });
+            lines += &line.to_string();
+            lines.push('\n');
+        }
+        if log.try_send(lines).is_err() {
+            shared
+                .metrics
+                .log_dropped
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
     Ok(serde_json::json!({
         "score": score.to_string(),
         "threshold": threshold,
@@ -790,6 +873,11 @@ async fn metrics_handler(
         0.0
     };
     let _ = writeln!(out, "# HELP oe_ood_rate Share of scored texts flagged OOD.\n# TYPE oe_ood_rate gauge\noe_ood_rate {rate}");
+    let _ = writeln!(
+        out,
+        "# HELP oe_log_dropped_total Request-log lines dropped because the log writer fell behind.\n# TYPE oe_log_dropped_total counter\noe_log_dropped_total {}",
+        m.log_dropped.load(Ordering::Relaxed)
+    );
     let _ = writeln!(
         out,
         "# HELP oe_queue_admitted Requests waiting or being scored.\n# TYPE oe_queue_admitted gauge\noe_queue_admitted {}",

@@ -104,10 +104,12 @@ pub const IN_DISTRIBUTION_NAMES: &[&str] = &[
 /// exist: recorded with their sha256 in every model directory.
 pub fn training_files(name: &str, root: &Path, oe: Option<&str>) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = match name {
-        "sst" | "sst-fine" | "sst-phrases" | "sst-fine-phrases" => ["train.txt", "dev.txt", "test.txt"]
-            .iter()
-            .map(|f| root.join("sst").join("trees").join(f))
-            .collect(),
+        "sst" | "sst-fine" | "sst-phrases" | "sst-fine-phrases" => {
+            ["train.txt", "dev.txt", "test.txt"]
+                .iter()
+                .map(|f| root.join("sst").join("trees").join(f))
+                .collect()
+        }
         "trec" | "trec-coarse" => ["train_5500.label", "TREC_10.label"]
             .iter()
             .map(|f| root.join("trec").join(f))
@@ -124,11 +126,16 @@ pub fn training_files(name: &str, root: &Path, oe: Option<&str>) -> Result<Vec<P
         }
         _ => {
             let (tr, dv, te) = indist::user_split_files(Path::new(name))?;
-            std::iter::once(tr).chain(dv).chain(std::iter::once(te)).collect()
+            std::iter::once(tr)
+                .chain(dv)
+                .chain(std::iter::once(te))
+                .collect()
         }
     };
     match oe {
-        Some("wikitext2" | "wikitext-2") => v.push(root.join("wikitext-2").join("wiki.train.tokens")),
+        Some("wikitext2" | "wikitext-2") => {
+            v.push(root.join("wikitext-2").join("wiki.train.tokens"))
+        }
         Some("wikitext103" | "wikitext-103") => {
             v.push(root.join("wikitext-103").join("wiki.train.tokens"))
         }

@@ -296,7 +296,13 @@ fn free_rows(m: &LoadedModel, max_rows: usize) -> Option<usize> {
             return f;
         }
     }
-    let f = probe_free_rows(&m.model, m.vs.device(), m.config.in_fix_len, m.vocab.len(), max_rows);
+    let f = probe_free_rows(
+        &m.model,
+        m.vs.device(),
+        m.config.in_fix_len,
+        m.vocab.len(),
+        max_rows,
+    );
     *g = Some((max_rows, f));
     f
 }
@@ -333,7 +339,10 @@ pub fn probe_free_rows(
         let refs: Vec<&[i64]> = seqs.iter().map(Vec::as_slice).collect();
         tch::no_grad(|| {
             let b = crate::text::models::TokenBatch::left_padded(&refs, fix_len, device);
-            model.logits(&b, false).to_kind(Kind::Float).to_device(Device::Cpu)
+            model
+                .logits(&b, false)
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
         })
     };
     let full: Vec<Tensor> = batches.iter().map(|b| logits(b)).collect();

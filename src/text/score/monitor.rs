@@ -2,7 +2,8 @@
 //! per window of N consecutive texts: the OOD rate (`is_ood`), the mean anomaly score, and, when
 //! the file has conformal p-values, the share with `p <= alpha` and the p-value histogram (ten
 //! bins of 0.1). In-distribution input gives p-values spread evenly over (0, 1], so a rising share
-//! of small p-values is a rising share of unfamiliar input.
+//! of small p-values is a rising share of unfamiliar input. With `window_secs`, windows are spans of
+//! time instead, over the `time` field of the service's request log (`oe-text serve --log`).
 
 use crate::error::{OeError, Result};
 use std::fmt::Write as _;
@@ -14,6 +15,8 @@ pub struct MonitorRequest {
     pub input: PathBuf,
     /// Texts per window.
     pub every: usize,
+    /// Windows of this many seconds (by the rows' `time`) instead of `every` texts.
+    pub window_secs: Option<f64>,
     /// Level for the share of small p-values.
     pub alpha: f64,
     /// Write the rates per window as an SVG plot here.
@@ -26,6 +29,8 @@ pub struct Row {
     pub score: f64,
     pub is_ood: Option<bool>,
     pub p_value: Option<f64>,
+    /// Unix seconds (the service's log); `None` in files written by `oe-text score`.
+    pub time: Option<f64>,
 }
 
 /// One window of consecutive rows.
@@ -33,6 +38,8 @@ pub struct Row {
 pub struct Window {
     /// 1-based index of the window's first row.
     pub first: usize,
+    /// Start of the window (Unix seconds) for windows of time.
+    pub start: Option<f64>,
     pub rows: usize,
     pub mean_score: f64,
     /// Share flagged `is_ood` (when the file has the column).
@@ -45,14 +52,56 @@ pub struct Window {
 
 /// Cuts `rows` into windows of `every` (the last may be shorter).
 pub fn windows(rows: &[Row], every: usize, alpha: f64) -> Vec<Window> {
-    rows.chunks(every.max(1))
+    let e = every.max(1);
+    rows.chunks(e)
         .enumerate()
-        .map(|(i, w)| {
+        .map(|(i, w)| summarise(w, i * e + 1, None, alpha))
+        .collect()
+}
+
+/// Cuts `rows` (in time order, every one with a `time`) into windows of `secs` seconds from the
+/// first row's time; windows without rows are left out.
+pub fn time_windows(rows: &[Row], secs: f64, alpha: f64) -> Result<Vec<Window>> {
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(OeError::Config(format!(
+            "--window-secs must be positive, got {secs}"
+        )));
+    }
+    let Some(t0) = rows.first().and_then(|r| r.time) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    let bucket = |t: f64| ((t - t0) / secs).floor().max(0.0) as u64;
+    for i in 1..=rows.len() {
+        let same = i < rows.len()
+            && match (rows[i].time, rows[start].time) {
+                (Some(a), Some(b)) => bucket(a) == bucket(b),
+                _ => false,
+            };
+        if !same {
+            let b = rows[start].time.map(bucket).unwrap_or(0);
+            out.push(summarise(
+                &rows[start..i],
+                start + 1,
+                Some(t0 + b as f64 * secs),
+                alpha,
+            ));
+            start = i;
+        }
+    }
+    Ok(out)
+}
+
+fn summarise(w: &[Row], first: usize, start: Option<f64>, alpha: f64) -> Window {
+    {
+        {
             let n = w.len() as f64;
             let ood: Option<Vec<bool>> = w.iter().map(|r| r.is_ood).collect();
             let ps: Option<Vec<f64>> = w.iter().map(|r| r.p_value).collect();
             Window {
-                first: i * every.max(1) + 1,
+                first,
+                start,
                 rows: w.len(),
                 mean_score: w.iter().map(|r| r.score).sum::<f64>() / n,
                 ood_rate: ood.map(|o| o.iter().filter(|&&x| x).count() as f64 / n),
@@ -68,8 +117,8 @@ pub fn windows(rows: &[Row], every: usize, alpha: f64) -> Vec<Window> {
                     h
                 }),
             }
-        })
-        .collect()
+        }
+    }
 }
 
 fn col(header: &[String], name: &str) -> Option<usize> {
@@ -124,6 +173,7 @@ pub fn read_scored(path: &Path) -> Result<Vec<Row>> {
                     score: score[i].unwrap_or(f64::NAN),
                     is_ood: ood.as_ref().and_then(|o| o[i]),
                     p_value: p.as_ref().and_then(|p| p[i]),
+                    time: None,
                 })
                 .collect())
         }
@@ -141,6 +191,7 @@ pub fn read_scored(path: &Path) -> Result<Vec<Row>> {
                             .ok_or_else(|| OeError::parse(path, i + 1, "no numeric `score`"))?,
                         is_ood: v["is_ood"].as_bool(),
                         p_value: v["p_value"].as_f64(),
+                        time: v["time"].as_f64(),
                     })
                 })
                 .collect()
@@ -180,6 +231,7 @@ pub fn read_scored(path: &Path) -> Result<Vec<Row>> {
                         p_value: pi
                             .map(|i| at(i).and_then(|s| num(path, line, "p_value", s)))
                             .transpose()?,
+                        time: None,
                     })
                 })
                 .collect()
@@ -207,13 +259,28 @@ pub fn run_monitor(req: &MonitorRequest) -> Result<MonitorOutcome> {
             req.input.display()
         )));
     }
-    let ws = windows(&rows, req.every, req.alpha);
+    let ws = match req.window_secs {
+        Some(secs) => {
+            if let Some(i) = rows.iter().position(|r| r.time.is_none()) {
+                return Err(OeError::parse(
+                    &req.input,
+                    i + 1,
+                    "no `time` field: --window-secs needs the service's log (oe-text serve --log); use --every N for scored files",
+                ));
+            }
+            time_windows(&rows, secs, req.alpha)?
+        }
+        None => windows(&rows, req.every, req.alpha),
+    };
+    let unit = match req.window_secs {
+        Some(s) => format!("{s} s"),
+        None => format!("{} texts", req.every),
+    };
     let mut t = format!(
-        "{}: {} texts in windows of {}\n{:>9} {:>6} {:>10} {:>8} {:>9}  p-value histogram (0.1 bins)\n",
+        "{}: {} texts in windows of {unit}\n{:>20} {:>6} {:>10} {:>8} {:>9}  p-value histogram (0.1 bins)\n",
         req.input.display(),
         rows.len(),
-        req.every,
-        "from",
+        if req.window_secs.is_some() { "from (UTC)" } else { "from" },
         "texts",
         "mean score",
         "OOD %",
@@ -223,8 +290,11 @@ pub fn run_monitor(req: &MonitorRequest) -> Result<MonitorOutcome> {
     for w in &ws {
         let _ = writeln!(
             t,
-            "{:>9} {:>6} {:>10.4} {:>8} {:>9}  {}",
-            w.first,
+            "{:>20} {:>6} {:>10.4} {:>8} {:>9}  {}",
+            match w.start {
+                Some(s) => crate::io::utc_time(s as u64),
+                None => w.first.to_string(),
+            },
             w.rows,
             w.mean_score,
             pct(w.ood_rate),
@@ -244,7 +314,13 @@ pub fn run_monitor(req: &MonitorRequest) -> Result<MonitorOutcome> {
             let mut lines = Vec::new();
             let xs = |f: &dyn Fn(&Window) -> Option<f64>| -> Vec<(f64, f64)> {
                 ws.iter()
-                    .filter_map(|w| f(w).map(|v| (w.first as f64, v)))
+                    .filter_map(|w| {
+                        let x = match (w.start, ws[0].start) {
+                            (Some(s), Some(s0)) => s - s0,
+                            _ => w.first as f64,
+                        };
+                        f(w).map(|v| (x, v))
+                    })
                     .collect()
             };
             let ood = xs(&|w| w.ood_rate);
@@ -270,8 +346,12 @@ pub fn run_monitor(req: &MonitorRequest) -> Result<MonitorOutcome> {
                 )));
             }
             let svg = render_svg(&Chart {
-                title: format!("OOD rate per {} texts", req.every),
-                x_label: "first text of the window".into(),
+                title: format!("OOD rate per {unit}"),
+                x_label: if req.window_secs.is_some() {
+                    "seconds since the first request".into()
+                } else {
+                    "first text of the window".into()
+                },
                 y_label: "share of the window".into(),
                 kind: ChartKind::Series(lines),
             })?;
@@ -297,6 +377,7 @@ mod tests {
             score: s,
             is_ood: Some(o),
             p_value: Some(p),
+            time: None,
         };
         let rows = [
             r(1.0, false, 0.5),
@@ -318,12 +399,40 @@ mod tests {
             score: 1.0,
             is_ood: None,
             p_value: None,
+            time: None,
         }];
         let w = windows(&no_p, 10, 0.05);
         assert_eq!(
             (w[0].ood_rate, w[0].small_p, w[0].p_hist),
             (None, None, None)
         );
+    }
+
+    #[test]
+    fn time_windows_by_hand() {
+        let r = |t: f64, o: bool| Row {
+            score: 0.0,
+            is_ood: Some(o),
+            p_value: None,
+            time: Some(t),
+        };
+        // Windows of 10 s from t0 = 100: [100, 110) holds 2 rows, [110, 120) none (left out),
+        // [120, 130) holds 3.
+        let rows = [
+            r(100.0, false),
+            r(109.9, true),
+            r(120.0, true),
+            r(125.0, true),
+            r(129.0, false),
+        ];
+        let w = time_windows(&rows, 10.0, 0.05).unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (w[0].start, w[0].rows, w[0].ood_rate),
+            (Some(100.0), 2, Some(0.5))
+        );
+        assert_eq!((w[1].start, w[1].first, w[1].rows), (Some(120.0), 3, 3));
+        assert!(time_windows(&rows, 0.0, 0.05).is_err());
     }
 
     #[test]
@@ -341,7 +450,8 @@ mod tests {
             Row {
                 score: -0.1,
                 is_ood: Some(true),
-                p_value: Some(0.01)
+                p_value: Some(0.01),
+                time: None,
             }
         );
         std::fs::write(&p, "source\tline\tscore\nx\t1\tnope\n").unwrap();
