@@ -1,8 +1,11 @@
-"""The Python side of experiments/bench_serve.sh: the same GRU and API as `oe-text serve`, written
+"""The Python side of experiments/bench_serve.sh: the same model and API as `oe-text serve`, written
 the way a PyTorch user would (Starlette on uvicorn, one worker; the request's texts batched by
-equal length, so no text runs over padding and every score equals `oe-text serve`'s; the paper's
-GRU, MSP). Reads the `oe` model directory (run.json, vocab.json,
-model.safetensors) so both services serve the same weights and vocabulary.
+equal length, so no text runs over padding and every score equals `oe-text serve`'s up to float
+rounding; MSP). Reads the `oe` model directory (run.json, vocab.json or tokenizer.json,
+model.safetensors) so both services serve the same weights and vocabulary: the paper's GRU, or a
+fine-tuned MiniLM (`--model minilm`: a BERT encoder written here with torch.nn.functional, mean
+pooling over the tokens and the linear head; tokenised with the `tokenizers` package from the
+model directory's tokenizer.json, cut to max_len ids keeping [SEP]).
 
 usage: python3 serve_torch.py MODEL_DIR PORT THREADS
 """
@@ -21,8 +24,7 @@ model_dir, port, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
 cfg = json.load(open(f"{model_dir}/run.json"))
 labels = cfg["labels"]
-tokens = json.load(open(f"{model_dir}/vocab.json"))["tokens"]
-index = {t: i for i, t in enumerate(tokens)}
+pretrained = cfg["model"].get("type") == "pretrained"
 lower = cfg["text"].get("lowercase")
 lower = (cfg["in_dataset"] not in ("sst", "sst-fine")) if lower is None else lower
 
@@ -40,15 +42,68 @@ class GRU(torch.nn.Module):
         return self.linear(out[-1])
 
 
-model = GRU(len(tokens), len(labels))
-model.load_state_dict(load_file(f"{model_dir}/model.safetensors"))
-model.eval()
+class Bert(torch.nn.Module):
+    """Post-layer-norm BERT (Hugging Face names under `bert.`), mean pooling, linear head."""
+
+    def __init__(self, enc, weights):
+        super().__init__()
+        self.c = enc
+        self.w = weights
+
+    def dense(self, x, name):
+        return torch.nn.functional.linear(x, self.w[name + ".weight"], self.w[name + ".bias"])
+
+    def ln(self, x, name):
+        return torch.nn.functional.layer_norm(
+            x, (x.shape[-1],), self.w[name + ".weight"], self.w[name + ".bias"], self.c["layer_norm_eps"])
+
+    def forward(self, ids):  # ids: [batch, time], no padding
+        w, c = self.w, self.c
+        b, t = ids.shape
+        nh = c["num_attention_heads"]
+        dh = c["hidden_size"] // nh
+        x = w["bert.embeddings.word_embeddings.weight"][ids]
+        x = x + w["bert.embeddings.position_embeddings.weight"][:t] + w["bert.embeddings.token_type_embeddings.weight"][0]
+        x = self.ln(x, "bert.embeddings.LayerNorm")
+        for i in range(c["num_hidden_layers"]):
+            p = f"bert.encoder.layer.{i}."
+            q, k, v = (self.dense(x, p + "attention.self." + n).view(b, t, nh, dh).transpose(1, 2)
+                       for n in ("query", "key", "value"))
+            ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
+            a = self.ln(x + self.dense(ctx, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+            f = torch.nn.functional.gelu(self.dense(a, p + "intermediate.dense"))
+            x = self.ln(a + self.dense(f, p + "output.dense"), p + "output.LayerNorm")
+        return self.dense(x.mean(1), "classifier")
+
+
+if pretrained:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
+    tok.no_padding()
+    tok.no_truncation()
+    max_len = cfg["model"]["head"]["max_len"]
+    sep = tok.token_to_id("[SEP]")
+    model = Bert(cfg["model"]["encoder"], load_file(f"{model_dir}/model.safetensors"))
+
+    def encode(t):
+        ids = tok.encode(t.lower() if lower else t).ids
+        return ids if len(ids) <= max_len else ids[:max_len - 1] + [sep]
+else:
+    tokens = json.load(open(f"{model_dir}/vocab.json"))["tokens"]
+    index = {t: i for i, t in enumerate(tokens)}
+    model = GRU(len(tokens), len(labels))
+    model.load_state_dict(load_file(f"{model_dir}/model.safetensors"))
+    model.eval()
+
+    def encode(t):
+        return [index.get(w, 0) for w in (t.lower() if lower else t).split()] or [1]
 
 
 async def score(request: Request):
     body = await request.json()
     texts = body["texts"]
-    ids = [[index.get(w, 0) for w in (t.lower() if lower else t).split()] or [1] for t in texts]
+    ids = [encode(t) for t in texts]
     by_len = {}
     for i, x in enumerate(ids):
         by_len.setdefault(len(x), []).append(i)
