@@ -269,8 +269,10 @@ pub struct ServeArgs {
     /// A micro-batch closes at this many texts...
     #[arg(long, default_value_t = 256)]
     pub max_batch: usize,
-    /// ...or this many milliseconds after its first request.
-    #[arg(long, default_value_t = 5)]
+    /// ...or this many milliseconds after its first request (0: as soon as the requests already
+    /// waiting are taken; under load, the requests that arrive while a batch is scored form the
+    /// next one).
+    #[arg(long, default_value_t = 0)]
     pub max_wait_ms: u64,
     /// Requests admitted at once (waiting or being scored); beyond it: 503 with Retry-After.
     #[arg(long, default_value_t = 64)]

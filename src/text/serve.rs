@@ -12,7 +12,8 @@
 //!
 //! Invariant: **a text's score is exactly the one `oe-text score` gives it**, whatever else is in
 //! its batch. Requests are micro-batched by one inference thread that owns the model: a batch
-//! closes at `max_batch` texts or `max_wait` after its first request, and is scored by
+//! takes every request waiting (up to `max_batch` texts; with a `max_wait`, also those arriving
+//! until then after its first request), and is scored by
 //! [`crate::text::score::score_texts`], the batch-independent path `oe-text score` uses.
 //!
 //! Limits: at most `queue` requests admitted at once (then 503 with `Retry-After`), a maximum body
@@ -73,7 +74,8 @@ pub struct ServeRequest {
 }
 
 impl ServeRequest {
-    /// Defaults for a model directory: loopback port 8080, MSP, batches of 256 texts or 5 ms, 64
+    /// Defaults for a model directory: loopback port 8080, MSP, batches of at most 256 texts made of
+    /// the requests waiting (no lingering), 64
     /// requests admitted, 1 MiB bodies, 1,024 texts per request, 64 KiB per text, no token.
     pub fn new(model_dir: PathBuf, device: tch::Device) -> Self {
         Self {
@@ -81,7 +83,7 @@ impl ServeRequest {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             score: Score::Msp,
             max_batch: 256,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::ZERO,
             queue: 64,
             max_body_bytes: 1 << 20,
             max_texts: 1024,
@@ -480,7 +482,17 @@ fn inference_loop(
         let deadline = Instant::now() + req.max_wait;
         let mut n = first.texts.len();
         let mut batch = vec![first];
+        // The requests already waiting join at once; then, with a `max_wait`, later ones until it.
         while n < req.max_batch {
+            match jobs.try_recv() {
+                Ok(j) => {
+                    n += j.texts.len();
+                    batch.push(j);
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
