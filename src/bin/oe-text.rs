@@ -112,6 +112,7 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
                 Some(i) => vec![s.point(*i)?.index],
                 None => (0..s.points.len()).collect(),
             };
+            let mut failed = Vec::new();
             for i in todo {
                 let p = &s.points[i];
                 if sweep::point_state(p) == sweep::PointState::Done {
@@ -124,18 +125,32 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
                     Ok(()) => sweep::mark_done(p, t0.elapsed().as_secs_f64())?,
                     Err(e) => {
                         let interrupted = e.chain().any(|c| {
-                            matches!(
-                                c.downcast_ref::<oe::OeError>(),
-                                Some(oe::OeError::Interrupted(_))
-                            )
+                            matches!(c.downcast_ref::<oe::OeError>(), Some(oe::OeError::Interrupted(_)))
                         });
-                        if !interrupted {
-                            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-                            sweep::mark_failed(p, &msg.join(": "))?;
+                        let e = e.context(format!("sweep point {i} ({})", p.name));
+                        if interrupted || index.is_some() {
+                            if !interrupted {
+                                let msg: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+                                sweep::mark_failed(p, &msg.join(": "))?;
+                            }
+                            return Err(e);
                         }
-                        return Err(e.context(format!("sweep point {i} ({})", p.name)));
+                        // Running every point: record the failure and go on with the others.
+                        let msg: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+                        sweep::mark_failed(p, &msg.join(": "))?;
+                        eprintln!("{}", oe::cli::error_chain(e.as_ref()));
+                        failed.push(format!("{i} ({})", p.name));
                     }
                 }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!(
+                    "{} of {} points failed: {} (see `oe-text sweep status {}`)",
+                    failed.len(),
+                    s.points.len(),
+                    failed.join(", "),
+                    file.display()
+                );
             }
         }
         SweepCommand::Slurm { sweep: file, slurm } => {

@@ -373,7 +373,12 @@ pub fn score_texts(m: &LoadedModel, texts: &[String], opts: &ScoreOptions) -> Re
     let mut out = Vec::with_capacity(texts.len());
     let vocab = &m.vocab;
     for chunk in texts.chunks(opts.chunk.max(1)) {
-        let ids: Vec<Vec<i64>> = chunk.par_iter().map(|t| pre.encode(vocab, t).0).collect();
+        // Small batches (the service's) are tokenised here: waking the thread pool costs more.
+        let ids: Vec<Vec<i64>> = if chunk.len() < 256 {
+            chunk.iter().map(|t| pre.encode(vocab, t).0).collect()
+        } else {
+            chunk.par_iter().map(|t| pre.encode(vocab, t).0).collect()
+        };
         for ids in ids {
             eng.push(0, 0, ids);
         }
