@@ -70,6 +70,7 @@ pub enum SweepCommand {
     /// Run one point (--index, as a Slurm array task does) or every unfinished point one after the
     /// other; finished points are skipped, interrupted ones resume.
     Run {
+        /// The sweep file (TOML: [fixed] flags and a [grid] of values).
         sweep: PathBuf,
         /// The point to run (0-based).
         #[arg(long)]
@@ -77,6 +78,7 @@ pub enum SweepCommand {
     },
     /// Count done / running / failed / interrupted / pending points from the run directories.
     Status {
+        /// The sweep file (TOML: [fixed] flags and a [grid] of values).
         sweep: PathBuf,
         /// List every point, not only those not done.
         #[arg(long)]
@@ -85,6 +87,7 @@ pub enum SweepCommand {
     /// Write OUT/slurm/sweep.sbatch: one array task per unfinished point (--requeue,
     /// --open-mode=append, a signal before the time limit); --submit submits it.
     Slurm {
+        /// The sweep file (TOML: [fixed] flags and a [grid] of values).
         sweep: PathBuf,
         #[command(flatten)]
         slurm: SlurmArgs,

@@ -342,10 +342,16 @@ pub fn run(
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(req.queue);
     let (loaded_tx, loaded_rx) = mpsc::channel::<Result<serde_json::Value>>();
     let batch_metrics: Arc<Histogram> = Arc::new(Histogram::default());
+    // libtorch's (OpenMP) thread count is per thread: the inference thread takes the caller's
+    // (`--threads`), or it would run with one thread per core and spin against the HTTP workers.
+    let torch_threads = tch::get_num_threads();
     let inference = {
         let req = req.clone();
         let hist = batch_metrics.clone();
-        std::thread::spawn(move || inference_loop(&req, jobs_rx, loaded_tx, &hist))
+        std::thread::spawn(move || {
+            tch::set_num_threads(torch_threads);
+            inference_loop(&req, jobs_rx, loaded_tx, &hist)
+        })
     };
     let mut model_info = loaded_rx
         .recv()
