@@ -19,7 +19,8 @@ work=$(mktemp -d /tmp/oe-bench-cluster.XXXXXX)
 state=$work/slurm
 export OE_SLURM_CTLD_PORT=16917 OE_SLURM_SLURMD_PORT=16918
 eval "$("$here/tests/slurm/cluster.sh" start "$state")"
-trap '"$here/tests/slurm/cluster.sh" stop "$state" >/dev/null 2>&1 || true' EXIT
+# Stop the daemons first, then remove the work directory (it holds their pid files).
+trap '"$here/tests/slurm/cluster.sh" stop "$state" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 now() { date +%s.%N; }
 wait_queue_empty() { while [ -n "$(squeue -h)" ]; do sleep 0.5; done; }
 cd "$work"
@@ -72,4 +73,3 @@ cmp one.tsv sharded.tsv && echo "merged output byte-identical to the unsharded o
 cmp one.tsv one2.tsv && echo "(and to the 2-thread run)"
 printf 'score,%s lines,one_process_1thread_s,%.1f,one_process_2threads_s,%.1f,slurm_4_shards_s,%.1f,speedup_vs_1thread,%.2f,speedup_vs_2threads,%.2f\n' "$lines" \
   "$(echo "$t1-$t0" | bc)" "$(echo "$t3-$t2" | bc)" "$(echo "$t5-$t4" | bc)" "$(echo "($t1-$t0)/($t5-$t4)" | bc -l)" "$(echo "($t3-$t2)/($t5-$t4)" | bc -l)"
-rm -rf "$work"

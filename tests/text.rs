@@ -293,6 +293,7 @@ fn interrupted_training_resumes_exactly_and_partial_files_never_load() {
         dropout: 0.1,
         max_len: 64,
         pooling: Default::default(),
+        row_head: true,
     });
     let build = |vs: &nn::VarStore| model_cfg.build(&vs.root(), 40, 2).unwrap();
     let last_state = std::cell::RefCell::new(CheckpointState::default());

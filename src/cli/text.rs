@@ -204,6 +204,7 @@ impl TrainArgs {
                 dropout: self.dropout,
                 max_len: self.max_len.unwrap_or(256),
                 pooling: self.pooling,
+                ..Default::default()
             }),
             ModelKind::Minilm => {
                 let dir = match &self.pretrained {

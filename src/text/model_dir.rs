@@ -81,7 +81,7 @@ pub struct LoadedModel {
     pub outputs: protocol::OutputCache,
     /// The batch-row probe of [`crate::text::score`] (`(max rows probed, smallest free batch)`),
     /// run once per process and model.
-    pub row_probe: std::sync::Mutex<Option<(usize, Option<usize>)>>,
+    pub row_probe: std::sync::Mutex<Option<(usize, Option<crate::text::score::FreeRows>)>>,
 }
 
 impl LoadedModel {

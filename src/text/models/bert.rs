@@ -462,6 +462,11 @@ pub struct BertClassifierConfig {
     pub dropout: f64,
     /// Longest input in tokens, `[CLS]`/`[SEP]` included (callers truncate with it).
     pub max_len: usize,
+    /// The head's logits as row-wise reductions ([`crate::text::models::row_linear`]: a text's
+    /// logits do not depend on its batch's size, so scoring needs no filler rows); models saved
+    /// before it (no field in `run.json`) keep the matrix product and their exact scores.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub row_head: bool,
 }
 
 impl Default for BertClassifierConfig {
@@ -469,6 +474,7 @@ impl Default for BertClassifierConfig {
         Self {
             dropout: 0.1,
             max_len: 128,
+            row_head: true,
         }
     }
 }
@@ -538,7 +544,12 @@ impl BertClassifier {
             .bert
             .forward(&batch.input_ids, &batch.attention_mask, train);
         let pooled = mean_pool(&hidden, &batch.attention_mask);
-        let logits = pooled.dropout(self.cfg.dropout, train).apply(&self.head);
+        let pooled_in = pooled.dropout(self.cfg.dropout, train);
+        let logits = if self.cfg.row_head {
+            crate::text::models::row_linear(&pooled_in, &self.head)
+        } else {
+            pooled_in.apply(&self.head)
+        };
         (pooled, logits)
     }
 

@@ -218,6 +218,19 @@ impl TextModel {
 /// The directory of the pretrained MiniLM: `$OE_MODELS_DIR/all-MiniLM-L6-v2`, else the
 /// `.models/all-MiniLM-L6-v2` that `.ci/setup` fills, looked up from the executable's folder upwards
 /// and then from the working directory.
+/// A linear layer applied row by row: `x` `[B, D]` and `l` (`[k, D]` weights, `[k]` bias) give
+/// `[B, k]`, each row's dot products a reduction over D whose order does not depend on B. (A
+/// matrix product picks its kernel by the number of rows, and with MKL the results for fewer than
+/// 16 rows differ in the last bits from those of larger batches; this form makes a text's logits
+/// independent of its batch's size, which the scoring engine relies on.)
+pub fn row_linear(x: &Tensor, l: &nn::Linear) -> Tensor {
+    let y = (x.unsqueeze(1) * l.ws.unsqueeze(0)).sum_dim_intlist([-1i64].as_slice(), false, x.kind());
+    match &l.bs {
+        Some(b) => y + b,
+        None => y,
+    }
+}
+
 pub fn default_minilm_dir() -> crate::error::Result<std::path::PathBuf> {
     const NAME: &str = "all-MiniLM-L6-v2";
     let mut tried = Vec::new();

@@ -36,6 +36,10 @@ pub struct TransformerConfig {
     /// Longest input in tokens; longer texts keep their first `max_len` tokens.
     pub max_len: usize,
     pub pooling: Pooling,
+    /// The head's logits as row-wise reductions ([`super::row_linear`]); models saved before it
+    /// (no field in `run.json`) keep the matrix product and their exact scores.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub row_head: bool,
 }
 
 impl Default for TransformerConfig {
@@ -48,6 +52,7 @@ impl Default for TransformerConfig {
             dropout: 0.1,
             max_len: 256,
             pooling: Pooling::Mean,
+            row_head: true,
         }
     }
 }
@@ -183,7 +188,11 @@ impl TransformerClassifier {
             Pooling::Max => (&x + (-&m + 1.0) * -1e9).amax([1i64].as_slice(), false),
             Pooling::Last => x.select(1, t - 1),
         };
-        let logits = pooled.apply(&self.head);
+        let logits = if self.cfg.row_head {
+            super::row_linear(&pooled, &self.head)
+        } else {
+            pooled.apply(&self.head)
+        };
         (pooled, logits)
     }
 }

@@ -149,9 +149,9 @@ pub struct Engine<'m> {
     max_batch_rows: usize,
     batch_tokens: usize,
     max_pending: usize,
-    /// Smallest batch from which results no longer depend on the batch size ([`probe_free_rows`]);
-    /// `None`: fill every batch to its fixed shape.
-    free_rows: Option<usize>,
+    /// From which batch size results no longer depend on it ([`probe_free_rows`]); `None`: fill
+    /// every batch to its fixed shape.
+    free_rows: Option<FreeRows>,
     buckets: HashMap<usize, Vec<(u64, Vec<i64>)>>,
     ring: VecDeque<Slot>,
     /// Sequence number of `ring[0]`.
@@ -232,7 +232,7 @@ impl<'m> Engine<'m> {
         let mut seqs: Vec<&[i64]> = items.iter().map(|(_, ids)| ids.as_slice()).collect();
         // Fill to the fixed shape, or to the size from which results do not depend on the batch
         // size: a text's result never depends on the batch's other rows.
-        let rows = match self.free_rows {
+        let rows = match self.free_rows.map(|f| f.rows_for(key)) {
             Some(f) if f < rows => take.max(f),
             _ => rows,
         };
@@ -285,8 +285,38 @@ impl<'m> Engine<'m> {
     }
 }
 
+/// From which batch size a model's results do not depend on it: `rows` rows, or (`per_token`)
+/// enough rows for `rows` tokens (`ceil(rows / length)`, at least 1), for models whose matrix
+/// products run over every token of the batch at once (transformers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FreeRows {
+    pub rows: usize,
+    pub per_token: bool,
+}
+
+impl FreeRows {
+    /// The smallest batch for texts of `len` tokens.
+    pub fn rows_for(&self, len: usize) -> usize {
+        if self.per_token {
+            self.rows.div_ceil(len.max(1)).max(1)
+        } else {
+            self.rows
+        }
+    }
+}
+
+impl std::fmt::Display for FreeRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.per_token {
+            write!(f, "{} tokens", self.rows)
+        } else {
+            write!(f, "{} rows", self.rows)
+        }
+    }
+}
+
 /// [`probe_free_rows`] for `m` up to `max_rows`, cached in the model.
-fn free_rows(m: &LoadedModel, max_rows: usize) -> Option<usize> {
+fn free_rows(m: &LoadedModel, max_rows: usize) -> Option<FreeRows> {
     let mut g = match m.row_probe.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -307,17 +337,18 @@ fn free_rows(m: &LoadedModel, max_rows: usize) -> Option<usize> {
     f
 }
 
-/// The smallest batch size `f` (16, 32 or 64) such that, on this machine and this model, every row
-/// of a batch of `r` rows gets the same logits bit for bit for every `r` in `f..=max_rows` tried
-/// (f, f + 1, f + 5, 2f + 3, the midpoint, max_rows - 1, max_rows), at a few lengths (random token
-/// ids, seeded). `None` when no candidate passes: then batches keep their fixed shapes.
+/// The smallest [`FreeRows`] (16 tokens for transformers, else 16, 32 or 64 rows) such that, on
+/// this machine and this model, every row of a batch of `r` rows gets the same logits bit for bit
+/// for every `r` from it to `max_rows` tried (f, f + 1, f + 5, 2f + 3, the midpoint, max_rows - 1,
+/// max_rows), at a few lengths (random token ids, seeded). `None` when no candidate passes: then
+/// batches keep their fixed shapes.
 pub fn probe_free_rows(
     model: &TextModel,
     device: Device,
     fix_len: Option<usize>,
     vocab_len: usize,
     max_rows: usize,
-) -> Option<usize> {
+) -> Option<FreeRows> {
     use rand::{Rng, SeedableRng};
     let recurrent = matches!(model, TextModel::Gru(_));
     let lengths: Vec<usize> = match fix_len {
@@ -346,13 +377,26 @@ pub fn probe_free_rows(
         })
     };
     let full: Vec<Tensor> = batches.iter().map(|b| logits(b)).collect();
-    'candidate: for f in [16usize, 32, 64] {
-        if f >= max_rows {
-            return None;
-        }
-        let mut sizes = vec![f, f + 1, f + 5, 2 * f + 3, (f + max_rows) / 2, max_rows - 1];
-        sizes.retain(|&r| r >= f && r < max_rows);
-        for (b, whole) in batches.iter().zip(&full) {
+    let mut candidates = Vec::new();
+    if !recurrent {
+        candidates.push(FreeRows {
+            rows: 16,
+            per_token: true,
+        });
+    }
+    candidates.extend([16usize, 32, 64].map(|rows| FreeRows {
+        rows,
+        per_token: false,
+    }));
+    'candidate: for c in candidates {
+        for ((b, whole), &len) in batches.iter().zip(&full).zip(&lengths) {
+            let f = c.rows_for(len);
+            if f >= max_rows {
+                continue 'candidate;
+            }
+            let mut sizes = vec![f, f + 1, f + 5, 2 * f + 3, (f + max_rows) / 2, max_rows - 1];
+            sizes.retain(|&r| r >= f && r < max_rows);
+            sizes.dedup();
             for &r in &sizes {
                 let part = logits(&b[..r]);
                 if !part.equal(&whole.narrow(0, 0, r as i64)) {
@@ -360,7 +404,7 @@ pub fn probe_free_rows(
                 }
             }
         }
-        return Some(f);
+        return Some(c);
     }
     None
 }
@@ -522,7 +566,7 @@ pub struct ScoreSummary {
     /// Batch size from which results were checked not to depend on it ([`probe_free_rows`]);
     /// `None`: partial batches were filled to their fixed shapes.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub free_rows: Option<usize>,
+    pub free_rows: Option<FreeRows>,
     pub threshold: Option<f64>,
     /// The decision rule when it is not a score threshold (`p_value <= 0.05`, ...).
     pub decision: Option<String>,
@@ -550,7 +594,7 @@ impl ScoreSummary {
             100.0 * (self.rows_computed.saturating_sub(self.counts.scored)) as f64
                 / self.rows_computed.max(1) as f64,
             match self.free_rows {
-                Some(f) => format!("partial batches filled to {f} rows"),
+                Some(f) => format!("partial batches filled to {f}"),
                 None => "partial batches filled to their fixed shapes".to_string(),
             }
         );
