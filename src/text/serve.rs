@@ -471,7 +471,10 @@ fn inference_loop(
     batch_hist: &Histogram,
 ) -> Result<()> {
     let m = match LoadedModel::load(&req.model_dir, req.device).and_then(|m| {
-        let info = model_info(&m)?;
+        let mut info = model_info(&m)?;
+        // The batch-size check runs now, before the service reports ready.
+        let free = crate::text::score::prepare(&m, &ScoreOptions::default());
+        info["batch_free_from"] = serde_json::json!(free.map(|f| f.to_string()));
         Ok((m, info))
     }) {
         Ok((m, info)) => {

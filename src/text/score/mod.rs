@@ -315,6 +315,12 @@ impl std::fmt::Display for FreeRows {
     }
 }
 
+/// Runs the batch-size check ([`probe_free_rows`]) for `opts` now (a service does it before it
+/// reports ready, so that no request pays for it) and returns its result.
+pub fn prepare(m: &LoadedModel, opts: &ScoreOptions) -> Option<FreeRows> {
+    free_rows(m, opts.max_batch_rows.max(1))
+}
+
 /// [`probe_free_rows`] for `m` up to `max_rows`, cached in the model.
 fn free_rows(m: &LoadedModel, max_rows: usize) -> Option<FreeRows> {
     let mut g = match m.row_probe.lock() {
