@@ -125,12 +125,16 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
                     Ok(()) => sweep::mark_done(p, t0.elapsed().as_secs_f64())?,
                     Err(e) => {
                         let interrupted = e.chain().any(|c| {
-                            matches!(c.downcast_ref::<oe::OeError>(), Some(oe::OeError::Interrupted(_)))
+                            matches!(
+                                c.downcast_ref::<oe::OeError>(),
+                                Some(oe::OeError::Interrupted(_))
+                            )
                         });
                         let e = e.context(format!("sweep point {i} ({})", p.name));
                         if interrupted || index.is_some() {
                             if !interrupted {
-                                let msg: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+                                let msg: Vec<String> =
+                                    e.chain().skip(1).map(|c| c.to_string()).collect();
                                 sweep::mark_failed(p, &msg.join(": "))?;
                             }
                             return Err(e);

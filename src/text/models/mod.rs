@@ -224,7 +224,8 @@ impl TextModel {
 /// 16 rows differ in the last bits from those of larger batches; this form makes a text's logits
 /// independent of its batch's size, which the scoring engine relies on.)
 pub fn row_linear(x: &Tensor, l: &nn::Linear) -> Tensor {
-    let y = (x.unsqueeze(1) * l.ws.unsqueeze(0)).sum_dim_intlist([-1i64].as_slice(), false, x.kind());
+    let y =
+        (x.unsqueeze(1) * l.ws.unsqueeze(0)).sum_dim_intlist([-1i64].as_slice(), false, x.kind());
     match &l.bs {
         Some(b) => y + b,
         None => y,
