@@ -20,25 +20,9 @@ pub fn oe_text() -> Command {
     c
 }
 
-const WORDS: &[&str] = &[
-    "the", "good", "fine", "great", "movie", "bad", "awful", "poor", "film", "plot", "actor",
-    "was", "very", "not", "quite", "story", "history", "war", "king", "river",
-];
-
-/// A deterministic pseudo-random sentence of 1..=20 words (an LCG over `i`).
+/// A deterministic pseudo-random sentence of 1..=20 words.
 pub fn sentence(i: u64) -> String {
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(777);
-    let mut next = || {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (x >> 33) as usize
-    };
-    let n = 1 + next() % 20;
-    (0..n)
-        .map(|_| WORDS[next() % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::common::sentence(i, 777, 20)
 }
 
 /// A two-class dataset (train / dev / test CSV), an OOD file and an outlier corpus in `d`.

@@ -16,25 +16,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use tch::Device;
 
-const WORDS: &[&str] = &[
-    "the", "good", "fine", "great", "movie", "bad", "awful", "poor", "film", "plot", "actor",
-    "was", "very", "not", "quite", "story", "history", "war", "king", "river",
-];
-
 /// A deterministic pseudo-random sentence of 1..=24 words.
 fn sentence(i: u64) -> String {
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(12345);
-    let mut next = || {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (x >> 33) as usize
-    };
-    let n = 1 + next() % 24;
-    (0..n)
-        .map(|_| WORDS[next() % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
+    common::sentence(i, 12345, 24)
 }
 
 fn write(path: &Path, s: impl AsRef<[u8]>) {

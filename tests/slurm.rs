@@ -192,26 +192,30 @@ fn sweeps_shards_failures_and_preemption_on_a_real_slurm_cluster() {
     let mut c = oe_text();
     score(&mut c);
     check(&c.arg("-o").arg(&whole).output().unwrap());
+    // `score --slurm N --submit` into `out`; the merge job's final state.
+    let slurm_score = |out: &Path, shards: &str| -> Vec<String> {
+        let mut c = cluster.oe();
+        score(&mut c);
+        let r = c
+            .arg("-o")
+            .arg(out)
+            .args(["--slurm", shards, "--cpus", "1", "--submit"])
+            .output()
+            .unwrap();
+        check(&r);
+        let ids = last_line(&r);
+        let (_, merge_job) = ids.split_once(' ').expect("array and merge job ids");
+        let merge_job = merge_job.to_string();
+        cluster.wait("the merge job to end", 300, || {
+            cluster
+                .states(&merge_job)
+                .iter()
+                .all(|s| s != "PENDING" && s != "RUNNING")
+        });
+        cluster.states(&merge_job)
+    };
     let merged = t.path().join("merged.parquet");
-    let mut c = cluster.oe();
-    score(&mut c);
-    let r = c
-        .arg("-o")
-        .arg(&merged)
-        .args(["--slurm", "4", "--cpus", "1", "--submit"])
-        .output()
-        .unwrap();
-    check(&r);
-    let ids = last_line(&r);
-    let (_, merge_job) = ids.split_once(' ').expect("array and merge job ids");
-    let merge_job = merge_job.to_string();
-    cluster.wait("the merge job", 300, || {
-        cluster
-            .states(&merge_job)
-            .iter()
-            .all(|s| s != "PENDING" && s != "RUNNING")
-    });
-    assert_eq!(cluster.states(&merge_job), ["COMPLETED"]);
+    assert_eq!(slurm_score(&merged, "4"), ["COMPLETED"]);
     assert!(
         std::fs::read(&whole).unwrap() == std::fs::read(&merged).unwrap(),
         "the merged output differs from the unsharded one"
@@ -225,25 +229,7 @@ fn sweeps_shards_failures_and_preemption_on_a_real_slurm_cluster() {
             .join("failed.tsv.parts/part-000-of-002.rows.partial/x"),
     )
     .unwrap();
-    let mut c = cluster.oe();
-    score(&mut c);
-    let r = c
-        .arg("-o")
-        .arg(&failed_out)
-        .args(["--slurm", "2", "--cpus", "1", "--submit"])
-        .output()
-        .unwrap();
-    check(&r);
-    let ids = last_line(&r);
-    let (_, merge_job) = ids.split_once(' ').unwrap();
-    let merge_job = merge_job.to_string();
-    cluster.wait("the merge job to be cancelled", 300, || {
-        cluster
-            .states(&merge_job)
-            .iter()
-            .all(|s| s != "PENDING" && s != "RUNNING")
-    });
-    assert_eq!(cluster.states(&merge_job), ["CANCELLED"]);
+    assert_eq!(slurm_score(&failed_out, "2"), ["CANCELLED"]);
     assert!(!failed_out.exists());
     let st = oe_text()
         .args(["merge", "--status", "-o"])

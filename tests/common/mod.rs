@@ -9,6 +9,27 @@ use oe::text::train::TrainConfig;
 use oe::train::Method;
 use std::path::Path;
 
+const WORDS: &[&str] = &[
+    "the", "good", "fine", "great", "movie", "bad", "awful", "poor", "film", "plot", "actor",
+    "was", "very", "not", "quite", "story", "history", "war", "king", "river",
+];
+
+/// A deterministic pseudo-random sentence of 1..=`max_words` words (an LCG over `i` and `salt`).
+pub fn sentence(i: u64, salt: u64, max_words: usize) -> String {
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(salt);
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) as usize
+    };
+    let n = 1 + next() % max_words;
+    (0..n)
+        .map(|_| WORDS[next() % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Writes `dir/{name}.csv` (`text,label`) for each `(name, rows)`, quoting every text.
 pub fn write_splits(dir: &Path, splits: &[(&str, Vec<(String, &str)>)]) {
     for (name, rows) in splits {
