@@ -358,6 +358,22 @@ fn a_shard_stopped_by_a_signal_resumes_where_it_stopped() {
     });
     assert_eq!(r.status.code(), Some(75));
     assert!(!lost.exists());
+    // ... and leaves no temporary file behind.
+    let tmp: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".oe-tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+    // An output that is one of the inputs is refused before anything is written.
+    let before = std::fs::read(&input).unwrap();
+    let r = run(&["-o", input.to_str().unwrap()]).output().unwrap();
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && e.contains("the output is also an input"),
+        "{e}"
+    );
+    assert!(std::fs::read(&input).unwrap() == before);
 }
 
 #[test]

@@ -770,6 +770,21 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
     {
         return Err(OeError::Config("standard input (`-`) given twice".into()));
     }
+    // The output must not be one of the inputs (it would replace what is being read).
+    if let Some(out) = req.output.as_deref().filter(|p| p.as_os_str() != "-") {
+        if let Ok(o) = std::fs::canonicalize(out) {
+            if let Some(i) = inputs
+                .iter()
+                .find(|i| std::fs::canonicalize(i).is_ok_and(|c| c == o))
+            {
+                return Err(OeError::Config(format!(
+                    "{}: the output is also an input ({}); choose another --output",
+                    out.display(),
+                    i.display()
+                )));
+            }
+        }
+    }
     let threshold = resolve_threshold(&m, &req.score, req.threshold)?;
     let mut threshold_note = match &threshold {
         Some((t, Some(c))) => Some(format!(
