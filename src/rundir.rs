@@ -250,7 +250,6 @@ impl RunLock {
 
     /// Takes the lock file `path` guarding `what` (a directory or file named in errors).
     pub fn acquire_file(path: &Path, what: &Path, command: &str) -> Result<RunLock> {
-        let dir = what;
         let path = path.to_path_buf();
         let me = LockOwner::me(command);
         let body = serde_json::to_vec_pretty(&me).map_err(|e| OeError::Data(e.to_string()))?;
@@ -273,7 +272,7 @@ impl RunLock {
                             return Err(OeError::Config(format!(
                                 "{} is being written by `{}` (pid {} on {}, since {}{}); lock file {}: \
                                  wait for it, or delete the lock file if that process is gone",
-                                dir.display(),
+                                what.display(),
                                 owner.command,
                                 owner.pid,
                                 owner.host,

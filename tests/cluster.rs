@@ -27,18 +27,7 @@ pub fn sentence(i: u64) -> String {
 
 /// A two-class dataset (train / dev / test CSV), an OOD file and an outlier corpus in `d`.
 pub fn dataset(d: &Path) {
-    let csv = |n: usize, off: usize| {
-        let mut s = String::from("text,label\n");
-        for i in off..off + n {
-            let (w, l) = if i % 2 == 0 {
-                ("good fine great", "pos")
-            } else {
-                ("bad awful poor", "neg")
-            };
-            s += &format!("\"the {w} movie {}\",{l}\n", sentence(i as u64));
-        }
-        s
-    };
+    let csv = |n: usize, off: usize| crate::common::labelled_csv(n, off, sentence);
     std::fs::create_dir_all(d).unwrap();
     std::fs::write(d.join("train.csv"), csv(400, 0)).unwrap();
     std::fs::write(d.join("dev.csv"), csv(100, 5000)).unwrap();
@@ -82,6 +71,13 @@ pub fn train_flags(d: &Path, epochs: usize) -> Vec<String> {
     .collect()
 }
 
+/// `oe-text train FLAGS --out OUT`.
+pub fn train_cmd(flags: &[String], out: &Path) -> Command {
+    let mut c = oe_text();
+    c.arg("train").args(flags).arg("--out").arg(out);
+    c
+}
+
 /// One trained model (calibrated, so thresholds and p-values work) and inputs to score:
 /// `big.txt` (empty lines left out by default), `more.txt.gz` and `c.csv`.
 fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
@@ -91,15 +87,7 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
         let d = t.path().join("data");
         dataset(&d);
         let out = t.path().join("run");
-        check(
-            &oe_text()
-                .arg("train")
-                .args(train_flags(&d, 1))
-                .arg("--out")
-                .arg(&out)
-                .output()
-                .unwrap(),
-        );
+        check(&train_cmd(&train_flags(&d, 1), &out).output().unwrap());
         let big: String = (0..5000u64)
             .map(|i| {
                 if i % 97 == 0 {
@@ -383,21 +371,9 @@ fn training_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_weights() 
     dataset(&d);
     let flags = train_flags(&d, 4);
     let full = t.path().join("full");
-    check(
-        &oe_text()
-            .arg("train")
-            .args(&flags)
-            .arg("--out")
-            .arg(&full)
-            .output()
-            .unwrap(),
-    );
+    check(&train_cmd(&flags, &full).output().unwrap());
     let cut = t.path().join("cut");
-    let child = oe_text()
-        .arg("train")
-        .args(&flags)
-        .arg("--out")
-        .arg(&cut)
+    let child = train_cmd(&flags, &cut)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -412,23 +388,9 @@ fn training_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_weights() 
         serde_json::from_slice(&std::fs::read(&ckpt).unwrap()).unwrap();
     assert!(st.epochs_done >= 1 && st.epochs_done < 4, "{st:?}");
     // A second train without --resume is refused; with it, it finishes.
-    let r = oe_text()
-        .arg("train")
-        .args(&flags)
-        .arg("--out")
-        .arg(&cut)
-        .output()
-        .unwrap();
+    let r = train_cmd(&flags, &cut).output().unwrap();
     assert!(String::from_utf8_lossy(&r.stderr).contains("--resume"));
-    check(
-        &oe_text()
-            .arg("train")
-            .args(&flags)
-            .args(["--resume", "--out"])
-            .arg(&cut)
-            .output()
-            .unwrap(),
-    );
+    check(&train_cmd(&flags, &cut).arg("--resume").output().unwrap());
     for phase in ["baseline", "oe"] {
         let a = std::fs::read(full.join(phase).join("model.safetensors")).unwrap();
         let b = std::fs::read(cut.join(phase).join("model.safetensors")).unwrap();
@@ -449,13 +411,7 @@ fn a_second_writer_of_a_run_directory_gets_a_clear_error() {
         "command": "oe-text train (another one)"
     });
     std::fs::write(out.join(oe::rundir::LOCK_FILE), owner.to_string()).unwrap();
-    let r = oe_text()
-        .arg("train")
-        .args(train_flags(&d, 1))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let r = train_cmd(&train_flags(&d, 1), &out).output().unwrap();
     let e = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success());
     assert!(
@@ -468,15 +424,7 @@ fn a_second_writer_of_a_run_directory_gets_a_clear_error() {
         "pid": 2_000_000_000u32, "host": oe::rundir::hostname(), "started": 0, "command": "x"
     });
     std::fs::write(out.join(oe::rundir::LOCK_FILE), stale.to_string()).unwrap();
-    check(
-        &oe_text()
-            .arg("train")
-            .args(train_flags(&d, 1))
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap(),
-    );
+    check(&train_cmd(&train_flags(&d, 1), &out).output().unwrap());
     assert!(!out.join(oe::rundir::LOCK_FILE).exists());
 }
 

@@ -26,18 +26,7 @@ fn write(path: &Path, s: impl AsRef<[u8]>) {
 }
 
 fn dataset(d: &Path, with_dev: bool) {
-    let csv = |n: usize, off: usize| {
-        let mut s = String::from("text,label\n");
-        for i in off..off + n {
-            let (w, l) = if i % 2 == 0 {
-                ("good fine great", "pos")
-            } else {
-                ("bad awful poor", "neg")
-            };
-            s += &format!("\"the {w} movie {}\",{l}\n", sentence(i as u64));
-        }
-        s
-    };
+    let csv = |n: usize, off: usize| common::labelled_csv(n, off, sentence);
     write(&d.join("train.csv"), csv(120, 0));
     write(&d.join("test.csv"), csv(30, 1000));
     if with_dev {

@@ -7,7 +7,7 @@
 //! same weights as an uninterrupted run. Skips, saying why, where Slurm cannot be started (not
 //! installed, not root).
 
-use crate::cluster::{dataset, oe_text, sentence, sweep_file, train_flags};
+use crate::cluster::{dataset, oe_text, sentence, sweep_file, train_cmd, train_flags};
 use crate::common::check;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -267,11 +267,8 @@ fn sweeps_shards_failures_and_preemption_on_a_real_slurm_cluster() {
     let ckpt = point.join("baseline/checkpoint.json");
     // Meanwhile, the same point without a scheduler (the reference weights).
     let reference = t.path().join("reference");
-    let mut local = oe_text()
-        .arg("train")
-        .args(train_flags(&d, 12))
-        .args(["--seed", "7", "--out"])
-        .arg(&reference)
+    let mut local = train_cmd(&train_flags(&d, 12), &reference)
+        .args(["--seed", "7"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();

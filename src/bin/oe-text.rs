@@ -75,11 +75,7 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
     use oe::cluster::sweep;
     match &args.command {
         SweepCommand::Plan { sweep: file } => {
-            let s = sweep::load(file)?;
-            for p in &s.points {
-                oe::cli::cluster::point_train_args(file, p)?;
-            }
-            s.write_plan()?;
+            let (s, _) = load_sweep(file)?;
             for p in &s.points {
                 println!(
                     "{:>4}  {:<40} oe-text train {}",
@@ -100,14 +96,7 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
         }
         SweepCommand::Run { sweep: file, index } => {
             oe::interrupt::install()?;
-            let s = sweep::load(file)?;
-            // Every point's flags are checked before anything runs.
-            let parsed: Vec<TrainArgs> = s
-                .points
-                .iter()
-                .map(|p| oe::cli::cluster::point_train_args(file, p))
-                .collect::<oe::Result<_>>()?;
-            s.write_plan()?;
+            let (s, parsed) = load_sweep(file)?;
             let todo: Vec<usize> = match index {
                 Some(i) => vec![s.point(*i)?.index],
                 None => (0..s.points.len()).collect(),
@@ -124,24 +113,16 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
                 match train(&parsed[i]) {
                     Ok(()) => sweep::mark_done(p, t0.elapsed().as_secs_f64())?,
                     Err(e) => {
-                        let interrupted = e.chain().any(|c| {
-                            matches!(
-                                c.downcast_ref::<oe::OeError>(),
-                                Some(oe::OeError::Interrupted(_))
-                            )
-                        });
+                        let interrupted = common::interrupted(&e);
+                        if !interrupted {
+                            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+                            sweep::mark_failed(p, &msg.join(": "))?;
+                        }
                         let e = e.context(format!("sweep point {i} ({})", p.name));
                         if interrupted || index.is_some() {
-                            if !interrupted {
-                                let msg: Vec<String> =
-                                    e.chain().skip(1).map(|c| c.to_string()).collect();
-                                sweep::mark_failed(p, &msg.join(": "))?;
-                            }
                             return Err(e);
                         }
-                        // Running every point: record the failure and go on with the others.
-                        let msg: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
-                        sweep::mark_failed(p, &msg.join(": "))?;
+                        // Running every point: the failure is recorded; go on with the others.
                         eprintln!("{}", oe::cli::error_chain(e.as_ref()));
                         failed.push(format!("{i} ({})", p.name));
                     }
@@ -158,93 +139,79 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
             }
         }
         SweepCommand::Slurm { sweep: file, slurm } => {
-            let s = sweep::load(file)?;
-            for p in &s.points {
-                oe::cli::cluster::point_train_args(file, p)?;
-            }
-            s.write_plan()?;
-            let st = sweep::status(&s);
-            let todo = st.unfinished();
-            if todo.is_empty() {
-                print!("{}", st.render(false));
+            let (s, _) = load_sweep(file)?;
+            let out = oe::cluster::slurm::sweep_slurm(&oe::cluster::slurm::SweepSlurmRequest {
+                sweep: &s,
+                options: slurm.options()?,
+                submit: slurm.submit,
+                chdir: std::env::current_dir()?,
+            })?;
+            let Some(path) = &out.script else {
+                print!("{}", out.status.render(false));
                 eprintln!("nothing to submit: every point is done or running");
                 return Ok(());
-            }
-            let dir = std::env::current_dir()?.join(&s.out).join("slurm");
-            let logs = dir.join("logs");
-            std::fs::create_dir_all(&logs)
-                .with_context(|| format!("creating {}", logs.display()))?;
-            let argv = vec![
-                oe::cluster::slurm::current_program()?.display().to_string(),
-                "sweep".into(),
-                "run".into(),
-                s.file.display().to_string(),
-                "--index".into(),
-                oe::cluster::slurm::TASK_ID.into(),
-            ];
-            let script = oe::cluster::slurm::array_script(
-                &format!("oe-sweep-{}", s.name),
-                &todo,
-                &logs,
-                &std::env::current_dir()?,
-                &slurm.options()?,
-                &argv,
-                &format!(
-                    "sweep {} ({} of {} points)",
-                    s.file.display(),
-                    todo.len(),
-                    s.points.len()
-                ),
-            )?;
-            let path = dir.join("sweep.sbatch");
-            oe::cluster::slurm::write_script(&path, &script)?;
+            };
             eprintln!(
                 "wrote {} ({} tasks: {})",
                 path.display(),
-                todo.len(),
-                oe::cluster::slurm::compact_ranges(&todo)
+                out.todo.len(),
+                oe::cluster::slurm::compact_ranges(&out.todo)
             );
-            if slurm.submit {
-                let id = oe::cluster::slurm::sbatch(&path, &[])?;
-                println!("{id}");
-                eprintln!(
-                    "submitted job array {id}; `oe-text sweep status {}` follows it",
-                    file.display()
-                );
-            } else {
-                eprintln!("submit with: sbatch {}", path.display());
+            match &out.job {
+                Some(id) => {
+                    println!("{id}");
+                    eprintln!(
+                        "submitted job array {id}; `oe-text sweep status {}` follows it",
+                        file.display()
+                    );
+                }
+                None => eprintln!("submit with: sbatch {}", path.display()),
             }
         }
     }
     Ok(())
 }
 
-/// `score --slurm N`: the command line of this run, without the Slurm flags.
+/// Loads a sweep file, checks every point's train flags before anything runs, and writes
+/// `OUT/sweep.json`.
+fn load_sweep(
+    file: &std::path::Path,
+) -> anyhow::Result<(oe::cluster::sweep::Sweep, Vec<TrainArgs>)> {
+    let s = oe::cluster::sweep::load(file)?;
+    let parsed = s
+        .points
+        .iter()
+        .map(|p| oe::cli::cluster::point_train_args(file, p))
+        .collect::<oe::Result<Vec<_>>>()?;
+    s.write_plan()?;
+    Ok((s, parsed))
+}
+
+/// `score --slurm N`: the command line of this run, without `--slurm` and the Slurm flags
+/// (those of [`oe::cli::cluster::SlurmArgs`], read from its clap definition).
 fn score_argv_without_slurm() -> anyhow::Result<Vec<String>> {
+    use clap::Args;
+    let slurm = oe::cli::cluster::SlurmArgs::augment_args(clap::Command::new("slurm"))
+        .arg(clap::Arg::new("slurm").long("slurm"));
+    // (flag, whether it takes a value)
+    let flags: Vec<(String, bool)> = slurm
+        .get_arguments()
+        .filter_map(|a| {
+            a.get_long()
+                .map(|l| (format!("--{l}"), a.get_action().takes_values()))
+        })
+        .collect();
     let mut out = vec![oe::cluster::slurm::current_program()?.display().to_string()];
-    let with_value = [
-        "--slurm",
-        "--partition",
-        "--time",
-        "--gpus",
-        "--cpus",
-        "--mem",
-        "--max-parallel",
-        "--signal-secs",
-    ];
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        if a == "--submit" {
-            continue;
+        let name = a.split_once('=').map_or(a.as_str(), |(n, _)| n);
+        match flags.iter().find(|(f, _)| f == name) {
+            Some((_, true)) if !a.contains('=') => {
+                it.next();
+            }
+            Some(_) => {}
+            None => out.push(a),
         }
-        if with_value.contains(&a.as_str()) {
-            it.next();
-            continue;
-        }
-        if with_value.iter().any(|f| a.starts_with(&format!("{f}="))) {
-            continue;
-        }
-        out.push(a);
     }
     Ok(out)
 }

@@ -211,6 +211,78 @@ pub fn current_program() -> Result<PathBuf> {
     std::env::current_exe().map_err(|e| OeError::Config(format!("cannot find this program: {e}")))
 }
 
+/// `oe-text sweep slurm`: one array task per unfinished point of a sweep.
+#[derive(Clone, Debug)]
+pub struct SweepSlurmRequest<'a> {
+    pub sweep: &'a crate::cluster::sweep::Sweep,
+    pub options: SlurmOptions,
+    pub submit: bool,
+    /// The directory tasks run in (the current one: relative paths of the sweep resolve there).
+    pub chdir: PathBuf,
+}
+
+/// What `sweep slurm` found, wrote (and submitted).
+#[derive(Clone, Debug)]
+pub struct SweepSlurmOutcome {
+    pub status: crate::cluster::sweep::SweepStatus,
+    /// The points the array runs (those not done and not running).
+    pub todo: Vec<usize>,
+    /// `OUT/slurm/sweep.sbatch`, unless there was nothing to run.
+    pub script: Option<PathBuf>,
+    /// The array's job id when submitted.
+    pub job: Option<String>,
+}
+
+/// Writes `OUT/slurm/sweep.sbatch`: one array task per unfinished point, each running `oe-text
+/// sweep run SWEEP --index $SLURM_ARRAY_TASK_ID`, logs in `OUT/slurm/logs/`; with `submit`,
+/// submits it. Writes nothing when every point is done or running.
+pub fn sweep_slurm(req: &SweepSlurmRequest) -> Result<SweepSlurmOutcome> {
+    let s = req.sweep;
+    let status = crate::cluster::sweep::status(s);
+    let todo = status.unfinished();
+    let mut out = SweepSlurmOutcome {
+        status,
+        todo,
+        script: None,
+        job: None,
+    };
+    if out.todo.is_empty() {
+        return Ok(out);
+    }
+    let dir = req.chdir.join(&s.out).join("slurm");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| OeError::io(&logs, e))?;
+    let argv = vec![
+        current_program()?.display().to_string(),
+        "sweep".into(),
+        "run".into(),
+        s.file.display().to_string(),
+        "--index".into(),
+        TASK_ID.into(),
+    ];
+    let script = array_script(
+        &format!("oe-sweep-{}", s.name),
+        &out.todo,
+        &logs,
+        &req.chdir,
+        &req.options,
+        &argv,
+        &format!(
+            "sweep {} ({} of {} points)",
+            s.file.display(),
+            out.todo.len(),
+            s.points.len()
+        ),
+    )?;
+    let path = dir.join("sweep.sbatch");
+    write_script(&path, &script)?;
+    if req.submit {
+        out.job = Some(sbatch(&path, &[])?);
+    }
+    out.script = Some(path);
+    Ok(out)
+}
+
 /// `oe-text score --slurm N`: the shard array and the merge job.
 #[derive(Clone, Debug)]
 pub struct ScoreSlurmRequest {

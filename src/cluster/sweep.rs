@@ -255,9 +255,7 @@ pub fn load(path: &Path) -> Result<Sweep> {
     Ok(Sweep {
         name,
         file: std::fs::canonicalize(path).map_err(|e| OeError::io(path, e))?,
-        file_sha256: crate::io::hex(&sha2::Digest::finalize(
-            <sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes),
-        )),
+        file_sha256: crate::io::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
         out,
         points,
     })

@@ -1011,13 +1011,13 @@ fn score_shard_locked(
             paths.partial.display()
         )));
     }
-    part.sync()?;
+    // `score_stream` finished (synced) the rows file.
     let (rows, bytes) = (part.rows, part.bytes);
     drop(part);
     summary.counts.scored = rows;
     let record = sh::PartRecord {
         shard,
-        model_dir: std::fs::canonicalize(&m.dir).unwrap_or_else(|_| m.dir.clone()),
+        model_dir: rundir::absolute(&m.dir),
         model_sha256,
         input_digest: summary.input_digest.clone().unwrap_or_default(),
         sources,

@@ -30,6 +30,21 @@ pub fn sentence(i: u64, salt: u64, max_words: usize) -> String {
         .join(" ")
 }
 
+/// `text,label` CSV rows `off..off + n` of a two-class set: even rows `pos` ("the good fine great
+/// movie ..."), odd rows `neg` ("the bad awful poor movie ..."), each followed by `sentence(row)`.
+pub fn labelled_csv(n: usize, off: usize, sentence: impl Fn(u64) -> String) -> String {
+    let mut s = String::from("text,label\n");
+    for i in off..off + n {
+        let (w, l) = if i % 2 == 0 {
+            ("good fine great", "pos")
+        } else {
+            ("bad awful poor", "neg")
+        };
+        s += &format!("\"the {w} movie {}\",{l}\n", sentence(i as u64));
+    }
+    s
+}
+
 /// Writes `dir/{name}.csv` (`text,label`) for each `(name, rows)`, quoting every text.
 pub fn write_splits(dir: &Path, splits: &[(&str, Vec<(String, &str)>)]) {
     for (name, rows) in splits {

@@ -14,6 +14,16 @@ pub fn device(args: &DeviceArgs, quiet: bool) -> anyhow::Result<tch::Device> {
     Ok(choice.device)
 }
 
+/// Whether `e` (or one of its causes) is a stop on a signal after saving resumable state.
+pub fn interrupted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<oe::OeError>(),
+            Some(oe::OeError::Interrupted(_))
+        )
+    })
+}
+
 /// Runs a binary's command: warnings from the library go to standard error; an error is printed
 /// with its whole cause chain, and the exit status is non-zero. A command stopped by a signal
 /// after saving resumable state ([`oe::interrupt`]) requeues its Slurm array task (when it runs as
@@ -24,13 +34,7 @@ pub fn main(run: fn() -> anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", oe::cli::error_chain(e.as_ref()));
-            let interrupted = e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<oe::OeError>(),
-                    Some(oe::OeError::Interrupted(_))
-                )
-            });
-            if !interrupted {
+            if !interrupted(&e) {
                 return ExitCode::FAILURE;
             }
             match oe::interrupt::requeue_slurm_task() {

@@ -70,54 +70,49 @@ pub fn time_windows(rows: &[Row], secs: f64, alpha: f64) -> Result<Vec<Window>> 
     let Some(t0) = rows.first().and_then(|r| r.time) else {
         return Ok(Vec::new());
     };
+    // A row's window; a row without a time is a window of its own.
+    let bucket = |r: &Row| r.time.map(|t| ((t - t0) / secs).floor().max(0.0) as u64);
     let mut out = Vec::new();
     let mut start = 0usize;
-    let bucket = |t: f64| ((t - t0) / secs).floor().max(0.0) as u64;
-    for i in 1..=rows.len() {
-        let same = i < rows.len()
-            && match (rows[i].time, rows[start].time) {
-                (Some(a), Some(b)) => bucket(a) == bucket(b),
-                _ => false,
-            };
-        if !same {
-            let b = rows[start].time.map(bucket).unwrap_or(0);
-            out.push(summarise(
-                &rows[start..i],
-                start + 1,
-                Some(t0 + b as f64 * secs),
-                alpha,
-            ));
-            start = i;
-        }
+    while start < rows.len() {
+        let b = bucket(&rows[start]);
+        let len = match b {
+            Some(_) => rows[start..].iter().take_while(|r| bucket(r) == b).count(),
+            None => 1,
+        };
+        out.push(summarise(
+            &rows[start..start + len],
+            start + 1,
+            Some(t0 + b.unwrap_or(0) as f64 * secs),
+            alpha,
+        ));
+        start += len;
     }
     Ok(out)
 }
 
+/// The window of rows `w`, the first of which is row `first` (1-based).
 fn summarise(w: &[Row], first: usize, start: Option<f64>, alpha: f64) -> Window {
-    {
-        {
-            let n = w.len() as f64;
-            let ood: Option<Vec<bool>> = w.iter().map(|r| r.is_ood).collect();
-            let ps: Option<Vec<f64>> = w.iter().map(|r| r.p_value).collect();
-            Window {
-                first,
-                start,
-                rows: w.len(),
-                mean_score: w.iter().map(|r| r.score).sum::<f64>() / n,
-                ood_rate: ood.map(|o| o.iter().filter(|&&x| x).count() as f64 / n),
-                small_p: ps
-                    .as_ref()
-                    .map(|p| p.iter().filter(|&&x| x <= alpha).count() as f64 / n),
-                p_hist: ps.map(|p| {
-                    let mut h = [0u64; 10];
-                    for x in p {
-                        let b = ((x * 10.0).ceil() as usize).clamp(1, 10) - 1;
-                        h[b] += 1;
-                    }
-                    h
-                }),
+    let n = w.len() as f64;
+    let ood: Option<Vec<bool>> = w.iter().map(|r| r.is_ood).collect();
+    let ps: Option<Vec<f64>> = w.iter().map(|r| r.p_value).collect();
+    Window {
+        first,
+        start,
+        rows: w.len(),
+        mean_score: w.iter().map(|r| r.score).sum::<f64>() / n,
+        ood_rate: ood.map(|o| o.iter().filter(|&&x| x).count() as f64 / n),
+        small_p: ps
+            .as_ref()
+            .map(|p| p.iter().filter(|&&x| x <= alpha).count() as f64 / n),
+        p_hist: ps.map(|p| {
+            let mut h = [0u64; 10];
+            for x in p {
+                let b = ((x * 10.0).ceil() as usize).clamp(1, 10) - 1;
+                h[b] += 1;
             }
-        }
+            h
+        }),
     }
 }
 
