@@ -130,8 +130,12 @@ impl Observer for Progress {
     }
 
     fn epoch_end(&mut self, phase: &str, _epoch: usize, s: &EpochSummary) {
+        let wait = match s.data_wait_seconds {
+            Some(w) if s.seconds > 0.0 => format!(", waited {:.0}% for data", 100.0 * w / s.seconds),
+            _ => String::new(),
+        };
         let line = format!(
-            "[{phase}] epoch {} done: lr {:.6} loss {:.4} train acc {:.1}% ({} steps, {:.1} s)",
+            "[{phase}] epoch {} done: lr {:.6} loss {:.4} train acc {:.1}% ({} steps, {:.1} s{wait})",
             s.epoch,
             s.lr,
             s.loss,

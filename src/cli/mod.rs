@@ -120,6 +120,20 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// The data-root flag alone (the vision wing).
+#[derive(Args, Clone, Debug)]
+pub struct DataDirArgs {
+    /// Data root (default: $OE_DATA_DIR, then ~/.cache/oe/data).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    pub fn root(&self) -> PathBuf {
+        crate::datasets::resolve_data_root(self.data_dir.as_deref())
+    }
+}
+
 /// Data-root and text-preprocessing flags.
 #[derive(Args, Clone, Debug)]
 pub struct DataRootArgs {

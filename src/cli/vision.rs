@@ -1,6 +1,6 @@
 //! `oe-vision` flags → validated requests.
 
-use crate::cli::{DataRootArgs, DeviceArgs};
+use crate::cli::{DataDirArgs, DeviceArgs};
 use crate::detect::score::Score;
 use crate::error::{OeError, Result};
 use crate::eval::{EvalConfig, Protocol};
@@ -8,7 +8,7 @@ use crate::loss::OeLoss;
 use crate::metrics::FprRule;
 use crate::train::{Method, MethodLabel, Pairing};
 use crate::vision::augment::Preset;
-use crate::vision::data::{self, InOptions};
+use crate::vision::data::{self, split_label, InOptions};
 use crate::vision::models::WrnConfig;
 use crate::vision::pipeline::{default_oe_order, paper_defaults, VisionTrainRequest};
 use crate::vision::train::VisionTrainConfig;
@@ -27,7 +27,8 @@ pub enum VisionOeMethod {
 #[derive(Args, Clone, Debug)]
 pub struct VisionEvalArgs {
     /// OOD sets, comma-separated: gaussian, rademacher (bernoulli), blobs, textures, svhn, places365,
-    /// lsun, isun, cifar10, cifar100, icons50, chars74k, imagenet, or folders/archives/.npy/.mat
+    /// lsun, isun, cifar10, cifar100, icons50, chars74k, imagenet, or folders/archives/.npy/.mat;
+    /// FOLDER#cat+dog keeps those class sub-folders; NAME=SPEC names a set in tables
     /// (default: the paper's sets for the dataset that are present).
     #[arg(long, value_delimiter = ',', value_name = "SETS")]
     pub ood: Option<Vec<String>>,
@@ -79,11 +80,12 @@ impl VisionEvalArgs {
 #[derive(Args, Clone, Debug)]
 pub struct VisionTrainArgs {
     /// In-distribution data: cifar10, cifar100, svhn, tinyimagenet, or a folder/.tar.gz with class
-    /// sub-folders (optionally train/ and test/).
+    /// sub-folders (optionally train/ and test/; else a seeded fifth is the test split);
+    /// FOLDER#cat+dog+... keeps only those classes; LABEL=SPEC names it in tables.
     #[arg(long = "in", value_name = "NAME|FOLDER")]
     pub in_dataset: String,
-    /// Outliers: tiny-images (80M .bin), 300k (.npy), or a .bin/.npy/folder/archive; omit for the
-    /// baseline only.
+    /// Outliers: tiny-images (80M .bin), 300k (.npy), or a .bin/.npy/folder/archive (FOLDER#cat+dog:
+    /// those class sub-folders only); omit for the baseline only.
     #[arg(long, value_name = "NAME|FILE|FOLDER")]
     pub oe: Option<String>,
     #[arg(long, value_enum, default_value_t = VisionOeMethod::Finetune)]
@@ -138,6 +140,9 @@ pub struct VisionTrainArgs {
     /// SVHN: leave out extra_32x32.mat.
     #[arg(long)]
     pub no_svhn_extra: bool,
+    /// Folders without a test/ folder: seed of the train / test split (a fifth goes to test).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
     /// Folders: image size (default: the preset's, 32 or 64).
     #[arg(long)]
     pub image_size: Option<usize>,
@@ -155,7 +160,7 @@ pub struct VisionTrainArgs {
     #[arg(long)]
     pub quiet: bool,
     #[command(flatten)]
-    pub data: DataRootArgs,
+    pub data: DataDirArgs,
     #[command(flatten)]
     pub eval: VisionEvalArgs,
     #[command(flatten)]
@@ -176,9 +181,14 @@ fn stem(s: &str) -> String {
 }
 
 impl VisionTrainArgs {
+    /// The in-distribution spec without its label.
+    fn in_spec(&self) -> &str {
+        split_label(&self.in_dataset).1
+    }
+
     pub fn preset(&self) -> Preset {
         self.preset
-            .unwrap_or_else(|| data::preset_for(&self.in_dataset))
+            .unwrap_or_else(|| data::preset_for(self.in_spec()))
     }
 
     /// The architecture when any of --depth/--widen/--dropout is given (classes filled in later).
@@ -206,7 +216,9 @@ impl VisionTrainArgs {
             .unwrap_or_else(|| "baseline".into());
         PathBuf::from("runs").join(format!(
             "{}-{oe}-{}-seed{}",
-            stem(&self.in_dataset),
+            split_label(&self.in_dataset)
+                .0
+                .unwrap_or_else(|| stem(self.in_spec())),
             m.name(),
             self.seed
         ))
@@ -263,7 +275,8 @@ impl VisionTrainArgs {
             .validate()?;
         }
         Ok(VisionTrainRequest {
-            in_dataset: self.in_dataset.clone(),
+            in_dataset: self.in_spec().to_string(),
+            in_label: split_label(&self.in_dataset).0,
             oe_source: self.oe.clone(),
             oe_method: match self.oe_method {
                 VisionOeMethod::Finetune => Method::OeFinetune,
@@ -274,6 +287,7 @@ impl VisionTrainArgs {
             in_options: InOptions {
                 svhn_extra: !self.no_svhn_extra,
                 size: self.image_size,
+                split_seed: self.split_seed,
             },
             model,
             baseline,
@@ -304,7 +318,7 @@ pub struct VisionEvalCommandArgs {
     #[arg(long)]
     pub max_test: Option<usize>,
     #[command(flatten)]
-    pub data: DataRootArgs,
+    pub data: DataDirArgs,
     #[command(flatten)]
     pub eval: VisionEvalArgs,
     #[command(flatten)]

@@ -157,6 +157,10 @@ pub struct EpochSummary {
     pub train_accuracy: f64,
     pub steps: usize,
     pub seconds: f64,
+    /// Seconds of `seconds` the model waited for its next batch (data loading and augmentation
+    /// not keeping up); absent for wings that prepare batches inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_wait_seconds: Option<f64>,
 }
 
 /// Checkpoint bookkeeping written next to the weights (`checkpoint.json`).
@@ -363,6 +367,11 @@ pub trait PhaseStep {
     ) -> Result<f64>;
     /// Saves a checkpoint of `state` (after its last epoch, or mid-epoch when `state.partial`).
     fn checkpoint(&mut self, state: &CheckpointState) -> Result<()>;
+    /// Seconds the last [`PhaseStep::epoch`] waited for batches from a background loader (and
+    /// resets the count); `None` when batches are not prepared in the background.
+    fn take_data_wait(&mut self) -> Option<f64> {
+        None
+    }
 }
 
 /// One phase of training: its name (the seed streams depend on it), seed and length.
@@ -466,6 +475,7 @@ pub fn run_phase(
             train_accuracy: correct / seen.max(1) as f64,
             steps: done,
             seconds,
+            data_wait_seconds: step.take_data_wait(),
         };
         observer.epoch_end(phase, epoch, &summary);
         state.phase = phase.to_string();

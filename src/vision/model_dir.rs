@@ -29,12 +29,24 @@ pub struct VisionRunConfig {
     pub train: VisionTrainConfig,
     /// Images held out from training for temperature tuning (0: none).
     pub validation_examples: usize,
+    /// Folders without a test split: the seed of their train / test split
+    /// ([`super::data::folder_split`]); absent in older run directories (0, the only split then).
+    #[serde(default)]
+    pub split_seed: u64,
+    /// The in-distribution data's short name in tables and results (`--in NAME=SPEC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_label: Option<String>,
 }
 
 impl VisionRunConfig {
     /// The training this model went through, as results name it.
     pub fn method_label(&self) -> MethodLabel {
         MethodLabel::of(self.header.method, &self.train.oe_loss)
+    }
+
+    /// The in-distribution data as tables name it: its label, else its spec.
+    pub fn in_name(&self) -> &str {
+        self.in_label.as_deref().unwrap_or(&self.header.in_dataset)
     }
 }
 

@@ -44,6 +44,8 @@ pub fn paper_model(preset: Preset, classes: usize) -> WrnConfig {
 #[derive(Clone, Debug)]
 pub struct VisionTrainRequest {
     pub in_dataset: String,
+    /// Its short name in tables and results (default: `in_dataset`).
+    pub in_label: Option<String>,
     pub oe_source: Option<String>,
     pub oe_method: Method,
     pub data_root: PathBuf,
@@ -181,9 +183,12 @@ pub fn build_ood_sets(
         if n == in_dataset {
             continue;
         }
-        match data::load_ood_source(n, root, image_size)? {
+        // `NAME=SPEC`: a short name for a path in tables and results.
+        let (label, spec) = data::split_label(n);
+        let label = label.unwrap_or_else(|| n.clone());
+        match data::load_ood_source(spec, root, image_size)? {
             Some(src) => out.push(OodSet {
-                name: n.clone(),
+                name: label,
                 data: OodData::Images(src),
             }),
             None if explicit => {
@@ -223,7 +228,7 @@ pub fn evaluate_model(
         calibrate,
     )?;
     let meta = crate::results::RunMeta {
-        in_dataset: m.config.header.in_dataset.clone(),
+        in_dataset: m.config.in_name().to_string(),
         method,
         model: m.config.model.name(),
         seed: m.config.train.seed,
@@ -318,10 +323,33 @@ pub fn run_train(req: &VisionTrainRequest, obs: &mut dyn Observer) -> Result<Vis
         }
         None => None,
     };
+    // Every OOD set is resolved before any training, so a typo costs nothing.
+    let ood = build_ood_sets(
+        req.ood_sets.as_deref(),
+        &req.in_dataset,
+        &req.data_root,
+        preset,
+        size,
+        ind.test.len(),
+        &req.eval,
+        obs,
+    )?;
+    if let Some(src) = &oe_src {
+        let steps = train_set.len().div_ceil(req.oe.batch_size.max(1));
+        let oe_steps = src.len().div_ceil(req.oe.oe_batch_size.max(1));
+        if req.oe.pairing == crate::train::Pairing::Truncate && oe_steps < steps {
+            obs.warning(&format!(
+                "the {} outlier images last {oe_steps} of the {steps} steps of an epoch \
+                 (--pairing truncate ends the epoch there, as the reference does); \
+                 --pairing cycle pairs every in-distribution batch",
+                src.len()
+            ));
+        }
+    }
     let base_cfg = VisionRunConfig {
         header: RunHeader {
             tool: RunHeader::tool(),
-            in_dataset: req.in_dataset.clone(),
+            in_dataset: data::absolute_spec(&req.in_dataset),
             method: Method::Baseline,
             init_from: None,
             train_examples: train_set.len(),
@@ -336,6 +364,8 @@ pub fn run_train(req: &VisionTrainRequest, obs: &mut dyn Observer) -> Result<Vis
         oe_images: None,
         train: req.baseline.clone(),
         validation_examples: val_set.as_ref().map_or(0, |v| v.len()),
+        split_seed: req.in_options.split_seed,
+        in_label: req.in_label.clone(),
     };
     let mut dirs = Vec::new();
     let base_dir = req.out_dir.join("baseline");
@@ -384,16 +414,6 @@ pub fn run_train(req: &VisionTrainRequest, obs: &mut dyn Observer) -> Result<Vis
         dirs.push(("oe".to_string(), oe_dir));
     }
     obs.status("evaluating");
-    let ood = build_ood_sets(
-        req.ood_sets.as_deref(),
-        &req.in_dataset,
-        &req.data_root,
-        preset,
-        size,
-        ind.test.len(),
-        &req.eval,
-        obs,
-    )?;
     let mut reports = Vec::new();
     for (name, dir) in &dirs {
         let m = VisionModel::load(dir, req.device)?;
@@ -406,10 +426,13 @@ pub fn run_train(req: &VisionTrainRequest, obs: &mut dyn Observer) -> Result<Vis
             m.config.method_label(),
             req.calibrate,
         )?;
+        if let Some(why) = &r.calibration_skipped {
+            obs.status(&format!("warning: {name}: {why}"));
+        }
         obs.status(&format!("{name}: results in {}", out.display()));
         reports.push((name.clone(), r));
     }
-    let table = comparison_table(&req.in_dataset, &reports);
+    let table = comparison_table(req.in_label.as_deref().unwrap_or(&req.in_dataset), &reports);
     Ok(VisionOutcome {
         dirs,
         reports,
@@ -463,6 +486,7 @@ pub fn run_eval(req: &VisionEvalRequest, obs: &mut dyn Observer) -> Result<Visio
     let opts = InOptions {
         svhn_extra: false,
         size: Some(m.config.image_size),
+        split_seed: m.config.split_seed,
     };
     let ind = data::load_in_distribution(&in_dataset, &req.data_root, &opts)?;
     let mut test = ind.test;
@@ -493,8 +517,11 @@ pub fn run_eval(req: &VisionEvalRequest, obs: &mut dyn Observer) -> Result<Visio
         method,
         req.calibrate,
     )?;
+    if let Some(why) = &report.calibration_skipped {
+        obs.status(&format!("warning: {why}"));
+    }
     let table = crate::results::vision_comparison_table(
-        &in_dataset,
+        m.config.in_name(),
         &[(
             method.name(),
             &report.detection,

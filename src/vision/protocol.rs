@@ -121,6 +121,9 @@ pub fn confidence(logits: &Tensor, t: f64) -> Result<Vec<f64>> {
 pub struct VisionReport {
     pub detection: EvalReport,
     pub calibration: Option<CalibrationSummary>,
+    /// Why calibration was asked for and not computed (too few images for one bin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_skipped: Option<String>,
 }
 
 /// OOD images per draw for `n_in` test images and `avail` OOD images.
@@ -164,6 +167,20 @@ pub fn evaluate(
     let in_correct: Vec<bool> = pred.iter().zip(&test.labels).map(|(p, y)| p == y).collect();
     let accuracy = in_correct.iter().filter(|&&c| c).count() as f64 / n_in as f64;
 
+    // Calibration bins of 100: every draw (test images + OOD images) needs at least one full bin,
+    // or calibration is skipped (and said so) rather than failing after the work is done.
+    let bin = CalibrationConfig::default().bin_size;
+    let smallest = ood
+        .iter()
+        .map(|s| n_in + ood_count(cfg, n_in, s.len()))
+        .min()
+        .unwrap_or(n_in);
+    let calibration_skipped = (calibrate && smallest < bin).then(|| {
+        format!(
+            "calibration skipped: a draw has {smallest} images (test + OOD), fewer than one bin of {bin}"
+        )
+    });
+    let calibrate = calibrate && calibration_skipped.is_none();
     let (temperature, tuned, n_val) = match (calibrate, validation) {
         (true, Some(v)) if !v.is_empty() => {
             let vl = scorer.logits_set(v)?;
@@ -266,5 +283,6 @@ pub fn evaluate(
             in_scores,
         },
         calibration,
+        calibration_skipped,
     })
 }

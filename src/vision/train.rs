@@ -338,6 +338,7 @@ pub fn train_phase(
         cfg,
         steps,
         checkpoint,
+        data_wait: std::time::Duration::ZERO,
     };
     run_phase(&plan, state, observer, &mut step)
 }
@@ -353,6 +354,8 @@ struct VisionStep<'a> {
     cfg: &'a VisionTrainConfig,
     steps: usize,
     checkpoint: &'a mut dyn FnMut(&CheckpointState, &Sgd) -> Result<()>,
+    /// Time spent waiting for the prefetch thread in the current epoch.
+    data_wait: std::time::Duration,
 }
 
 impl PhaseStep for VisionStep<'_> {
@@ -393,6 +396,7 @@ impl PhaseStep for VisionStep<'_> {
         plans.retain(|p| p.step >= skip);
         let oe_pair = self.oe.as_ref().map(|(s, a)| (*s, a));
         let sgd = &mut *self.sgd;
+        let waited = &mut self.data_wait;
         with_prefetch(
             plans,
             cfg.prefetch,
@@ -400,7 +404,10 @@ impl PhaseStep for VisionStep<'_> {
             &self.data.train_aug,
             oe_pair,
             |it| -> Result<()> {
-                for p in it {
+                loop {
+                    let t0 = std::time::Instant::now();
+                    let Some(p) = it.next() else { break };
+                    *waited += t0.elapsed();
                     let p = p?;
                     let lr = cfg.lr_for_step(epoch * steps + p.step, total);
                     let x_in = p.x_in.to_device(device);
@@ -426,6 +433,10 @@ impl PhaseStep for VisionStep<'_> {
 
     fn checkpoint(&mut self, state: &CheckpointState) -> Result<()> {
         (self.checkpoint)(state, self.sgd)
+    }
+
+    fn take_data_wait(&mut self) -> Option<f64> {
+        Some(std::mem::take(&mut self.data_wait).as_secs_f64())
     }
 }
 

@@ -174,7 +174,110 @@ fn strip_common(items: &mut [(String, Blob)], keep: usize) {
     }
 }
 
+/// A folder or archive, optionally restricted to some of its class sub-folders:
+/// `PATH` or `PATH#class+class+...` (a path that exists as written is never split at `#`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderSpec {
+    pub path: PathBuf,
+    /// The classes to keep, in the order given (`None`: all).
+    pub classes: Option<Vec<String>>,
+}
+
+impl FolderSpec {
+    pub fn parse(spec: &str) -> Result<Self> {
+        if Path::new(spec).exists() {
+            return Ok(Self {
+                path: spec.into(),
+                classes: None,
+            });
+        }
+        match spec.rsplit_once('#') {
+            Some((path, list)) => {
+                let classes: Vec<String> = list
+                    .split('+')
+                    .map(|c| c.trim().to_string())
+                    .collect();
+                if classes.iter().any(|c| c.is_empty()) {
+                    return Err(OeError::Config(format!(
+                        "`{spec}`: an empty class name after `#` (classes are joined by `+`: PATH#cat+dog)"
+                    )));
+                }
+                let mut seen = std::collections::HashSet::new();
+                if let Some(d) = classes.iter().find(|c| !seen.insert(c.as_str())) {
+                    return Err(OeError::Config(format!(
+                        "`{spec}`: class `{d}` is named twice"
+                    )));
+                }
+                Ok(Self {
+                    path: path.into(),
+                    classes: Some(classes),
+                })
+            }
+            None => Ok(Self {
+                path: spec.into(),
+                classes: None,
+            }),
+        }
+    }
+
+    /// The images of this spec with their class labels (the kept classes, sorted by name, as
+    /// torchvision's `ImageFolder` would see a folder holding only those).
+    pub fn labelled(&self, size: usize) -> Result<FolderImages> {
+        let all = FolderImages::with_classes(&self.path, size)?;
+        match &self.classes {
+            None => Ok(all),
+            Some(keep) => all.only_classes(keep, &self.path),
+        }
+    }
+
+    /// The images of this spec without labels (outliers, OOD sets).
+    pub fn unlabelled(&self, size: usize) -> Result<FolderImages> {
+        match &self.classes {
+            None => FolderImages::unlabelled(&self.path, size),
+            Some(_) => {
+                let mut f = self.labelled(size)?;
+                f.labels.clear();
+                f.classes.clear();
+                Ok(f)
+            }
+        }
+    }
+}
+
 impl FolderImages {
+    /// Keeps the images of the classes `keep` (each must exist), relabelled over those classes
+    /// in sorted order; the name gets `#class+class`.
+    pub fn only_classes(self, keep: &[String], origin: &Path) -> Result<Self> {
+        if let Some(c) = keep.iter().find(|c| !self.classes.contains(c)) {
+            return Err(OeError::Data(format!(
+                "{}: no class folder `{c}` (classes: {})",
+                origin.display(),
+                self.classes.join(", ")
+            )));
+        }
+        let mut classes = keep.to_vec();
+        classes.sort();
+        let mut map = vec![None; self.classes.len()];
+        for (new, c) in classes.iter().enumerate() {
+            let old = self.classes.iter().position(|x| x == c).unwrap_or(0);
+            map[old] = Some(new as i64);
+        }
+        let (mut items, mut labels) = (Vec::new(), Vec::new());
+        for (item, &l) in self.items.into_iter().zip(&self.labels) {
+            if let Some(new) = map[l as usize] {
+                items.push(item);
+                labels.push(new);
+            }
+        }
+        Ok(Self {
+            name: format!("{}#{}", self.name, keep.join("+")),
+            items,
+            labels,
+            classes,
+            size: self.size,
+        })
+    }
+
     /// All images under `root`, unlabelled, fitted to `size`.
     pub fn unlabelled(root: &Path, size: usize) -> Result<Self> {
         let items = scan(root)?;

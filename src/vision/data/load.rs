@@ -1,7 +1,7 @@
 //! Dataset names → readers, under a data root (the layout of `data-manifests/*.toml`).
 
 use super::cifar::{self, Cifar};
-use super::folder::FolderImages;
+use super::folder::{FolderImages, FolderSpec};
 use super::npy::NpyImages;
 use super::tinyimages::TinyImages;
 use super::Preset;
@@ -46,6 +46,9 @@ pub struct InOptions {
     pub svhn_extra: bool,
     /// Image size for folders (default: the preset's).
     pub size: Option<usize>,
+    /// Folders without their own test split: the seed of the permutation that puts
+    /// [`FOLDER_TEST_FRACTION`] of the images into the test split.
+    pub split_seed: u64,
 }
 
 impl Default for InOptions {
@@ -53,7 +56,54 @@ impl Default for InOptions {
         Self {
             svhn_extra: true,
             size: None,
+            split_seed: 0,
         }
+    }
+}
+
+/// The share of a folder's images that go to its test split when it has no `test/` folder (1/5).
+pub const FOLDER_TEST_FRACTION: (usize, usize) = (1, 5);
+
+/// Splits `n` items into `(train, test)` indices, each sorted: a `seed` permutation, its first
+/// `n·1/5` (at least 1) are the test split.
+pub fn folder_split(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let n_test = (n * FOLDER_TEST_FRACTION.0 / FOLDER_TEST_FRACTION.1).max(1);
+    let (test_idx, train_idx) = order.split_at(n_test.min(n));
+    let (mut tr, mut te) = (train_idx.to_vec(), test_idx.to_vec());
+    tr.sort_unstable();
+    te.sort_unstable();
+    (tr, te)
+}
+
+/// `LABEL=SPEC` → `(Some(LABEL), SPEC)`; anything else (an existing path with `=` included) is a
+/// spec alone.
+pub fn split_label(s: &str) -> (Option<String>, &str) {
+    match s.split_once('=') {
+        Some((l, spec)) if !l.is_empty() && !l.contains('/') && !Path::new(s).exists() => {
+            (Some(l.to_string()), spec)
+        }
+        _ => (None, s),
+    }
+}
+
+/// A dataset spec as recorded in a run directory: built-in names as they are, folders and
+/// archives (with their `#class+class` selection) by absolute path, so the run can be evaluated
+/// from any working directory.
+pub fn absolute_spec(spec: &str) -> String {
+    if IN_NAMES.contains(&spec) || spec == "tiny-imagenet" {
+        return spec.to_string();
+    }
+    match FolderSpec::parse(spec) {
+        Ok(f) => {
+            let p = crate::rundir::absolute(&f.path).display().to_string();
+            match f.classes {
+                Some(c) => format!("{p}#{}", c.join("+")),
+                None => p,
+            }
+        }
+        Err(_) => spec.to_string(),
     }
 }
 
@@ -105,12 +155,14 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &InOptions) -> Result
             tinyimagenet::load(root, true)?,
             tinyimagenet::load(root, false)?,
         ),
-        path => {
-            let p = Path::new(path);
+        spec => {
+            let f = FolderSpec::parse(spec)?;
+            let p = f.path.as_path();
             if !p.exists() {
                 return Err(OeError::Config(format!(
-                    "unknown in-distribution dataset `{path}`: not one of {} and not a folder or archive",
-                    IN_NAMES.join(", ")
+                    "unknown in-distribution dataset `{spec}`: not one of {} and not a folder or archive{}",
+                    IN_NAMES.join(", "),
+                    if f.classes.is_some() { format!(" ({} does not exist)", p.display()) } else { String::new() }
                 )));
             }
             let size = opts.size.unwrap_or(preset.image_size());
@@ -119,19 +171,19 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &InOptions) -> Result
                 .map(|t| p.join(t))
                 .find(|d| d.is_dir());
             match (p.join("train").is_dir(), test_dir) {
-                (true, Some(t)) => (
-                    FolderImages::with_classes(&p.join("train"), size)?.load_all()?,
-                    FolderImages::with_classes(&t, size)?.load_all()?,
-                ),
+                (true, Some(t)) => {
+                    let part = |d: PathBuf| FolderSpec {
+                        path: d,
+                        classes: f.classes.clone(),
+                    };
+                    (
+                        part(p.join("train")).labelled(size)?.load_all()?,
+                        part(t).labelled(size)?.load_all()?,
+                    )
+                }
                 _ => {
-                    let all = FolderImages::with_classes(p, size)?;
-                    let mut order: Vec<usize> = (0..all.items.len()).collect();
-                    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
-                    let n_test = (all.items.len() / 5).max(1);
-                    let (test_idx, train_idx) = order.split_at(n_test);
-                    let (mut tr, mut te) = (train_idx.to_vec(), test_idx.to_vec());
-                    tr.sort_unstable();
-                    te.sort_unstable();
+                    let all = f.labelled(size)?;
+                    let (tr, te) = folder_split(all.items.len(), opts.split_seed);
                     (all.subset(&tr).load_all()?, all.subset(&te).load_all()?)
                 }
             }
@@ -199,7 +251,13 @@ pub fn load_oe_source(spec: &str, root: &Path, size: usize) -> Result<Box<dyn Im
             &["300K_random_images.npy", "300K/300K_random_images.npy"],
             "300k: no 300K_random_images.npy",
         )?,
-        p => PathBuf::from(p),
+        p => {
+            let f = FolderSpec::parse(p)?;
+            if f.classes.is_some() {
+                return Ok(Box::new(f.unlabelled(size)?));
+            }
+            f.path
+        }
     };
     let lower = path.to_string_lossy().to_ascii_lowercase();
     if lower.ends_with(".bin") {
@@ -290,6 +348,10 @@ pub fn load_ood_source(
                     }
                     None => Ok(None),
                 };
+            }
+            let f = FolderSpec::parse(name)?;
+            if f.classes.is_some() {
+                return Ok(Some(Box::new(f.unlabelled(size)?)));
             }
             let p = Path::new(name);
             if p.exists() {
