@@ -4,8 +4,7 @@
 use oe::datasets::{fetch, manifest};
 use oe::text::data::{self, TextOptions};
 use oe::text::tokenize::{LabelVocab, WordVocab};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use crate::common::{no_leftovers, serve};
 use std::path::{Path, PathBuf};
 
 fn shared_data() -> Option<PathBuf> {
@@ -204,81 +203,12 @@ fn manifests_match_sha256sums() {
 
 // ------------------------------------------------------------------ loopback downloads
 
-/// Serves `root` over HTTP on 127.0.0.1: `/good/<p>` the file, `/corrupt/<p>` with one byte
-/// flipped, `/truncate/<p>` half the bytes with the full Content-Length, anything else 404.
-fn serve(root: PathBuf) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let root = root.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut first = String::new();
-                r.read_line(&mut first).unwrap();
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
-                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let (mode, rel) = path[1..].split_once('/').unwrap_or(("", ""));
-                let file = root.join(rel);
-                match (mode, std::fs::read(&file)) {
-                    ("good" | "corrupt" | "truncate", Ok(mut b)) if !rel.contains("..") => {
-                        let len = b.len();
-                        if mode == "corrupt" {
-                            b[len / 2] ^= 0x20;
-                        }
-                        if mode == "truncate" {
-                            b.truncate(len / 2);
-                        }
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                        );
-                        let _ = s.write_all(&b);
-                    }
-                    _ => {
-                        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found");
-                    }
-                }
-                let _ = s.flush();
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
 fn opts(mirror: String) -> fetch::FetchOptions {
     fetch::FetchOptions {
         mirror: Some(mirror),
         progress: None,
         ..Default::default()
     }
-}
-
-fn no_leftovers(dir: &Path) {
-    for e in walk(dir) {
-        let n = e.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(!n.starts_with(".oe-"), "leftover {}", e.display());
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            out.push(p.clone());
-            if p.is_dir() {
-                out.extend(walk(&p));
-            }
-        }
-    }
-    out
 }
 
 #[test]

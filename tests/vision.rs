@@ -910,6 +910,7 @@ fn pipeline_trains_and_evaluates_on_the_cifar10_jpeg_folder() {
         ..Default::default()
     };
     let req = oe::vision::pipeline::VisionTrainRequest {
+        in_label: None,
         in_dataset: tgz.to_string_lossy().to_string(),
         oe_source: Some(oe_dir.to_string_lossy().to_string()),
         oe_method: Method::OeFinetune,
@@ -1009,7 +1010,7 @@ fn pipeline_trains_and_evaluates_on_the_cifar10_jpeg_folder() {
     assert_eq!(ev.results_dir, run.join("oe/eval-msp-paper"));
     assert_eq!(ev.report.detection.sets.len(), 3);
     assert!(
-        ev.table.starts_with(&format!("{}: FPR95", tgz.display())),
+        ev.table.starts_with(&format!("{}: FPR95", tgz.canonicalize().unwrap().display())),
         "{}",
         ev.table
     );
@@ -1103,6 +1104,7 @@ fn resume_continues_exactly_from_the_last_epoch() {
     eval.repeats = 1;
     let dir = tmp();
     let req = oe::vision::pipeline::VisionTrainRequest {
+        in_label: None,
         in_dataset: tgz.to_string_lossy().to_string(),
         oe_source: None,
         oe_method: Method::OeFinetune,
@@ -1170,4 +1172,363 @@ fn resume_continues_exactly_from_the_last_epoch() {
             .double_value(&[]);
         assert!(d < 1e-5, "{na}: resumed run differs by {d}");
     }
+}
+
+// ------------------------------------------------------------------ class splits, fetch, small sets
+
+/// A labelled image folder `root/<class>/<i>.png` with `per` images per class, each a flat colour
+/// that tells the class apart (so a tiny WRN can learn it).
+fn class_folder(root: &Path, classes: &[&str], per: usize) {
+    for (c, name) in classes.iter().enumerate() {
+        for i in 0..per {
+            let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                image::Rgb([
+                    (c * 60 % 256) as u8,
+                    ((x + y) as usize * 3 + i) as u8,
+                    (255 - c * 40 % 256) as u8,
+                ])
+            });
+            let mut b = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut b, image::ImageFormat::Png).unwrap();
+            write(&root.join(name).join(format!("{i}.png")), &b.into_inner());
+        }
+    }
+}
+
+#[test]
+fn folder_specs_select_classes_and_split_by_seed() {
+    use oe::vision::data::folder::FolderSpec;
+    let dir = tmp();
+    let root = dir.path().join("imgs");
+    class_folder(&root, &["cat", "dog", "frog", "ship"], 5);
+    let r = root.to_string_lossy().to_string();
+    // `#` splits only when the path as written does not exist.
+    let s = FolderSpec::parse(&format!("{r}#ship+cat")).unwrap();
+    assert_eq!(s.path, root);
+    assert_eq!(s.classes, Some(vec!["ship".to_string(), "cat".to_string()]));
+    assert_eq!(FolderSpec::parse(&r).unwrap().classes, None);
+    for bad in ["#cat++dog", "#cat+cat", "#"] {
+        assert!(FolderSpec::parse(&format!("{r}{bad}")).is_err(), "{bad}");
+    }
+    // Kept classes are relabelled in sorted order, like an ImageFolder holding only them.
+    let f = s.labelled(32).unwrap();
+    assert_eq!(f.classes, vec!["cat", "ship"]);
+    assert_eq!(f.items.len(), 10);
+    for ((p, _), &l) in f.items.iter().zip(&f.labels) {
+        assert_eq!(p.starts_with("cat/"), l == 0, "{p} -> {l}");
+    }
+    assert!(f.name.ends_with("#ship+cat"), "{}", f.name);
+    let e = FolderSpec::parse(&format!("{r}#cat+horse"))
+        .unwrap()
+        .labelled(32)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no class folder `horse`") && e.contains("cat, dog, frog, ship"), "{e}");
+    // The in-distribution split: a seeded fifth is the test split, reproducible, disjoint.
+    let opts = |seed| data::InOptions {
+        split_seed: seed,
+        ..Default::default()
+    };
+    let spec = format!("{r}#cat+dog+frog");
+    let a = data::load_in_distribution(&spec, dir.path(), &opts(0)).unwrap();
+    let b = data::load_in_distribution(&spec, dir.path(), &opts(0)).unwrap();
+    let c = data::load_in_distribution(&spec, dir.path(), &opts(7)).unwrap();
+    assert_eq!((a.train.len(), a.test.len()), (12, 3));
+    assert_eq!(a.train.classes, vec!["cat", "dog", "frog"]);
+    assert_eq!(a.test.pixels, b.test.pixels);
+    assert_ne!(a.test.pixels, c.test.pixels, "another seed, another split");
+    let (tr, te) = data::folder_split(15, 0);
+    assert!(te.iter().all(|i| !tr.contains(i)) && tr.len() + te.len() == 15);
+    // Outlier and OOD sources take the same syntax, unlabelled.
+    let oe = data::load_oe_source(&format!("{r}#ship"), dir.path(), 32).unwrap();
+    assert_eq!(oe.len(), 5);
+    let ood = data::load_ood_source(&format!("{r}#dog+ship"), dir.path(), 32)
+        .unwrap()
+        .unwrap();
+    assert_eq!(ood.len(), 10);
+    assert_eq!(ood.label(0), None);
+    // Recorded specs are absolute, with their selection.
+    let rel = std::env::current_dir().unwrap();
+    let abs = data::absolute_spec(&format!("{r}#cat+dog"));
+    assert!(Path::new(abs.split('#').next().unwrap()).is_absolute(), "{abs} (cwd {rel:?})");
+    assert!(abs.ends_with("#cat+dog"));
+    assert_eq!(data::absolute_spec("cifar10"), "cifar10");
+    assert_eq!(
+        data::split_label("near=/x/y#a+b"),
+        (Some("near".to_string()), "/x/y#a+b")
+    );
+    assert_eq!(data::split_label("/x/a=b"), (None, "/x/a=b"));
+}
+
+#[test]
+fn cifar10_jpeg_class_split_counts() {
+    let Some(tgz) = cifar_jpeg() else { return };
+    let t = tgz.to_string_lossy();
+    let d = data::load_in_distribution(
+        &format!("{t}#airplane+automobile+bird+cat+ship+truck"),
+        Path::new("."),
+        &Default::default(),
+    )
+    .unwrap();
+    // 1,000 images per class; a fifth of the 6,000 is the test split.
+    assert_eq!((d.train.len(), d.test.len()), (4800, 1200));
+    assert_eq!(
+        d.train.classes,
+        vec!["airplane", "automobile", "bird", "cat", "ship", "truck"]
+    );
+    let mut per = [0usize; 6];
+    d.test.labels.iter().for_each(|&l| per[l as usize] += 1);
+    assert!(per.iter().all(|&n| (150..=250).contains(&n)), "{per:?}");
+    let oe = data::load_oe_source(&format!("{t}#deer+horse"), Path::new("."), 32).unwrap();
+    assert_eq!(oe.len(), 2000);
+}
+
+/// A CIFAR-100 python archive (`cifar-100-python/{train,test,meta}`, the canonical layout) with
+/// `n_train` / `n_test` generated images, fine labels `i % 100`.
+fn cifar100_archive(path: &Path, n_train: usize, n_test: usize) {
+    let f = std::fs::File::create(path).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut ar = tar::Builder::new(gz);
+    let mut add = |name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        ar.append_data(&mut h, name, bytes).unwrap();
+    };
+    let mut k = 0;
+    for (split, n) in [("train", n_train), ("test", n_test)] {
+        let data: Vec<u8> = (k..k + n).flat_map(planar).collect();
+        let labels: Vec<u8> = (k..k + n).map(|i| (i % 100) as u8).collect();
+        add(
+            &format!("cifar-100-python/{split}"),
+            &pickle_py3("fine_labels", &labels, &data, n),
+        );
+        k += n;
+    }
+    // meta: {'fine_label_names': ['f00', ..., 'f99']} (protocol 2)
+    let mut m = vec![0x80, 2, b'}', b'(', b'U', 16];
+    m.extend_from_slice(b"fine_label_names(");
+    for c in 0..100u8 {
+        m.extend_from_slice(&[b'U', 3, b'f', b'0' + c / 10, b'0' + c % 10]);
+    }
+    m.extend_from_slice(b"lu.");
+    add("cifar-100-python/meta", &m);
+    ar.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn cifar100_fetch_downloads_verifies_and_unpacks_from_a_loopback_server() {
+    use oe::datasets::fetch;
+    let srv = tmp();
+    cifar100_archive(&srv.path().join("cifar-100-python.tar.gz"), 30, 12);
+    let base = common::serve(srv.path().to_path_buf());
+    let md5 = fetch::md5_file(&srv.path().join("cifar-100-python.tar.gz")).unwrap();
+    // The real manifest, pointed at the loopback copy and its checksum (the generated archive is
+    // not the published one).
+    let real = data::manifests::get("cifar100").unwrap();
+    let with = |mode: &str| {
+        let mut m = real.clone();
+        let a = m.archives.iter_mut().find(|a| a.id == "python").unwrap();
+        a.url = format!("{base}/{mode}/cifar-100-python.tar.gz");
+        a.md5 = Some(md5.clone());
+        m
+    };
+    let opts = fetch::FetchOptions {
+        progress: None,
+        ..Default::default()
+    };
+    let root = tmp();
+    // A corrupted or truncated transfer is refused and leaves nothing.
+    for mode in ["corrupt", "truncate"] {
+        let e = fetch::fetch_dataset(
+            &with(mode),
+            root.path(),
+            &opts,
+            &data::manifests::check_loader_counts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("md5") || e.contains("truncated"), "{mode}: {e}");
+        assert!(!root.path().join("cifar-100-python").exists(), "{mode}");
+        common::no_leftovers(root.path());
+    }
+    let r = fetch::fetch_dataset(
+        &with("good"),
+        root.path(),
+        &opts,
+        &data::manifests::check_loader_counts,
+    )
+    .unwrap();
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert!(r.iter().all(|x| matches!(x, fetch::Fetched::Downloaded(_))), "{r:?}");
+    common::no_leftovers(root.path());
+    let train = cifar::load(root.path(), cifar::Cifar::C100, true).unwrap();
+    let test = cifar::load(root.path(), cifar::Cifar::C100, false).unwrap();
+    assert_eq!((train.len(), test.len()), (30, 12));
+    assert_eq!(train.classes[7], "f07");
+    assert_eq!(test.labels[0], 30);
+    check_hwc(&test, 1, 31);
+    // Again: nothing to do.
+    let r = fetch::fetch_dataset(
+        &with("good"),
+        root.path(),
+        &opts,
+        &data::manifests::check_loader_counts,
+    )
+    .unwrap();
+    assert!(r.iter().all(|x| matches!(x, fetch::Fetched::AlreadyPresent(_))), "{r:?}");
+}
+
+fn oe_vision(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_oe-vision"));
+    c.args(args).env_remove("OE_DATA_MIRROR").env_remove("OE_DATA_DIR");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn missing_cifar100_says_what_where_and_how_and_fetch_checks_the_published_md5() {
+    let root = tmp();
+    let r = root.path().to_string_lossy().to_string();
+    let run = root.path().join("run");
+    let o = oe_vision(
+        &[
+            "train",
+            "--in",
+            "cifar100",
+            "--data-dir",
+            &r,
+            "--out",
+            &run.to_string_lossy(),
+            "--device",
+            "cpu",
+        ],
+        &[],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    for want in [
+        "cifar-100-python",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "md5 eb9058c3a382ffc7106e4002c42a8d85",
+        "oe-vision data fetch cifar100",
+        "--data-dir",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in: {e}");
+    }
+    assert!(!run.exists(), "no run directory for a run that could not start");
+    // A mirror with another archive under the canonical name: the published MD5 refuses it.
+    let srv = tmp();
+    cifar100_archive(&srv.path().join("cifar-100-python.tar.gz"), 4, 2);
+    let base = common::serve(srv.path().to_path_buf());
+    let o = oe_vision(
+        &[
+            "data",
+            "fetch",
+            "cifar100",
+            "--data-dir",
+            &r,
+            "--mirror",
+            &format!("{base}/good"),
+        ],
+        &[],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains("differs from the published eb9058c3a382ffc7106e4002c42a8d85"),
+        "{e}"
+    );
+    assert!(!root.path().join("cifar-100-python").exists());
+    common::no_leftovers(root.path());
+    // verify: a missing dataset fails, a missing root fails.
+    let o = oe_vision(&["data", "verify", "cifar100", "--data-dir", &r], &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("MISSING"));
+    let o = oe_vision(&["data", "verify", "--data-dir", "/nonexistent/oe-root"], &[]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn a_small_test_split_skips_calibration_with_a_warning_instead_of_failing() {
+    let _torch = torch_lock();
+    let dir = tmp();
+    let root = dir.path().join("imgs");
+    class_folder(&root, &["a", "b"], 30); // 60 images: 48 train / 12 test
+    let run = dir.path().join("run");
+    let o = oe_vision(
+        &[
+            "train",
+            "--in",
+            &format!("two={}", root.display()),
+            "--depth",
+            "10",
+            "--widen",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--ood",
+            "gaussian",
+            "--repeats",
+            "2",
+            "--out",
+            &run.to_string_lossy(),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        &[],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("calibration skipped"), "{e}");
+    let rep: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run.join("baseline/eval-msp-paper/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(rep["calibration"].is_null(), "recorded as absent");
+    assert!(rep["sets"][0]["auroc"]["mean"].is_number(), "{rep}");
+    // The label names the data in results and tables; the spec is recorded absolute.
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("baseline/run.json")).unwrap()).unwrap();
+    assert_eq!(cfg["in_label"], "two");
+    assert!(Path::new(cfg["in_dataset"].as_str().unwrap()).is_absolute());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("two"));
+    // Epoch summaries carry the time spent waiting for data.
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("baseline/train_log.json")).unwrap())
+            .unwrap();
+    let w = &log["history"][0]["data_wait_seconds"];
+    assert!(w.as_f64().is_some_and(|w| w >= 0.0), "{log}");
+}
+
+#[test]
+fn a_typo_in_an_ood_set_fails_before_training() {
+    let dir = tmp();
+    let root = dir.path().join("imgs");
+    class_folder(&root, &["a", "b"], 5);
+    let run = dir.path().join("run");
+    let o = oe_vision(
+        &[
+            "train",
+            "--in",
+            &root.to_string_lossy(),
+            "--ood",
+            "gaussian,textrues",
+            "--out",
+            &run.to_string_lossy(),
+            "--device",
+            "cpu",
+        ],
+        &[],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(e.contains("unknown OOD set `textrues`"), "{e}");
+    assert!(!run.exists(), "nothing trained, nothing written");
 }

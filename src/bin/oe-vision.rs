@@ -34,7 +34,7 @@ enum Command {
     Eval(Box<VisionEvalCommandArgs>),
     /// Images per second of WRN training and evaluation steps on synthetic data.
     Bench(BenchArgs),
-    /// Image datasets: list them, or show where one's files go and whether they are present.
+    /// Image datasets: list, show where files go, fetch (download + verify + unpack), verify.
     Data(VisionDataArgs),
     /// AUROC, AUPR, FPR at a TPR level (use --tpr 0.95 for the paper's vision FPR95).
     Metrics(MetricsArgs),
@@ -59,10 +59,13 @@ fn run() -> anyhow::Result<()> {
             print!("{}", out.table);
             eprintln!("results: {}", out.results_dir.display());
         }
-        Command::Data(args) => print!(
-            "{}",
-            oe::vision::data::manifests::run_data(&args.request())?
-        ),
+        Command::Data(args) => {
+            let out = oe::vision::data::manifests::run_data(&args.request())?;
+            print!("{}", out.text);
+            if !out.failed.is_empty() {
+                anyhow::bail!("verification failed for: {}", out.failed.join(", "));
+            }
+        }
         Command::Bench(args) => {
             let r = oe::vision::bench::run(&args.config(), device(&args.device, args.json)?)?;
             if args.json {

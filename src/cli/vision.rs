@@ -408,6 +408,21 @@ pub enum VisionDataCommand {
     List,
     /// Where one dataset's files go under the data root, whether they are there, expected counts.
     Show { name: String },
+    /// Download, verify (the published checksums) and unpack datasets into the data root (from
+    /// $OE_DATA_MIRROR when set: the data-root layout or the original archives by file name).
+    Fetch {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Also fetch optional files (the CIFAR binary versions, SVHN extra).
+        #[arg(long)]
+        all: bool,
+        /// Mirror base URL (overrides $OE_DATA_MIRROR): http://host/path, file:///dir or a folder.
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Re-check the files on disk (checksums) and the loaders' counts (default: every dataset
+    /// present); fails when any check fails.
+    Verify { names: Vec<String> },
 }
 
 impl VisionDataArgs {
@@ -419,6 +434,17 @@ impl VisionDataArgs {
             VisionDataCommand::Show { name } => DataRequest::Show {
                 root,
                 name: name.clone(),
+            },
+            VisionDataCommand::Fetch { names, all, mirror } => DataRequest::Fetch {
+                root,
+                names: names.clone(),
+                all: *all,
+                mirror: mirror.clone(),
+                progress: Some(crate::progress::download_bar()),
+            },
+            VisionDataCommand::Verify { names } => DataRequest::Verify {
+                root,
+                names: names.clone(),
             },
         }
     }

@@ -79,6 +79,21 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(crate::io::hex(&h.finalize()))
 }
 
+/// MD5 of a file, hex (for the checksums dataset authors publish).
+pub fn md5_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
+    let mut h = md5::Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| OeError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(crate::io::hex(&h.finalize()))
+}
+
 /// State of one manifest file under a data root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileStatus {
@@ -100,7 +115,20 @@ pub fn file_status(root: &Path, f: &FileEntry) -> Result<FileStatus> {
         return Ok(FileStatus::Missing);
     }
     match &f.sha256 {
-        None => Ok(FileStatus::Unchecked),
+        None => match &f.md5 {
+            Some(exp) => {
+                let act = md5_file(&p)?;
+                if act.eq_ignore_ascii_case(exp) {
+                    Ok(FileStatus::Verified)
+                } else {
+                    Ok(FileStatus::Mismatch {
+                        expected: format!("md5 {exp}"),
+                        actual: format!("md5 {act}"),
+                    })
+                }
+            }
+            None => Ok(FileStatus::Unchecked),
+        },
         Some(exp) => {
             let act = sha256_file(&p)?;
             if act.eq_ignore_ascii_case(exp) {
@@ -154,13 +182,33 @@ fn open_url(url: &str, timeout: Duration) -> Result<(Box<dyn Read + Send>, Optio
     }
 }
 
+/// The checksums a download must match (either may be absent).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Expected<'a> {
+    pub sha256: Option<&'a str>,
+    /// The authors' published MD5 (CIFAR, SVHN publish only that).
+    pub md5: Option<&'a str>,
+}
+
+impl<'a> Expected<'a> {
+    pub fn sha256(s: Option<&'a str>) -> Self {
+        Self {
+            sha256: s,
+            md5: None,
+        }
+    }
+    pub fn any(&self) -> bool {
+        self.sha256.is_some() || self.md5.is_some()
+    }
+}
+
 /// Downloads `url` to `dest` (parent folders created): streamed into a temporary file next to
-/// `dest`, length and sha256 checked, then renamed. Returns the sha256. On any error nothing is
-/// left at `dest` (an existing `dest` is left untouched).
+/// `dest`, length, sha256 and md5 checked, then renamed. Returns the sha256. On any error nothing
+/// is left at `dest` (an existing `dest` is left untouched).
 pub fn download_to(
     url: &str,
     dest: &Path,
-    expected_sha256: Option<&str>,
+    expected: Expected,
     opts: &FetchOptions,
 ) -> Result<String> {
     let dir = dest
@@ -180,6 +228,7 @@ pub fn download_to(
     };
     let mut reader = reader;
     let mut h = Sha256::new();
+    let mut h5 = md5::Md5::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut total: u64 = 0;
     loop {
@@ -194,6 +243,9 @@ pub fn download_to(
             }
         };
         h.update(&buf[..n]);
+        if expected.md5.is_some() {
+            h5.update(&buf[..n]);
+        }
         tmp.write_all(&buf[..n])
             .map_err(|e| OeError::io(tmp.path(), e))?;
         total += n as u64;
@@ -208,10 +260,19 @@ pub fn download_to(
         }
     }
     let sha = crate::io::hex(&h.finalize());
-    if let Some(exp) = expected_sha256 {
+    if let Some(exp) = expected.sha256 {
         if !sha.eq_ignore_ascii_case(exp) {
             return Err(OeError::Data(format!(
                 "{url}: sha256 {sha} differs from the manifest's {exp}; the download was discarded \
+                 (a corrupted or different file: try again, or check the mirror)"
+            )));
+        }
+    }
+    if let Some(exp) = expected.md5 {
+        let got = crate::io::hex(&h5.finalize());
+        if !got.eq_ignore_ascii_case(exp) {
+            return Err(OeError::Data(format!(
+                "{url}: md5 {got} differs from the published {exp}; the download was discarded \
                  (a corrupted or different file: try again, or check the mirror)"
             )));
         }
@@ -344,48 +405,90 @@ pub fn fetch_dataset(
     let mut archives: std::collections::HashMap<&str, PathBuf> = Default::default();
     for f in todo {
         let dest = stage.path().join(&f.path);
+        let file_sums = Expected {
+            sha256: f.sha256.as_deref(),
+            md5: f.md5.as_deref(),
+        };
+        let archive = f
+            .archive
+            .as_ref()
+            .and_then(|aid| m.archives.iter().find(|a| &a.id == aid));
         if let Some(mirror) = &opts.mirror {
-            let r = download_to(
-                &mirror_url(mirror, &f.path),
-                &dest,
-                f.sha256.as_deref(),
-                opts,
-            );
-            match r {
-                Ok(_) => {}
-                Err(e) if !f.required => {
+            // A mirror holds the data-root layout, or the original archives by their file names.
+            let direct = download_to(&mirror_url(mirror, &f.path), &dest, file_sums, opts);
+            match (direct, archive, &f.member) {
+                (Ok(_), _, _) => needs_counts |= !file_sums.any(),
+                (Err(e), Some(a), Some(member)) => {
+                    if !archives.contains_key(a.id.as_str()) {
+                        let ap = stage.path().join(".archives").join(&a.id);
+                        let sums = Expected {
+                            sha256: a.sha256.as_deref(),
+                            md5: a.md5.as_deref(),
+                        };
+                        match download_to(&mirror_url(mirror, a.file_name()), &ap, sums, opts) {
+                            Ok(_) => {}
+                            Err(e2) if !f.required => {
+                                out.push(Fetched::Skipped(
+                                    f.path.clone(),
+                                    format!("optional file not on the mirror: {e}; {e2}"),
+                                ));
+                                continue;
+                            }
+                            Err(e2) => {
+                                return Err(OeError::Data(format!(
+                                    "{} ({}): not on the mirror as a file ({e}) nor in its archive: {e2}",
+                                    m.name, f.path
+                                )))
+                            }
+                        }
+                        archives.insert(a.id.as_str(), ap);
+                    }
+                    needs_counts |= !file_sums.any() && !a.checked();
+                    extract_member(
+                        &archives[a.id.as_str()],
+                        a.format,
+                        member,
+                        &dest,
+                        f.sha256.as_deref(),
+                    )?;
+                }
+                (Err(e), _, _) if !f.required => {
                     out.push(Fetched::Skipped(
                         f.path.clone(),
                         format!("optional file not on the mirror: {e}"),
                     ));
                     continue;
                 }
-                Err(e) => return Err(OeError::Data(format!("{} ({}): {e}", m.name, f.path))),
+                (Err(e), _, _) => {
+                    return Err(OeError::Data(format!("{} ({}): {e}", m.name, f.path)))
+                }
             }
         } else if let Some(url) = &f.url {
-            let sha = if f.sha256_mirror_only {
-                None
+            let sums = if f.sha256_mirror_only {
+                Expected {
+                    sha256: None,
+                    md5: f.md5.as_deref(),
+                }
             } else {
-                f.sha256.as_deref()
+                file_sums
             };
-            needs_counts |= f.sha256_mirror_only || f.sha256.is_none();
-            download_to(url, &dest, sha, opts)
+            needs_counts |= f.sha256_mirror_only || !sums.any();
+            download_to(url, &dest, sums, opts)
                 .map_err(|e| OeError::Data(format!("{} ({}): {e}", m.name, f.path)))?;
-        } else if let (Some(aid), Some(member)) = (&f.archive, &f.member) {
-            let a = m
-                .archives
-                .iter()
-                .find(|a| &a.id == aid)
-                .expect("validated manifest");
-            if !archives.contains_key(aid.as_str()) {
+        } else if let (Some(a), Some(member)) = (archive, &f.member) {
+            if !archives.contains_key(a.id.as_str()) {
                 let ap = stage.path().join(".archives").join(&a.id);
-                download_to(&a.url, &ap, a.sha256.as_deref(), opts)
+                let sums = Expected {
+                    sha256: a.sha256.as_deref(),
+                    md5: a.md5.as_deref(),
+                };
+                download_to(&a.url, &ap, sums, opts)
                     .map_err(|e| OeError::Data(format!("{} (archive {}): {e}", m.name, a.url)))?;
-                archives.insert(aid.as_str(), ap);
+                archives.insert(a.id.as_str(), ap);
             }
-            needs_counts |= f.sha256.is_none();
+            needs_counts |= f.sha256.is_none() && !a.checked();
             extract_member(
-                &archives[aid.as_str()],
+                &archives[a.id.as_str()],
                 a.format,
                 member,
                 &dest,
@@ -493,7 +596,7 @@ mod tests {
         let e = download_to(
             "https://127.0.0.1:9/x",
             &d.path().join("x"),
-            None,
+            Expected::default(),
             &FetchOptions::default(),
         )
         .unwrap_err()
@@ -514,11 +617,11 @@ mod tests {
         };
         let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
         assert_eq!(
-            download_to(&url, &d.path().join("a/b.txt"), Some(good), &opts).unwrap(),
+            download_to(&url, &d.path().join("a/b.txt"), Expected::sha256(Some(good)), &opts).unwrap(),
             good
         );
         let bad = "0".repeat(64);
-        assert!(download_to(&url, &d.path().join("c.txt"), Some(&bad), &opts).is_err());
+        assert!(download_to(&url, &d.path().join("c.txt"), Expected::sha256(Some(&bad)), &opts).is_err());
         assert!(!d.path().join("c.txt").exists());
         let left: Vec<_> = std::fs::read_dir(d.path())
             .unwrap()

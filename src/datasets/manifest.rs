@@ -41,6 +41,10 @@ pub struct FileEntry {
     /// SHA-256 of the file; `None` = verified by counts only.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// The MD5 the dataset's authors publish for this file (checked on download and by
+    /// `verify` when there is no sha256).
+    #[serde(default)]
+    pub md5: Option<String>,
     /// `true` when `sha256` describes the mirror copy only (the canonical download has other bytes
     /// and is verified by counts instead).
     #[serde(default)]
@@ -72,6 +76,22 @@ pub struct ArchiveEntry {
     pub format: ArchiveFormat,
     #[serde(default)]
     pub sha256: Option<String>,
+    /// The MD5 the dataset's authors publish for the archive.
+    #[serde(default)]
+    pub md5: Option<String>,
+}
+
+impl ArchiveEntry {
+    /// The archive's file name (the last segment of its URL): where a mirror that holds the
+    /// original downloads keeps it.
+    pub fn file_name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or(&self.url)
+    }
+
+    /// Whether the archive is checked by a published checksum (so its members need no counts).
+    pub fn checked(&self) -> bool {
+        self.sha256.is_some() || self.md5.is_some()
+    }
 }
 
 /// Expected number of examples of one loader name and split.
@@ -150,6 +170,9 @@ pub fn parse_manifest(src: &str, origin: &str) -> Result<Manifest> {
                 )));
             }
         }
+        if !f.md5.as_deref().is_none_or(is_md5) {
+            return Err(OeError::Data(format!("manifest {origin}: {}: bad md5", f.path)));
+        }
         if let Some(a) = &f.archive {
             if !m.archives.iter().any(|x| &x.id == a) {
                 return Err(OeError::Data(format!(
@@ -171,7 +194,16 @@ pub fn parse_manifest(src: &str, origin: &str) -> Result<Manifest> {
             )));
         }
     }
+    for a in &m.archives {
+        if !a.md5.as_deref().is_none_or(is_md5) {
+            return Err(OeError::Data(format!("manifest {origin}: archive {}: bad md5", a.id)));
+        }
+    }
     Ok(m)
+}
+
+fn is_md5(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Parses embedded `(stem, TOML)` manifests; a broken embedded manifest is a programming error

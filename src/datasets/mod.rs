@@ -93,3 +93,82 @@ pub fn describe(m: &Manifest, root: &Path) -> String {
     }
     out
 }
+
+/// What a user needs when a dataset's files are not under `root`: which required files are
+/// missing, where to download them (URLs with their checksums), the fetch command, and how to
+/// point the tools at another data root. `tool` is the binary (`oe-text`, `oe-vision`).
+pub fn how_to_get(m: &Manifest, root: &Path, tool: &str) -> String {
+    let mut out = String::new();
+    let missing: Vec<String> = m
+        .files
+        .iter()
+        .filter(|f| f.required && !root.join(&f.path).is_file())
+        .map(|f| root.join(&f.path).display().to_string())
+        .collect();
+    if !missing.is_empty() {
+        let _ = write!(out, "missing: {}", missing.join(", "));
+    }
+    let mut sources: Vec<String> = Vec::new();
+    for f in m.files.iter().filter(|f| f.required) {
+        let src = match (&f.url, &f.archive) {
+            (Some(u), _) => Some((u.clone(), f.sha256.clone(), f.md5.clone())),
+            (None, Some(aid)) => m
+                .archives
+                .iter()
+                .find(|a| &a.id == aid)
+                .map(|a| (a.url.clone(), a.sha256.clone(), a.md5.clone())),
+            _ => None,
+        };
+        if let Some((u, sha, md5)) = src {
+            let sum = match (sha, md5) {
+                (Some(s), _) => format!(" (sha256 {s})"),
+                (None, Some(m5)) => format!(" (md5 {m5})"),
+                _ => String::new(),
+            };
+            let line = format!("{u}{sum}");
+            if !sources.contains(&line) {
+                sources.push(line);
+            }
+        }
+    }
+    if !sources.is_empty() {
+        let _ = write!(out, "; download: {}", sources.join(", "));
+    }
+    let _ = write!(
+        out,
+        "; `{tool} data fetch {} --data-dir {}` downloads, verifies and unpacks it there; to use \
+         files you already have elsewhere, pass --data-dir DIR (or set OE_DATA_DIR) to the folder \
+         that holds them (`{tool} data show {}` lists the layout)",
+        m.name,
+        root.display(),
+        m.name
+    );
+    out
+}
+
+/// The report lines of one dataset's verification (`data verify`, both wings).
+pub fn verify_lines(r: &fetch::VerifyReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}:", r.name);
+    for (p, s, req) in &r.files {
+        let st = match s {
+            fetch::FileStatus::Verified => "checksum ok".to_string(),
+            fetch::FileStatus::Unchecked => "present (checked by counts)".to_string(),
+            fetch::FileStatus::Mismatch { expected, actual } => {
+                format!("CHECKSUM MISMATCH: expected {expected}, got {actual}")
+            }
+            fetch::FileStatus::Missing if *req => "MISSING".to_string(),
+            fetch::FileStatus::Missing => "absent (optional)".to_string(),
+        };
+        let _ = writeln!(out, "  {p}: {st}");
+    }
+    match &r.counts {
+        Ok(lines) => lines.iter().for_each(|l| {
+            let _ = writeln!(out, "  counts {l}");
+        }),
+        Err(e) => {
+            let _ = writeln!(out, "  COUNTS FAILED: {e}");
+        }
+    }
+    out
+}

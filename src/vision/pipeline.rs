@@ -279,7 +279,6 @@ pub fn sample(set: &ImageSet, n: usize) -> ImageSet {
 
 /// `oe-vision train`.
 pub fn run_train(req: &VisionTrainRequest, obs: &mut dyn Observer) -> Result<VisionOutcome> {
-    let _lock = rundir::RunLock::acquire(&req.out_dir, "oe-vision train")?;
     obs.status(&format!(
         "loading {} from {}",
         req.in_dataset,
@@ -334,6 +333,8 @@ pub fn run_train(req: &VisionTrainRequest, obs: &mut dyn Observer) -> Result<Vis
         &req.eval,
         obs,
     )?;
+    // Data first, then the run directory: a missing dataset or a typo leaves nothing behind.
+    let _lock = rundir::RunLock::acquire(&req.out_dir, "oe-vision train")?;
     if let Some(src) = &oe_src {
         let steps = train_set.len().div_ceil(req.oe.batch_size.max(1));
         let oe_steps = src.len().div_ceil(req.oe.oe_batch_size.max(1));
@@ -427,7 +428,7 @@ pub fn run_train(req: &VisionTrainRequest, obs: &mut dyn Observer) -> Result<Vis
             req.calibrate,
         )?;
         if let Some(why) = &r.calibration_skipped {
-            obs.status(&format!("warning: {name}: {why}"));
+            obs.warning(&format!("{name}: {why}"));
         }
         obs.status(&format!("{name}: results in {}", out.display()));
         reports.push((name.clone(), r));
@@ -518,7 +519,7 @@ pub fn run_eval(req: &VisionEvalRequest, obs: &mut dyn Observer) -> Result<Visio
         req.calibrate,
     )?;
     if let Some(why) = &report.calibration_skipped {
-        obs.status(&format!("warning: {why}"));
+        obs.warning(why);
     }
     let table = crate::results::vision_comparison_table(
         m.config.in_name(),

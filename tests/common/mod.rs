@@ -1,5 +1,6 @@
 //! Generated fixtures shared by the integration tests: labelled CSV splits and one-text-per-line
-//! files, small enough to train on in seconds, and the training request that uses them.
+//! files, small enough to train on in seconds, and the training request that uses them; a loopback
+//! HTTP file server for download tests.
 #![allow(dead_code)] // each test crate uses part of this module
 
 use oe::eval::EvalConfig;
@@ -7,7 +8,7 @@ use oe::text::models::ModelConfig;
 use oe::text::pipeline::TrainRequest;
 use oe::text::train::TrainConfig;
 use oe::train::Method;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const WORDS: &[&str] = &[
     "the", "good", "fine", "great", "movie", "bad", "awful", "poor", "film", "plot", "actor",
@@ -107,3 +108,77 @@ pub fn check(out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Serves `root` over HTTP on 127.0.0.1: `/good/<p>` the file, `/corrupt/<p>` with one byte
+/// flipped, `/truncate/<p>` half the bytes with the full Content-Length, anything else 404.
+pub fn serve(root: PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let (mode, rel) = path[1..].split_once('/').unwrap_or(("", ""));
+                let file = root.join(rel);
+                match (mode, std::fs::read(&file)) {
+                    ("good" | "corrupt" | "truncate", Ok(mut b)) if !rel.contains("..") => {
+                        let len = b.len();
+                        if mode == "corrupt" {
+                            b[len / 2] ^= 0x20;
+                        }
+                        if mode == "truncate" {
+                            b.truncate(len / 2);
+                        }
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = s.write_all(&b);
+                    }
+                    _ => {
+                        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found");
+                    }
+                }
+                let _ = s.flush();
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Fails when any `.oe-*` temporary or staging file is left under `dir`.
+pub fn no_leftovers(dir: &Path) {
+    for e in walk(dir) {
+        let n = e.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!n.starts_with(".oe-"), "leftover {}", e.display());
+    }
+}
+
+/// Every path under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.clone());
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+        }
+    }
+    out
+}
+

@@ -1,7 +1,7 @@
 //! The text data commands (`oe-text data list | show NAME | fetch NAME... | verify [NAME...] |
 //! bench`): what they report is returned as text for the binary to print.
 
-use crate::datasets::fetch::{self, FetchOptions, Fetched, FileStatus};
+use crate::datasets::fetch::{self, FetchOptions, Fetched};
 use crate::datasets::manifest::{self, Role};
 use crate::error::Result;
 use std::path::Path;
@@ -163,23 +163,7 @@ pub fn run_data(root: &Path, req: &DataRequest) -> Result<DataOutput> {
             let mut bad = Vec::new();
             for m in ms {
                 let r = fetch::verify_dataset(m, &root, &super::check_loader_counts)?;
-                say!(out, "{}:", m.name);
-                for (p, s, req) in &r.files {
-                    let st = match s {
-                        FileStatus::Verified => "sha256 ok".to_string(),
-                        FileStatus::Unchecked => "present (checked by counts)".to_string(),
-                        FileStatus::Mismatch { expected, actual } => {
-                            format!("SHA256 MISMATCH: expected {expected}, got {actual}")
-                        }
-                        FileStatus::Missing if *req => "MISSING".to_string(),
-                        FileStatus::Missing => "absent (optional)".to_string(),
-                    };
-                    say!(out, "  {p}: {st}");
-                }
-                match &r.counts {
-                    Ok(lines) => lines.iter().for_each(|l| say!(out, "  counts {l}")),
-                    Err(e) => say!(out, "  COUNTS FAILED: {e}"),
-                }
+                out += &crate::datasets::verify_lines(&r);
                 if !r.ok() {
                     bad.push(m.name.clone());
                 }

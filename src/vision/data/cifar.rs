@@ -195,12 +195,15 @@ pub fn load(root: &Path, which: Cifar, train: bool) -> Result<ImageSet> {
     } else if bin.is_dir() {
         (false, bin, which.binary_files(train))
     } else {
+        let help = super::manifests::find(which.name())
+            .map(|m| crate::datasets::how_to_get(m, root, "oe-vision"))
+            .unwrap_or_default();
         return Err(OeError::Data(format!(
-            "{}: neither {} nor {} found (run `oe-vision data show {}` for the files)",
+            "{}: neither {} nor {} found under the data root {}; {help}",
             which.name(),
             py.display(),
             bin.display(),
-            which.name()
+            root.display(),
         )));
     };
     let mut pixels = Vec::new();

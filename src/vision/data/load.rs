@@ -141,6 +141,7 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &InOptions) -> Result
         }
         "svhn" => {
             let d = svhn_dir(root);
+            missing_help("svhn", root, &[d.join("train_32x32.mat"), d.join("test_32x32.mat")])?;
             let mut train = mat::load_svhn(&d.join("train_32x32.mat"), "svhn-train")?;
             let extra = d.join("extra_32x32.mat");
             if opts.svhn_extra && extra.is_file() {
@@ -151,10 +152,21 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &InOptions) -> Result
                 mat::load_svhn(&d.join("test_32x32.mat"), "svhn-test")?,
             )
         }
-        "tinyimagenet" | "tiny-imagenet" => (
-            tinyimagenet::load(root, true)?,
-            tinyimagenet::load(root, false)?,
-        ),
+        "tinyimagenet" | "tiny-imagenet" => {
+            let m = super::manifests::find("tinyimagenet");
+            if m.is_some_and(|m| !crate::datasets::present(m, root)) {
+                if let Err(e) = tinyimagenet::load(root, false) {
+                    let help = m
+                        .map(|m| crate::datasets::how_to_get(m, root, "oe-vision"))
+                        .unwrap_or_default();
+                    return Err(OeError::Data(format!("tinyimagenet: {e}; {help}")));
+                }
+            }
+            (
+                tinyimagenet::load(root, true)?,
+                tinyimagenet::load(root, false)?,
+            )
+        }
         spec => {
             let f = FolderSpec::parse(spec)?;
             let p = f.path.as_path();
@@ -204,6 +216,26 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &InOptions) -> Result
         train,
         test,
     })
+}
+
+/// An error saying how to get dataset `name` when any of `files` is absent.
+fn missing_help(name: &str, root: &Path, files: &[PathBuf]) -> Result<()> {
+    let absent: Vec<String> = files
+        .iter()
+        .filter(|f| !f.is_file())
+        .map(|f| f.display().to_string())
+        .collect();
+    if absent.is_empty() {
+        return Ok(());
+    }
+    let help = super::manifests::find(name)
+        .map(|m| crate::datasets::how_to_get(m, root, "oe-vision"))
+        .unwrap_or_default();
+    Err(OeError::Data(format!(
+        "{name}: {} not found under the data root {}; {help}",
+        absent.join(", "),
+        root.display()
+    )))
 }
 
 /// Held-out validation indices for calibration (README, "The paper's protocol: vision"): CIFAR the last 10% by index,

@@ -2,8 +2,10 @@
 //! [`crate::datasets::manifest::parse_manifest`]). Kept apart from the text list so the text data
 //! commands never try to load or fetch images.
 
+use crate::datasets::fetch::{self, DownloadProgress, FetchOptions, Fetched};
 use crate::datasets::manifest::{compare_count, CountEntry, Manifest};
-use crate::error::Result;
+use crate::error::{OeError, Result};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The embedded vision manifests (file stem, TOML text).
@@ -45,27 +47,136 @@ pub fn check_count(dataset: &str, split: &str, n: usize) -> Result<()> {
 #[derive(Clone, Debug)]
 pub enum DataRequest {
     List {
-        root: std::path::PathBuf,
+        root: PathBuf,
     },
     Show {
-        root: std::path::PathBuf,
+        root: PathBuf,
         name: String,
+    },
+    /// Download, verify (published checksums, else the loaders' counts) and unpack.
+    Fetch {
+        root: PathBuf,
+        names: Vec<String>,
+        all: bool,
+        /// Overrides `$OE_DATA_MIRROR`.
+        mirror: Option<String>,
+        progress: Option<DownloadProgress>,
+    },
+    /// Re-check files (checksums) and counts; every dataset present when `names` is empty.
+    Verify {
+        root: PathBuf,
+        names: Vec<String>,
     },
 }
 
-/// Runs `oe-vision data list | show NAME`; returns the text to print.
-pub fn run_data(req: &DataRequest) -> Result<String> {
-    match req {
-        DataRequest::List { root } => Ok(crate::datasets::list(all(), root)),
-        DataRequest::Show { root, name } => {
-            let m = find(name).ok_or_else(|| {
-                let names: Vec<&str> = all().iter().map(|m| m.name.as_str()).collect();
-                crate::error::OeError::Config(format!(
-                    "unknown image dataset `{name}` (known: {})",
-                    names.join(", ")
-                ))
-            })?;
-            Ok(crate::datasets::describe(m, root))
+/// What a data command printed, and the datasets that failed verification.
+#[derive(Clone, Debug, Default)]
+pub struct DataOutput {
+    pub text: String,
+    /// The command fails after printing when this is not empty.
+    pub failed: Vec<String>,
+}
+
+/// A vision manifest by name, or an error listing the known ones.
+pub fn get(name: &str) -> Result<&'static Manifest> {
+    find(name).ok_or_else(|| {
+        let names: Vec<&str> = all().iter().map(|m| m.name.as_str()).collect();
+        OeError::Config(format!(
+            "unknown image dataset `{name}` (known: {})",
+            names.join(", ")
+        ))
+    })
+}
+
+/// The loaders' check of a dataset's files under `root` (a staging folder while fetching): the
+/// in-distribution datasets are loaded and their split sizes compared with the manifest (a
+/// mismatch is an error); other sets count their images.
+pub fn check_loader_counts(m: &Manifest, root: &Path) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    if super::IN_NAMES.contains(&m.name.as_str()) {
+        let opts = super::InOptions {
+            svhn_extra: true,
+            ..Default::default()
+        };
+        let d = super::load_in_distribution(&m.name, root, &opts)?;
+        for (split, n) in [("train", d.train.len()), ("test", d.test.len())] {
+            if let Some(c) = expected(&m.name, split) {
+                if c.count != n && c.strict {
+                    return Err(OeError::Data(format!(
+                        "{} {split}: {n} images, the manifest expects {}",
+                        m.name, c.count
+                    )));
+                }
+            }
+            lines.push(format!("{} {split}: {n} images", m.name));
+        }
+    } else {
+        for f in m.files.iter().filter(|f| root.join(&f.path).exists()) {
+            lines.push(format!("{}: present", f.path));
         }
     }
+    Ok(lines)
+}
+
+/// Runs `oe-vision data list | show | fetch | verify`; returns the text to print.
+pub fn run_data(req: &DataRequest) -> Result<DataOutput> {
+    let mut out = DataOutput::default();
+    match req {
+        DataRequest::List { root } => out.text = crate::datasets::list(all(), root),
+        DataRequest::Show { root, name } => {
+            out.text = crate::datasets::describe(get(name)?, root)
+        }
+        DataRequest::Fetch {
+            root,
+            names,
+            all: every,
+            mirror,
+            progress,
+        } => {
+            let mut opts = FetchOptions::from_env();
+            opts.all = *every;
+            opts.progress = progress.clone();
+            if mirror.is_some() {
+                opts.mirror = mirror.clone();
+            }
+            for n in names {
+                let m = get(n)?;
+                for r in fetch::fetch_dataset(m, root, &opts, &check_loader_counts)? {
+                    let line = match r {
+                        Fetched::AlreadyPresent(p) => format!("{}: {p}: present", m.name),
+                        Fetched::Downloaded(p) => {
+                            format!("{}: {p}: downloaded and verified", m.name)
+                        }
+                        Fetched::Skipped(p, why) => format!("{}: {p}: skipped ({why})", m.name),
+                    };
+                    out.text.push_str(&line);
+                    out.text.push('\n');
+                }
+            }
+        }
+        DataRequest::Verify { root, names } => {
+            if !root.is_dir() {
+                return Err(OeError::Data(format!(
+                    "data root {} does not exist",
+                    root.display()
+                )));
+            }
+            let ms: Vec<&Manifest> = if names.is_empty() {
+                all()
+                    .iter()
+                    .filter(|m| crate::datasets::present(m, root))
+                    .collect()
+            } else {
+                names.iter().map(|n| get(n)).collect::<Result<_>>()?
+            };
+            for m in ms {
+                let r = fetch::verify_dataset(m, root, &check_loader_counts)?;
+                out.text.push_str(&crate::datasets::verify_lines(&r));
+                if !r.ok() {
+                    out.failed.push(m.name.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
 }
