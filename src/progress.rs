@@ -131,7 +131,9 @@ impl Observer for Progress {
 
     fn epoch_end(&mut self, phase: &str, _epoch: usize, s: &EpochSummary) {
         let wait = match s.data_wait_seconds {
-            Some(w) if s.seconds > 0.0 => format!(", waited {:.0}% for data", 100.0 * w / s.seconds),
+            Some(w) if s.seconds > 0.0 => {
+                format!(", waited {:.0}% for data", 100.0 * w / s.seconds)
+            }
             _ => String::new(),
         };
         let line = format!(

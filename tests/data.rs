@@ -1,10 +1,10 @@
 //! Integration tests of the data layer: real data from `../shared/data` (skipped with a printed
 //! reason when absent), loopback downloads, malformed inputs.
 
+use crate::common::{no_leftovers, serve};
 use oe::datasets::{fetch, manifest};
 use oe::text::data::{self, TextOptions};
 use oe::text::tokenize::{LabelVocab, WordVocab};
-use crate::common::{no_leftovers, serve};
 use std::path::{Path, PathBuf};
 
 fn shared_data() -> Option<PathBuf> {

@@ -1010,7 +1010,8 @@ fn pipeline_trains_and_evaluates_on_the_cifar10_jpeg_folder() {
     assert_eq!(ev.results_dir, run.join("oe/eval-msp-paper"));
     assert_eq!(ev.report.detection.sets.len(), 3);
     assert!(
-        ev.table.starts_with(&format!("{}: FPR95", tgz.canonicalize().unwrap().display())),
+        ev.table
+            .starts_with(&format!("{}: FPR95", tgz.canonicalize().unwrap().display())),
         "{}",
         ev.table
     );
@@ -1223,7 +1224,10 @@ fn folder_specs_select_classes_and_split_by_seed() {
         .labelled(32)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no class folder `horse`") && e.contains("cat, dog, frog, ship"), "{e}");
+    assert!(
+        e.contains("no class folder `horse`") && e.contains("cat, dog, frog, ship"),
+        "{e}"
+    );
     // The in-distribution split: a seeded fifth is the test split, reproducible, disjoint.
     let opts = |seed| data::InOptions {
         split_seed: seed,
@@ -1250,7 +1254,10 @@ fn folder_specs_select_classes_and_split_by_seed() {
     // Recorded specs are absolute, with their selection.
     let rel = std::env::current_dir().unwrap();
     let abs = data::absolute_spec(&format!("{r}#cat+dog"));
-    assert!(Path::new(abs.split('#').next().unwrap()).is_absolute(), "{abs} (cwd {rel:?})");
+    assert!(
+        Path::new(abs.split('#').next().unwrap()).is_absolute(),
+        "{abs} (cwd {rel:?})"
+    );
     assert!(abs.ends_with("#cat+dog"));
     assert_eq!(data::absolute_spec("cifar10"), "cifar10");
     assert_eq!(
@@ -1361,7 +1368,10 @@ fn cifar100_fetch_downloads_verifies_and_unpacks_from_a_loopback_server() {
     )
     .unwrap();
     assert_eq!(r.len(), 3, "{r:?}");
-    assert!(r.iter().all(|x| matches!(x, fetch::Fetched::Downloaded(_))), "{r:?}");
+    assert!(
+        r.iter().all(|x| matches!(x, fetch::Fetched::Downloaded(_))),
+        "{r:?}"
+    );
     common::no_leftovers(root.path());
     let train = cifar::load(root.path(), cifar::Cifar::C100, true).unwrap();
     let test = cifar::load(root.path(), cifar::Cifar::C100, false).unwrap();
@@ -1377,12 +1387,18 @@ fn cifar100_fetch_downloads_verifies_and_unpacks_from_a_loopback_server() {
         &data::manifests::check_loader_counts,
     )
     .unwrap();
-    assert!(r.iter().all(|x| matches!(x, fetch::Fetched::AlreadyPresent(_))), "{r:?}");
+    assert!(
+        r.iter()
+            .all(|x| matches!(x, fetch::Fetched::AlreadyPresent(_))),
+        "{r:?}"
+    );
 }
 
 fn oe_vision(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_oe-vision"));
-    c.args(args).env_remove("OE_DATA_MIRROR").env_remove("OE_DATA_DIR");
+    c.args(args)
+        .env_remove("OE_DATA_MIRROR")
+        .env_remove("OE_DATA_DIR");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -1419,7 +1435,10 @@ fn missing_cifar100_says_what_where_and_how_and_fetch_checks_the_published_md5()
     ] {
         assert!(e.contains(want), "missing {want:?} in: {e}");
     }
-    assert!(!run.exists(), "no run directory for a run that could not start");
+    assert!(
+        !run.exists(),
+        "no run directory for a run that could not start"
+    );
     // A mirror with another archive under the canonical name: the published MD5 refuses it.
     let srv = tmp();
     cifar100_archive(&srv.path().join("cifar-100-python.tar.gz"), 4, 2);
@@ -1448,7 +1467,10 @@ fn missing_cifar100_says_what_where_and_how_and_fetch_checks_the_published_md5()
     let o = oe_vision(&["data", "verify", "cifar100", "--data-dir", &r], &[]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("MISSING"));
-    let o = oe_vision(&["data", "verify", "--data-dir", "/nonexistent/oe-root"], &[]);
+    let o = oe_vision(
+        &["data", "verify", "--data-dir", "/nonexistent/oe-root"],
+        &[],
+    );
     assert!(!o.status.success());
 }
 

@@ -77,7 +77,11 @@ fn run() -> anyhow::Result<()> {
                     r.batch, r.oe_batch, r.train_ips, r.train_step_ms
                 );
                 if let Some(p) = r.train_pipeline_ips {
-                    println!("  train with CPU augmentation + prefetch: {p:.0} images/s");
+                    println!(
+                        "  train with CPU augmentation + prefetch ({}): {p:.0} images/s, waited {:.1}% of the time for data",
+                        r.pipeline_data.as_deref().unwrap_or("synthetic"),
+                        100.0 * r.data_wait_share.unwrap_or(0.0)
+                    );
                 }
                 println!(
                     "  eval (batch {}): {:.0} images/s",

@@ -368,6 +368,15 @@ pub struct BenchArgs {
     /// Skip the run with CPU augmentation and prefetching.
     #[arg(long)]
     pub no_pipeline: bool,
+    /// The pipeline run's images: a dataset spec as --in takes (its training split; default:
+    /// synthetic).
+    #[arg(long, value_name = "SPEC")]
+    pub data: Option<String>,
+    /// The pipeline run's outliers: a spec as --oe takes (default: synthetic).
+    #[arg(long, value_name = "SPEC")]
+    pub oe_data: Option<String>,
+    #[command(flatten)]
+    pub data_dir: DataDirArgs,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -388,6 +397,9 @@ impl BenchArgs {
             steps: self.steps,
             eval_steps: self.eval_steps,
             pipeline: !self.no_pipeline,
+            data: self.data.clone(),
+            oe_data: self.oe_data.clone(),
+            data_root: self.data_dir.root(),
         }
     }
 }

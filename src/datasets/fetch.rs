@@ -617,11 +617,23 @@ mod tests {
         };
         let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
         assert_eq!(
-            download_to(&url, &d.path().join("a/b.txt"), Expected::sha256(Some(good)), &opts).unwrap(),
+            download_to(
+                &url,
+                &d.path().join("a/b.txt"),
+                Expected::sha256(Some(good)),
+                &opts
+            )
+            .unwrap(),
             good
         );
         let bad = "0".repeat(64);
-        assert!(download_to(&url, &d.path().join("c.txt"), Expected::sha256(Some(&bad)), &opts).is_err());
+        assert!(download_to(
+            &url,
+            &d.path().join("c.txt"),
+            Expected::sha256(Some(&bad)),
+            &opts
+        )
+        .is_err());
         assert!(!d.path().join("c.txt").exists());
         let left: Vec<_> = std::fs::read_dir(d.path())
             .unwrap()

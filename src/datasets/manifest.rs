@@ -171,7 +171,10 @@ pub fn parse_manifest(src: &str, origin: &str) -> Result<Manifest> {
             }
         }
         if !f.md5.as_deref().is_none_or(is_md5) {
-            return Err(OeError::Data(format!("manifest {origin}: {}: bad md5", f.path)));
+            return Err(OeError::Data(format!(
+                "manifest {origin}: {}: bad md5",
+                f.path
+            )));
         }
         if let Some(a) = &f.archive {
             if !m.archives.iter().any(|x| &x.id == a) {
@@ -196,7 +199,10 @@ pub fn parse_manifest(src: &str, origin: &str) -> Result<Manifest> {
     }
     for a in &m.archives {
         if !a.md5.as_deref().is_none_or(is_md5) {
-            return Err(OeError::Data(format!("manifest {origin}: archive {}: bad md5", a.id)));
+            return Err(OeError::Data(format!(
+                "manifest {origin}: archive {}: bad md5",
+                a.id
+            )));
         }
     }
     Ok(m)

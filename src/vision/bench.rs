@@ -1,7 +1,11 @@
 //! Throughput benchmark (`oe-vision bench`): images per second of WRN training steps (128
 //! in-distribution + 256 outlier images in one forward pass, SGD Nesterov) and of evaluation
-//! forward passes (batches of 200), on synthetic 32×32 data. `experiments/gpu_bench.sh` runs it next
-//! to the same steps in PyTorch (`experiments/gpu_bench_torch.py`).
+//! forward passes (batches of 200). The step alone runs on inputs already on the device; the
+//! pipeline run adds CPU augmentation (flip + crop) and prefetching on a background thread, on
+//! synthetic images or on real ones (`data` / `oe_data`: the training split decoded once, the
+//! outliers decoded on demand as `oe-vision train` does), and reports the share of the time the
+//! model waited for data. `experiments/gpu_bench.sh` and `experiments/bench_vision.sh` run it next
+//! to the same steps in PyTorch.
 
 use super::augment::{with_prefetch, Preset, StepPlan};
 use super::data::ImageSet;
@@ -27,6 +31,12 @@ pub struct BenchConfig {
     pub eval_steps: usize,
     /// Also time the full pipeline (CPU augmentation + prefetch + step).
     pub pipeline: bool,
+    /// The pipeline's in-distribution images: a dataset spec (its training split), or synthetic.
+    pub data: Option<String>,
+    /// The pipeline's outliers: an outlier source spec, or synthetic.
+    pub oe_data: Option<String>,
+    /// Data root for named datasets.
+    pub data_root: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -40,6 +50,12 @@ pub struct BenchResult {
     pub train_ips: f64,
     /// The same with CPU-side augmentation and prefetching (None when not run).
     pub train_pipeline_ips: Option<f64>,
+    /// Share of the pipeline run's time spent waiting for the next batch (0 = data kept up).
+    pub data_wait_share: Option<f64>,
+    /// What the pipeline run read: `synthetic`, or the specs.
+    pub pipeline_data: Option<String>,
+    /// Seconds to load (decode) the pipeline's in-distribution images.
+    pub load_seconds: Option<f64>,
     /// Evaluation images per second (forward in eval mode, logits to the CPU).
     pub eval_ips: f64,
     pub train_step_ms: f64,
@@ -89,7 +105,8 @@ pub fn run(cfg: &BenchConfig, device: Device) -> Result<BenchResult> {
     let per_step = (cfg.batch + cfg.oe_batch) as f64;
     let train_ips = per_step * cfg.steps as f64 / train_s;
 
-    let train_pipeline_ips = if cfg.pipeline {
+    let mut load_seconds = None;
+    let pipeline = if cfg.pipeline {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let mk = |n: usize, rng: &mut rand_chacha::ChaCha8Rng, labelled: bool| ImageSet {
             name: "synthetic".into(),
@@ -103,38 +120,68 @@ pub fn run(cfg: &BenchConfig, device: Device) -> Result<BenchResult> {
             },
             classes: (0..cfg.classes).map(|c| c.to_string()).collect(),
         };
-        let in_set = mk(cfg.batch * 8, &mut rng, true);
-        let oe_set = mk(cfg.oe_batch.max(1) * 8, &mut rng, false);
-        let plan = |s: usize| StepPlan {
+        let t_load = Instant::now();
+        let in_set = match &cfg.data {
+            Some(spec) => {
+                let d =
+                    super::data::load_in_distribution(spec, &cfg.data_root, &Default::default())?;
+                if d.train.classes.len() as i64 > cfg.classes {
+                    return Err(OeError::Config(format!(
+                        "{spec} has {} classes; pass --classes {}",
+                        d.train.classes.len(),
+                        d.train.classes.len()
+                    )));
+                }
+                d.train
+            }
+            None => mk(cfg.batch * 8, &mut rng, true),
+        };
+        if cfg.data.is_some() {
+            load_seconds = Some(t_load.elapsed().as_secs_f64());
+        }
+        let oe_src: Box<dyn super::data::ImageSource> = match &cfg.oe_data {
+            Some(spec) => super::data::load_oe_source(spec, &cfg.data_root, 32)?,
+            None => Box::new(mk(cfg.oe_batch.max(1) * 8, &mut rng, false)),
+        };
+        // Seeded random batches, as an epoch's shuffle would draw them.
+        let plan = |s: usize, rng: &mut rand_chacha::ChaCha8Rng| StepPlan {
             step: s,
             in_idx: (0..cfg.batch)
-                .map(|i| (s * cfg.batch + i) % in_set.len())
+                .map(|_| rng.gen_range(0..in_set.len()))
                 .collect(),
             out_idx: (cfg.oe_batch > 0).then(|| {
                 (0..cfg.oe_batch)
-                    .map(|i| (s * cfg.oe_batch + i) % oe_set.len())
+                    .map(|_| rng.gen_range(0..oe_src.len()))
                     .collect()
             }),
             seed: s as u64,
         };
-        let plans: Vec<StepPlan> = (0..cfg.warmup.min(3) + cfg.steps).map(plan).collect();
+        let warm = cfg.warmup.min(3);
+        let plans: Vec<StepPlan> = (0..warm + cfg.steps).map(|s| plan(s, &mut rng)).collect();
         let aug = Preset::Cifar.train_aug();
         let oe_aug = Preset::Cifar.oe_aug();
-        let warm = cfg.warmup.min(3);
-        let secs = with_prefetch(
+        let (secs, waited) = with_prefetch(
             plans,
             3,
             &in_set,
             &aug,
-            Some((&oe_set, &oe_aug)),
-            |it| -> Result<f64> {
+            Some((oe_src.as_ref(), &oe_aug)),
+            |it| -> Result<(f64, f64)> {
                 let mut t0 = Instant::now();
-                for (k, p) in it.enumerate() {
+                let mut waited = 0.0;
+                let mut k = 0;
+                loop {
+                    let tw = Instant::now();
+                    let Some(p) = it.next() else { break };
+                    if k > warm {
+                        waited += tw.elapsed().as_secs_f64();
+                    }
                     let p = p?;
                     if k == warm {
                         sync(device);
                         t0 = Instant::now();
                     }
+                    k += 1;
                     let xo = p.x_out.map(|x| x.to_device(device));
                     let _ = train_step(
                         &model,
@@ -147,10 +194,18 @@ pub fn run(cfg: &BenchConfig, device: Device) -> Result<BenchResult> {
                     );
                 }
                 sync(device);
-                Ok(t0.elapsed().as_secs_f64())
+                Ok((t0.elapsed().as_secs_f64(), waited))
             },
         )?;
-        Some(per_step * cfg.steps as f64 / secs)
+        let what = match (&cfg.data, &cfg.oe_data) {
+            (None, None) => "synthetic".to_string(),
+            (d, o) => format!(
+                "in {} / outliers {}",
+                d.as_deref().unwrap_or("synthetic"),
+                o.as_deref().unwrap_or("synthetic")
+            ),
+        };
+        Some((per_step * cfg.steps as f64 / secs, waited / secs, what))
     } else {
         None
     };
@@ -177,7 +232,10 @@ pub fn run(cfg: &BenchConfig, device: Device) -> Result<BenchResult> {
         oe_batch: cfg.oe_batch,
         eval_batch: cfg.eval_batch,
         train_ips,
-        train_pipeline_ips,
+        train_pipeline_ips: pipeline.as_ref().map(|p| p.0),
+        data_wait_share: pipeline.as_ref().map(|p| p.1),
+        pipeline_data: pipeline.map(|p| p.2),
+        load_seconds,
         eval_ips,
         train_step_ms: train_s * 1000.0 / cfg.steps as f64,
     })

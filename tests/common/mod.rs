@@ -181,4 +181,3 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
-

@@ -193,10 +193,7 @@ impl FolderSpec {
         }
         match spec.rsplit_once('#') {
             Some((path, list)) => {
-                let classes: Vec<String> = list
-                    .split('+')
-                    .map(|c| c.trim().to_string())
-                    .collect();
+                let classes: Vec<String> = list.split('+').map(|c| c.trim().to_string()).collect();
                 if classes.iter().any(|c| c.is_empty()) {
                     return Err(OeError::Config(format!(
                         "`{spec}`: an empty class name after `#` (classes are joined by `+`: PATH#cat+dog)"

@@ -141,7 +141,11 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &InOptions) -> Result
         }
         "svhn" => {
             let d = svhn_dir(root);
-            missing_help("svhn", root, &[d.join("train_32x32.mat"), d.join("test_32x32.mat")])?;
+            missing_help(
+                "svhn",
+                root,
+                &[d.join("train_32x32.mat"), d.join("test_32x32.mat")],
+            )?;
             let mut train = mat::load_svhn(&d.join("train_32x32.mat"), "svhn-train")?;
             let extra = d.join("extra_32x32.mat");
             if opts.svhn_extra && extra.is_file() {

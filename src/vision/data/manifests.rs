@@ -123,9 +123,7 @@ pub fn run_data(req: &DataRequest) -> Result<DataOutput> {
     let mut out = DataOutput::default();
     match req {
         DataRequest::List { root } => out.text = crate::datasets::list(all(), root),
-        DataRequest::Show { root, name } => {
-            out.text = crate::datasets::describe(get(name)?, root)
-        }
+        DataRequest::Show { root, name } => out.text = crate::datasets::describe(get(name)?, root),
         DataRequest::Fetch {
             root,
             names,
