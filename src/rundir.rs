@@ -109,6 +109,91 @@ pub fn read_run<T: DeserializeOwned>(dir: &Path, command: &str) -> Result<T> {
     serde_json::from_slice(&bytes).map_err(|e| OeError::parse(&p, e.line(), e.to_string()))
 }
 
+/// Fails when `dir/run.json` (a finished or interrupted run) was made with settings other than
+/// `cfg`'s, naming each difference. Both sides go through `T` (so fields added since have their
+/// defaults on both); what may change between a run and its resume is left out: the tool
+/// version, the data root (the data files' hashes must still match) and the data files' paths.
+pub fn check_same_config<T: Serialize + DeserializeOwned>(
+    dir: &Path,
+    cfg: &T,
+    command: &str,
+) -> Result<()> {
+    if !dir.join(RUN_FILE).is_file() {
+        return Ok(());
+    }
+    let old: T = read_run(dir, command)?;
+    let norm = |v: &T| -> Result<serde_json::Value> {
+        let mut j = serde_json::to_value(v).map_err(|e| OeError::Data(e.to_string()))?;
+        if let Some(o) = j.as_object_mut() {
+            o.remove("tool");
+            o.remove("data_root");
+            if let Some(files) = o.get_mut("data_files").and_then(|f| f.as_array_mut()) {
+                for f in files.iter_mut() {
+                    if let Some(f) = f.as_object_mut() {
+                        f.remove("path");
+                    }
+                }
+            }
+        }
+        Ok(j)
+    };
+    let (a, b) = (norm(&old)?, norm(cfg)?);
+    let mut diffs = Vec::new();
+    json_diff("", &a, &b, &mut diffs);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = diffs.iter().take(8).cloned().collect();
+    Err(OeError::Config(format!(
+        "{} was trained with other settings than this command's: {}{}; run the command it was \
+         made with (see its {RUN_FILE}), or choose another --out",
+        dir.display(),
+        shown.join(", "),
+        if diffs.len() > 8 {
+            format!(" and {} more", diffs.len() - 8)
+        } else {
+            String::new()
+        }
+    )))
+}
+
+/// `path: old → new` for every leaf where `a` and `b` differ.
+fn json_diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                json_diff(
+                    &p,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a == b => {}
+        _ => {
+            let short = |v: &Value| {
+                let s = v.to_string();
+                if s.len() > 60 {
+                    format!("{}…", &s[..s.char_indices().nth(57).map_or(s.len(), |c| c.0)])
+                } else {
+                    s
+                }
+            };
+            out.push(format!("{path} {} → {}", short(a), short(b)));
+        }
+    }
+}
+
 /// `Ok(true)` when `dir` already holds finished weights and `resume` allows keeping them; an error
 /// when they exist without `resume`; `Ok(false)` when the phase still has to be trained.
 pub fn already_trained(

@@ -536,12 +536,64 @@ fn train_and_eval_commands_end_to_end() {
     let again = oe_text()
         .args(["train", "--in"])
         .arg(d)
+        .args(["--ood"])
+        .arg(d.join("ood.txt"))
         .args(["--epochs", "1", "--quiet", "--device", "cpu", "--out"])
         .arg(&run)
         .output()
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    // --resume with other settings is refused, naming them; with the same ones it trains nothing
+    // and keeps the recorded training times (only the evaluation is timed again).
+    let timings = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.join("timings.json")).unwrap()).unwrap()
+    };
+    let before = timings(&run);
+    let resume = |extra: &[&str]| {
+        oe_text()
+            .args(["train", "--in"])
+            .arg(d)
+            .args(["--oe"])
+            .arg(d.join("oe.txt"))
+            .args(["--ood"])
+            .arg(d.join("ood.txt"))
+            .args(["--epochs", "2", "--oe-epochs", "1", "--repeats", "3"])
+            .args(extra)
+            .args(["--device", "cpu", "--quiet", "--resume", "--out"])
+            .arg(&run)
+            .output()
+            .unwrap()
+    };
+    let changed = resume(&["--seed", "2"]);
+    let e = String::from_utf8_lossy(&changed.stderr);
+    assert!(!changed.status.success());
+    assert!(e.contains("other settings") && e.contains("train.seed 1 → 2"), "{e}");
+    common::check(&resume(&[]));
+    let after = timings(&run);
+    let phase = |v: &serde_json::Value, name: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["phase"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+    };
+    for p in ["baseline training", "oe-finetune"] {
+        assert_eq!(phase(&before, p), phase(&after, p), "{p}: kept, not re-timed");
+    }
+    assert_eq!(after.as_array().unwrap().len(), before.as_array().unwrap().len());
+    // A typo in --ood fails before anything is trained.
+    let typo = oe_text()
+        .args(["train", "--in"])
+        .arg(d)
+        .args(["--ood", "snil", "--epochs", "1", "--device", "cpu", "--quiet", "--out"])
+        .arg(d.join("typo-run"))
+        .output()
+        .unwrap();
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("unknown OOD set `snil`"));
+    assert!(!d.join("typo-run").exists(), "nothing written for a run that could not start");
     // ... and the model directory is self-contained for `eval`, here with the clean protocol.
     let ev = oe_text()
         .args(["eval", "--model"])

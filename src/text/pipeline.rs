@@ -83,7 +83,14 @@ fn timing(phase: &str, t0: std::time::Instant, examples: usize) -> PhaseTiming {
     }
 }
 
-/// Trains (or resumes) one model directory. Returns when `model.safetensors` exists.
+/// Reads a `timings.json` written by [`run_train`].
+fn read_timings(path: &Path) -> Result<Vec<PhaseTiming>> {
+    let bytes = std::fs::read(path).map_err(|e| OeError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| OeError::parse(path, e.line(), e.to_string()))
+}
+
+/// Trains (or resumes) one model directory. Returns when `model.safetensors` exists: `true` when
+/// it trained now, `false` when the directory was already finished (`--resume`).
 #[allow(clippy::too_many_arguments)]
 fn train_model_dir(
     dir: &Path,
@@ -96,9 +103,12 @@ fn train_model_dir(
     resume: bool,
     device: Device,
     obs: &mut dyn Observer,
-) -> Result<()> {
+) -> Result<bool> {
+    if resume {
+        rundir::check_same_config(dir, cfg, "oe-text train")?;
+    }
     if already_trained(dir, phase, resume, obs)? {
-        return Ok(());
+        return Ok(false);
     }
     let ckpt_w = dir.join(rundir::CHECKPOINT_WEIGHTS);
     let ckpt_j = dir.join(rundir::CHECKPOINT_STATE);
@@ -157,7 +167,8 @@ fn train_model_dir(
         obs,
         &mut save,
     )?;
-    rundir::finish_phase(dir, &state, |p| train::save_weights(&vs, p), &[])
+    rundir::finish_phase(dir, &state, |p| train::save_weights(&vs, p), &[])?;
+    Ok(true)
 }
 
 /// Loads the OOD sets named (or all present) with the paper's preprocessing.
@@ -272,7 +283,6 @@ fn calibrate_after_training(
 
 /// `oe-text train`: baseline, then OE (fine-tune or from scratch), then evaluation of both.
 pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutcome> {
-    let _lock = rundir::RunLock::acquire(&req.out_dir, "oe-text train")?;
     obs.status(&format!(
         "loading {} from {}",
         req.in_dataset,
@@ -340,8 +350,21 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
             .iter()
             .map(|p| rundir::DataFile::of(p))
             .collect::<Result<Vec<_>>>()?;
+    // Every OOD set is read before any training, so a typo in --ood costs nothing.
+    let ood = if req.evaluate {
+        Some(load_ood_inputs(
+            req.ood_sets.as_deref(),
+            &req.data_root,
+            &req.text,
+        )?)
+    } else {
+        None
+    };
     let n_prepared = ind.train.len() + ind.test.len() + oe_ids.as_ref().map_or(0, |o| o.len());
     timings.push(timing("data preparation", t_data, n_prepared));
+    // Inputs first, then the run directory: a missing dataset leaves nothing behind.
+    let _lock = rundir::RunLock::acquire(&req.out_dir, "oe-text train")?;
+    let mut trained_now = false;
     let base_cfg = RunConfig {
         header: RunHeader {
             tool: RunHeader::tool(),
@@ -371,16 +394,18 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
     let need_baseline = req.oe_corpus.is_none() || req.oe_method == Method::OeFinetune;
     if need_baseline {
         let t0 = std::time::Instant::now();
-        train_model_dir(
+        if train_model_dir(
             &base_dir, "baseline", &base_cfg, &vocab, &train_set, None, None, req.resume,
             req.device, obs,
-        )?;
+        )? {
+            trained_now = true;
+            timings.push(timing(
+                "baseline training",
+                t0,
+                ind.train.len() * req.baseline.epochs,
+            ));
+        }
         dirs.push(("baseline".to_string(), base_dir.clone()));
-        timings.push(timing(
-            "baseline training",
-            t0,
-            ind.train.len() * req.baseline.epochs,
-        ));
     }
     if let (Some(corpus), Some(oe_ids)) = (&req.oe_corpus, &oe_ids) {
         let oe_dir = req.out_dir.join(oe_dir_name);
@@ -398,7 +423,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
         let init =
             (req.oe_method == Method::OeFinetune).then(|| base_dir.join("model.safetensors"));
         let t0 = std::time::Instant::now();
-        train_model_dir(
+        if train_model_dir(
             &oe_dir,
             req.oe_method.name(),
             &oe_cfg,
@@ -409,22 +434,36 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
             req.resume,
             req.device,
             obs,
-        )?;
+        )? {
+            trained_now = true;
+            timings.push(timing(
+                req.oe_method.name(),
+                t0,
+                ind.train.len() * req.oe.epochs,
+            ));
+        }
         dirs.push((oe_dir_name.to_string(), oe_dir));
-        timings.push(timing(
-            req.oe_method.name(),
-            t0,
-            ind.train.len() * req.oe.epochs,
-        ));
     }
     // One timings file per OE variant, so runs sharing a baseline do not overwrite each other's.
     let timings_file = match &req.oe_dir {
         Some(d) => format!("timings-{d}.json"),
         None => "timings.json".to_string(),
     };
+    // A resume keeps the timings of the phases it did not run (skipped phases are not timed).
+    let timings_path = req.out_dir.join(&timings_file);
+    if !trained_now && timings_path.is_file() {
+        timings = read_timings(&timings_path)?;
+    } else if timings_path.is_file() {
+        let old = read_timings(&timings_path)?;
+        for t in old {
+            if !timings.iter().any(|n| n.phase == t.phase) {
+                timings.push(t);
+            }
+        }
+    }
     let mut reports = Vec::new();
     if !req.evaluate {
-        write_json(&req.out_dir.join(&timings_file), &timings)?;
+        write_json(&timings_path, &timings)?;
         return Ok(TrainOutcome {
             dirs,
             reports,
@@ -440,7 +479,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
     }
     obs.status("evaluating");
     let t_eval = std::time::Instant::now();
-    let ood = load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text)?;
+    let ood = ood.unwrap_or_default();
     for (name, dir) in &dirs {
         let mut m = LoadedModel::load(dir, req.device)?;
         if m.detectors.is_none() {
@@ -479,6 +518,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
                     .sum::<usize>()
         })
         .sum();
+    timings.retain(|t| t.phase != "evaluation");
     timings.push(timing("evaluation", t_eval, scored));
     for t in &timings {
         obs.status(&format!(

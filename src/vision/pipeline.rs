@@ -86,6 +86,9 @@ fn train_model_dir(
     device: Device,
     obs: &mut dyn Observer,
 ) -> Result<()> {
+    if resume {
+        rundir::check_same_config(dir, cfg, "oe-vision train")?;
+    }
     if already_trained(dir, phase, resume, obs)? {
         return Ok(());
     }
