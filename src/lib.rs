@@ -9,6 +9,7 @@
 //! The shared core:
 //! - [`error`]: one error type with file / line constructors.
 //! - [`io`]: atomic writes (with the usual permissions) and score files.
+//! - [`checksum`]: `FILE.sha256` records of the files that define a model, checked on load.
 //! - [`device`]: `--device auto|cpu|cuda|cuda:N` and run-time CUDA loading.
 //! - [`loss`]: the OE loss (cross-entropy to uniform) and the energy-bounded alternative.
 //! - [`metrics`]: AUROC, AUPR, FPR at a TPR level, detection error, calibration; pure Rust.
@@ -33,6 +34,7 @@
 //!
 //! On top: [`cli`], clap argument structs and their validation into requests.
 
+pub mod checksum;
 pub mod cli;
 pub mod cluster;
 pub mod datasets;

@@ -92,10 +92,20 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     crate::io::write_atomic(path, &bytes)
 }
 
+/// Writes `dir/run.json` and its checksum ([`crate::checksum`]).
+pub fn write_run<T: Serialize>(dir: &Path, cfg: &T) -> Result<()> {
+    let p = dir.join(RUN_FILE);
+    write_json(&p, cfg)?;
+    crate::checksum::record(&p)
+}
+
 /// Reads `dir/run.json` as `T`. A missing file says "not a model directory" (and which command
 /// makes one); a file that cannot be read says why (e.g. permission denied); bad JSON names the line.
 pub fn read_run<T: DeserializeOwned>(dir: &Path, command: &str) -> Result<T> {
     let p = dir.join(RUN_FILE);
+    if p.is_file() {
+        crate::checksum::verify(&p)?;
+    }
     let bytes = std::fs::read(&p).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             OeError::Data(format!(

@@ -645,3 +645,85 @@ fn tokenizer_flag_reaches_the_request_and_is_refused_for_minilm() {
     let e = p.t.tokenizer().unwrap_err().to_string();
     assert!(e.contains("MiniLM"), "{e}");
 }
+
+/// A copy of the shared model directory in a fresh temporary folder.
+fn model_copy() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let m = t.path().join("model");
+    std::fs::create_dir_all(&m).unwrap();
+    for e in std::fs::read_dir(model_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, m.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    (t, m)
+}
+
+#[test]
+fn non_finite_scores_are_errors_and_changed_model_files_are_refused() {
+    let (t, m) = model_copy();
+    let input = t.path().join("in.txt");
+    write(&input, "the good movie\nthe bad movie\n");
+    let score = |m: &Path| {
+        oe_text()
+            .arg("score")
+            .arg("--model")
+            .arg(m)
+            .arg(&input)
+            .args(["--device", "cpu", "--threshold", "0", "-o"])
+            .arg(t.path().join("out.tsv"))
+            .output()
+            .unwrap()
+    };
+    common::check(&score(&m));
+    // Every file that defines the model has its sha256 recorded next to it.
+    for f in ["run.json", "model.safetensors"] {
+        let side = std::fs::read_to_string(m.join(format!("{f}.sha256"))).unwrap();
+        assert!(side.ends_with(&format!("  {f}\n")), "{side}");
+    }
+    // A NaN output bias (saved through the library, so its checksum is right): NaN logits must
+    // not pass as in-distribution.
+    {
+        let loaded = LoadedModel::load(&m, Device::Cpu).unwrap();
+        let mut nan = 0;
+        tch::no_grad(|| {
+            for (name, mut v) in loaded.vs.variables() {
+                if name.ends_with("bias") && v.size().len() == 1 {
+                    let _ = v.fill_(f64::NAN);
+                    nan += 1;
+                }
+            }
+        });
+        assert!(nan > 0);
+        oe::train::save_weights(&loaded.vs, &m.join("model.safetensors")).unwrap();
+    }
+    let o = score(&m);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("in.txt line 1") && e.contains("not finite"), "{e}");
+    let st = oe::text::score::score_texts(
+        &LoadedModel::load(&m, Device::Cpu).unwrap(),
+        &["a text".to_string()],
+        &ScoreOptions::default(),
+    );
+    assert!(st.unwrap_err().to_string().contains("not finite"));
+    // A weights file changed after it was written is refused, naming it.
+    let (_t2, m2) = model_copy();
+    let w = m2.join("model.safetensors");
+    let mut b = std::fs::read(&w).unwrap();
+    let n = b.len();
+    b[n - 3] ^= 0x01;
+    std::fs::write(&w, b).unwrap();
+    let o = score(&m2);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(e.contains("model.safetensors") && e.contains("changed or damaged"), "{e}");
+    // So is an edited run.json.
+    let (_t3, m3) = model_copy();
+    let r = m3.join("run.json");
+    let s = std::fs::read_to_string(&r).unwrap().replacen("\"labels\"", "\"labels\" ", 1);
+    std::fs::write(&r, s).unwrap();
+    let e = String::from_utf8_lossy(&score(&m3).stderr).into_owned();
+    assert!(e.contains("run.json") && e.contains("changed or damaged"), "{e}");
+}

@@ -299,12 +299,16 @@ pub fn calibrate(m: &LoadedModel, val: &Validation, score: Score, tpr: f64) -> R
     crate::io::write_atomic(&cp, csv.as_bytes())?;
     let json = serde_json::to_vec_pretty(&cal).map_err(|e| OeError::Data(e.to_string()))?;
     crate::io::write_atomic(&jp, &json)?;
+    crate::checksum::record(&jp)?;
     Ok(cal)
 }
 
 /// Reads the stored calibration of `score` (for `score --threshold auto`).
 pub fn load(dir: &Path, score: &Score) -> Result<Calibration> {
     let (jp, _) = paths(dir, score);
+    if jp.is_file() {
+        crate::checksum::verify(&jp)?;
+    }
     let bytes = std::fs::read(&jp).map_err(|e| {
         OeError::Config(format!(
             "{}: no stored threshold for score `{score}` ({e}); run `oe-text calibrate --model {} --score {score}`",

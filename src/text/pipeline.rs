@@ -147,7 +147,7 @@ fn train_model_dir(
         }
     };
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
-    write_json(&dir.join(rundir::RUN_FILE), cfg)?;
+    rundir::write_run(dir, cfg)?;
     vocab.save_dir(dir)?;
     let method = cfg.header.method;
     let mut save = |s: &CheckpointState, opt: &crate::train::optim::Adam| -> Result<()> {
@@ -703,7 +703,7 @@ pub fn import_weights(
         }
     }
     std::fs::create_dir_all(out_dir).map_err(|e| OeError::io(out_dir, e))?;
-    write_json(&out_dir.join(rundir::RUN_FILE), &cfg)?;
+    rundir::write_run(out_dir, &cfg)?;
     TextEncoder::Word(vocab).save_dir(out_dir)?;
     let bytes = std::fs::read(weights).map_err(|e| OeError::io(weights, e))?;
     crate::io::write_atomic(&out_dir.join("model.safetensors"), &bytes)?;

@@ -201,7 +201,8 @@ pub struct PartialEpoch {
 /// Writes the variables to `path` (`.safetensors`) atomically: temp file in the same directory,
 /// then rename, so a half-written file never carries the final name.
 pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    save_tensors(&named_variables(vs), path)
+    save_tensors(&named_variables(vs), path)?;
+    crate::checksum::record(path)
 }
 
 /// Writes a training checkpoint to `path` atomically: the variables (so `load_weights` reads it) and
@@ -291,6 +292,7 @@ pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
             path.display()
         )));
     }
+    crate::checksum::verify(path)?;
     vs.load(path).map_err(|e| {
         OeError::Data(format!(
             "{}: cannot load weights ({e}); the file is incomplete or from another model shape",

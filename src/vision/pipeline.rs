@@ -124,7 +124,7 @@ fn train_model_dir(
         None => CheckpointState::default(),
     };
     std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
-    write_json(&dir.join(rundir::RUN_FILE), cfg)?;
+    rundir::write_run(dir, cfg)?;
     let mut save = |s: &CheckpointState, sgd: &Sgd| -> Result<()> {
         train::save_weights(&vs, &ckpt_w)?;
         sgd.save(&ckpt_m)?;

@@ -442,7 +442,22 @@ pub fn score_texts(m: &LoadedModel, texts: &[String], opts: &ScoreOptions) -> Re
         out.push(s);
         Ok(())
     })?;
+    if let Some(i) = out.iter().position(|s| !s.score.is_finite()) {
+        return Err(non_finite(&format!("text #{}", i + 1), out[i].score, Some(&texts[i])));
+    }
     Ok(out)
+}
+
+/// A non-finite anomaly score is an error, never an in-distribution verdict: it means the model's
+/// logits are not finite (a damaged model directory, or weights trained to overflow).
+fn non_finite(which: &str, score: f32, text: Option<&str>) -> OeError {
+    let t = text
+        .map(|t| format!("; text: {:?}", t.chars().take(80).collect::<String>()))
+        .unwrap_or_default();
+    OeError::Data(format!(
+        "{which}: the anomaly score is {score} (the model's logits are not finite; is the model \
+         directory damaged?){t}"
+    ))
 }
 
 /// A tokenised record on its way to inference.
@@ -689,6 +704,13 @@ pub fn score_stream(
             Ok((sink.counts, end))
         });
         let mut write = |src: u32, line: u64, s: Scored| -> Result<()> {
+            if !s.score.is_finite() {
+                return Err(non_finite(
+                    &format!("{} line {line}", names[src as usize]),
+                    s.score,
+                    None,
+                ));
+            }
             let p_value = conformal.map(|c| c.p_value(f64::from(s.score)));
             let is_ood = match (opts.alpha, p_value) {
                 (Some(a), Some(p)) => Some(p <= a),
