@@ -137,6 +137,8 @@ pub fn check_same_config<T: Serialize + DeserializeOwned>(
         if let Some(o) = j.as_object_mut() {
             o.remove("tool");
             o.remove("data_root");
+            // Derived from the (hash-checked) data; absent in directories written before it was.
+            o.remove("max_train_tokens");
             if let Some(files) = o.get_mut("data_files").and_then(|f| f.as_array_mut()) {
                 for f in files.iter_mut() {
                     if let Some(f) = f.as_object_mut() {

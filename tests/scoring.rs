@@ -727,3 +727,33 @@ fn non_finite_scores_are_errors_and_changed_model_files_are_refused() {
     let e = String::from_utf8_lossy(&score(&m3).stderr).into_owned();
     assert!(e.contains("run.json") && e.contains("changed or damaged"), "{e}");
 }
+
+#[test]
+fn a_huge_line_is_cut_to_the_longest_training_text() {
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_dir().join("run.json")).unwrap()).unwrap();
+    let cap = cfg["max_train_tokens"].as_u64().unwrap() as usize;
+    // Generated training rows of up to 24 words plus the label's words.
+    assert!((20..=60).contains(&cap), "{cap}");
+    let t = tempfile::tempdir().unwrap();
+    // A 4 MB line (cut to 1 MiB while reading, then to `cap` tokens) and the same line's first
+    // `cap` words on their own: equal scores, and the long one counted as cut.
+    let words: Vec<String> = (0..1_100_000).map(|i| format!("w{}", i % 50)).collect();
+    let long = words.join(" ");
+    assert!(long.len() > 4_000_000);
+    let short = words[..cap].join(" ");
+    write(&t.path().join("in.txt"), format!("{long}\n{short}\n"));
+    let m = load();
+    let mut rows = Rows::default();
+    let counts = score_stream(
+        &m,
+        &[t.path().join("in.txt")],
+        &InputOptions::default(),
+        &ScoreOptions::default(),
+        &mut rows,
+    )
+    .unwrap();
+    assert_eq!(rows.0.len(), 2);
+    assert_eq!(rows.0[0].2, rows.0[1].2, "the long line is scored as its first {cap} tokens");
+    assert_eq!(counts.counts.truncated_tokens, 1, "{:?}", counts.counts);
+}

@@ -58,7 +58,14 @@ pub struct RunConfig {
     /// `tokenizer.json`); none: the word vocabulary, or a pretrained model's own tokenizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<crate::text::tokenize::hf::SubwordConfig>,
+    /// Tokens of the longest training text: `score` and `serve` cut longer texts there by default
+    /// (the model never saw longer ones). Absent in older directories ([`DEFAULT_MAX_SCORE_TOKENS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_train_tokens: Option<usize>,
 }
+
+/// The token cap of scoring for model directories that do not record their longest training text.
+pub const DEFAULT_MAX_SCORE_TOKENS: usize = 4096;
 
 impl RunConfig {
     /// The training this model went through, as results name it.

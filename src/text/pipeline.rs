@@ -387,6 +387,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
         train: req.baseline.clone(),
         holdout: holdout.clone(),
         tokenizer: subword.clone(),
+        max_train_tokens: train_set.ids.iter().map(Vec::len).max(),
     };
     let mut dirs = Vec::new();
     let base_dir = req.out_dir.join("baseline");
@@ -680,6 +681,7 @@ pub fn import_weights(
         train,
         holdout: None,
         tokenizer: None,
+        max_train_tokens: ind.train.texts.iter().map(|t| vocab.encode(t).len()).max(),
     };
     // Check the weights' shapes against the rebuilt vocabulary before copying anything.
     let tensors = tch::Tensor::read_safetensors(weights)

@@ -96,7 +96,14 @@ impl Preprocess {
             cfg.header.in_dataset.as_str(),
             "sst" | "sst-fine" | "sst-phrases" | "sst-fine-phrases"
         );
-        let max_tokens = [cfg.in_fix_len, cfg.model.max_len(), cfg.text.max_tokens]
+        // Every text is cut somewhere: the model's own limits, else the longest training text
+        // (one 4 MB line must not cost gigabytes).
+        let longest = Some(
+            cfg.max_train_tokens
+                .unwrap_or(crate::text::model_dir::DEFAULT_MAX_SCORE_TOKENS)
+                .max(1),
+        );
+        let max_tokens = [cfg.in_fix_len, cfg.model.max_len(), cfg.text.max_tokens, longest]
             .into_iter()
             .flatten()
             .min();
