@@ -757,3 +757,37 @@ fn a_huge_line_is_cut_to_the_longest_training_text() {
     assert_eq!(rows.0[0].2, rows.0[1].2, "the long line is scored as its first {cap} tokens");
     assert_eq!(counts.counts.truncated_tokens, 1, "{:?}", counts.counts);
 }
+
+#[test]
+fn directory_links_are_not_followed_by_default_and_pipes_are_inputs() {
+    use oe::text::score::input::expand_inputs_with;
+    use std::os::unix::fs::symlink;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("tree");
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    write(&root.join("a/x.txt"), "one\n");
+    write(&outside.join("secret.txt"), "two\n");
+    symlink("..", root.join("a/up")).unwrap(); // a loop
+    symlink(&outside, root.join("out")).unwrap(); // out of the tree
+    symlink(outside.join("secret.txt"), root.join("file-link.txt")).unwrap();
+    let got = expand_inputs_with(std::slice::from_ref(&root), false).unwrap();
+    assert_eq!(got, vec![root.join("a/x.txt"), root.join("file-link.txt")]);
+    // Following directory links meets the loop and says so (the old walk scored x.txt 41 times).
+    let e = expand_inputs_with(std::slice::from_ref(&root), true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("loop"), "{e}");
+    // A named pipe given by name (what `<(cmd)` passes) is read like a file.
+    let fifo = t.path().join("pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(&fifo, "the good movie\nthe bad movie\n"))
+    };
+    let (ok, out, err) = run(&["--format", "tsv"], &[&fifo]);
+    writer.join().unwrap().unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "header + 2 rows: {out}");
+}

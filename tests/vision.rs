@@ -1554,3 +1554,13 @@ fn a_typo_in_an_ood_set_fails_before_training() {
     assert!(e.contains("unknown OOD set `textrues`"), "{e}");
     assert!(!run.exists(), "nothing trained, nothing written");
 }
+
+#[test]
+fn image_folders_do_not_follow_directory_links() {
+    let dir = tmp();
+    let root = dir.path().join("imgs");
+    class_folder(&root, &["a"], 2);
+    std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
+    let items = folder::scan(&root).unwrap();
+    assert_eq!(items.len(), 2, "{:?}", items.iter().map(|x| &x.0).collect::<Vec<_>>());
+}

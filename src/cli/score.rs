@@ -99,6 +99,10 @@ pub struct ScoreArgs {
     /// Longest line (or CSV field) read, in bytes; the rest is discarded while reading (bounds memory).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_line_bytes: usize,
+    /// Inside input directories, follow symbolic links to directories too (each once; a loop is
+    /// an error). By default only links to files are followed.
+    #[arg(long)]
+    pub follow_links: bool,
     /// Rows of a batch of short texts.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
@@ -136,6 +140,7 @@ impl ScoreArgs {
             on_bad_record: self.on_bad_record,
             on_empty: self.on_empty,
             on_long: self.on_long,
+            follow_dir_links: self.follow_links,
         })
     }
 

@@ -802,7 +802,7 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
     let inputs = if req.inputs.is_empty() {
         vec![std::path::PathBuf::from(score::input::STDIN)]
     } else {
-        score::input::expand_inputs(&req.inputs)?
+        score::input::expand_inputs_with(&req.inputs, req.input.follow_dir_links)?
     };
     if inputs
         .iter()

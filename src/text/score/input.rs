@@ -91,6 +91,8 @@ pub struct InputOptions {
     pub on_bad_record: OnBadRecord,
     pub on_empty: OnEmpty,
     pub on_long: OnLong,
+    /// Directory inputs: follow links to directories ([`expand_inputs_with`]).
+    pub follow_dir_links: bool,
 }
 
 impl Default for InputOptions {
@@ -103,6 +105,7 @@ impl Default for InputOptions {
             on_bad_record: OnBadRecord::Fail,
             on_empty: OnEmpty::Skip,
             on_long: OnLong::Truncate,
+            follow_dir_links: false,
         }
     }
 }
@@ -179,33 +182,66 @@ pub struct Record {
 pub const STDIN: &str = "-";
 
 /// Expands inputs into files: directories are walked recursively (sorted by path; names starting
-/// with `.` are left out), `-` is standard input. An input that does not exist is an error.
+/// with `.` are left out), `-` is standard input. Named pipes and devices given by name (`<(cmd)`,
+/// `/dev/stdin`) are read as files. Inside directories, symbolic links to files are followed but
+/// links to directories are not (they can lead out of the tree, or around in a loop) unless
+/// `follow_dir_links`, which follows them once each (a directory reached twice is an error naming
+/// the loop). An input that does not exist is an error.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    expand_inputs_with(inputs, false)
+}
+
+/// [`expand_inputs`], choosing whether directory links are followed.
+pub fn expand_inputs_with(inputs: &[PathBuf], follow_dir_links: bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.as_os_str() == STDIN {
             out.push(p.clone());
-        } else if p.is_dir() {
-            walk(p, &mut out)?;
-        } else if p.is_file() {
-            out.push(p.clone());
-        } else {
-            return Err(OeError::Data(format!(
-                "{}: no such file or directory",
-                p.display()
-            )));
+            continue;
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => {
+                let mut seen = std::collections::HashSet::new();
+                walk(p, follow_dir_links, &mut seen, &mut out)?
+            }
+            Ok(_) => out.push(p.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OeError::Data(format!(
+                    "{}: no such file or directory",
+                    p.display()
+                )))
+            }
+            Err(e) => return Err(OeError::io(p, e)),
         }
     }
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+fn walk(
+    dir: &Path,
+    follow: bool,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+    out: &mut Vec<PathBuf>,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).map_err(|e| OeError::io(dir, e))?;
+    if !seen.insert((m.dev(), m.ino())) {
+        return Err(OeError::Data(format!(
+            "{}: a directory link leads back to a directory already read (a loop); remove it or \
+             score without following directory links",
+            dir.display()
+        )));
+    }
+    let mut entries: Vec<(PathBuf, std::fs::FileType)> = std::fs::read_dir(dir)
         .map_err(|e| OeError::io(dir, e))?
-        .map(|e| e.map(|e| e.path()).map_err(|e| OeError::io(dir, e)))
+        .map(|e| {
+            let e = e.map_err(|e| OeError::io(dir, e))?;
+            let ft = e.file_type().map_err(|x| OeError::io(&e.path(), x))?;
+            Ok((e.path(), ft))
+        })
         .collect::<Result<_>>()?;
-    entries.sort();
-    for p in entries {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, ft) in entries {
         let hidden = p
             .file_name()
             .and_then(|n| n.to_str())
@@ -213,9 +249,16 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         if hidden {
             continue;
         }
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.is_file() {
+        if ft.is_dir() {
+            walk(&p, follow, seen, out)?;
+        } else if ft.is_symlink() {
+            // A dangling link is skipped like any other non-file entry.
+            match std::fs::metadata(&p) {
+                Ok(t) if t.is_dir() && follow => walk(&p, follow, seen, out)?,
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        } else if ft.is_file() {
             out.push(p);
         }
     }

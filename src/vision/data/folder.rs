@@ -40,7 +40,8 @@ fn is_archive(p: &Path) -> bool {
     s.ends_with(".tar.gz") || s.ends_with(".tgz") || s.ends_with(".tar")
 }
 
-/// Every image under `root` (a directory, walked recursively, or an archive) as
+/// Every image under `root` (a directory, walked recursively without following links to
+/// directories, or an archive) as
 /// `(relative path with '/' separators, blob)`, sorted by path.
 pub fn scan(root: &Path) -> Result<Vec<(String, Blob)>> {
     let mut out = Vec::new();
@@ -51,9 +52,13 @@ pub fn scan(root: &Path) -> Result<Vec<(String, Blob)>> {
                 let e = e.map_err(|e| OeError::io(&d, e))?;
                 let p = e.path();
                 let ft = e.file_type().map_err(|e| OeError::io(&p, e))?;
-                if ft.is_dir() || (ft.is_symlink() && p.is_dir()) {
+                // Links to directories are not followed (they can lead out of the tree or
+                // around in a loop); links to image files are.
+                if ft.is_dir() {
                     stack.push(p);
-                } else if is_image(&e.file_name().to_string_lossy()) {
+                } else if (ft.is_file() || (ft.is_symlink() && p.is_file()))
+                    && is_image(&e.file_name().to_string_lossy())
+                {
                     let rel = p
                         .strip_prefix(root)
                         .unwrap_or(&p)
