@@ -1564,3 +1564,45 @@ fn image_folders_do_not_follow_directory_links() {
     let items = folder::scan(&root).unwrap();
     assert_eq!(items.len(), 2, "{:?}", items.iter().map(|x| &x.0).collect::<Vec<_>>());
 }
+
+#[test]
+fn an_interrupted_fetch_leaves_no_staging_and_stale_staging_is_removed() {
+    let root = tmp();
+    let r = root.path().to_string_lossy().to_string();
+    let srv = tmp();
+    cifar100_archive(&srv.path().join("cifar-100-python.tar.gz"), 400, 10);
+    let base = common::serve(srv.path().to_path_buf());
+    // A staging folder whose owner is gone (a fetch killed with SIGKILL): removed by the next fetch.
+    let stale = root.path().join(".oe-staging-old");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("owner"), "4194303").unwrap(); // above the kernel's pid_max
+    std::fs::write(stale.join("partial"), "x").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oe-vision"))
+        .args(["data", "fetch", "cifar100", "--data-dir", &r, "--mirror"])
+        .arg(format!("{base}/slow"))
+        .env_remove("OE_DATA_MIRROR")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the download to be under way (its staging folder exists), then SIGINT.
+    let t0 = std::time::Instant::now();
+    let staging = || {
+        std::fs::read_dir(root.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".oe-staging-"))
+    };
+    while !(staging() && !stale.exists()) {
+        assert!(t0.elapsed().as_secs() < 30, "the fetch never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(e.contains("stopped by a signal"), "{e}");
+    assert!(t0.elapsed().as_secs() < 18, "stopped at the signal, not after the transfer");
+    common::no_leftovers(root.path());
+    assert!(!root.path().join("cifar-100-python").exists());
+}

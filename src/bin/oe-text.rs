@@ -280,6 +280,8 @@ fn run() -> anyhow::Result<()> {
             eprintln!("results: {}", out.results_dir.display());
         }
         Command::Data(args) => {
+            // A signal stops a download cleanly (its staging folder is removed).
+            oe::interrupt::install()?;
             let (root, req) = args.request();
             let out = oe::text::data::command::run_data(&root, &req)?;
             print!("{}", out.text);

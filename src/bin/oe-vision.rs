@@ -60,6 +60,8 @@ fn run() -> anyhow::Result<()> {
             eprintln!("results: {}", out.results_dir.display());
         }
         Command::Data(args) => {
+            // A signal stops a download cleanly (its staging folder is removed).
+            oe::interrupt::install()?;
             let out = oe::vision::data::manifests::run_data(&args.request())?;
             print!("{}", out.text);
             if !out.failed.is_empty() {

@@ -232,6 +232,12 @@ pub fn download_to(
     let mut buf = vec![0u8; 1 << 16];
     let mut total: u64 = 0;
     loop {
+        if crate::interrupt::requested() {
+            return Err(OeError::Interrupted(format!(
+                "{url}: download stopped by a signal after {total} bytes; nothing was kept, run \
+                 the fetch again"
+            )));
+        }
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -360,6 +366,31 @@ fn extract_member(
     Ok(())
 }
 
+/// Staging folders of downloads in progress: `<root>/.oe-staging-*`, holding an `owner` file with
+/// the fetching process's id.
+pub const STAGING_PREFIX: &str = ".oe-staging-";
+const STAGING_OWNER: &str = "owner";
+
+/// Removes the staging folders that no running process owns (left by a fetch that was killed).
+/// Best effort: a folder that cannot be removed stays (no loader reads it).
+pub fn clean_stale_staging(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(STAGING_PREFIX) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(e.path().join(STAGING_OWNER))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if !owner.is_some_and(crate::rundir::process_alive) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// What `fetch` did for one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fetched {
@@ -396,10 +427,15 @@ pub fn fetch_dataset(
     if todo.is_empty() {
         return Ok(out);
     }
+    clean_stale_staging(root);
     let stage = tempfile::Builder::new()
-        .prefix(".oe-staging-")
+        .prefix(STAGING_PREFIX)
         .tempdir_in(root)
         .map_err(|e| OeError::io(root, e))?;
+    crate::io::write_atomic(
+        &stage.path().join(STAGING_OWNER),
+        std::process::id().to_string().as_bytes(),
+    )?;
     let mut staged: Vec<&FileEntry> = Vec::new();
     let mut needs_counts = false;
     let mut archives: std::collections::HashMap<&str, PathBuf> = Default::default();

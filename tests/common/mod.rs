@@ -110,7 +110,8 @@ pub fn check(out: &std::process::Output) {
 }
 
 /// Serves `root` over HTTP on 127.0.0.1: `/good/<p>` the file, `/corrupt/<p>` with one byte
-/// flipped, `/truncate/<p>` half the bytes with the full Content-Length, anything else 404.
+/// flipped, `/truncate/<p>` half the bytes with the full Content-Length, `/slow/<p>` half the bytes
+/// then the rest 20 s later, anything else 404.
 pub fn serve(root: PathBuf) -> String {
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
@@ -134,6 +135,18 @@ pub fn serve(root: PathBuf) -> String {
                 let (mode, rel) = path[1..].split_once('/').unwrap_or(("", ""));
                 let file = root.join(rel);
                 match (mode, std::fs::read(&file)) {
+                    ("slow", Ok(b)) if !rel.contains("..") => {
+                        // Half the bytes, then a long pause (a download to interrupt).
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            b.len()
+                        );
+                        let _ = s.write_all(&b[..b.len() / 2]);
+                        let _ = s.flush();
+                        std::thread::sleep(std::time::Duration::from_secs(20));
+                        let _ = s.write_all(&b[b.len() / 2..]);
+                    }
                     ("good" | "corrupt" | "truncate", Ok(mut b)) if !rel.contains("..") => {
                         let len = b.len();
                         if mode == "corrupt" {
