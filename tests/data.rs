@@ -427,3 +427,44 @@ fn data_root_resolution() {
             || q.ends_with(".oe-data")
     );
 }
+
+#[test]
+fn downloads_without_a_checksum_are_refused_unless_insecure() {
+    // IMDB's canonical archive has no published checksum (the manifest's sha256 is the mirror
+    // copy's): from its URL it is refused before anything is downloaded.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = fetch::FetchOptions {
+        progress: None,
+        ..Default::default()
+    };
+    let m = manifest::get("imdb").unwrap();
+    let e = fetch::fetch_dataset(m, dir.path(), &opts, &data::check_loader_counts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no checksum") && e.contains("--insecure"), "{e}");
+    no_leftovers(dir.path());
+    // With --insecure the download is attempted (and fails here: no network).
+    let e = fetch::fetch_dataset(
+        m,
+        dir.path(),
+        &fetch::FetchOptions {
+            insecure: true,
+            timeout: std::time::Duration::from_secs(2),
+            ..opts.clone()
+        },
+        &data::check_loader_counts,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!e.contains("no checksum"), "{e}");
+    // The vision wing's Tiny ImageNet, through the command.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_oe-vision"))
+        .args(["data", "fetch", "tinyimagenet", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("OE_DATA_MIRROR")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(e.contains("tiny-imagenet-200.zip") && e.contains("--insecure"), "{e}");
+}

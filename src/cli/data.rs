@@ -33,6 +33,9 @@ pub enum DataCommand {
         /// Mirror base URL (overrides $OE_DATA_MIRROR): http://host/path, file:///dir or a folder.
         #[arg(long)]
         mirror: Option<String>,
+        /// Also download files the manifest has no checksum for (checked by example counts only).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Re-check the files on disk (sha256) and the loaders' example counts (default: every dataset present).
     Verify { names: Vec<String> },
@@ -54,9 +57,15 @@ impl DataArgs {
                 name: name.clone(),
                 examples: *examples,
             },
-            DataCommand::Fetch { names, all, mirror } => DataRequest::Fetch {
+            DataCommand::Fetch {
+                names,
+                all,
+                mirror,
+                insecure,
+            } => DataRequest::Fetch {
                 names: names.clone(),
                 all: *all,
+                insecure: *insecure,
                 mirror: mirror.clone(),
                 progress: Some(crate::progress::download_bar()),
             },

@@ -431,6 +431,10 @@ pub enum VisionDataCommand {
         /// Mirror base URL (overrides $OE_DATA_MIRROR): http://host/path, file:///dir or a folder.
         #[arg(long)]
         mirror: Option<String>,
+        /// Also download files the manifest has no checksum for (Tiny ImageNet, Places365, ...;
+        /// checked by example counts only).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Re-check the files on disk (checksums) and the loaders' counts (default: every dataset
     /// present); fails when any check fails.
@@ -447,10 +451,16 @@ impl VisionDataArgs {
                 root,
                 name: name.clone(),
             },
-            VisionDataCommand::Fetch { names, all, mirror } => DataRequest::Fetch {
+            VisionDataCommand::Fetch {
+                names,
+                all,
+                mirror,
+                insecure,
+            } => DataRequest::Fetch {
                 root,
                 names: names.clone(),
                 all: *all,
+                insecure: *insecure,
                 mirror: mirror.clone(),
                 progress: Some(crate::progress::download_bar()),
             },

@@ -36,6 +36,9 @@ pub struct FetchOptions {
     pub mirror: Option<String>,
     /// Also fetch optional files.
     pub all: bool,
+    /// Download files the manifest has no checksum for (verified by the loaders' example counts
+    /// only). Off: such downloads are refused.
+    pub insecure: bool,
     /// Told how a download advances (the binaries draw a bar); `None`: nothing is reported.
     pub progress: Option<DownloadProgress>,
     pub timeout: Duration,
@@ -46,6 +49,7 @@ impl Default for FetchOptions {
         FetchOptions {
             mirror: None,
             all: false,
+            insecure: false,
             progress: None,
             timeout: Duration::from_secs(60),
         }
@@ -366,6 +370,19 @@ fn extract_member(
     Ok(())
 }
 
+/// Refuses a download that nothing but example counts would check, unless `opts.insecure`.
+fn check_verifiable(m: &Manifest, url: &str, opts: &FetchOptions) -> Result<()> {
+    if opts.insecure {
+        return Ok(());
+    }
+    Err(OeError::Data(format!(
+        "{}: {url} has no checksum to verify it against (the manifest could only check its example \
+         counts); pass --insecure to download it anyway, or set OE_DATA_MIRROR to a mirror whose \
+         copy has a recorded sha256",
+        m.name
+    )))
+}
+
 /// Staging folders of downloads in progress: `<root>/.oe-staging-*`, holding an `owner` file with
 /// the fetching process's id.
 pub const STAGING_PREFIX: &str = ".oe-staging-";
@@ -453,7 +470,12 @@ pub fn fetch_dataset(
             // A mirror holds the data-root layout, or the original archives by their file names.
             let direct = download_to(&mirror_url(mirror, &f.path), &dest, file_sums, opts);
             match (direct, archive, &f.member) {
-                (Ok(_), _, _) => needs_counts |= !file_sums.any(),
+                (Ok(_), _, _) => {
+                    if !file_sums.any() {
+                        check_verifiable(m, &mirror_url(mirror, &f.path), opts)?;
+                    }
+                    needs_counts |= !file_sums.any()
+                }
                 (Err(e), Some(a), Some(member)) => {
                     if !archives.contains_key(a.id.as_str()) {
                         let ap = stage.path().join(".archives").join(&a.id);
@@ -461,6 +483,9 @@ pub fn fetch_dataset(
                             sha256: a.sha256.as_deref(),
                             md5: a.md5.as_deref(),
                         };
+                        if !sums.any() && !file_sums.any() {
+                            check_verifiable(m, &mirror_url(mirror, a.file_name()), opts)?;
+                        }
                         match download_to(&mirror_url(mirror, a.file_name()), &ap, sums, opts) {
                             Ok(_) => {}
                             Err(e2) if !f.required => {
@@ -508,10 +533,16 @@ pub fn fetch_dataset(
             } else {
                 file_sums
             };
+            if !sums.any() {
+                check_verifiable(m, url, opts)?;
+            }
             needs_counts |= f.sha256_mirror_only || !sums.any();
             download_to(url, &dest, sums, opts)
                 .map_err(|e| OeError::Data(format!("{} ({}): {e}", m.name, f.path)))?;
         } else if let (Some(a), Some(member)) = (archive, &f.member) {
+            if f.sha256.is_none() && !a.checked() {
+                check_verifiable(m, &a.url, opts)?;
+            }
             if !archives.contains_key(a.id.as_str()) {
                 let ap = stage.path().join(".archives").join(&a.id);
                 let sums = Expected {

@@ -26,6 +26,8 @@ pub enum DataRequest {
         names: Vec<String>,
         all: bool,
         mirror: Option<String>,
+        /// Download files the manifest has no checksum for.
+        insecure: bool,
         /// Told how each download advances.
         progress: Option<fetch::DownloadProgress>,
     },
@@ -126,10 +128,12 @@ pub fn run_data(root: &Path, req: &DataRequest) -> Result<DataOutput> {
             names,
             all,
             mirror,
+            insecure,
             progress,
         } => {
             let mut opts = FetchOptions::from_env();
             opts.all = *all;
+            opts.insecure = *insecure;
             opts.progress = progress.clone();
             if mirror.is_some() {
                 opts.mirror = mirror.clone();

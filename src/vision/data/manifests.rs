@@ -60,6 +60,8 @@ pub enum DataRequest {
         all: bool,
         /// Overrides `$OE_DATA_MIRROR`.
         mirror: Option<String>,
+        /// Download files the manifest has no checksum for.
+        insecure: bool,
         progress: Option<DownloadProgress>,
     },
     /// Re-check files (checksums) and counts; every dataset present when `names` is empty.
@@ -129,10 +131,12 @@ pub fn run_data(req: &DataRequest) -> Result<DataOutput> {
             names,
             all: every,
             mirror,
+            insecure,
             progress,
         } => {
             let mut opts = FetchOptions::from_env();
             opts.all = *every;
+            opts.insecure = *insecure;
             opts.progress = progress.clone();
             if mirror.is_some() {
                 opts.mirror = mirror.clone();
