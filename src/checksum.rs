@@ -68,7 +68,10 @@ mod tests {
         verify(&p).unwrap();
         std::fs::write(&p, b"weightz").unwrap();
         let e = verify(&p).unwrap_err().to_string();
-        assert!(e.contains("model.safetensors") && e.contains("changed or damaged"), "{e}");
+        assert!(
+            e.contains("model.safetensors") && e.contains("changed or damaged"),
+            "{e}"
+        );
         std::fs::write(sidecar(&p), "nonsense\n").unwrap();
         assert!(verify(&p).is_err());
     }

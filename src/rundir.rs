@@ -92,6 +92,32 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     crate::io::write_atomic(path, &bytes)
 }
 
+/// A path recorded in a run directory's `run.json`, for use now: absolute paths as they are; a
+/// relative one (directories written before paths were recorded absolute) as it resolves from the
+/// working directory when it exists there, else against the run directory.
+pub fn resolve_recorded(path: &Path, run_dir: &Path) -> PathBuf {
+    if path.is_absolute() || path.exists() {
+        return path.to_path_buf();
+    }
+    let from_run = run_dir.join(path);
+    if from_run.exists() {
+        from_run
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// A recorded dataset spec for use now: a built-in name as it is, a relative path resolved by
+/// [`resolve_recorded`].
+pub fn resolve_recorded_dataset(spec: &str, run_dir: &Path) -> String {
+    let p = Path::new(spec);
+    let looks_like_path = spec.contains('/') || spec.contains('.') || p.exists();
+    if !looks_like_path || p.is_absolute() {
+        return spec.to_string();
+    }
+    resolve_recorded(p, run_dir).display().to_string()
+}
+
 /// Writes `dir/run.json` and its checksum ([`crate::checksum`]).
 pub fn write_run<T: Serialize>(dir: &Path, cfg: &T) -> Result<()> {
     let p = dir.join(RUN_FILE);
@@ -139,6 +165,12 @@ pub fn check_same_config<T: Serialize + DeserializeOwned>(
             o.remove("data_root");
             // Derived from the (hash-checked) data; absent in directories written before it was.
             o.remove("max_train_tokens");
+            // A dataset path recorded relative by older versions and absolute now.
+            if let Some(serde_json::Value::String(d)) = o.get_mut("in_dataset") {
+                if let Ok(c) = std::fs::canonicalize(d.as_str()) {
+                    *d = c.display().to_string();
+                }
+            }
             if let Some(files) = o.get_mut("data_files").and_then(|f| f.as_array_mut()) {
                 for f in files.iter_mut() {
                     if let Some(f) = f.as_object_mut() {
@@ -196,7 +228,10 @@ fn json_diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut
             let short = |v: &Value| {
                 let s = v.to_string();
                 if s.len() > 60 {
-                    format!("{}…", &s[..s.char_indices().nth(57).map_or(s.len(), |c| c.0)])
+                    format!(
+                        "{}…",
+                        &s[..s.char_indices().nth(57).map_or(s.len(), |c| c.0)]
+                    )
                 } else {
                     s
                 }

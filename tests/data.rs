@@ -466,5 +466,8 @@ fn downloads_without_a_checksum_are_refused_unless_insecure() {
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(e.contains("tiny-imagenet-200.zip") && e.contains("--insecure"), "{e}");
+    assert!(
+        e.contains("tiny-imagenet-200.zip") && e.contains("--insecure"),
+        "{e}"
+    );
 }

@@ -701,7 +701,10 @@ fn non_finite_scores_are_errors_and_changed_model_files_are_refused() {
     let o = score(&m);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{e}");
-    assert!(e.contains("in.txt line 1") && e.contains("not finite"), "{e}");
+    assert!(
+        e.contains("in.txt line 1") && e.contains("not finite"),
+        "{e}"
+    );
     let st = oe::text::score::score_texts(
         &LoadedModel::load(&m, Device::Cpu).unwrap(),
         &["a text".to_string()],
@@ -718,14 +721,22 @@ fn non_finite_scores_are_errors_and_changed_model_files_are_refused() {
     let o = score(&m2);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(e.contains("model.safetensors") && e.contains("changed or damaged"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("changed or damaged"),
+        "{e}"
+    );
     // So is an edited run.json.
     let (_t3, m3) = model_copy();
     let r = m3.join("run.json");
-    let s = std::fs::read_to_string(&r).unwrap().replacen("\"labels\"", "\"labels\" ", 1);
+    let s = std::fs::read_to_string(&r)
+        .unwrap()
+        .replacen("\"labels\"", "\"labels\" ", 1);
     std::fs::write(&r, s).unwrap();
     let e = String::from_utf8_lossy(&score(&m3).stderr).into_owned();
-    assert!(e.contains("run.json") && e.contains("changed or damaged"), "{e}");
+    assert!(
+        e.contains("run.json") && e.contains("changed or damaged"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -754,7 +765,10 @@ fn a_huge_line_is_cut_to_the_longest_training_text() {
     )
     .unwrap();
     assert_eq!(rows.0.len(), 2);
-    assert_eq!(rows.0[0].2, rows.0[1].2, "the long line is scored as its first {cap} tokens");
+    assert_eq!(
+        rows.0[0].2, rows.0[1].2,
+        "the long line is scored as its first {cap} tokens"
+    );
     assert_eq!(counts.counts.truncated_tokens, 1, "{:?}", counts.counts);
 }
 
@@ -781,7 +795,11 @@ fn directory_links_are_not_followed_by_default_and_pipes_are_inputs() {
     assert!(e.contains("loop"), "{e}");
     // A named pipe given by name (what `<(cmd)` passes) is read like a file.
     let fifo = t.path().join("pipe");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let writer = {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::write(&fifo, "the good movie\nthe bad movie\n"))

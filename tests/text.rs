@@ -568,7 +568,10 @@ fn train_and_eval_commands_end_to_end() {
     let changed = resume(&["--seed", "2"]);
     let e = String::from_utf8_lossy(&changed.stderr);
     assert!(!changed.status.success());
-    assert!(e.contains("other settings") && e.contains("train.seed 1 → 2"), "{e}");
+    assert!(
+        e.contains("other settings") && e.contains("train.seed 1 → 2"),
+        "{e}"
+    );
     common::check(&resume(&[]));
     let after = timings(&run);
     let phase = |v: &serde_json::Value, name: &str| {
@@ -580,20 +583,32 @@ fn train_and_eval_commands_end_to_end() {
             .unwrap_or_else(|| panic!("no {name} in {v}"))
     };
     for p in ["baseline training", "oe-finetune"] {
-        assert_eq!(phase(&before, p), phase(&after, p), "{p}: kept, not re-timed");
+        assert_eq!(
+            phase(&before, p),
+            phase(&after, p),
+            "{p}: kept, not re-timed"
+        );
     }
-    assert_eq!(after.as_array().unwrap().len(), before.as_array().unwrap().len());
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        before.as_array().unwrap().len()
+    );
     // A typo in --ood fails before anything is trained.
     let typo = oe_text()
         .args(["train", "--in"])
         .arg(d)
-        .args(["--ood", "snil", "--epochs", "1", "--device", "cpu", "--quiet", "--out"])
+        .args([
+            "--ood", "snil", "--epochs", "1", "--device", "cpu", "--quiet", "--out",
+        ])
         .arg(d.join("typo-run"))
         .output()
         .unwrap();
     assert!(!typo.status.success());
     assert!(String::from_utf8_lossy(&typo.stderr).contains("unknown OOD set `snil`"));
-    assert!(!d.join("typo-run").exists(), "nothing written for a run that could not start");
+    assert!(
+        !d.join("typo-run").exists(),
+        "nothing written for a run that could not start"
+    );
     // ... and the model directory is self-contained for `eval`, here with the clean protocol.
     let ev = oe_text()
         .args(["eval", "--model"])
@@ -693,3 +708,59 @@ fn binary_runs_with_an_empty_environment() {
 
 #[allow(dead_code)]
 fn _unused(_: Tensor, _: Scorer, _: LoadedModel) {}
+
+#[test]
+fn model_directories_evaluate_from_anywhere_old_relative_paths_included() {
+    let _g = SEEDED.lock().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let ds = t.path().join("ds");
+    std::fs::create_dir_all(&ds).unwrap();
+    let row = |i: u64| common::sentence(i, 99, 8);
+    write(&ds.join("train.csv"), &common::labelled_csv(60, 0, row));
+    write(&ds.join("test.csv"), &common::labelled_csv(20, 500, row));
+    write(&ds.join("oe.txt"), "some outlier sentence\nanother one\n");
+    write(
+        &ds.join("ood.txt"),
+        "a question about topic ?\nwhat is this ?\n",
+    );
+    let run = t.path().join("run");
+    let req = oe::text::pipeline::TrainRequest {
+        oe_corpus: None,
+        ..common::request(
+            &ds,
+            &run,
+            ModelConfig::Gru(Default::default()),
+            TrainConfig {
+                epochs: 1,
+                ..Default::default()
+            },
+            1,
+        )
+    };
+    oe::text::pipeline::run_train(&req, &mut oe::train::Silent).unwrap();
+    let m = run.join("baseline");
+    let eval_from = |cwd: &Path| {
+        oe_text()
+            .current_dir(cwd)
+            .args(["eval", "--model"])
+            .arg(&m)
+            .args(["--ood"])
+            .arg(ds.join("ood.txt"))
+            .args(["--repeats", "1", "--device", "cpu"])
+            .env_remove("OE_DATA_DIR")
+            .output()
+            .unwrap()
+    };
+    // Recorded absolute: no --data-dir needed, from any working directory.
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.join("run.json")).unwrap()).unwrap();
+    assert!(Path::new(cfg["in_dataset"].as_str().unwrap()).is_absolute());
+    common::check(&eval_from(Path::new("/")));
+    // A directory from before: relative paths (to the run directory here) and no checksums.
+    let mut old = cfg.clone();
+    old["in_dataset"] = "../../ds".into();
+    old["data_root"] = "../../ds".into();
+    std::fs::write(m.join("run.json"), serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+    std::fs::remove_file(m.join("run.json.sha256")).unwrap();
+    common::check(&eval_from(Path::new("/")));
+}

@@ -997,7 +997,7 @@ fn pipeline_trains_and_evaluates_on_the_cifar10_jpeg_folder() {
         &oe::vision::pipeline::VisionEvalRequest {
             model_dir: run.join("oe"),
             method: None,
-            data_root: dir.path().to_path_buf(),
+            data_root: Some(dir.path().to_path_buf()),
             eval: req.eval.clone(),
             ood_sets: req.ood_sets.clone(),
             max_test: Some(150),
@@ -1562,7 +1562,12 @@ fn image_folders_do_not_follow_directory_links() {
     class_folder(&root, &["a"], 2);
     std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
     let items = folder::scan(&root).unwrap();
-    assert_eq!(items.len(), 2, "{:?}", items.iter().map(|x| &x.0).collect::<Vec<_>>());
+    assert_eq!(
+        items.len(),
+        2,
+        "{:?}",
+        items.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -1577,7 +1582,7 @@ fn an_interrupted_fetch_leaves_no_staging_and_stale_staging_is_removed() {
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("owner"), "4194303").unwrap(); // above the kernel's pid_max
     std::fs::write(stale.join("partial"), "x").unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oe-vision"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_oe-vision"))
         .args(["data", "fetch", "cifar100", "--data-dir", &r, "--mirror"])
         .arg(format!("{base}/slow"))
         .env_remove("OE_DATA_MIRROR")
@@ -1602,7 +1607,10 @@ fn an_interrupted_fetch_leaves_no_staging_and_stale_staging_is_removed() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(e.contains("stopped by a signal"), "{e}");
-    assert!(t0.elapsed().as_secs() < 18, "stopped at the signal, not after the transfer");
+    assert!(
+        t0.elapsed().as_secs() < 18,
+        "stopped at the signal, not after the transfer"
+    );
     common::no_leftovers(root.path());
     assert!(!root.path().join("cifar-100-python").exists());
 }

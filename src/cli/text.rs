@@ -493,7 +493,7 @@ impl EvalCommandArgs {
         Ok(EvalRequest {
             source,
             method: self.method,
-            data_root: self.data.root(),
+            data_root: crate::datasets::explicit_data_root(self.data.data_dir.as_deref()),
             text: self.data.text(),
             eval: self.eval.config()?,
             ood_sets: self.eval.ood.clone(),

@@ -334,7 +334,7 @@ impl VisionEvalCommandArgs {
         Ok(crate::vision::pipeline::VisionEvalRequest {
             model_dir: self.model.clone(),
             method: self.method,
-            data_root: self.data.root(),
+            data_root: crate::datasets::explicit_data_root(self.data.data_dir.as_deref()),
             eval: self.eval.config()?,
             ood_sets: self.eval.ood.clone(),
             max_test: self.max_test,

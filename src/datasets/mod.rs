@@ -27,6 +27,16 @@ pub fn resolve_data_root(explicit: Option<&Path>) -> PathBuf {
     PathBuf::from(".oe-data")
 }
 
+/// The data root the user chose (`--data-dir`, else `$OE_DATA_DIR`), if any: commands that read a
+/// model directory use the directory's recorded root otherwise.
+pub fn explicit_data_root(flag: Option<&Path>) -> Option<PathBuf> {
+    flag.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("OE_DATA_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
 /// Whether every required file of `m` is under `root` (and it has one).
 pub fn present(m: &Manifest, root: &Path) -> bool {
     m.files

@@ -114,9 +114,9 @@ pub fn validation_texts(
 ) -> Result<Validation> {
     let root = data_root
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| m.config.header.data_root.clone());
+        .unwrap_or_else(|| crate::rundir::resolve_recorded(&m.config.header.data_root, &m.dir));
     let ind = crate::text::data::load_in_distribution(
-        &m.config.header.in_dataset,
+        &crate::rundir::resolve_recorded_dataset(&m.config.header.in_dataset, &m.dir),
         &root,
         &m.config.text,
     )?;

@@ -368,7 +368,14 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
     let base_cfg = RunConfig {
         header: RunHeader {
             tool: RunHeader::tool(),
-            in_dataset: req.in_dataset.clone(),
+            // A user dataset by absolute path, so the directory evaluates from anywhere.
+            in_dataset: if Path::new(&req.in_dataset).exists() {
+                rundir::absolute(Path::new(&req.in_dataset))
+                    .display()
+                    .to_string()
+            } else {
+                req.in_dataset.clone()
+            },
             method: Method::Baseline,
             init_from: None,
             train_examples: ind.train.len(),
@@ -559,7 +566,8 @@ pub struct EvalRequest {
     pub source: EvalSource,
     /// The label in tables and results (default: the model directory's own, from `run.json`).
     pub method: Option<MethodLabel>,
-    pub data_root: PathBuf,
+    /// `None`: a model directory's recorded data root (released weights: the default root).
+    pub data_root: Option<PathBuf>,
     /// Casing and truncation for rebuilding the vocabulary of released weights.
     pub text: TextOptions,
     pub eval: EvalConfig,
@@ -582,42 +590,41 @@ pub struct EvalOutcome {
 /// the results into the model directory.
 pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome> {
     let needs_detectors = matches!(req.eval.detector, crate::detect::Detector::Feature(_));
-    let (mut m, ind) = match &req.source {
+    let (mut m, ind, data_root) = match &req.source {
         EvalSource::ModelDir(dir) => {
             let m = LoadedModel::load(dir, req.device)?;
-            obs.status(&format!(
-                "loading {} from {}",
-                m.config.header.in_dataset,
-                req.data_root.display()
-            ));
-            let ind = data::load_in_distribution(
-                &m.config.header.in_dataset,
-                &req.data_root,
-                &m.config.text,
-            )?;
-            (m, ind)
+            let root = req
+                .data_root
+                .clone()
+                .unwrap_or_else(|| rundir::resolve_recorded(&m.config.header.data_root, dir));
+            let in_dataset = rundir::resolve_recorded_dataset(&m.config.header.in_dataset, dir);
+            obs.status(&format!("loading {in_dataset} from {}", root.display()));
+            let ind = data::load_in_distribution(&in_dataset, &root, &m.config.text)?;
+            (m, ind, root)
         }
         EvalSource::Weights {
             file,
             in_dataset,
             method,
             out_dir,
-        } => import_weights(
-            file,
-            in_dataset,
-            &req.data_root,
-            &req.text,
-            *method,
-            out_dir,
-            req.device,
-        )?,
+        } => {
+            let root = req
+                .data_root
+                .clone()
+                .unwrap_or_else(|| crate::datasets::resolve_data_root(None));
+            let (m, ind) = import_weights(
+                file, in_dataset, &root, &req.text, *method, out_dir, req.device,
+            )?;
+            (m, ind, root)
+        }
     };
+    let data_root = &data_root;
     if needs_detectors && m.detectors.is_none() {
         obs.status(&format!("{}: fitting feature detectors", m.dir.display()));
         m.fit_detectors(&ind.train)?;
     }
     let method = req.method.unwrap_or_else(|| m.config.method_label());
-    let ood = load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &m.config.text)?;
+    let ood = load_ood_inputs(req.ood_sets.as_deref(), data_root, &m.config.text)?;
     let (report, results_dir) = evaluate_model(&m, &ind.test, &ood, &req.eval, method)?;
     let table =
         crate::results::comparison_table(&m.config.header.in_dataset, &[(method.name(), &report)]);

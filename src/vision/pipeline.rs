@@ -460,7 +460,8 @@ pub struct VisionEvalRequest {
     pub model_dir: PathBuf,
     /// The label in tables and results (default: the model directory's own, from `run.json`).
     pub method: Option<MethodLabel>,
-    pub data_root: PathBuf,
+    /// `None`: the model directory's recorded data root.
+    pub data_root: Option<PathBuf>,
     pub eval: EvalConfig,
     /// OOD sets (`None`: the paper's list for the dataset, those present).
     pub ood_sets: Option<Vec<String>>,
@@ -482,17 +483,21 @@ pub struct VisionEvalOutcome {
 /// sets, evaluates, and writes the results into the model directory.
 pub fn run_eval(req: &VisionEvalRequest, obs: &mut dyn Observer) -> Result<VisionEvalOutcome> {
     let m = VisionModel::load(&req.model_dir, req.device)?;
-    let in_dataset = m.config.header.in_dataset.clone();
+    let in_dataset = rundir::resolve_recorded_dataset(&m.config.header.in_dataset, &m.dir);
+    let data_root = req
+        .data_root
+        .clone()
+        .unwrap_or_else(|| rundir::resolve_recorded(&m.config.header.data_root, &m.dir));
     obs.status(&format!(
         "loading {in_dataset} from {}",
-        req.data_root.display()
+        data_root.display()
     ));
     let opts = InOptions {
         svhn_extra: false,
         size: Some(m.config.image_size),
         split_seed: m.config.split_seed,
     };
-    let ind = data::load_in_distribution(&in_dataset, &req.data_root, &opts)?;
+    let ind = data::load_in_distribution(&in_dataset, &data_root, &opts)?;
     let mut test = ind.test;
     if let Some(n) = req.max_test {
         test = sample(&test, n);
@@ -505,7 +510,7 @@ pub fn run_eval(req: &VisionEvalRequest, obs: &mut dyn Observer) -> Result<Visio
     let ood = build_ood_sets(
         req.ood_sets.as_deref(),
         &in_dataset,
-        &req.data_root,
+        &data_root,
         m.config.preset,
         m.config.image_size,
         test.len(),

@@ -103,10 +103,15 @@ impl Preprocess {
                 .unwrap_or(crate::text::model_dir::DEFAULT_MAX_SCORE_TOKENS)
                 .max(1),
         );
-        let max_tokens = [cfg.in_fix_len, cfg.model.max_len(), cfg.text.max_tokens, longest]
-            .into_iter()
-            .flatten()
-            .min();
+        let max_tokens = [
+            cfg.in_fix_len,
+            cfg.model.max_len(),
+            cfg.text.max_tokens,
+            longest,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         Self {
             lowercase: cfg.text.lowercase.unwrap_or(default_lower),
             max_tokens,
@@ -450,7 +455,11 @@ pub fn score_texts(m: &LoadedModel, texts: &[String], opts: &ScoreOptions) -> Re
         Ok(())
     })?;
     if let Some(i) = out.iter().position(|s| !s.score.is_finite()) {
-        return Err(non_finite(&format!("text #{}", i + 1), out[i].score, Some(&texts[i])));
+        return Err(non_finite(
+            &format!("text #{}", i + 1),
+            out[i].score,
+            Some(&texts[i]),
+        ));
     }
     Ok(out)
 }
