@@ -274,8 +274,7 @@ fn named_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 /// Writes tensors as `.safetensors` through the one atomic-file mechanism ([`crate::io`]).
 fn save_tensors(named: &[(String, Tensor)], path: &Path) -> Result<()> {
-    crate::io::check_replaceable(path)?;
-    let tmp = crate::io::temp_file_in(crate::io::parent_dir(path), ".oe-tmp-", ".safetensors")?;
+    let tmp = crate::io::temp_file_for(path, ".oe-tmp-", ".safetensors")?;
     Tensor::write_safetensors(named, tmp.path())?;
     std::fs::File::open(tmp.path())
         .and_then(|f| f.sync_all())
