@@ -351,6 +351,20 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666 & !mask, "mode {mode:o}, umask {mask:o}");
         assert_eq!(std::fs::read(&p).unwrap(), b"{}");
+        // Streamed outputs and files written by path (libtorch's weights) through a temporary
+        // file get the same mode, not tempfile's 0600.
+        let q = d.path().join("b.tsv");
+        let mut o = OutFile::create(&q).unwrap();
+        o.write_all(b"x").unwrap();
+        o.commit().unwrap();
+        let w = d.path().join("model.safetensors");
+        let tmp = temp_file_for(&w, ".oe-tmp-", ".safetensors").unwrap();
+        std::fs::write(tmp.path(), b"weights").unwrap();
+        persist(tmp, &w).unwrap();
+        for f in [&q, &w] {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o666 & !mask, "{}: mode {mode:o}", f.display());
+        }
     }
 
     #[cfg(unix)]
