@@ -1,0 +1,78 @@
+//! The binaries' behaviour at the edges: standard output closed or full.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn oe_text() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_oe-text"))
+}
+
+/// Two score files for `metrics`.
+fn score_files(dir: &Path) -> (String, String) {
+    let a = dir.join("in.txt");
+    let b = dir.join("out.txt");
+    std::fs::write(&a, "0.1\n0.2\n0.3\n").unwrap();
+    std::fs::write(&b, "0.7\n0.8\n0.25\n").unwrap();
+    (a.display().to_string(), b.display().to_string())
+}
+
+/// `oe-text data list` and `oe-text metrics`, each a command that prints to standard output.
+fn printing_commands(dir: &Path) -> Vec<Command> {
+    let (a, b) = score_files(dir);
+    let mut list = oe_text();
+    list.args(["data", "list", "--data-dir"]).arg(dir);
+    let mut metrics = oe_text();
+    metrics.args(["metrics", "--in", &a, "--out", &b]);
+    vec![list, metrics]
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_full_standard_output_is_an_error_not_a_panic() {
+    let d = tempfile::tempdir().unwrap();
+    for mut c in printing_commands(d.path()) {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = c.stdout(full).output().unwrap();
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{c:?}: {e}");
+        assert_ne!(o.status.code(), Some(101), "{c:?}: {e}");
+        assert!(!e.contains("panicked"), "{c:?}: {e}");
+        assert!(
+            e.contains("No space left") && e.contains("standard output"),
+            "{c:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_closed_standard_output_ends_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    for mut c in printing_commands(d.path()) {
+        // A pipe whose read end is closed before the command starts (as after `| head -1` has
+        // read its line): every write fails with EPIPE.
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(r);
+        let o = c
+            .stdout(Stdio::from(w))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert!(!e.contains("panicked"), "{c:?}: {e}");
+        assert!(e.trim().is_empty(), "{c:?}: a message: {e}");
+        assert!(
+            matches!(o.status.code(), Some(0 | 141)),
+            "{c:?}: {:?}",
+            o.status
+        );
+    }
+}
