@@ -76,3 +76,51 @@ fn a_closed_standard_output_ends_quietly() {
         );
     }
 }
+
+fn data(args: &[&str], root: &Path) -> Output {
+    oe_text()
+        .arg("data")
+        .args(args)
+        .arg("--data-dir")
+        .arg(root)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn data_verify_fails_for_a_missing_root_and_a_partly_deleted_dataset() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("no-such-root");
+    let o = data(&["verify"], &missing);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains(&missing.display().to_string()) && e.contains("does not exist"),
+        "{e}"
+    );
+    // An existing root with nothing in it: nothing to verify is not a success either.
+    let o = data(&["verify"], d.path());
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing to verify"), "{}", stderr(&o));
+    // TREC with its train file deleted: verified by default (not skipped as absent), and failed.
+    std::fs::create_dir(d.path().join("trec")).unwrap();
+    std::fs::write(d.path().join("trec/TREC_10.label"), "DESC:def what ?\n").unwrap();
+    for args in [&["verify"][..], &["verify", "trec"]] {
+        let o = data(args, d.path());
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!o.status.success(), "{args:?}: {out}");
+        assert!(out.contains("trec/train_5500.label: MISSING"), "{args:?}: {out}");
+        assert!(stderr(&o).contains("verification failed for: trec"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn data_show_fails_when_a_loader_fails() {
+    let d = tempfile::tempdir().unwrap();
+    let o = data(&["show", "trec"], d.path());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    // The report is printed first, then the failure.
+    assert!(out.contains("[trec] not loadable"), "{out}");
+    assert!(stderr(&o).contains("not loadable: trec"), "{}", stderr(&o));
+}

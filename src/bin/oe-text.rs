@@ -284,7 +284,11 @@ fn run() -> anyhow::Result<()> {
             let out = oe::text::data::command::run_data(&root, &req)?;
             out!("{}", out.text)?;
             if !out.failed.is_empty() {
-                anyhow::bail!("verification failed for: {}", out.failed.join(", "));
+                let what = match req {
+                    oe::text::data::command::DataRequest::Show { .. } => "not loadable",
+                    _ => "verification failed for",
+                };
+                anyhow::bail!("{what}: {}", out.failed.join(", "));
             }
         }
         Command::Metrics(args) => {
