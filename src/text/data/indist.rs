@@ -598,9 +598,22 @@ fn unterminated_quote(bytes: &[u8]) -> Option<usize> {
     open
 }
 
+/// Where the last `train` of a file name that is a part of its own starts: bounded by the ends of
+/// the name or by characters other than letters and digits (`reviews_train.csv`, `train.v2.csv`),
+/// so that `restrained_train.csv` gives `restrained_test.csv`, not `restested_train.csv`.
+fn train_component(name: &str) -> Option<usize> {
+    let bytes = name.as_bytes();
+    let apart = |i: usize| bytes.get(i).is_none_or(|b| !b.is_ascii_alphanumeric());
+    name.match_indices("train")
+        .map(|(i, _)| i)
+        .filter(|&i| (i == 0 || apart(i - 1)) && apart(i + "train".len()))
+        .last()
+}
+
 /// Finds the split files of a user dataset: `path` is a folder holding `train.*`, `test.*` and
-/// optionally `dev.*`/`valid.*` (`.csv`, `.jsonl`), or a train file whose name contains `train`
-/// (the others found by replacing it with `test` / `dev` / `valid`).
+/// optionally `dev.*`/`valid.*` (`.csv`, `.jsonl`), or a train file whose name has `train` as a
+/// part of its own (the others found by replacing the last such part with `test` / `dev` / `valid`,
+/// see [`train_component`]).
 pub fn user_split_files(path: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBuf)> {
     let find_in = |dir: &Path, stems: &[&str]| -> Option<PathBuf> {
         for s in stems {
@@ -635,13 +648,20 @@ pub fn user_split_files(path: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBu
         )));
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if !name.contains("train") {
+    let Some(at) = train_component(name) else {
         return Err(OeError::Data(format!(
-            "{}: a user dataset is a folder with train/test files or a file whose name contains `train`",
+            "{}: a user dataset is a folder with train/test files or a file whose name has `train` \
+             as a part of its own (`train.csv`, `reviews_train.csv`, `train-2024.jsonl`)",
             path.display()
         )));
-    }
-    let sib = |w: &str| path.with_file_name(name.replacen("train", w, 1));
+    };
+    let sib = |w: &str| {
+        path.with_file_name(format!(
+            "{}{w}{}",
+            &name[..at],
+            &name[at + "train".len()..]
+        ))
+    };
     let test = sib("test");
     if !test.is_file() {
         return Err(OeError::Data(format!(
@@ -670,6 +690,34 @@ mod tests {
         for bad in ["(3 (2 a)", "(3 (2 a)))", "(3 )", "( (2 a))", "", "word"] {
             assert!(parse_ptb_tree(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sibling_split_files_replace_only_the_train_part() {
+        let d = tempfile::tempdir().unwrap();
+        let csv = b"text,label\na,x\n";
+        for (train, test, dev) in [
+            ("restrained_train.csv", "restrained_test.csv", "restrained_dev.csv"),
+            ("train.csv", "test.csv", "dev.csv"),
+            ("train_trains.jsonl", "test_trains.jsonl", "dev_trains.jsonl"),
+            ("a-train-train.v2.csv", "a-train-test.v2.csv", "a-train-dev.v2.csv"),
+        ] {
+            let tr = csv_file(d.path(), train, csv);
+            csv_file(d.path(), test, csv);
+            csv_file(d.path(), dev, csv);
+            let (a, b, c) = user_split_files(&tr).unwrap();
+            assert_eq!(a, tr);
+            assert_eq!(b.unwrap(), d.path().join(dev), "{train}");
+            assert_eq!(c, d.path().join(test), "{train}");
+        }
+        // `restested_train.csv` (the old guess) is not taken for the test file.
+        let tr = csv_file(d.path(), "strained_train.csv", csv);
+        csv_file(d.path(), "stested_train.csv", csv);
+        let e = user_split_files(&tr).unwrap_err().to_string();
+        assert!(e.contains("strained_test.csv"), "{e}");
+        let tr = csv_file(d.path(), "restrained.csv", csv);
+        let e = user_split_files(&tr).unwrap_err().to_string();
+        assert!(e.contains("`train` as a part"), "{e}");
     }
 
     fn csv_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
