@@ -237,6 +237,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.commit()
 }
 
+/// A number for messages and summaries, compact at any magnitude: the shortest form that reads back
+/// as `x`, positional for `1e-4 <= |x| < 1e16` (`0.5`, `12`, `-3.25`), else in exponent form
+/// (`1e300`, `2.5e-7`) instead of hundreds of digits.
+pub fn compact_number(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() || (1e-4..1e16).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
 /// Lower-case hexadecimal of `bytes` (sha256 digests in manifests, `run.json` and file names).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
@@ -510,6 +521,28 @@ mod tests {
                     .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
             })
             .unwrap_or(0o022)
+    }
+
+    #[test]
+    fn numbers_are_compact_at_any_magnitude() {
+        for (x, want) in [
+            (1e300, "1e300"),
+            (-1e300, "-1e300"),
+            (2.5e-7, "2.5e-7"),
+            (1e16, "1e16"),
+            (0.0, "0"),
+            (0.5, "0.5"),
+            (-3.25, "-3.25"),
+            (12.0, "12"),
+            (0.0001, "0.0001"),
+            (123456789.125, "123456789.125"),
+            (f64::INFINITY, "inf"),
+        ] {
+            assert_eq!(compact_number(x), want);
+            if x.is_finite() {
+                assert_eq!(compact_number(x).parse::<f64>().unwrap(), x);
+            }
+        }
     }
 
     #[test]

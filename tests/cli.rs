@@ -124,3 +124,21 @@ fn data_show_fails_when_a_loader_fails() {
     assert!(out.contains("[trec] not loadable"), "{out}");
     assert!(stderr(&o).contains("not loadable: trec"), "{}", stderr(&o));
 }
+
+#[test]
+fn huge_and_tiny_thresholds_print_compactly() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model-cb7c0ec");
+    for (t, want) in [("1e300", "score > 1e300"), ("-2.5e-9", "score > -2.5e-9")] {
+        let o = oe_text()
+            .current_dir(&fixture)
+            .args(["score", "--model", ".", "score-input.txt", "--device", "cpu"])
+            .args(["--threshold", t])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert!(o.status.success(), "{e}");
+        assert!(e.contains(&format!("flagged OOD ({want})")), "{e}");
+        assert!(!e.contains("00000000"), "{e}");
+    }
+}
