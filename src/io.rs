@@ -425,7 +425,11 @@ mod tests {
         assert!(file_type(&dev).is_char_device());
         // A temporary file handed to persist is copied into the device, then removed.
         let mut tmp = temp_file_for(&dev, ".oe-tmp-", "").unwrap();
-        assert!(!tmp.path().starts_with(d.path()), "{}", tmp.path().display());
+        assert!(
+            !tmp.path().starts_with(d.path()),
+            "{}",
+            tmp.path().display()
+        );
         tmp.write_all(b"copied").unwrap();
         persist(tmp, &dev).unwrap();
         assert!(file_type(&dev).is_char_device());

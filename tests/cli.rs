@@ -109,8 +109,15 @@ fn data_verify_fails_for_a_missing_root_and_a_partly_deleted_dataset() {
         let o = data(args, d.path());
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(!o.status.success(), "{args:?}: {out}");
-        assert!(out.contains("trec/train_5500.label: MISSING"), "{args:?}: {out}");
-        assert!(stderr(&o).contains("verification failed for: trec"), "{}", stderr(&o));
+        assert!(
+            out.contains("trec/train_5500.label: MISSING"),
+            "{args:?}: {out}"
+        );
+        assert!(
+            stderr(&o).contains("verification failed for: trec"),
+            "{}",
+            stderr(&o)
+        );
     }
 }
 
@@ -131,7 +138,14 @@ fn huge_and_tiny_thresholds_print_compactly() {
     for (t, want) in [("1e300", "score > 1e300"), ("-2.5e-9", "score > -2.5e-9")] {
         let o = oe_text()
             .current_dir(&fixture)
-            .args(["score", "--model", ".", "score-input.txt", "--device", "cpu"])
+            .args([
+                "score",
+                "--model",
+                ".",
+                "score-input.txt",
+                "--device",
+                "cpu",
+            ])
             .args(["--threshold", t])
             .stdout(Stdio::null())
             .output()

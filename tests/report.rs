@@ -543,7 +543,7 @@ fn a_corrupted_results_page_is_an_error_naming_the_file() {
     make_eval(&good, "baseline", "baseline", 1, 0.8, Protocol::Paper, 5);
     let bad = tmp.path().join("bad");
     make_eval(&bad, "oe", "oe", 1, 1.2, Protocol::Paper, 5);
-    let files = aggregate::find_results(&[bad.clone()]).unwrap();
+    let files = aggregate::find_results(std::slice::from_ref(&bad)).unwrap();
     assert_eq!(files.len(), 1);
     corrupt_pages(&files[0]);
     let err = oe::report::run_report(&args(

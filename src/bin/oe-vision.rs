@@ -74,7 +74,10 @@ fn run() -> anyhow::Result<()> {
                 outln!("model {} on {}", r.model, r.device)?;
                 outln!(
                     "  train (in {} + OE {} per step): {:.0} images/s ({:.1} ms/step)",
-                    r.batch, r.oe_batch, r.train_ips, r.train_step_ms
+                    r.batch,
+                    r.oe_batch,
+                    r.train_ips,
+                    r.train_step_ms
                 )?;
                 if let Some(p) = r.train_pipeline_ips {
                     outln!(
@@ -85,7 +88,8 @@ fn run() -> anyhow::Result<()> {
                 }
                 outln!(
                     "  eval (batch {}): {:.0} images/s",
-                    r.eval_batch, r.eval_ips
+                    r.eval_batch,
+                    r.eval_ips
                 )?;
             }
         }

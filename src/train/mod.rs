@@ -591,7 +591,10 @@ mod tests {
         let e = load_weights(&mut linear_store(4, 3), &p)
             .unwrap_err()
             .to_string();
-        assert!(!e.contains('\n') && e.contains(&p.display().to_string()), "{e}");
+        assert!(
+            !e.contains('\n') && e.contains(&p.display().to_string()),
+            "{e}"
+        );
         std::fs::write(&p, b"junk").unwrap();
         let e = load_weights(&mut linear_store(4, 3), &p)
             .unwrap_err()

@@ -483,7 +483,7 @@ pub fn read_columns(
         }
     };
     if is_jsonl(path) {
-        for (i, line) in text::utf8_lines(path, &bytes)?.into_iter().enumerate() {
+        for (i, line) in text::utf8_lines(path, bytes)?.into_iter().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
@@ -655,13 +655,8 @@ pub fn user_split_files(path: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBu
             path.display()
         )));
     };
-    let sib = |w: &str| {
-        path.with_file_name(format!(
-            "{}{w}{}",
-            &name[..at],
-            &name[at + "train".len()..]
-        ))
-    };
+    let sib =
+        |w: &str| path.with_file_name(format!("{}{w}{}", &name[..at], &name[at + "train".len()..]));
     let test = sib("test");
     if !test.is_file() {
         return Err(OeError::Data(format!(
@@ -697,10 +692,22 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let csv = b"text,label\na,x\n";
         for (train, test, dev) in [
-            ("restrained_train.csv", "restrained_test.csv", "restrained_dev.csv"),
+            (
+                "restrained_train.csv",
+                "restrained_test.csv",
+                "restrained_dev.csv",
+            ),
             ("train.csv", "test.csv", "dev.csv"),
-            ("train_trains.jsonl", "test_trains.jsonl", "dev_trains.jsonl"),
-            ("a-train-train.v2.csv", "a-train-test.v2.csv", "a-train-dev.v2.csv"),
+            (
+                "train_trains.jsonl",
+                "test_trains.jsonl",
+                "dev_trains.jsonl",
+            ),
+            (
+                "a-train-train.v2.csv",
+                "a-train-test.v2.csv",
+                "a-train-dev.v2.csv",
+            ),
         ] {
             let tr = csv_file(d.path(), train, csv);
             csv_file(d.path(), test, csv);
@@ -784,10 +791,18 @@ mod tests {
         assert_eq!(t, ["say \"hi\", \nthen go", "b\"c"]);
         assert_eq!(l.unwrap(), ["x", "y"]);
         // Text first: the BOM is not glued to the first text.
-        let p = csv_file(d.path(), "bom-text.csv", b"\xEF\xBB\xBFlabel,text\nx,hello\n");
+        let p = csv_file(
+            d.path(),
+            "bom-text.csv",
+            b"\xEF\xBB\xBFlabel,text\nx,hello\n",
+        );
         let (t, _) = read_columns(&p, "text", Some("label")).unwrap();
         assert_eq!(t, ["hello"]);
-        let p = csv_file(d.path(), "bom-text.jsonl", b"\xEF\xBB\xBF{\"text\":\"hi\"}\n");
+        let p = csv_file(
+            d.path(),
+            "bom-text.jsonl",
+            b"\xEF\xBB\xBF{\"text\":\"hi\"}\n",
+        );
         assert_eq!(read_columns(&p, "text", None).unwrap().0, ["hi"]);
         // Duplicate columns that are not used are fine; an empty text is (it is not a class).
         let p = csv_file(d.path(), "dup-other.csv", b"x,text,x\n1,,2\n");

@@ -154,7 +154,10 @@ mod tests {
         h.set_cksum();
         let mut raw = h.as_bytes().to_vec();
         raw.extend_from_slice(data);
-        let f = tempfile::Builder::new().suffix(".tar.gz").tempfile().unwrap();
+        let f = tempfile::Builder::new()
+            .suffix(".tar.gz")
+            .tempfile()
+            .unwrap();
         let mut gz = flate2::write::GzEncoder::new(f.reopen().unwrap(), Default::default());
         std::io::Write::write_all(&mut gz, &raw).unwrap();
         gz.finish().unwrap();
@@ -165,10 +168,14 @@ mod tests {
     fn a_huge_declared_member_is_refused_not_reserved() {
         let f = tar_gz_declaring(100 << 30, b"hello\n");
         let mut seen = 0;
-        let e = for_each_tar_gz_member(f.path(), |_| true, |_, _| {
-            seen += 1;
-            Ok(())
-        })
+        let e = for_each_tar_gz_member(
+            f.path(),
+            |_| true,
+            |_, _| {
+                seen += 1;
+                Ok(())
+            },
+        )
         .unwrap_err()
         .to_string();
         assert_eq!(seen, 0);
@@ -180,12 +187,23 @@ mod tests {
         // Just under the limit but truncated: read as far as it goes, no huge reservation; the
         // archive's end is then an error naming it.
         let f = tar_gz_declaring(MAX_TAR_MEMBER, b"hello\n");
-        let r = for_each_tar_gz_member(f.path(), |_| true, |_, b| {
-            assert!(b.capacity() <= MAX_TAR_RESERVE as usize + 4096, "{}", b.capacity());
-            Ok(())
-        });
+        let r = for_each_tar_gz_member(
+            f.path(),
+            |_| true,
+            |_, b| {
+                assert!(
+                    b.capacity() <= MAX_TAR_RESERVE as usize + 4096,
+                    "{}",
+                    b.capacity()
+                );
+                Ok(())
+            },
+        );
         if let Err(e) = r {
-            assert!(e.to_string().contains(&f.path().display().to_string()), "{e}");
+            assert!(
+                e.to_string().contains(&f.path().display().to_string()),
+                "{e}"
+            );
         }
     }
 

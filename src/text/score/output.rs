@@ -95,7 +95,10 @@ impl Dest {
     pub fn sink(&self) -> Result<Box<dyn Write + Send>> {
         match self {
             Dest::Stdout(_) => Ok(Box::new(std::io::stdout())),
-            Dest::Atomic { file: Some(f), path } => Ok(Box::new(
+            Dest::Atomic {
+                file: Some(f),
+                path,
+            } => Ok(Box::new(
                 f.as_file().try_clone().map_err(|e| OeError::io(path, e))?,
             )),
             Dest::Atomic { file: None, path } => Err(OeError::Data(format!(
