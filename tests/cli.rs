@@ -156,3 +156,50 @@ fn huge_and_tiny_thresholds_print_compactly() {
         assert!(!e.contains("00000000"), "{e}");
     }
 }
+
+/// `score -o` a device or a FIFO writes into it: /dev/null stays the device (as root it used to
+/// be renamed over), a FIFO's reader gets the rows.
+#[test]
+fn score_output_to_a_device_or_fifo_writes_into_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model-cb7c0ec");
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("rows.tsv");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    for out in [Path::new("/dev/null"), fifo.as_path()] {
+        let o = oe_text()
+            .current_dir(&fixture)
+            .args([
+                "score",
+                "--model",
+                ".",
+                "score-input.txt",
+                "--device",
+                "cpu",
+                "-o",
+            ])
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}: {}", out.display(), stderr(&o));
+    }
+    let rows = reader.join().unwrap();
+    assert!(rows.starts_with("source\tline\tscore"), "{rows}");
+    assert!(rows.lines().count() > 10, "{rows}");
+    assert!(std::fs::symlink_metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}

@@ -568,3 +568,29 @@ fn a_corrupted_results_page_is_an_error_naming_the_file() {
         .to_string();
     assert!(err.contains(&scores.display().to_string()), "{err}");
 }
+
+/// `report -o` a FIFO writes the report into it (a reader gets it) instead of replacing the FIFO.
+#[test]
+fn report_output_to_a_fifo_writes_into_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    make_eval(&run, "baseline", "baseline", 1, 0.8, Protocol::Paper, 5);
+    let fifo = tmp.path().join("report.md");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    oe::report::run_report(&args(vec![run], ReportFormat::Md, Some(fifo.clone()), 0)).unwrap();
+    let text = reader.join().unwrap();
+    assert!(text.contains("snli"), "{text}");
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
