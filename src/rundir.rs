@@ -550,4 +550,43 @@ mod tests {
             .to_string();
         assert!(e.contains("run.json") && e.contains('2'), "{e}");
     }
+
+    /// An unreadable `run.json` says "permission denied", not "not a model directory". Root reads
+    /// anything, so as root the read runs on a thread whose file-system user id is `nobody`
+    /// (`setfsuid` changes only the calling thread's, and drops its CAP_DAC_OVERRIDE).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn unreadable_run_json_says_permission_denied() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = d.path().join(RUN_FILE);
+        std::fs::write(&p, "{}").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let dir = d.path().to_path_buf();
+        let e = std::thread::spawn(move || {
+            if unsafe { libc::geteuid() } == 0 {
+                unsafe { libc::setfsuid(65534) };
+                if std::fs::read(dir.join(RUN_FILE)).is_ok() {
+                    return None;
+                }
+            }
+            Some(
+                read_run::<RunHeader>(&dir, "oe-text train")
+                    .unwrap_err()
+                    .to_string(),
+            )
+        })
+        .join()
+        .unwrap();
+        let Some(e) = e else {
+            eprintln!("skipped: running as root and setfsuid did not take (root reads anything)");
+            return;
+        };
+        assert!(
+            e.to_lowercase().contains("permission denied") && e.contains("run.json"),
+            "{e}"
+        );
+        assert!(!e.contains("not a model directory"), "{e}");
+    }
 }

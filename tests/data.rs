@@ -471,3 +471,25 @@ fn downloads_without_a_checksum_are_refused_unless_insecure() {
         "{e}"
     );
 }
+
+/// An image-folder archive whose member header declares 100 GB (followed by a few bytes) is read
+/// without reserving the declared size (which aborted the process).
+#[test]
+fn image_archive_with_a_huge_declared_member_does_not_abort() {
+    let d = tempfile::tempdir().unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_path("cat/a.png").unwrap();
+    h.set_size(100 << 30);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut raw = h.as_bytes().to_vec();
+    raw.extend_from_slice(b"\x89PNG truncated");
+    let p = d.path().join("images.tar");
+    std::fs::write(&p, raw).unwrap();
+    // Reaching this point at all is the check; what comes back is the (short) member or an error.
+    match oe::vision::data::folder::scan(&p) {
+        Ok(v) => assert!(v.len() <= 1),
+        Err(e) => assert!(e.to_string().contains("images.tar"), "{e}"),
+    }
+}

@@ -522,3 +522,75 @@ fn html_report_with_plots_and_intervals() {
     .unwrap();
     assert!(std::fs::metadata(pq).unwrap().len() > 1000);
 }
+
+/// Overwrites the middle of a Parquet file (its data pages) with garbage, keeping the footer: the
+/// schema reads, the data does not.
+fn corrupt_pages(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    let data_end = n - 8 - footer;
+    for b in &mut bytes[8..data_end - 8] {
+        *b = 0xA5;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_corrupted_results_page_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    make_eval(&good, "baseline", "baseline", 1, 0.8, Protocol::Paper, 5);
+    let bad = tmp.path().join("bad");
+    make_eval(&bad, "oe", "oe", 1, 1.2, Protocol::Paper, 5);
+    let files = aggregate::find_results(std::slice::from_ref(&bad)).unwrap();
+    assert_eq!(files.len(), 1);
+    corrupt_pages(&files[0]);
+    let err = oe::report::run_report(&args(
+        vec![good.clone(), bad.clone()],
+        ReportFormat::Table,
+        None,
+        0,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains(&files[0].display().to_string()), "{err}");
+    // Per-example scores too.
+    let scores = files[0].with_file_name("scores.parquet");
+    corrupt_pages(&scores);
+    let err = aggregate::load_scores(scores.parent().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&scores.display().to_string()), "{err}");
+    // And the reader `monitor` uses for scored Parquet files.
+    let err = oe::text::score::parquet::read_parquet(&scores)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&scores.display().to_string()), "{err}");
+}
+
+/// `report -o` a FIFO writes the report into it (a reader gets it) instead of replacing the FIFO.
+#[test]
+fn report_output_to_a_fifo_writes_into_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    make_eval(&run, "baseline", "baseline", 1, 0.8, Protocol::Paper, 5);
+    let fifo = tmp.path().join("report.md");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    oe::report::run_report(&args(vec![run], ReportFormat::Md, Some(fifo.clone()), 0)).unwrap();
+    let text = reader.join().unwrap();
+    assert!(text.contains("snli"), "{text}");
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}

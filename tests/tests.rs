@@ -3,6 +3,7 @@
 //! skip, saying why, when they are absent.
 
 mod bert;
+mod cli;
 mod cluster;
 mod common;
 mod compare;

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use common::device;
+use common::{device, out, outln};
 use oe::cli::text::{CompareArgs, EvalCommandArgs, TrainArgs};
 use oe::cli::{DeviceArgs, MetricsArgs};
 use oe::progress::{Progress, Style};
@@ -66,7 +66,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let mut progress = Progress::new(Style::detect(args.quiet));
     let out = oe::text::pipeline::run_train(&req, &mut progress)
         .with_context(|| format!("training run in {}", req.out_dir.display()))?;
-    print!("{}", out.table);
+    out!("{}", out.table)?;
     Ok(())
 }
 
@@ -77,12 +77,12 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
         SweepCommand::Plan { sweep: file } => {
             let (s, _) = load_sweep(file)?;
             for p in &s.points {
-                println!(
+                outln!(
                     "{:>4}  {:<40} oe-text train {}",
                     p.index,
                     p.name,
                     p.args.join(" ")
-                );
+                )?;
             }
             eprintln!(
                 "{} points; wrote {}",
@@ -92,7 +92,7 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
         }
         SweepCommand::Status { sweep: file, all } => {
             let s = sweep::load(file)?;
-            print!("{}", sweep::status(&s).render(*all));
+            out!("{}", sweep::status(&s).render(*all))?;
         }
         SweepCommand::Run { sweep: file, index } => {
             oe::interrupt::install()?;
@@ -147,7 +147,7 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
                 chdir: std::env::current_dir()?,
             })?;
             let Some(path) = &out.script else {
-                print!("{}", out.status.render(false));
+                out!("{}", out.status.render(false))?;
                 eprintln!("nothing to submit: every point is done or running");
                 return Ok(());
             };
@@ -159,7 +159,7 @@ fn sweep(args: &oe::cli::cluster::SweepArgs) -> anyhow::Result<()> {
             );
             match &out.job {
                 Some(id) => {
-                    println!("{id}");
+                    outln!("{id}")?;
                     eprintln!(
                         "submitted job array {id}; `oe-text sweep status {}` follows it",
                         file.display()
@@ -226,7 +226,7 @@ fn run() -> anyhow::Result<()> {
         Command::Merge(args) => {
             let out = oe::text::score::shard::run_merge(&args.request())?;
             if args.status {
-                print!("{}", out.render_states());
+                out!("{}", out.render_states())?;
                 let done = out
                     .states
                     .iter()
@@ -264,7 +264,7 @@ fn run() -> anyhow::Result<()> {
             let out =
                 oe::text::compare::run_compare(&runs, &args.detectors, &out_dir, &mut progress)
                     .with_context(|| format!("comparison in {}", out_dir.display()))?;
-            print!("{}", out.table);
+            out!("{}", out.table)?;
             eprintln!(
                 "results: {} and {} (per-model results: oe-text report {})",
                 out.csv.display(),
@@ -276,7 +276,7 @@ fn run() -> anyhow::Result<()> {
             let req = args.request(device(&args.device, false)?)?;
             let mut progress = Progress::new(Style::detect(false));
             let out = oe::text::pipeline::run_eval(&req, &mut progress).context("evaluating")?;
-            print!("{}", out.table);
+            out!("{}", out.table)?;
             eprintln!("results: {}", out.results_dir.display());
         }
         Command::Data(args) => {
@@ -284,17 +284,21 @@ fn run() -> anyhow::Result<()> {
             oe::interrupt::install()?;
             let (root, req) = args.request();
             let out = oe::text::data::command::run_data(&root, &req)?;
-            print!("{}", out.text);
+            out!("{}", out.text)?;
             if !out.failed.is_empty() {
-                anyhow::bail!("verification failed for: {}", out.failed.join(", "));
+                let what = match req {
+                    oe::text::data::command::DataRequest::Show { .. } => "not loadable",
+                    _ => "verification failed for",
+                };
+                anyhow::bail!("{what}: {}", out.failed.join(", "));
             }
         }
         Command::Metrics(args) => {
             let out =
                 oe::metrics::files::run_metrics(&args.request()?).context("computing metrics")?;
-            print!("{out}");
+            out!("{out}")?;
         }
-        Command::Device(args) => println!("{}", args.select()?.description),
+        Command::Device(args) => outln!("{}", args.select()?.description)?,
         Command::Score(args) if args.slurm.is_some() => {
             let output = args.output.clone().ok_or_else(|| {
                 anyhow::anyhow!("--slurm needs --output FILE (the merged output)")
@@ -314,7 +318,7 @@ fn run() -> anyhow::Result<()> {
                 out.submit_script.display()
             );
             match out.jobs {
-                Some((a, m)) => println!("{a} {m}"),
+                Some((a, m)) => outln!("{a} {m}")?,
                 None => eprintln!("submit with: {}", out.submit_script.display()),
             }
         }
@@ -359,7 +363,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Monitor(args) => {
             let out = oe::text::score::monitor::run_monitor(&args.request()?)?;
-            print!("{}", out.table);
+            out!("{}", out.table)?;
             if let Some(p) = out.plot {
                 eprintln!("wrote {}", p.display());
             }
@@ -367,14 +371,14 @@ fn run() -> anyhow::Result<()> {
         Command::Calibrate(args) => {
             let req = args.request(device(&args.device, false)?)?;
             let (_, line) = oe::text::calibrate::run_calibrate(&req).context("calibrating")?;
-            println!("{line}");
+            outln!("{line}")?;
         }
         Command::Report(args) => {
             let out = oe::report::run_report(&args.request()).context("building the report")?;
             for w in &out.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{}", out.stdout);
+            out!("{}", out.stdout)?;
             if let Some(first) = out.written.first() {
                 eprintln!(
                     "wrote {} file(s), e.g. {}",

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use common::device;
+use common::{device, out, outln};
 use oe::cli::vision::{BenchArgs, VisionDataArgs, VisionEvalCommandArgs, VisionTrainArgs};
 use oe::cli::{DeviceArgs, MetricsArgs};
 use oe::progress::{Progress, Style};
@@ -50,20 +50,20 @@ fn run() -> anyhow::Result<()> {
             let mut progress = Progress::new(Style::detect(args.quiet));
             let out = oe::vision::pipeline::run_train(&req, &mut progress)
                 .with_context(|| format!("training run in {}", req.out_dir.display()))?;
-            print!("{}", out.table);
+            out!("{}", out.table)?;
         }
         Command::Eval(args) => {
             let req = args.request(device(&args.device, false)?)?;
             let mut progress = Progress::new(Style::detect(false));
             let out = oe::vision::pipeline::run_eval(&req, &mut progress).context("evaluating")?;
-            print!("{}", out.table);
+            out!("{}", out.table)?;
             eprintln!("results: {}", out.results_dir.display());
         }
         Command::Data(args) => {
             // A signal stops a download cleanly (its staging folder is removed).
             oe::interrupt::install()?;
             let out = oe::vision::data::manifests::run_data(&args.request())?;
-            print!("{}", out.text);
+            out!("{}", out.text)?;
             if !out.failed.is_empty() {
                 anyhow::bail!("verification failed for: {}", out.failed.join(", "));
             }
@@ -71,28 +71,32 @@ fn run() -> anyhow::Result<()> {
         Command::Bench(args) => {
             let r = oe::vision::bench::run(&args.config(), device(&args.device, args.json)?)?;
             if args.json {
-                println!("{}", serde_json::to_string(&r)?);
+                outln!("{}", serde_json::to_string(&r)?)?;
             } else {
-                println!("model {} on {}", r.model, r.device);
-                println!(
+                outln!("model {} on {}", r.model, r.device)?;
+                outln!(
                     "  train (in {} + OE {} per step): {:.0} images/s ({:.1} ms/step)",
-                    r.batch, r.oe_batch, r.train_ips, r.train_step_ms
-                );
+                    r.batch,
+                    r.oe_batch,
+                    r.train_ips,
+                    r.train_step_ms
+                )?;
                 if let Some(p) = r.train_pipeline_ips {
-                    println!(
+                    outln!(
                         "  train with CPU augmentation + prefetch ({}): {p:.0} images/s, waited {:.1}% of the time for data",
                         r.pipeline_data.as_deref().unwrap_or("synthetic"),
                         100.0 * r.data_wait_share.unwrap_or(0.0)
-                    );
+                    )?;
                 }
-                println!(
+                outln!(
                     "  eval (batch {}): {:.0} images/s",
-                    r.eval_batch, r.eval_ips
-                );
+                    r.eval_batch,
+                    r.eval_ips
+                )?;
             }
         }
-        Command::Metrics(args) => print!("{}", oe::metrics::files::run_metrics(&args.request()?)?),
-        Command::Device(args) => println!("{}", args.select()?.description),
+        Command::Metrics(args) => out!("{}", oe::metrics::files::run_metrics(&args.request()?)?)?,
+        Command::Device(args) => outln!("{}", args.select()?.description)?,
     }
     Ok(())
 }

@@ -480,7 +480,7 @@ impl Knn {
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| OeError::io(dir, e))?;
         let path = dir.join(KNN_BANK_FILE);
-        let tmp = crate::io::temp_file_in(dir, ".oe-tmp-", ".safetensors")?;
+        let tmp = crate::io::temp_file_for(&path, ".oe-tmp-", ".safetensors")?;
         let bank = self.bank.to_device(Device::Cpu).contiguous();
         Tensor::write_safetensors(&[("bank", &bank)], tmp.path())?;
         crate::io::persist(tmp, &path)?;

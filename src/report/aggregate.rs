@@ -268,7 +268,7 @@ pub fn scan_results(files: &[PathBuf]) -> Result<(LazyFrame, FprColumn)> {
             };
         let fm = format!("{}_mean", fc.name);
         let fs = format!("{}_std", fc.name);
-        lfs.push(lf.select([
+        let selected = lf.select([
             col("in_dataset").cast(DataType::String),
             col("method").cast(DataType::String),
             col("model").cast(DataType::String),
@@ -291,7 +291,13 @@ pub fn scan_results(files: &[PathBuf]) -> Result<(LazyFrame, FprColumn)> {
             paper("paper_auroc_pct"),
             paper("paper_aupr_out_pct"),
             lit(eval_dir).alias("eval_dir"),
-        ]));
+        ]);
+        // Read here, file by file (a results table is one row per OOD set), so that a corrupted
+        // page is an error naming its file, not one of the concatenation.
+        let df = selected
+            .collect()
+            .map_err(|e| OeError::Data(format!("{}: {e}", f.display())))?;
+        lfs.push(df.lazy());
     }
     let (fc, _) = fpr.ok_or_else(|| OeError::Data("report: no results files".into()))?;
     let lf = concat(lfs, UnionArgs::default()).map_err(pe)?;

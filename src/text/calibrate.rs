@@ -351,7 +351,7 @@ pub fn run_calibrate(req: &CalibrateRequest) -> Result<(Calibration, String)> {
     let line = format!(
         "{}: threshold {} keeps {:.2}% of {} validation texts ({}; target {:.2}%); flag score > threshold\nwrote {} and {}",
         c.score,
-        c.threshold,
+        crate::io::compact_number(c.threshold),
         c.kept_fraction * 100.0,
         c.n_validation,
         c.note,

@@ -274,7 +274,7 @@ fn calibrate_after_training(
     Ok(format!(
         "{}: threshold {} ({score}) keeps {:.1}% of {} {} texts",
         m.dir.display(),
-        c.threshold,
+        crate::io::compact_number(c.threshold),
         c.kept_fraction * 100.0,
         c.n_validation,
         c.split
@@ -837,7 +837,8 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
     let threshold = resolve_threshold(&m, &req.score, req.threshold)?;
     let mut threshold_note = match &threshold {
         Some((t, Some(c))) => Some(format!(
-            "threshold {t} for {} from {} ({} validation texts, {:.1}% kept; {})",
+            "threshold {} for {} from {} ({} validation texts, {:.1}% kept; {})",
+            crate::io::compact_number(*t),
             c.score,
             crate::text::calibrate::paths(&m.dir, &c.score).0.display(),
             c.n_validation,

@@ -275,8 +275,7 @@ fn named_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 /// Writes tensors as `.safetensors` through the one atomic-file mechanism ([`crate::io`]).
 fn save_tensors(named: &[(String, Tensor)], path: &Path) -> Result<()> {
-    crate::io::check_replaceable(path)?;
-    let tmp = crate::io::temp_file_in(crate::io::parent_dir(path), ".oe-tmp-", ".safetensors")?;
+    let tmp = crate::io::temp_file_for(path, ".oe-tmp-", ".safetensors")?;
     Tensor::write_safetensors(named, tmp.path())?;
     std::fs::File::open(tmp.path())
         .and_then(|f| f.sync_all())
@@ -284,7 +283,9 @@ fn save_tensors(named: &[(String, Tensor)], path: &Path) -> Result<()> {
     crate::io::persist(tmp, path)
 }
 
-/// Loads `.safetensors` weights into `vs`, with a clear error naming the file.
+/// Loads `.safetensors` weights into `vs`, with a one-line error naming the file: a tensor the
+/// model has and the file lacks, or one whose shape differs (the first, by name), is said before
+/// libtorch is asked; what libtorch still refuses is said without its C++ backtrace.
 pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
     if !path.exists() {
         return Err(OeError::Data(format!(
@@ -293,12 +294,79 @@ pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
         )));
     }
     crate::checksum::verify(path)?;
-    vs.load(path).map_err(|e| {
+    let cannot = |why: String| {
         OeError::Data(format!(
-            "{}: cannot load weights ({e}); the file is incomplete or from another model shape",
+            "{}: cannot load weights: {why}; the file is incomplete or from another model shape",
             path.display()
         ))
-    })
+    };
+    let shapes = safetensors_shapes(path).map_err(cannot)?;
+    for (name, var) in named_variables(vs) {
+        match shapes.get(&name) {
+            None => return Err(cannot(format!("no tensor `{name}` in the file"))),
+            Some(shape) if *shape != var.size() => {
+                return Err(cannot(format!(
+                    "tensor `{name}` has shape {shape:?} in the file, the model's is {:?}",
+                    var.size()
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    vs.load(path)
+        .map_err(|e| cannot(torch_message(&e.to_string())))
+}
+
+/// The shape of every tensor in a `.safetensors` file, from its header (the data is not read).
+fn safetensors_shapes(path: &Path) -> std::result::Result<HashMap<String, Vec<i64>>, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|e| format!("not a safetensors file (no header: {e})"))?;
+    let n = u64::from_le_bytes(n);
+    // The format's own limit on the header (100 MB).
+    if n > 100_000_000 {
+        return Err(format!("not a safetensors file (a {n}-byte header)"));
+    }
+    let mut header = Vec::new();
+    f.take(n)
+        .read_to_end(&mut header)
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| format!("not a safetensors file (header: {e})"))?;
+    let obj = v
+        .as_object()
+        .ok_or("not a safetensors file (the header is not a JSON object)")?;
+    let mut out = HashMap::new();
+    for (k, t) in obj {
+        if k == "__metadata__" {
+            continue;
+        }
+        let shape = t
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.iter().map(|d| d.as_i64()).collect::<Option<Vec<i64>>>())
+            .ok_or_else(|| format!("tensor `{k}` has no shape in the header"))?;
+        out.insert(k.clone(), shape);
+    }
+    Ok(out)
+}
+
+/// libtorch's message without the C++ backtrace: the text before "Exception raised from", on one
+/// line.
+pub fn torch_message(msg: &str) -> String {
+    let head = msg.split("Exception raised from").next().unwrap_or(msg);
+    let lines: Vec<&str> = head
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        msg.lines().next().unwrap_or("").trim().to_string()
+    } else {
+        lines.join(" ")
+    }
 }
 
 /// FNV-1a over `bytes`, continuing from `state` (0xcbf2_9ce4_8422_2325 starts a fresh hash): the
@@ -491,6 +559,63 @@ pub fn run_phase(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn linear_store(i: i64, o: i64) -> nn::VarStore {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _ = nn::linear(vs.root() / "fc", i, o, Default::default());
+        vs
+    }
+
+    #[test]
+    fn weights_of_another_shape_are_one_line_naming_file_and_tensor() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("model.safetensors");
+        save_tensors(&named_variables(&linear_store(4, 3)), &p).unwrap();
+        load_weights(&mut linear_store(4, 3), &p).unwrap();
+        let e = load_weights(&mut linear_store(5, 3), &p)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\n') && !e.contains("Exception raised"), "{e}");
+        assert!(
+            e.contains(&p.display().to_string())
+                && e.contains("`fc.weight`")
+                && e.contains("[3, 4]")
+                && e.contains("[3, 5]"),
+            "{e}"
+        );
+        let mut other = nn::VarStore::new(tch::Device::Cpu);
+        let _ = nn::linear(other.root() / "head", 4, 3, Default::default());
+        let e = load_weights(&mut other, &p).unwrap_err().to_string();
+        assert!(e.contains("no tensor `head.bias`"), "{e}");
+        // A truncated file: the header is fine, libtorch refuses the data; one line still.
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 8]).unwrap();
+        let e = load_weights(&mut linear_store(4, 3), &p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains('\n') && e.contains(&p.display().to_string()),
+            "{e}"
+        );
+        std::fs::write(&p, b"junk").unwrap();
+        let e = load_weights(&mut linear_store(4, 3), &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a safetensors file"), "{e}");
+    }
+
+    #[test]
+    fn torch_messages_lose_the_backtrace() {
+        let m = "The size of tensor a (5) must match the size of tensor b (4) at non-singleton \
+                 dimension 1\nException raised from infer_size_impl at /pytorch/x.cpp:31 (most \
+                 recent call first):\nframe #0: c10::Error::Error(...)\nframe #1: ...";
+        assert_eq!(
+            torch_message(m),
+            "The size of tensor a (5) must match the size of tensor b (4) at non-singleton \
+             dimension 1"
+        );
+        assert_eq!(torch_message("one\ntwo"), "one two");
+    }
 
     #[test]
     fn method_labels_round_trip_and_follow_the_loss() {

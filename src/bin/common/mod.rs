@@ -2,7 +2,68 @@
 //! which, and print the whole error chain and exit non-zero on failure.
 
 use oe::cli::DeviceArgs;
+use std::io::Write;
 use std::process::ExitCode;
+
+/// The exit status after the reader of standard output went away (a closed pipe: `| head`), as
+/// for a process ended by SIGPIPE (128 + 13), without a message.
+pub const EXIT_STDOUT_CLOSED: u8 = 141;
+
+/// Standard output was closed by its reader; the command stops without saying more.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes to standard output and flushes: a closed pipe is [`StdoutClosed`] (a quiet exit in
+/// [`main`]), any other failure (a full disk: `> /dev/full`) an error saying so. `print!` would
+/// panic on either.
+pub fn write_stdout(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
+/// `print!` through [`write_stdout`]: evaluates to `anyhow::Result<()>`.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::common::write_stdout(format_args!($($t)*))
+    };
+}
+
+/// `println!` through [`write_stdout`]: evaluates to `anyhow::Result<()>`.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::common::write_stdout(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use {out, outln};
+
+/// Whether `e` comes from the reader of standard output going away: [`StdoutClosed`], or the
+/// library's own writes to standard output (`score` rows, named `<stdout>`) failing with a broken
+/// pipe.
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<StdoutClosed>()
+            || matches!(
+                c.downcast_ref::<oe::OeError>(),
+                Some(oe::OeError::Io { path, source })
+                    if path.as_os_str() == "<stdout>"
+                        && source.kind() == std::io::ErrorKind::BrokenPipe
+            )
+    })
+}
 
 /// Sets libtorch's threads, resolves `--device` and says (unless `quiet`) which device was chosen
 /// and why.
@@ -32,6 +93,7 @@ pub fn main(run: fn() -> anyhow::Result<()>) -> ExitCode {
     oe::error::warnings::set_warning_sink(|w| eprintln!("warning: {w}"));
     match run() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if stdout_closed(&e) => ExitCode::from(EXIT_STDOUT_CLOSED),
         Err(e) => {
             eprintln!("{}", oe::cli::error_chain(e.as_ref()));
             if !interrupted(&e) {

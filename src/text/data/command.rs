@@ -3,7 +3,7 @@
 
 use crate::datasets::fetch::{self, FetchOptions, Fetched};
 use crate::datasets::manifest::{self, Role};
-use crate::error::Result;
+use crate::error::{OeError, Result};
 use std::path::Path;
 
 /// Appends one formatted line to a `String`.
@@ -42,7 +42,8 @@ pub enum DataRequest {
 pub struct DataOutput {
     /// The report, for standard output.
     pub text: String,
-    /// Datasets that failed verification (the command fails after printing the report).
+    /// Datasets that failed verification, or (`show`) loaders that failed: the command fails after
+    /// printing the report.
     pub failed: Vec<String>,
 }
 
@@ -121,6 +122,7 @@ pub fn run_data(root: &Path, req: &DataRequest) -> Result<DataOutput> {
                 })();
                 if let Err(e) = r {
                     say!(out, "\n[{l}] not loadable: {e}");
+                    failed.push(l);
                 }
             }
         }
@@ -153,11 +155,30 @@ pub fn run_data(root: &Path, req: &DataRequest) -> Result<DataOutput> {
         }
         DataRequest::Bench { repeats } => out += &bench(&root, *repeats)?,
         DataRequest::Verify { names } => {
+            if !root.is_dir() {
+                return Err(OeError::Data(format!(
+                    "data root {} does not exist or is not a folder (point --data-dir or \
+                     OE_DATA_DIR at the data root, or fetch with `oe-text data fetch NAME`)",
+                    root.display()
+                )));
+            }
             let ms: Vec<&manifest::Manifest> = if names.is_empty() {
-                manifest::all()
+                // Every dataset with any of its files here: a partly deleted one is verified (and
+                // fails), not skipped.
+                let ms: Vec<_> = manifest::all()
                     .iter()
-                    .filter(|m| m.role != Role::User && crate::datasets::present(m, &root))
-                    .collect()
+                    .filter(|m| {
+                        m.role != Role::User && m.files.iter().any(|f| root.join(&f.path).exists())
+                    })
+                    .collect();
+                if ms.is_empty() {
+                    return Err(OeError::Data(format!(
+                        "nothing to verify: no dataset files under the data root {} (fetch with \
+                         `oe-text data fetch NAME`, or point --data-dir at the data root)",
+                        root.display()
+                    )));
+                }
+                ms
             } else {
                 names
                     .iter()

@@ -465,10 +465,25 @@ pub fn read_columns(
     label_col: Option<&str>,
 ) -> Result<(Vec<String>, Option<Vec<String>>)> {
     let bytes = text::read_bytes(path)?;
+    // A UTF-8 byte-order mark (spreadsheets write one) is not part of the first column name or
+    // text: dropped, silently.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut texts = Vec::new();
     let mut labels = label_col.map(|_| Vec::new());
+    // An empty label would become a class named "".
+    let label = |line: usize, col: &str, v: String| -> Result<String> {
+        if v.trim().is_empty() {
+            Err(OeError::parse(
+                path,
+                line,
+                format!("empty label in column `{col}`"),
+            ))
+        } else {
+            Ok(v)
+        }
+    };
     if is_jsonl(path) {
-        for (i, line) in text::utf8_lines(path, &bytes)?.into_iter().enumerate() {
+        for (i, line) in text::utf8_lines(path, bytes)?.into_iter().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
@@ -489,19 +504,34 @@ pub fn read_columns(
             };
             texts.push(get(text_col)?);
             if let (Some(l), Some(col)) = (labels.as_mut(), label_col) {
-                l.push(get(col)?);
+                l.push(label(i + 1, col, get(col)?)?);
             }
         }
     } else {
-        text::utf8_text(path, &bytes)?;
+        text::utf8_text(path, bytes)?;
+        if let Some(line) = unterminated_quote(bytes) {
+            return Err(OeError::parse(
+                path,
+                line,
+                "unterminated quoted field: the `\"` opening it is never closed",
+            ));
+        }
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(true)
-            .from_reader(bytes.as_slice());
+            .from_reader(bytes);
         let headers = rdr
             .headers()
             .map_err(|e| OeError::parse(path, 1, format!("bad CSV header: {e}")))?
             .clone();
         let col = |name: &str| {
+            let n = headers.iter().filter(|h| h.trim() == name).count();
+            if n > 1 {
+                return Err(OeError::parse(
+                    path,
+                    1,
+                    format!("column `{name}` appears {n} times in the header; which one to use?"),
+                ));
+            }
             headers
                 .iter()
                 .position(|h| h.trim() == name)
@@ -530,17 +560,60 @@ pub fn read_columns(
                     .ok_or_else(|| OeError::parse(path, line, "row is missing a column"))
             };
             texts.push(get(ti)?);
-            if let (Some(l), Some(i)) = (labels.as_mut(), li) {
-                l.push(get(i)?);
+            if let (Some(l), Some(i), Some(col)) = (labels.as_mut(), li, label_col) {
+                l.push(label(line, col, get(i)?)?);
             }
         }
     }
     Ok((texts, labels))
 }
 
+/// The line of a quoted CSV field that is still open at the end of `bytes` (the `csv` crate reads
+/// such a field to the end of the file without complaint), by the rules it parses with: a field
+/// starting with `"` is quoted, `""` inside is a quote, the next lone `"` closes it.
+fn unterminated_quote(bytes: &[u8]) -> Option<usize> {
+    let mut line = 1;
+    let mut field_start = true;
+    let mut open: Option<usize> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if open.is_some() {
+            if b == b'"' {
+                if bytes.get(i + 1) == Some(&b'"') {
+                    i += 1;
+                } else {
+                    open = None;
+                }
+            }
+        } else if field_start && b == b'"' {
+            open = Some(line);
+        }
+        if b == b'\n' {
+            line += 1;
+        }
+        field_start = open.is_none() && (b == b',' || b == b'\n' || (b == b'\r' && field_start));
+        i += 1;
+    }
+    open
+}
+
+/// Where the last `train` of a file name that is a part of its own starts: bounded by the ends of
+/// the name or by characters other than letters and digits (`reviews_train.csv`, `train.v2.csv`),
+/// so that `restrained_train.csv` gives `restrained_test.csv`, not `restested_train.csv`.
+fn train_component(name: &str) -> Option<usize> {
+    let bytes = name.as_bytes();
+    let apart = |i: usize| bytes.get(i).is_none_or(|b| !b.is_ascii_alphanumeric());
+    name.match_indices("train")
+        .map(|(i, _)| i)
+        .filter(|&i| (i == 0 || apart(i - 1)) && apart(i + "train".len()))
+        .last()
+}
+
 /// Finds the split files of a user dataset: `path` is a folder holding `train.*`, `test.*` and
-/// optionally `dev.*`/`valid.*` (`.csv`, `.jsonl`), or a train file whose name contains `train`
-/// (the others found by replacing it with `test` / `dev` / `valid`).
+/// optionally `dev.*`/`valid.*` (`.csv`, `.jsonl`), or a train file whose name has `train` as a
+/// part of its own (the others found by replacing the last such part with `test` / `dev` / `valid`,
+/// see [`train_component`]).
 pub fn user_split_files(path: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBuf)> {
     let find_in = |dir: &Path, stems: &[&str]| -> Option<PathBuf> {
         for s in stems {
@@ -575,13 +648,15 @@ pub fn user_split_files(path: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBu
         )));
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if !name.contains("train") {
+    let Some(at) = train_component(name) else {
         return Err(OeError::Data(format!(
-            "{}: a user dataset is a folder with train/test files or a file whose name contains `train`",
+            "{}: a user dataset is a folder with train/test files or a file whose name has `train` \
+             as a part of its own (`train.csv`, `reviews_train.csv`, `train-2024.jsonl`)",
             path.display()
         )));
-    }
-    let sib = |w: &str| path.with_file_name(name.replacen("train", w, 1));
+    };
+    let sib =
+        |w: &str| path.with_file_name(format!("{}{w}{}", &name[..at], &name[at + "train".len()..]));
     let test = sib("test");
     if !test.is_file() {
         return Err(OeError::Data(format!(
@@ -610,6 +685,128 @@ mod tests {
         for bad in ["(3 (2 a)", "(3 (2 a)))", "(3 )", "( (2 a))", "", "word"] {
             assert!(parse_ptb_tree(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sibling_split_files_replace_only_the_train_part() {
+        let d = tempfile::tempdir().unwrap();
+        let csv = b"text,label\na,x\n";
+        for (train, test, dev) in [
+            (
+                "restrained_train.csv",
+                "restrained_test.csv",
+                "restrained_dev.csv",
+            ),
+            ("train.csv", "test.csv", "dev.csv"),
+            (
+                "train_trains.jsonl",
+                "test_trains.jsonl",
+                "dev_trains.jsonl",
+            ),
+            (
+                "a-train-train.v2.csv",
+                "a-train-test.v2.csv",
+                "a-train-dev.v2.csv",
+            ),
+        ] {
+            let tr = csv_file(d.path(), train, csv);
+            csv_file(d.path(), test, csv);
+            csv_file(d.path(), dev, csv);
+            let (a, b, c) = user_split_files(&tr).unwrap();
+            assert_eq!(a, tr);
+            assert_eq!(b.unwrap(), d.path().join(dev), "{train}");
+            assert_eq!(c, d.path().join(test), "{train}");
+        }
+        // `restested_train.csv` (the old guess) is not taken for the test file.
+        let tr = csv_file(d.path(), "strained_train.csv", csv);
+        csv_file(d.path(), "stested_train.csv", csv);
+        let e = user_split_files(&tr).unwrap_err().to_string();
+        assert!(e.contains("strained_test.csv"), "{e}");
+        let tr = csv_file(d.path(), "restrained.csv", csv);
+        let e = user_split_files(&tr).unwrap_err().to_string();
+        assert!(e.contains("`train` as a part"), "{e}");
+    }
+
+    fn csv_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    #[test]
+    fn bad_labelled_csvs_name_the_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, content, line, what) in [
+            (
+                "empty-label.csv",
+                &b"text,label\na,x\nb,\nc,y\n"[..],
+                3,
+                "empty label in column `label`",
+            ),
+            (
+                "blank-label.jsonl",
+                b"{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\" \"}\n",
+                2,
+                "empty label",
+            ),
+            (
+                "dup.csv",
+                b"text,label,text\na,x,b\n",
+                1,
+                "column `text` appears 2 times",
+            ),
+            (
+                "open-quote.csv",
+                b"text,label\na,x\n\"b, and the rest,y\nc,z\n",
+                3,
+                "unterminated quoted field",
+            ),
+            (
+                "open-quote-last.csv",
+                b"text,label\r\na,x\r\nb,\"y",
+                3,
+                "unterminated quoted field",
+            ),
+        ] {
+            let p = csv_file(d.path(), name, content);
+            let e = read_columns(&p, "text", Some("label"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{}:{line}:", p.display())) && e.contains(what),
+                "{name}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn good_csvs_still_read_and_a_bom_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = csv_file(
+            d.path(),
+            "bom.csv",
+            b"\xEF\xBB\xBFtext,label\n\"say \"\"hi\"\", \nthen go\",x\nb\"c,y\n",
+        );
+        let (t, l) = read_columns(&p, "text", Some("label")).unwrap();
+        assert_eq!(t, ["say \"hi\", \nthen go", "b\"c"]);
+        assert_eq!(l.unwrap(), ["x", "y"]);
+        // Text first: the BOM is not glued to the first text.
+        let p = csv_file(
+            d.path(),
+            "bom-text.csv",
+            b"\xEF\xBB\xBFlabel,text\nx,hello\n",
+        );
+        let (t, _) = read_columns(&p, "text", Some("label")).unwrap();
+        assert_eq!(t, ["hello"]);
+        let p = csv_file(
+            d.path(),
+            "bom-text.jsonl",
+            b"\xEF\xBB\xBF{\"text\":\"hi\"}\n",
+        );
+        assert_eq!(read_columns(&p, "text", None).unwrap().0, ["hi"]);
+        // Duplicate columns that are not used are fine; an empty text is (it is not a class).
+        let p = csv_file(d.path(), "dup-other.csv", b"x,text,x\n1,,2\n");
+        assert_eq!(read_columns(&p, "text", None).unwrap().0, [""]);
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub const IN_DISTRIBUTION_NAMES: &[&str] = &[
 /// "sst-fine-phrases" (training on all phrases), "trec" (50 fine labels) / "trec-coarse",
 /// "20ng" (no-short, the paper's), "20ng-bydate" (subject + body, no filtering), or a path to a
 /// user dataset (a folder with `train.{csv,jsonl}` and `test.*`, optionally `dev.*`, or a train
-/// file whose name contains `train`; columns `text` and `label`).
+/// file whose name has `train` as a part, e.g. `reviews_train.csv`; columns `text` and `label`).
 /// The files [`load_in_distribution`] reads for `name` (and, with `oe`, [`load_oe_corpus`]), that
 /// exist: recorded with their sha256 in every model directory.
 pub fn training_files(name: &str, root: &Path, oe: Option<&str>) -> Result<Vec<PathBuf>> {

@@ -81,6 +81,13 @@ pub fn finish(s: &str, lowercase: bool, max_tokens: Option<usize>) -> String {
     }
 }
 
+/// The largest archive member [`for_each_tar_gz_member`] reads (into memory): text datasets' members
+/// are a few MB at most.
+pub const MAX_TAR_MEMBER: u64 = 1 << 30;
+
+/// The most memory reserved ahead for one member; a larger one grows as it is read.
+const MAX_TAR_RESERVE: u64 = 16 << 20;
+
 /// Iterates over the regular-file members of a `.tar.gz`, calling `f(member_path, bytes)` for
 /// those `want` accepts.
 pub fn for_each_tar_gz_member(
@@ -106,7 +113,18 @@ pub fn for_each_tar_gz_member(
         if !want(&name) {
             continue;
         }
-        let mut buf = Vec::with_capacity(entry.size() as usize);
+        // The size is the header's claim: a crafted header must not decide how much memory is
+        // reserved (a failed 100 GB reservation aborts the process).
+        let size = entry.size();
+        if size > MAX_TAR_MEMBER {
+            return Err(OeError::Data(format!(
+                "{}: member {name} declares {size} bytes, more than the {} GiB a text member may \
+                 have (a corrupted or crafted archive?)",
+                path.display(),
+                MAX_TAR_MEMBER >> 30
+            )));
+        }
+        let mut buf = Vec::with_capacity(size.min(MAX_TAR_RESERVE) as usize);
         entry
             .read_to_end(&mut buf)
             .map_err(|e| OeError::Data(format!("{}: member {name}: {e}", path.display())))?;
@@ -123,6 +141,70 @@ mod tests {
     fn finish_lowercases_and_cuts() {
         assert_eq!(finish("A b C d", true, Some(2)), "a b");
         assert_eq!(finish("A  b", false, Some(5)), "A  b");
+    }
+
+    /// A `.tar.gz` with one member `big/a.txt` whose header declares `size` bytes, followed by only
+    /// `data` (a truncated or crafted archive).
+    fn tar_gz_declaring(size: u64, data: &[u8]) -> tempfile::NamedTempFile {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("big/a.txt").unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let mut raw = h.as_bytes().to_vec();
+        raw.extend_from_slice(data);
+        let f = tempfile::Builder::new()
+            .suffix(".tar.gz")
+            .tempfile()
+            .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(f.reopen().unwrap(), Default::default());
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        gz.finish().unwrap();
+        f
+    }
+
+    #[test]
+    fn a_huge_declared_member_is_refused_not_reserved() {
+        let f = tar_gz_declaring(100 << 30, b"hello\n");
+        let mut seen = 0;
+        let e = for_each_tar_gz_member(
+            f.path(),
+            |_| true,
+            |_, _| {
+                seen += 1;
+                Ok(())
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(seen, 0);
+        let archive = f.path().display().to_string();
+        assert!(
+            e.contains(&archive) && e.contains("big/a.txt") && e.contains("107374182400"),
+            "{e}"
+        );
+        // Just under the limit but truncated: read as far as it goes, no huge reservation; the
+        // archive's end is then an error naming it.
+        let f = tar_gz_declaring(MAX_TAR_MEMBER, b"hello\n");
+        let r = for_each_tar_gz_member(
+            f.path(),
+            |_| true,
+            |_, b| {
+                assert!(
+                    b.capacity() <= MAX_TAR_RESERVE as usize + 4096,
+                    "{}",
+                    b.capacity()
+                );
+                Ok(())
+            },
+        );
+        if let Err(e) = r {
+            assert!(
+                e.to_string().contains(&f.path().display().to_string()),
+                "{e}"
+            );
+        }
     }
 
     #[test]

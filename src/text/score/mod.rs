@@ -637,7 +637,7 @@ impl ScoreSummary {
         );
         let rule = match (&self.decision, self.threshold) {
             (Some(d), _) => Some(d.clone()),
-            (None, Some(t)) => Some(format!("score > {t}")),
+            (None, Some(t)) => Some(format!("score > {}", crate::io::compact_number(t))),
             (None, None) => None,
         };
         if let Some(rule) = rule {

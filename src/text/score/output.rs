@@ -60,11 +60,12 @@ pub trait RowWriter {
     fn finish(&mut self) -> Result<()>;
 }
 
-/// The byte destination: standard output, or an atomically written file.
+/// The byte destination: standard output, or a file written through [`crate::io::OutFile`]
+/// (atomically for a regular file, directly into a device or FIFO).
 pub enum Dest {
     Stdout(std::io::Stdout),
     Atomic {
-        tmp: Option<tempfile::NamedTempFile>,
+        file: Option<crate::io::OutFile>,
         path: PathBuf,
     },
 }
@@ -74,12 +75,11 @@ impl Dest {
         Dest::Stdout(std::io::stdout())
     }
 
-    /// A temporary file next to `path` (`.oe-tmp-*`), renamed to `path` by [`Dest::commit`].
+    /// A temporary file next to `path` (`.oe-tmp-*`), renamed to `path` by [`Dest::commit`]; or
+    /// `path` itself when it is a device or FIFO.
     pub fn atomic(path: &Path) -> Result<Self> {
-        crate::io::check_replaceable(path)?;
-        let tmp = crate::io::temp_file_in(crate::io::parent_dir(path), ".oe-tmp-", "")?;
         Ok(Dest::Atomic {
-            tmp: Some(tmp),
+            file: Some(crate::io::OutFile::create(path)?),
             path: path.to_path_buf(),
         })
     }
@@ -95,10 +95,13 @@ impl Dest {
     pub fn sink(&self) -> Result<Box<dyn Write + Send>> {
         match self {
             Dest::Stdout(_) => Ok(Box::new(std::io::stdout())),
-            Dest::Atomic { tmp: Some(t), path } => Ok(Box::new(
-                t.as_file().try_clone().map_err(|e| OeError::io(path, e))?,
+            Dest::Atomic {
+                file: Some(f),
+                path,
+            } => Ok(Box::new(
+                f.as_file().try_clone().map_err(|e| OeError::io(path, e))?,
             )),
-            Dest::Atomic { tmp: None, path } => Err(OeError::Data(format!(
+            Dest::Atomic { file: None, path } => Err(OeError::Data(format!(
                 "{}: output already committed",
                 path.display()
             ))),
@@ -107,10 +110,9 @@ impl Dest {
 
     /// fsync and rename (files); nothing for standard output.
     pub fn commit(&mut self) -> Result<()> {
-        if let Dest::Atomic { tmp, path } = self {
-            if let Some(t) = tmp.take() {
-                t.as_file().sync_all().map_err(|e| OeError::io(&*path, e))?;
-                crate::io::persist(t, path)?;
+        if let Dest::Atomic { file, .. } = self {
+            if let Some(f) = file.take() {
+                f.commit()?;
             }
         }
         Ok(())
@@ -121,8 +123,8 @@ impl Write for Dest {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Dest::Stdout(s) => s.write(buf),
-            Dest::Atomic { tmp: Some(t), .. } => t.write(buf),
-            Dest::Atomic { tmp: None, .. } => {
+            Dest::Atomic { file: Some(f), .. } => f.write(buf),
+            Dest::Atomic { file: None, .. } => {
                 Err(std::io::Error::other("output already committed"))
             }
         }
@@ -130,8 +132,8 @@ impl Write for Dest {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Dest::Stdout(s) => s.flush(),
-            Dest::Atomic { tmp: Some(t), .. } => t.flush(),
-            Dest::Atomic { tmp: None, .. } => Ok(()),
+            Dest::Atomic { file: Some(f), .. } => f.flush(),
+            Dest::Atomic { file: None, .. } => Ok(()),
         }
     }
 }

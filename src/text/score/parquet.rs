@@ -147,5 +147,7 @@ impl<D> ScoreParquet<D> {
 /// Reads a Parquet file (tests and tools).
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
     let f = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
-    ParquetReader::new(f).finish().map_err(pe)
+    ParquetReader::new(f)
+        .finish()
+        .map_err(|e| OeError::Data(format!("{}: unreadable Parquet file: {e}", path.display())))
 }

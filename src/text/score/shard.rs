@@ -719,7 +719,7 @@ pub fn run_merge(req: &MergeRequest) -> Result<MergeOutcome> {
     out.decision = match (set.fdr, set.alpha, set.threshold) {
         (Some(q), _, _) => Some(format!("Benjamini-Hochberg, FDR <= {q}")),
         (None, Some(a), _) => Some(format!("p_value <= {a}")),
-        (None, None, Some(t)) => Some(format!("score > {t}")),
+        (None, None, Some(t)) => Some(format!("score > {}", crate::io::compact_number(t))),
         _ => None,
     };
     out.counts = Some(counts);

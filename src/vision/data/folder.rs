@@ -93,7 +93,8 @@ pub fn scan(root: &Path) -> Result<Vec<(String, Blob)>> {
             if !is_image(&name) {
                 continue;
             }
-            let mut buf = Vec::with_capacity(e.size() as usize);
+            // Capped: the size is the header's claim (a crafted one must not abort the process).
+            let mut buf = Vec::with_capacity(e.size().min(16 << 20) as usize);
             e.read_to_end(&mut buf).map_err(|e| OeError::io(root, e))?;
             out.push((name, Blob::Mem(Arc::new(buf))));
         }
