@@ -165,6 +165,15 @@ pub fn check_same_config<T: Serialize + DeserializeOwned>(
             o.remove("data_root");
             // Derived from the (hash-checked) data; absent in directories written before it was.
             o.remove("max_train_tokens");
+            // A baseline's outlier settings are never used (a baseline shared by OE variants
+            // with other losses is the same baseline).
+            if o.get("method").and_then(|m| m.as_str()) == Some("baseline") {
+                if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
+                    for k in ["oe_loss", "oe_batch_size", "oe_order", "pairing", "lambda"] {
+                        t.remove(k);
+                    }
+                }
+            }
             // A dataset path recorded relative by older versions and absolute now.
             if let Some(serde_json::Value::String(d)) = o.get_mut("in_dataset") {
                 if let Ok(c) = std::fs::canonicalize(d.as_str()) {

@@ -96,13 +96,13 @@ impl Preprocess {
             cfg.header.in_dataset.as_str(),
             "sst" | "sst-fine" | "sst-phrases" | "sst-fine-phrases"
         );
-        // Every text is cut somewhere: the model's own limits, else the longest training text
-        // (one 4 MB line must not cost gigabytes).
-        let longest = Some(
+        // Every text is cut somewhere: at the model's own limit, or for models without one (the
+        // GRU) at the longest training text (one 4 MB line must not cost gigabytes).
+        let longest = cfg.model.max_len().is_none().then(|| {
             cfg.max_train_tokens
                 .unwrap_or(crate::text::model_dir::DEFAULT_MAX_SCORE_TOKENS)
-                .max(1),
-        );
+                .max(1)
+        });
         let max_tokens = [
             cfg.in_fix_len,
             cfg.model.max_len(),
