@@ -236,7 +236,7 @@ fn walk(
         .map_err(|e| OeError::io(dir, e))?
         .map(|e| {
             let e = e.map_err(|e| OeError::io(dir, e))?;
-            let ft = e.file_type().map_err(|x| OeError::io(&e.path(), x))?;
+            let ft = e.file_type().map_err(|x| OeError::io(e.path(), x))?;
             Ok((e.path(), ft))
         })
         .collect::<Result<_>>()?;
