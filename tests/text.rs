@@ -764,3 +764,88 @@ fn model_directories_evaluate_from_anywhere_old_relative_paths_included() {
     std::fs::remove_file(m.join("run.json.sha256")).unwrap();
     common::check(&eval_from(Path::new("/")));
 }
+
+/// The CPU features libtorch picks its kernels by (a different set can give other float rounding).
+fn kernel_features() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let wanted = [
+        "fma",
+        "avx2",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_bf16",
+        "avx512_vnni",
+        "amx_bf16",
+        "amx_tile",
+    ];
+    wanted
+        .iter()
+        .filter(|w| flags.contains(w))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// CPU training of a commit gives the same weights in a debug and a release build (and in every
+/// process), at a given libtorch thread count. The hashes below were printed by this test run
+/// against the release binary (`OE_TEXT_BIN=target/release/oe-text cargo test ... identical`)
+/// and are checked here by the debug build's. libtorch's kernels depend on the CPU's features and
+/// its reductions on the thread count, so the pin holds for this feature set and one thread; on
+/// another CPU the test says so and only checks that two runs agree.
+#[test]
+fn cpu_training_is_identical_across_builds_and_processes() {
+    const PINNED_FEATURES: &str =
+        "fma avx2 avx512f avx512bw avx512vl avx512_bf16 avx512_vnni amx_bf16 amx_tile";
+    const PINNED: [&str; 2] = [
+        "7c6088aa0f065d2eca8f1523cb7fd35f96aa419c644dadd343baffc0923c9290",
+        "bf60aa917872d07a627f77c7d2f4ba0dcde7f64312d8dba874070a3a85f0ad76",
+    ];
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let row = |i: u64| common::sentence(i, 4242, 12);
+    write(&d.join("train.csv"), &common::labelled_csv(200, 0, row));
+    write(&d.join("test.csv"), &common::labelled_csv(40, 1000, row));
+    common::write_lines(&d.join("oe.txt"), 200, |i| common::sentence(i as u64, 77, 10));
+    common::write_lines(&d.join("ood.txt"), 30, |i| {
+        format!("question {} ?", common::sentence(i as u64, 5, 6))
+    });
+    let bin = std::env::var_os("OE_TEXT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oe-text")));
+    let train = |out: &str| -> [String; 2] {
+        let o = Command::new(&bin)
+            .args(["train", "--in"])
+            .arg(d)
+            .args(["--oe"])
+            .arg(d.join("oe.txt"))
+            .args(["--ood"])
+            .arg(d.join("ood.txt"))
+            .args(["--epochs", "2", "--oe-epochs", "1", "--repeats", "1"])
+            .args(["--threads", "1", "--device", "cpu", "--quiet", "--out"])
+            .arg(d.join(out))
+            .output()
+            .unwrap();
+        common::check(&o);
+        ["baseline", "oe"].map(|p| {
+            oe::datasets::fetch::sha256_file(&d.join(out).join(p).join("model.safetensors"))
+                .unwrap()
+        })
+    };
+    let a = train("run-a");
+    assert_eq!(a, train("run-b"), "two processes, same weights");
+    eprintln!("weights sha256 ({}): {a:?}", bin.display());
+    if kernel_features() != PINNED_FEATURES {
+        eprintln!(
+            "skipping the pinned hashes: this CPU has [{}], they were recorded on [{PINNED_FEATURES}]",
+            kernel_features()
+        );
+        return;
+    }
+    assert_eq!(a, PINNED.map(String::from), "weights differ from the release build's");
+}
