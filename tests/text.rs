@@ -811,7 +811,9 @@ fn cpu_training_is_identical_across_builds_and_processes() {
     let row = |i: u64| common::sentence(i, 4242, 12);
     write(&d.join("train.csv"), &common::labelled_csv(200, 0, row));
     write(&d.join("test.csv"), &common::labelled_csv(40, 1000, row));
-    common::write_lines(&d.join("oe.txt"), 200, |i| common::sentence(i as u64, 77, 10));
+    common::write_lines(&d.join("oe.txt"), 200, |i| {
+        common::sentence(i as u64, 77, 10)
+    });
     common::write_lines(&d.join("ood.txt"), 30, |i| {
         format!("question {} ?", common::sentence(i as u64, 5, 6))
     });
@@ -847,5 +849,9 @@ fn cpu_training_is_identical_across_builds_and_processes() {
         );
         return;
     }
-    assert_eq!(a, PINNED.map(String::from), "weights differ from the release build's");
+    assert_eq!(
+        a,
+        PINNED.map(String::from),
+        "weights differ from the release build's"
+    );
 }

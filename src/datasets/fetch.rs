@@ -179,10 +179,13 @@ fn open_url(url: &str, timeout: Duration) -> Result<(Box<dyn Read + Send>, Optio
                 ""
             }
         ))),
-        Err(e) => Err(OeError::Data(format!(
-            "{url}: {e} (no network? download the file by hand into the data root, or set OE_DATA_MIRROR \
-             to an http(s):// or file:// mirror with the data-root layout)"
-        ))),
+        Err(e) => {
+            Err(OeError::Data(format!(
+            "{} (no network? download the file by hand into the data root, or set OE_DATA_MIRROR \
+             to an http(s):// or file:// mirror with the data-root layout)",
+            if e.to_string().contains(url) { e.to_string() } else { format!("{url}: {e}") }
+        )))
+        }
     }
 }
 
@@ -370,6 +373,15 @@ fn extract_member(
     Ok(())
 }
 
+/// `what: message` for a data error (one `data:` prefix, not one per level); other errors as
+/// they are.
+fn context(e: OeError, what: &str) -> OeError {
+    match e {
+        OeError::Data(msg) => OeError::Data(format!("{what}: {msg}")),
+        other => other,
+    }
+}
+
 /// Refuses a download that nothing but example counts would check, unless `opts.insecure`.
 fn check_verifiable(m: &Manifest, url: &str, opts: &FetchOptions) -> Result<()> {
     if opts.insecure {
@@ -520,9 +532,7 @@ pub fn fetch_dataset(
                     ));
                     continue;
                 }
-                (Err(e), _, _) => {
-                    return Err(OeError::Data(format!("{} ({}): {e}", m.name, f.path)))
-                }
+                (Err(e), _, _) => return Err(context(e, &format!("{} ({})", m.name, f.path))),
             }
         } else if let Some(url) = &f.url {
             let sums = if f.sha256_mirror_only {
@@ -538,7 +548,7 @@ pub fn fetch_dataset(
             }
             needs_counts |= f.sha256_mirror_only || !sums.any();
             download_to(url, &dest, sums, opts)
-                .map_err(|e| OeError::Data(format!("{} ({}): {e}", m.name, f.path)))?;
+                .map_err(|e| context(e, &format!("{} ({})", m.name, f.path)))?;
         } else if let (Some(a), Some(member)) = (archive, &f.member) {
             if f.sha256.is_none() && !a.checked() {
                 check_verifiable(m, &a.url, opts)?;
@@ -549,8 +559,7 @@ pub fn fetch_dataset(
                     sha256: a.sha256.as_deref(),
                     md5: a.md5.as_deref(),
                 };
-                download_to(&a.url, &ap, sums, opts)
-                    .map_err(|e| OeError::Data(format!("{} (archive {}): {e}", m.name, a.url)))?;
+                download_to(&a.url, &ap, sums, opts).map_err(|e| context(e, &m.name))?;
                 archives.insert(a.id.as_str(), ap);
             }
             needs_counts |= f.sha256.is_none() && !a.checked();
