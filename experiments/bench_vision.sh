@@ -68,7 +68,8 @@ oe, st, pp = (json.loads(x) for x in sys.argv[1:4])
 rows = [
     ("train step (in memory)", oe["train_ips"], st["train_ips"]),
     ("train pipeline (JPEG, augmentation)", oe["train_pipeline_ips"], pp["train_pipeline_ips"]),
-    ("eval (batch 200)", oe["eval_ips"], pp["eval_ips"]),
+    # PyTorch's eval from the step script: the pipeline script's DataLoader workers may still run.
+    ("eval (batch 200)", oe["eval_ips"], st["eval_ips"]),
 ]
 print(f"{oe['model']} on {oe['device']}: images per second, higher is faster")
 print(f"| phase | oe | PyTorch {pp['torch']} | oe / PyTorch |")

@@ -144,6 +144,8 @@ def main():
         opt.step()
         float(loss.detach())
     train_s = time.perf_counter() - t_start
+    # Stop the loaders' worker processes so they do not compete with the evaluation below.
+    del it, in_loader, oe_loader
 
     x_eval = torch.randn(a.eval_batch_size, 3, 32, 32)
     net.eval()

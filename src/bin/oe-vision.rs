@@ -45,6 +45,7 @@ enum Command {
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Train(args) => {
+            common::keep_freed_memory();
             oe::interrupt::install()?;
             let req = args.request(device(&args.device, args.quiet)?)?;
             let mut progress = Progress::new(Style::detect(args.quiet));
@@ -53,6 +54,7 @@ fn run() -> anyhow::Result<()> {
             out!("{}", out.table)?;
         }
         Command::Eval(args) => {
+            common::keep_freed_memory();
             let req = args.request(device(&args.device, false)?)?;
             let mut progress = Progress::new(Style::detect(false));
             let out = oe::vision::pipeline::run_eval(&req, &mut progress).context("evaluating")?;
@@ -69,6 +71,7 @@ fn run() -> anyhow::Result<()> {
             }
         }
         Command::Bench(args) => {
+            common::keep_freed_memory();
             let r = oe::vision::bench::run(&args.config(), device(&args.device, args.json)?)?;
             if args.json {
                 outln!("{}", serde_json::to_string(&r)?)?;

@@ -538,7 +538,12 @@ fn notes(report: &Report) -> Vec<String> {
                 crate::metrics::FprRule::AtLeast => "at-least",
             }
         ),
-        "paper (Δ): the paper's Table 8 number (the mean row: Table 8 averaged over the same sets) and ours minus it in percentage points; * = not made or evaluated like the paper (its GRU with MSP, baseline or uniform OE; paper protocol, 1:5 OOD:ID, FPR90 closest rule).".into(),
+        // The FPR level tells the wings apart: the paper's text tables use FPR90, vision FPR95.
+        if (f.tpr - 0.95).abs() < 1e-9 {
+            "paper (Δ): the paper's Table 7 number (vision; the mean row: Table 7 averaged over the same sets) and ours minus it in percentage points; - = a dataset or OOD set the paper has no number for; * = not made or evaluated like the paper (its WRN with MSP, baseline or uniform OE; paper protocol, 1:5 OOD:ID, FPR95 closest rule).".into()
+        } else {
+            "paper (Δ): the paper's Table 8 number (the mean row: Table 8 averaged over the same sets) and ours minus it in percentage points; * = not made or evaluated like the paper (its GRU with MSP, baseline or uniform OE; paper protocol, 1:5 OOD:ID, FPR90 closest rule).".into()
+        },
     ];
     if let Some(b) = report.bootstrap {
         v.push(format!(
