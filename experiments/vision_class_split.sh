@@ -12,7 +12,7 @@
 # runs with bootstrap intervals.
 #
 # Usage: experiments/vision_class_split.sh [OUT_DIR]   (default runs/class-split)
-#   SEEDS="1 2 3" DEPTH=16 WIDEN=1 EPOCHS=20 OE_EPOCHS=5 OE_LR=0.01 THREADS=0 to change the grid.
+#   SEEDS="1 2 3" DEPTH=16 WIDEN=1 EPOCHS=25 OE_EPOCHS=5 OE_LR=0.01 THREADS=0 to change the grid.
 #   OE_VISION / OE_TEXT: prebuilt binaries (default: cargo build --release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ ARCHIVE=$DATA/cifar10-jpeg/cifar10-test-jpeg.tar.gz
 SEEDS=${SEEDS:-1 2 3}
 DEPTH=${DEPTH:-16}
 WIDEN=${WIDEN:-1}
-EPOCHS=${EPOCHS:-20}
+EPOCHS=${EPOCHS:-25}
 OE_EPOCHS=${OE_EPOCHS:-5}
 OE_LR=${OE_LR:-0.01}
 THREADS=${THREADS:-0}
