@@ -70,23 +70,18 @@ impl FetchOptions {
 
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| OeError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(crate::io::hex(&h.finalize()))
+    digest_file::<Sha256>(path)
 }
 
 /// MD5 of a file, hex (for the checksums dataset authors publish).
 pub fn md5_file(path: &Path) -> Result<String> {
+    digest_file::<md5::Md5>(path)
+}
+
+/// The digest `D` of a file, hex, read in 1 MiB blocks.
+fn digest_file<D: Digest>(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| OeError::io(path, e))?;
-    let mut h = md5::Md5::new();
+    let mut h = D::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).map_err(|e| OeError::io(path, e))?;
