@@ -24,19 +24,7 @@ pub enum DataCommand {
         examples: usize,
     },
     /// Download the missing files of datasets (from $OE_DATA_MIRROR when set, else the manifest URLs).
-    Fetch {
-        #[arg(required = true)]
-        names: Vec<String>,
-        /// Also fetch optional files.
-        #[arg(long)]
-        all: bool,
-        /// Mirror base URL (overrides $OE_DATA_MIRROR): http://host/path, file:///dir or a folder.
-        #[arg(long)]
-        mirror: Option<String>,
-        /// Also download files the manifest has no checksum for (checked by example counts only).
-        #[arg(long)]
-        insecure: bool,
-    },
+    Fetch(FetchArgs),
     /// Re-check the files on disk (sha256) and the loaders' example counts (default: every dataset present).
     Verify { names: Vec<String> },
     /// Benchmark: parse + tokenise the IMDB test split (from the .tar.gz) and extract the
@@ -45,6 +33,38 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+}
+
+/// The flags of `data fetch` (both binaries).
+#[derive(clap::Args, Clone, Debug)]
+pub struct FetchArgs {
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Also fetch optional files (e.g. the CIFAR binary versions, SVHN extra).
+    #[arg(long)]
+    pub all: bool,
+    /// Mirror base URL (overrides $OE_DATA_MIRROR): http://host/path, file:///dir or a folder; it
+    /// may hold the data-root layout or the original archives by file name.
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Also download files the manifest has no checksum for (e.g. Tiny ImageNet, Places365;
+    /// checked by example counts only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl FetchArgs {
+    /// `$OE_DATA_MIRROR` and the defaults, with these flags and a download bar.
+    pub fn options(&self) -> crate::datasets::fetch::FetchOptions {
+        let mut opts = crate::datasets::fetch::FetchOptions::from_env();
+        opts.all = self.all;
+        opts.insecure = self.insecure;
+        opts.progress = Some(crate::progress::download_bar());
+        if self.mirror.is_some() {
+            opts.mirror = self.mirror.clone();
+        }
+        opts
+    }
 }
 
 impl DataArgs {
@@ -57,17 +77,9 @@ impl DataArgs {
                 name: name.clone(),
                 examples: *examples,
             },
-            DataCommand::Fetch {
-                names,
-                all,
-                mirror,
-                insecure,
-            } => DataRequest::Fetch {
-                names: names.clone(),
-                all: *all,
-                insecure: *insecure,
-                mirror: mirror.clone(),
-                progress: Some(crate::progress::download_bar()),
+            DataCommand::Fetch(f) => DataRequest::Fetch {
+                names: f.names.clone(),
+                opts: f.options(),
             },
             DataCommand::Verify { names } => DataRequest::Verify {
                 names: names.clone(),

@@ -422,20 +422,7 @@ pub enum VisionDataCommand {
     Show { name: String },
     /// Download, verify (the published checksums) and unpack datasets into the data root (from
     /// $OE_DATA_MIRROR when set: the data-root layout or the original archives by file name).
-    Fetch {
-        #[arg(required = true)]
-        names: Vec<String>,
-        /// Also fetch optional files (the CIFAR binary versions, SVHN extra).
-        #[arg(long)]
-        all: bool,
-        /// Mirror base URL (overrides $OE_DATA_MIRROR): http://host/path, file:///dir or a folder.
-        #[arg(long)]
-        mirror: Option<String>,
-        /// Also download files the manifest has no checksum for (Tiny ImageNet, Places365, ...;
-        /// checked by example counts only).
-        #[arg(long)]
-        insecure: bool,
-    },
+    Fetch(crate::cli::data::FetchArgs),
     /// Re-check the files on disk (checksums) and the loaders' counts (default: every dataset
     /// present); fails when any check fails.
     Verify { names: Vec<String> },
@@ -451,18 +438,10 @@ impl VisionDataArgs {
                 root,
                 name: name.clone(),
             },
-            VisionDataCommand::Fetch {
-                names,
-                all,
-                mirror,
-                insecure,
-            } => DataRequest::Fetch {
+            VisionDataCommand::Fetch(f) => DataRequest::Fetch {
                 root,
-                names: names.clone(),
-                all: *all,
-                insecure: *insecure,
-                mirror: mirror.clone(),
-                progress: Some(crate::progress::download_bar()),
+                names: f.names.clone(),
+                opts: f.options(),
             },
             VisionDataCommand::Verify { names } => DataRequest::Verify {
                 root,

@@ -615,6 +615,29 @@ pub fn fetch_dataset(
     Ok(out)
 }
 
+/// Fetches each of `manifests` in turn ([`fetch_dataset`]) and returns one line per file:
+/// present, downloaded and verified, or skipped and why (`data fetch`, both wings).
+pub fn fetch_report(
+    manifests: &[&Manifest],
+    root: &Path,
+    opts: &FetchOptions,
+    counts: CountCheck,
+) -> Result<String> {
+    let mut out = String::new();
+    for m in manifests {
+        for r in fetch_dataset(m, root, opts, counts)? {
+            let line = match r {
+                Fetched::AlreadyPresent(p) => format!("{}: {p}: present", m.name),
+                Fetched::Downloaded(p) => format!("{}: {p}: downloaded and verified", m.name),
+                Fetched::Skipped(p, why) => format!("{}: {p}: skipped ({why})", m.name),
+            };
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
 /// Verification report of one dataset.
 #[derive(Clone, Debug)]
 pub struct VerifyReport {

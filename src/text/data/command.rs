@@ -1,7 +1,7 @@
 //! The text data commands (`oe-text data list | show NAME | fetch NAME... | verify [NAME...] |
 //! bench`): what they report is returned as text for the binary to print.
 
-use crate::datasets::fetch::{self, FetchOptions, Fetched};
+use crate::datasets::fetch::{self, FetchOptions};
 use crate::datasets::manifest::{self, Role};
 use crate::error::{OeError, Result};
 use std::path::Path;
@@ -21,15 +21,10 @@ pub enum DataRequest {
     List,
     /// Counts per split and `examples` examples of one dataset.
     Show { name: String, examples: usize },
-    /// Download the missing files (optional ones too with `all`), from `mirror` when given.
+    /// Download the missing files of `names` as `opts` says.
     Fetch {
         names: Vec<String>,
-        all: bool,
-        mirror: Option<String>,
-        /// Download files the manifest has no checksum for.
-        insecure: bool,
-        /// Told how each download advances.
-        progress: Option<fetch::DownloadProgress>,
+        opts: FetchOptions,
     },
     /// Re-check files (sha256) and loader counts (default: every dataset present).
     Verify { names: Vec<String> },
@@ -126,32 +121,12 @@ pub fn run_data(root: &Path, req: &DataRequest) -> Result<DataOutput> {
                 }
             }
         }
-        DataRequest::Fetch {
-            names,
-            all,
-            mirror,
-            insecure,
-            progress,
-        } => {
-            let mut opts = FetchOptions::from_env();
-            opts.all = *all;
-            opts.insecure = *insecure;
-            opts.progress = progress.clone();
-            if mirror.is_some() {
-                opts.mirror = mirror.clone();
-            }
-            for n in names {
-                let m = manifest::get(n)?;
-                for r in fetch::fetch_dataset(m, &root, &opts, &super::check_loader_counts)? {
-                    match r {
-                        Fetched::AlreadyPresent(p) => say!(out, "{}: {p}: present", m.name),
-                        Fetched::Downloaded(p) => {
-                            say!(out, "{}: {p}: downloaded and verified", m.name)
-                        }
-                        Fetched::Skipped(p, why) => say!(out, "{}: {p}: skipped ({why})", m.name),
-                    }
-                }
-            }
+        DataRequest::Fetch { names, opts } => {
+            let ms = names
+                .iter()
+                .map(|n| manifest::get(n))
+                .collect::<Result<Vec<_>>>()?;
+            out += &fetch::fetch_report(&ms, &root, opts, &super::check_loader_counts)?;
         }
         DataRequest::Bench { repeats } => out += &bench(&root, *repeats)?,
         DataRequest::Verify { names } => {

@@ -2,7 +2,7 @@
 //! [`crate::datasets::manifest::parse_manifest`]). Kept apart from the text list so the text data
 //! commands never try to load or fetch images.
 
-use crate::datasets::fetch::{self, DownloadProgress, FetchOptions, Fetched};
+use crate::datasets::fetch::{self, FetchOptions};
 use crate::datasets::manifest::{compare_count, CountEntry, Manifest};
 use crate::error::{OeError, Result};
 use std::path::{Path, PathBuf};
@@ -57,12 +57,7 @@ pub enum DataRequest {
     Fetch {
         root: PathBuf,
         names: Vec<String>,
-        all: bool,
-        /// Overrides `$OE_DATA_MIRROR`.
-        mirror: Option<String>,
-        /// Download files the manifest has no checksum for.
-        insecure: bool,
-        progress: Option<DownloadProgress>,
+        opts: FetchOptions,
     },
     /// Re-check files (checksums) and counts; every dataset present when `names` is empty.
     Verify {
@@ -126,35 +121,9 @@ pub fn run_data(req: &DataRequest) -> Result<DataOutput> {
     match req {
         DataRequest::List { root } => out.text = crate::datasets::list(all(), root),
         DataRequest::Show { root, name } => out.text = crate::datasets::describe(get(name)?, root),
-        DataRequest::Fetch {
-            root,
-            names,
-            all: every,
-            mirror,
-            insecure,
-            progress,
-        } => {
-            let mut opts = FetchOptions::from_env();
-            opts.all = *every;
-            opts.insecure = *insecure;
-            opts.progress = progress.clone();
-            if mirror.is_some() {
-                opts.mirror = mirror.clone();
-            }
-            for n in names {
-                let m = get(n)?;
-                for r in fetch::fetch_dataset(m, root, &opts, &check_loader_counts)? {
-                    let line = match r {
-                        Fetched::AlreadyPresent(p) => format!("{}: {p}: present", m.name),
-                        Fetched::Downloaded(p) => {
-                            format!("{}: {p}: downloaded and verified", m.name)
-                        }
-                        Fetched::Skipped(p, why) => format!("{}: {p}: skipped ({why})", m.name),
-                    };
-                    out.text.push_str(&line);
-                    out.text.push('\n');
-                }
-            }
+        DataRequest::Fetch { root, names, opts } => {
+            let ms = names.iter().map(|n| get(n)).collect::<Result<Vec<_>>>()?;
+            out.text = fetch::fetch_report(&ms, root, opts, &check_loader_counts)?;
         }
         DataRequest::Verify { root, names } => {
             if !root.is_dir() {
