@@ -195,9 +195,7 @@ pub fn load(root: &Path, which: Cifar, train: bool) -> Result<ImageSet> {
     } else if bin.is_dir() {
         (false, bin, which.binary_files(train))
     } else {
-        let help = super::manifests::find(which.name())
-            .map(|m| crate::datasets::how_to_get(m, root, "oe-vision"))
-            .unwrap_or_default();
+        let help = super::manifests::how_to_get(which.name(), root);
         return Err(OeError::Data(format!(
             "{}: neither {} nor {} found under the data root {}; {help}",
             which.name(),

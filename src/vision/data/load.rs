@@ -157,19 +157,19 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &InOptions) -> Result
             )
         }
         "tinyimagenet" | "tiny-imagenet" => {
-            let m = super::manifests::find("tinyimagenet");
-            if m.is_some_and(|m| !crate::datasets::present(m, root)) {
-                if let Err(e) = tinyimagenet::load(root, false) {
-                    let help = m
-                        .map(|m| crate::datasets::how_to_get(m, root, "oe-vision"))
-                        .unwrap_or_default();
-                    return Err(OeError::Data(format!("tinyimagenet: {e}; {help}")));
-                }
-            }
-            (
-                tinyimagenet::load(root, true)?,
-                tinyimagenet::load(root, false)?,
-            )
+            // When the manifest's files are absent, a failing load also says how to get them.
+            let absent = super::manifests::find("tinyimagenet")
+                .is_some_and(|m| !crate::datasets::present(m, root));
+            let load = |train: bool| {
+                tinyimagenet::load(root, train).map_err(|e| match absent {
+                    true => OeError::Data(format!(
+                        "tinyimagenet: {e}; {}",
+                        super::manifests::how_to_get("tinyimagenet", root)
+                    )),
+                    false => e,
+                })
+            };
+            (load(true)?, load(false)?)
         }
         spec => {
             let f = FolderSpec::parse(spec)?;
@@ -232,13 +232,11 @@ fn missing_help(name: &str, root: &Path, files: &[PathBuf]) -> Result<()> {
     if absent.is_empty() {
         return Ok(());
     }
-    let help = super::manifests::find(name)
-        .map(|m| crate::datasets::how_to_get(m, root, "oe-vision"))
-        .unwrap_or_default();
     Err(OeError::Data(format!(
-        "{name}: {} not found under the data root {}; {help}",
+        "{name}: {} not found under the data root {}; {}",
         absent.join(", "),
-        root.display()
+        root.display(),
+        super::manifests::how_to_get(name, root)
     )))
 }
 
