@@ -8,6 +8,21 @@ fn oe_text() -> Command {
     Command::new(env!("CARGO_BIN_EXE_oe-text"))
 }
 
+/// `oe-text score` of the committed fixture model on its own input file, on the CPU.
+fn score_fixture() -> Command {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model-cb7c0ec");
+    let mut c = oe_text();
+    c.current_dir(fixture).args([
+        "score",
+        "--model",
+        ".",
+        "score-input.txt",
+        "--device",
+        "cpu",
+    ]);
+    c
+}
+
 /// Two score files for `metrics`.
 fn score_files(dir: &Path) -> (String, String) {
     let a = dir.join("in.txt");
@@ -134,18 +149,8 @@ fn data_show_fails_when_a_loader_fails() {
 
 #[test]
 fn huge_and_tiny_thresholds_print_compactly() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model-cb7c0ec");
     for (t, want) in [("1e300", "score > 1e300"), ("-2.5e-9", "score > -2.5e-9")] {
-        let o = oe_text()
-            .current_dir(&fixture)
-            .args([
-                "score",
-                "--model",
-                ".",
-                "score-input.txt",
-                "--device",
-                "cpu",
-            ])
+        let o = score_fixture()
             .args(["--threshold", t])
             .stdout(Stdio::null())
             .output()
@@ -162,7 +167,6 @@ fn huge_and_tiny_thresholds_print_compactly() {
 #[test]
 fn score_output_to_a_device_or_fifo_writes_into_it() {
     use std::os::unix::fs::FileTypeExt;
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model-cb7c0ec");
     let d = tempfile::tempdir().unwrap();
     let fifo = d.path().join("rows.tsv");
     assert!(Command::new("mkfifo")
@@ -175,20 +179,7 @@ fn score_output_to_a_device_or_fifo_writes_into_it() {
         std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
     };
     for out in [Path::new("/dev/null"), fifo.as_path()] {
-        let o = oe_text()
-            .current_dir(&fixture)
-            .args([
-                "score",
-                "--model",
-                ".",
-                "score-input.txt",
-                "--device",
-                "cpu",
-                "-o",
-            ])
-            .arg(out)
-            .output()
-            .unwrap();
+        let o = score_fixture().arg("-o").arg(out).output().unwrap();
         assert!(o.status.success(), "{}: {}", out.display(), stderr(&o));
     }
     let rows = reader.join().unwrap();
