@@ -112,7 +112,13 @@ fn grid_is_complete_and_matches_uncached_evaluation() {
     let req = &runs[0].oe;
     let ind =
         oe::text::data::load_in_distribution(&req.in_dataset, &req.data_root, &req.text).unwrap();
-    let ood = load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text).unwrap();
+    let ood = load_ood_inputs(
+        req.ood_sets.as_deref(),
+        &req.in_dataset,
+        &req.data_root,
+        &req.text,
+    )
+    .unwrap();
     for (training, det) in [
         ("oe", Detector::Logit(Score::Energy { temperature: 1.0 })),
         ("energy-oe", Detector::Feature(FeatureDetector::Knn)),

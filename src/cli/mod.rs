@@ -146,6 +146,13 @@ pub struct DataRootArgs {
     /// Keep only the first N tokens of in-distribution texts (default: 100 for 20NG, else all).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<usize>,
+    /// Column of user CSV / JSON-lines files that holds the text (default: text); also for
+    /// `--ood` files in CSV or JSON-lines.
+    #[arg(long, value_name = "NAME")]
+    pub text_column: Option<String>,
+    /// Column of user datasets that holds the label (default: label).
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
 }
 
 impl DataRootArgs {
@@ -156,6 +163,8 @@ impl DataRootArgs {
         TextOptions {
             lowercase: self.lowercase,
             max_tokens: self.max_tokens,
+            text_column: self.text_column.clone(),
+            label_column: self.label_column.clone(),
         }
     }
 }
@@ -163,8 +172,10 @@ impl DataRootArgs {
 /// Evaluation flags, shared by `train` and `eval`.
 #[derive(Args, Clone, Debug)]
 pub struct EvalArgs {
-    /// OOD sets, comma-separated: snli, imdb, multi30k, wmt16, yelp, ewt-answers, ..., or text files
-    /// (default: every set present under the data root).
+    /// OOD sets, comma-separated: snli, imdb, multi30k, wmt16, yelp, ewt-answers, ...,
+    /// clinc150-oos, or text files, each optionally as NAME=PATH for a short name in tables
+    /// (default: the dataset's own out-of-scope set for clinc150, else every far-OOD set present
+    /// under the data root).
     #[arg(long, value_delimiter = ',', value_name = "SETS")]
     pub ood: Option<Vec<String>>,
     /// paper: the reference's protocol and quirks; clean: seeded uniform draws, batch-independent scores.

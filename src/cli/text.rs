@@ -77,10 +77,12 @@ pub enum OeLossArg {
 /// `oe-text train`.
 #[derive(Args, Clone, Debug)]
 pub struct TrainArgs {
-    /// In-distribution dataset: sst, trec, 20ng, or a user dataset (CSV / JSON-lines with text and label).
+    /// In-distribution dataset: sst, trec, 20ng, clinc150, or a user dataset (CSV / JSON-lines with
+    /// text and label columns; see --text-column, --label-column).
     #[arg(long = "in", value_name = "NAME")]
     pub in_dataset: String,
-    /// Outlier corpus for OE: wikitext2, wikitext103 or a text file; omit to train the baseline only.
+    /// Outlier corpus for OE: wikitext2, wikitext103, clinc150-oos-train (CLINC150's 100 real
+    /// out-of-scope training queries) or a text file; omit to train the baseline only.
     #[arg(long, value_name = "NAME")]
     pub oe: Option<String>,
     #[arg(long, value_enum, default_value_t = OeMethodArg::Finetune)]
@@ -147,8 +149,10 @@ pub struct TrainArgs {
     /// Energy-bounded loss: outlier energy margin.
     #[arg(long, default_value_t = -7.0, allow_hyphen_values = true)]
     pub m_out: f64,
-    #[arg(long, value_enum, default_value_t = Pairing::Truncate)]
-    pub pairing: Pairing,
+    /// How outlier batches pair with in-distribution batches (default: truncate, the reference's
+    /// zip, unless the outliers last less than an epoch, e.g. clinc150-oos-train: then cycle).
+    #[arg(long, value_enum)]
+    pub pairing: Option<Pairing>,
     /// Seed for initialisation and shuffling (recorded in run.json).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -284,7 +288,7 @@ impl TrainArgs {
             batch_size: self.batch_size,
             oe_batch_size: self.oe_batch_size,
             oe_loss: self.oe_loss(),
-            pairing: self.pairing,
+            pairing: self.pairing.unwrap_or_default(),
             seed: self.seed,
         };
         baseline.validate()?;
@@ -323,6 +327,7 @@ impl TrainArgs {
             calibrate_tpr: (self.calibrate_tpr > 0.0).then_some(self.calibrate_tpr),
             oe_dir: None,
             evaluate: true,
+            auto_pairing: self.pairing.is_none(),
         })
     }
 }

@@ -145,6 +145,7 @@ pub const SOURCES: &[(&str, &str)] = manifest_sources!(
     "sst",
     "trec",
     "20ng",
+    "clinc150",
     "wikitext2",
     "wikitext103",
     "snli",

@@ -103,8 +103,12 @@ pub fn run_compare(
         let key = DataKey::of(req);
         if data.as_ref().is_none_or(|d| d.0 != key) {
             let ind = data::load_in_distribution(&req.in_dataset, &req.data_root, &req.text)?;
-            let ood =
-                pipeline::load_ood_inputs(req.ood_sets.as_deref(), &req.data_root, &req.text)?;
+            let ood = pipeline::load_ood_inputs(
+                req.ood_sets.as_deref(),
+                &req.in_dataset,
+                &req.data_root,
+                &req.text,
+            )?;
             data = Some((key, ind, ood));
         }
         let (_, ind, ood) = data.as_ref().expect("loaded above");

@@ -53,6 +53,9 @@ pub struct TrainRequest {
     pub oe_dir: Option<String>,
     /// Evaluate the trained models (`oe-text compare` evaluates them itself, with every detector).
     pub evaluate: bool,
+    /// `oe.pairing` was not chosen by the user: when the outliers last fewer steps than an epoch
+    /// (CLINC150's 100 out-of-scope queries), OE cycles them instead of ending the epoch early.
+    pub auto_pairing: bool,
 }
 
 /// What a training run produced.
@@ -172,14 +175,17 @@ fn train_model_dir(
 }
 
 /// Loads the OOD sets named (or all present) with the paper's preprocessing.
+/// Without names: `in_dataset`'s own near-OOD set when it has one (CLINC150's out-of-scope
+/// queries), else every far-OOD set present ([`data::default_ood_sets`]).
 pub fn load_ood_inputs(
     names: Option<&[String]>,
+    in_dataset: &str,
     root: &Path,
     text: &TextOptions,
 ) -> Result<Vec<OodInput>> {
     let names: Vec<String> = match names {
         Some(n) => n.to_vec(),
-        None => data::available_ood_sets(root),
+        None => data::default_ood_sets(in_dataset, root),
     };
     if names.is_empty() {
         return Err(OeError::Data(format!(
@@ -191,6 +197,8 @@ pub fn load_ood_inputs(
     let ood_text = TextOptions {
         lowercase: text.lowercase.map(|_| true).or(Some(true)),
         max_tokens: None,
+        text_column: text.text_column.clone(),
+        label_column: None,
     };
     names
         .iter()
@@ -345,6 +353,28 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
         }
         None => None,
     };
+    let mut oe_train = req.oe.clone();
+    if let Some(o) = &oe_ids {
+        let steps = ind.train.len().div_ceil(req.oe.batch_size.max(1));
+        let oe_steps = o.len().div_ceil(req.oe.oe_batch_size.max(1));
+        if oe_steps < steps && req.oe.pairing == crate::train::Pairing::Truncate {
+            if req.auto_pairing {
+                oe_train.pairing = crate::train::Pairing::Cycle;
+                obs.status(&format!(
+                    "the {} outliers last {oe_steps} of the {steps} steps of an epoch: OE cycles \
+                     them (--pairing cycle; pass --pairing truncate for the reference's zip)",
+                    o.len()
+                ));
+            } else {
+                obs.warning(&format!(
+                    "the {} outliers last {oe_steps} of the {steps} steps of an epoch \
+                     (--pairing truncate ends the epoch there, as the reference does); \
+                     --pairing cycle pairs every in-distribution batch",
+                    o.len()
+                ));
+            }
+        }
+    }
     let data_files =
         data::training_files(&req.in_dataset, &req.data_root, req.oe_corpus.as_deref())?
             .iter()
@@ -354,6 +384,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
     let ood = if req.evaluate {
         Some(load_ood_inputs(
             req.ood_sets.as_deref(),
+            &req.in_dataset,
             &req.data_root,
             &req.text,
         )?)
@@ -425,7 +456,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
             },
             oe_corpus: Some(corpus.clone()),
             oe_examples: Some(oe_ids.len()),
-            train: req.oe.clone(),
+            train: oe_train.clone(),
             ..base_cfg.clone()
         };
         let init =
@@ -447,7 +478,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
             timings.push(timing(
                 req.oe_method.name(),
                 t0,
-                ind.train.len() * req.oe.epochs,
+                ind.train.len() * oe_train.epochs,
             ));
         }
         dirs.push((oe_dir_name.to_string(), oe_dir));
@@ -624,7 +655,12 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
         m.fit_detectors(&ind.train)?;
     }
     let method = req.method.unwrap_or_else(|| m.config.method_label());
-    let ood = load_ood_inputs(req.ood_sets.as_deref(), data_root, &m.config.text)?;
+    let ood = load_ood_inputs(
+        req.ood_sets.as_deref(),
+        &m.config.header.in_dataset,
+        data_root,
+        &m.config.text,
+    )?;
     let (report, results_dir) = evaluate_model(&m, &ind.test, &ood, &req.eval, method)?;
     let table =
         crate::results::comparison_table(&m.config.header.in_dataset, &[(method.name(), &report)]);

@@ -96,6 +96,7 @@ pub fn request(
         calibrate_tpr: None,
         oe_dir: None,
         evaluate: true,
+        auto_pairing: false,
     }
 }
 

@@ -816,3 +816,80 @@ mod tests {
         assert_eq!(no_short(&s, &b), "gpus are fast think faster yes");
     }
 }
+
+// ---------------------------------------------------------------- CLINC150
+
+/// The six splits of CLINC150's `data_full.json` (Larson et al., EMNLP 2019), in file order:
+/// 150 in-scope intents × 100 / 20 / 30 queries (train / val / test) and out-of-scope queries
+/// 100 / 100 / 1,000 (label `oos`).
+#[derive(Clone, Debug, Default)]
+pub struct Clinc150 {
+    pub train: Labelled,
+    pub val: Labelled,
+    pub test: Labelled,
+    pub oos_train: Vec<String>,
+    pub oos_val: Vec<String>,
+    pub oos_test: Vec<String>,
+}
+
+/// Reads `data_full.json`: an object with the keys `train`, `val`, `test`, `oos_train`, `oos_val`,
+/// `oos_test`, each a list of `[text, intent]` pairs. In-scope splits must not contain `oos`;
+/// out-of-scope splits must contain only `oos`. Texts get [`finish`] (lower-cased by default).
+pub fn read_clinc150(path: &Path, t: &TextOptions) -> Result<Clinc150> {
+    let bytes = text::read_bytes(path)?;
+    let raw = text::utf8_text(path, &bytes)?;
+    let v: serde_json::Value = serde_json::from_str(raw)
+        .map_err(|e| OeError::parse(path, e.line(), format!("invalid JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| {
+        OeError::Data(format!(
+            "{}: expected a JSON object with the keys train, val, test, oos_train, oos_val, oos_test",
+            path.display()
+        ))
+    })?;
+    let lower = t.lowercase.unwrap_or(true);
+    let split = |key: &str, want_oos: bool| -> Result<Labelled> {
+        let list = obj.get(key).and_then(|x| x.as_array()).ok_or_else(|| {
+            OeError::Data(format!(
+                "{}: key `{key}` is missing or not a list",
+                path.display()
+            ))
+        })?;
+        let mut out = Labelled::default();
+        for (i, e) in list.iter().enumerate() {
+            let pair = e.as_array().filter(|a| a.len() == 2);
+            let (text, label) = match pair.map(|a| (a[0].as_str(), a[1].as_str())) {
+                Some((Some(x), Some(l))) => (x, l),
+                _ => {
+                    return Err(OeError::Data(format!(
+                        "{}: `{key}` entry {} is not a [text, intent] pair of strings",
+                        path.display(),
+                        i + 1
+                    )))
+                }
+            };
+            if (label == "oos") != want_oos {
+                return Err(OeError::Data(format!(
+                    "{}: `{key}` entry {} has intent `{label}`{}",
+                    path.display(),
+                    i + 1,
+                    if want_oos {
+                        ", but out-of-scope splits hold only `oos`"
+                    } else {
+                        ", but `oos` belongs in the oos_* splits"
+                    }
+                )));
+            }
+            out.texts.push(finish(text, lower, t.max_tokens));
+            out.labels.push(label.to_string());
+        }
+        Ok(out)
+    };
+    Ok(Clinc150 {
+        train: split("train", false)?,
+        val: split("val", false)?,
+        test: split("test", false)?,
+        oos_train: split("oos_train", true)?.texts,
+        oos_val: split("oos_val", true)?.texts,
+        oos_test: split("oos_test", true)?.texts,
+    })
+}

@@ -29,6 +29,23 @@ use std::path::{Path, PathBuf};
 pub struct TextOptions {
     pub lowercase: Option<bool>,
     pub max_tokens: Option<usize>,
+    /// Column holding the text in user CSV / JSON-lines files (default `text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_column: Option<String>,
+    /// Column holding the label in user datasets (default `label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+}
+
+impl TextOptions {
+    /// The text column of user files.
+    pub fn text_col(&self) -> &str {
+        self.text_column.as_deref().unwrap_or("text")
+    }
+    /// The label column of user datasets.
+    pub fn label_col(&self) -> &str {
+        self.label_column.as_deref().unwrap_or("label")
+    }
 }
 
 /// Texts with raw string labels, in file order.
@@ -93,7 +110,13 @@ pub const IN_DISTRIBUTION_NAMES: &[&str] = &[
     "trec-coarse",
     "20ng",
     "20ng-bydate",
+    "clinc150",
 ];
+
+/// CLINC150's `data_full.json` under a data root.
+pub fn clinc150_file(root: &Path) -> PathBuf {
+    root.join("clinc150").join("data_full.json")
+}
 
 /// name: "sst" (binary, sentences, neutral dropped), "sst-fine" (5 classes), "sst-phrases" /
 /// "sst-fine-phrases" (training on all phrases), "trec" (50 fine labels) / "trec-coarse",
@@ -114,6 +137,7 @@ pub fn training_files(name: &str, root: &Path, oe: Option<&str>) -> Result<Vec<P
             .iter()
             .map(|f| root.join("trec").join(f))
             .collect(),
+        "clinc150" => vec![clinc150_file(root)],
         "20ng" | "20ng-bydate" => {
             let d = root.join("20newsgroups");
             let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
@@ -139,10 +163,12 @@ pub fn training_files(name: &str, root: &Path, oe: Option<&str>) -> Result<Vec<P
         Some("wikitext103" | "wikitext-103") => {
             v.push(root.join("wikitext-103").join("wiki.train.tokens"))
         }
+        Some("clinc150-oos-train") => v.push(clinc150_file(root)),
         Some(f) => v.push(PathBuf::from(f)),
         None => {}
     }
     v.retain(|p| p.is_file());
+    v.dedup();
     Ok(v)
 }
 
@@ -174,6 +200,10 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &TextOptions) -> Resu
                 indist::parse_trec_file(&d.join("TREC_10.label"), fine, opts)?,
             )
         }
+        "clinc150" => {
+            let c = indist::read_clinc150(&clinc150_file(root), opts)?;
+            (c.train, Some(c.val), c.test)
+        }
         "20ng" => {
             let (tr, te, full, _) = indist::load_20ng_no_short(&root.join("20newsgroups"), opts)?;
             if full.texts != tr.texts {
@@ -197,7 +227,8 @@ pub fn load_in_distribution(name: &str, root: &Path, opts: &TextOptions) -> Resu
                 )));
             }
             let (tr, dv, te) = indist::user_split_files(p)?;
-            let rd = |f: &Path| indist::read_labelled_file(f, "text", "label", opts);
+            let rd =
+                |f: &Path| indist::read_labelled_file(f, opts.text_col(), opts.label_col(), opts);
             (rd(&tr)?, dv.as_deref().map(rd).transpose()?, rd(&te)?)
         }
     };
@@ -260,10 +291,41 @@ pub const OOD_NAMES: &[&str] = &[
     "ewt-weblog",
 ];
 
+/// OOD sets that belong to one in-distribution dataset (near-OOD): evaluated by default only for
+/// it, and accepted by [`load_ood`] for any model.
+pub const NEAR_OOD_NAMES: &[(&str, &str)] = &[
+    // (in-distribution dataset, OOD set): CLINC150's out-of-scope test queries.
+    ("clinc150", "clinc150-oos"),
+];
+
+/// Names [`load_ood`] accepts that are validation sets, never a default test set: CLINC150's
+/// out-of-scope validation queries (for tuning and thresholds).
+pub const VALIDATION_OOD_NAMES: &[&str] = &["clinc150-oos-val"];
+
+/// The validation OOD set of an in-distribution dataset, when it has one (`clinc150-oos-val`).
+pub fn validation_ood_for(in_dataset: &str) -> Option<&'static str> {
+    (in_dataset == "clinc150").then_some("clinc150-oos-val")
+}
+
+/// `NAME=SPEC` → (`Some(NAME)`, `SPEC`), so a user's file gets a short name in tables. A spec that
+/// exists as a path, or whose part before `=` has a `/`, is taken whole.
+pub fn split_label(s: &str) -> (Option<&str>, &str) {
+    match s.split_once('=') {
+        Some((l, spec)) if !l.is_empty() && !l.contains('/') && !Path::new(s).exists() => {
+            (Some(l), spec)
+        }
+        _ => (None, s),
+    }
+}
+
 /// OOD sets: "snli" (test hypotheses, `premises` filled), "imdb" (test reviews), "multi30k"
-/// (`oe_train.txt`), "wmt16" (whole lines: the paper's rows are reproduced without the reference's comma cut), "yelp" (Yelp Review Full test), "ewt-<domain>" (dev sentences), or
-/// a path to a text file (one text per line; `.csv` / `.jsonl` files use the column `text`).
+/// (`oe_train.txt`), "wmt16" (whole lines: the paper's rows are reproduced without the reference's
+/// comma cut), "yelp" (Yelp Review Full test), "ewt-<domain>" (dev sentences), "clinc150-oos" /
+/// "clinc150-oos-val" (CLINC150's out-of-scope test / validation queries), or a path to a text file
+/// (one text per line; `.csv` / `.jsonl` files use the column `text`, or `opts.text_column`).
+/// `NAME=SPEC` loads SPEC under the name NAME.
 pub fn load_ood(name: &str, root: &Path, opts: &TextOptions) -> Result<OodSet> {
+    let (label, name) = split_label(name);
     let lower = opts.lowercase.unwrap_or(true);
     let fin = |v: Vec<String>| -> Vec<String> {
         use rayon::prelude::*;
@@ -284,33 +346,70 @@ pub fn load_ood(name: &str, root: &Path, opts: &TextOptions) -> Result<OodSet> {
             &root.join("wmt16").join("wmt16_sentences"),
         )?),
         "yelp" => fin(ood::yelp(root)?.0),
+        "clinc150-oos" | "clinc150-oos-val" => {
+            let c = indist::read_clinc150(&clinc150_file(root), &TextOptions::default())?;
+            let raw = if name == "clinc150-oos" {
+                c.oos_test
+            } else {
+                c.oos_val
+            };
+            fin(raw)
+        }
         n if n.starts_with("ewt-") => fin(ood::ewt(root, &n[4..])?),
         _ => {
             let p = Path::new(name);
             if !p.is_file() {
+                let known: Vec<&str> = OOD_NAMES
+                    .iter()
+                    .copied()
+                    .chain(NEAR_OOD_NAMES.iter().map(|(_, o)| *o))
+                    .chain(VALIDATION_OOD_NAMES.iter().copied())
+                    .collect();
                 return Err(OeError::Config(format!(
-                    "unknown OOD set `{name}` (known: {}; or a path to a text file)",
-                    OOD_NAMES.join(", ")
+                    "unknown OOD set `{name}` (known: {}; or a path to a text file, optionally as NAME=PATH)",
+                    known.join(", ")
                 )));
             }
-            fin(read_user_texts(p)?)
+            fin(read_user_texts(p, opts.text_col())?)
         }
     };
-    manifest::check_count(name, "test", texts.len())?;
+    let count_name = if name == "clinc150-oos-val" {
+        ("clinc150-oos", "val")
+    } else {
+        (name, "test")
+    };
+    manifest::check_count(count_name.0, count_name.1, texts.len())?;
+    let shown = label.unwrap_or(name);
     if texts.is_empty() {
-        return Err(OeError::Data(format!("OOD set `{name}` is empty")));
+        return Err(OeError::Data(format!("OOD set `{shown}` is empty")));
     }
     Ok(OodSet {
-        name: name.to_string(),
+        name: shown.to_string(),
         texts,
         premises,
     })
 }
 
-fn read_user_texts(p: &Path) -> Result<Vec<String>> {
+fn read_user_texts(p: &Path, text_col: &str) -> Result<Vec<String>> {
     match p.extension().and_then(|e| e.to_str()) {
-        Some("csv" | "jsonl" | "json" | "ndjson") => Ok(indist::read_columns(p, "text", None)?.0),
+        Some("csv" | "jsonl" | "json" | "ndjson") => Ok(indist::read_columns(p, text_col, None)?.0),
         _ => ood::lines_file(p),
+    }
+}
+
+/// The OOD sets an evaluation of `in_dataset` uses when none are named: its own near-OOD set
+/// (`clinc150` → `clinc150-oos`) when present, else the paper's far-OOD sets present under `root`.
+pub fn default_ood_sets(in_dataset: &str, root: &Path) -> Vec<String> {
+    let near: Vec<String> = NEAR_OOD_NAMES
+        .iter()
+        .filter(|(ind, _)| *ind == in_dataset)
+        .filter(|(_, o)| ood_present(o, root))
+        .map(|(_, o)| o.to_string())
+        .collect();
+    if near.is_empty() {
+        available_ood_sets(root)
+    } else {
+        near
     }
 }
 
@@ -328,6 +427,7 @@ pub fn ood_present(name: &str, root: &Path) -> bool {
         "wmt16" => root.join("wmt16/wmt16_sentences").is_file(),
         "yelp" => root.join("yelp_review_full_csv/test.csv").is_file(),
         n if n.starts_with("ewt-") => ood::ewt_present(root, &n[4..]),
+        "clinc150-oos" | "clinc150-oos-val" => clinc150_file(root).is_file(),
         _ => false,
     }
 }
@@ -356,20 +456,25 @@ pub fn load_oe_corpus(name: &str, root: &Path) -> Result<Vec<String>> {
             let raw = text::utf8_text(&p, &bytes)?;
             wikitext::wikitext_sentences(raw)
         }
+        "clinc150-oos-train" => {
+            indist::read_clinc150(&clinc150_file(root), &TextOptions::default())?.oos_train
+        }
         _ => {
             let p = Path::new(name);
             if !p.is_file() {
                 return Err(OeError::Config(format!(
-                    "unknown OE corpus `{name}` (known: wikitext2, wikitext103; or a path to a text file)"
+                    "unknown OE corpus `{name}` (known: wikitext2, wikitext103, clinc150-oos-train; or a path to a text file)"
                 )));
             }
-            read_user_texts(p)?
+            read_user_texts(p, "text")?
         }
     };
     use rayon::prelude::*;
     let out: Vec<String> = sents.into_par_iter().map(|s| text::lower(&s)).collect();
     let canonical = if name.contains("103") {
         "wikitext103"
+    } else if name == "clinc150-oos-train" {
+        "clinc150-oos"
     } else {
         "wikitext2"
     };
@@ -391,6 +496,17 @@ pub fn check_loader_counts(
     for name in &m.loads {
         if name.starts_with("sst-") || name == "trec-coarse" {
             continue; // variants share their files with the main loader
+        }
+        // CLINC150 is one manifest with in-distribution, OOD and OE loaders.
+        if name == "clinc150-oos-train" {
+            let s = load_oe_corpus(name, root)?;
+            lines.push(format!("{name}: {} queries", s.len()));
+            continue;
+        }
+        if name.starts_with("clinc150-oos") {
+            let s = load_ood(name, root, &Default::default())?;
+            lines.push(format!("{name}: {}", s.texts.len()));
+            continue;
         }
         match m.role {
             crate::datasets::manifest::Role::InDistribution => {
