@@ -222,6 +222,11 @@ impl Mahalanobis {
     /// Anomaly scores `[n]` (float32, on `feats`' device) for `feats` `[n, d]`:
     /// `min_c (x − μ_c)ᵀ P (x − μ_c)` with `P` the regularised precision; computed in float64.
     pub fn score(&self, feats: &Tensor) -> Result<Tensor> {
+        Ok(self.min_distance_f64(feats)?.to_kind(Kind::Float))
+    }
+
+    /// `min_c (x − μ_c)ᵀ P (x − μ_c)` `[n]` in float64 (clamped at 0), for `feats` `[n, d]`.
+    pub fn min_distance_f64(&self, feats: &Tensor) -> Result<Tensor> {
         let (n, d) = check_batch(feats, None, Some(self.dim as i64))?;
         let dev = feats.device();
         let c = self.n_classes as i64;
@@ -230,7 +235,7 @@ impl Mahalanobis {
             .view([d, d])
             .to_device(dev);
         if n == 0 {
-            return Ok(Tensor::zeros([0], (Kind::Float, dev)));
+            return Ok(Tensor::zeros([0], (Kind::Double, dev)));
         }
         let x = feats.to_kind(Kind::Double);
         // (x−μ)ᵀP(x−μ) = xᵀPx − 2 xᵀPμ + μᵀPμ, per class: [n, C].
@@ -239,10 +244,7 @@ impl Mahalanobis {
         let mp = means.matmul(&prec); // [C, d]
         let mpm = (&mp * &means).sum_dim_intlist([1i64].as_slice(), false, Kind::Double); // [C]
         let d2 = xpx - xp.matmul(&means.tr()) * 2.0 + mpm.unsqueeze(0);
-        Ok(d2
-            .amin([1i64].as_slice(), false)
-            .clamp_min(0.0)
-            .to_kind(Kind::Float))
+        Ok(d2.amin([1i64].as_slice(), false).clamp_min(0.0))
     }
 
     /// Writes `dir/mahalanobis.json` atomically.
