@@ -14,11 +14,13 @@
 //! with int64 labels `[b]`. [`MahalanobisFitter`] keeps `O(C·d + d²)` float64 accumulators, never the
 //! features. [`KnnFitter`] must keep the normalised training bank: `N × d` values in f32 (4 bytes each)
 //! or f16 (2 bytes), e.g. SST's 8,544 training texts × 384 (MiniLM) = 13.1 MB in f32, 6.6 MB in f16;
-//! 1 M × 768 = 3.1 GB / 1.5 GB. [`FeatureDetectors::fit`] fits both in one pass.
+//! 1 M × 768 = 3.1 GB / 1.5 GB. [`FeatureDetectors::fit`] fits every stored detector (these two and
+//! [`super::fitted`]'s) under one [`DetectorSettings`].
 //!
 //! Files in a model directory: `mahalanobis.json` (JSON of [`Mahalanobis`]; float64 means and
 //! precision matrix), `knn.json` ([`KnnMeta`]) and `knn-bank.safetensors` (the bank, tensor `bank`).
 
+use super::{FeatureDetector, FeatureSource};
 use crate::error::{OeError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -526,59 +528,241 @@ impl Knn {
     }
 }
 
-/// Both feature-space detectors, fitted in one pass over the training features.
+/// Settings file name inside `detectors/`.
+pub const SETTINGS_FILE: &str = "detectors.json";
+
+/// How the stored detectors are configured: their defaults, or the choice `oe-text tune` made on
+/// validation data (then [`DetectorSettings::tuned`] says how). Saved as `detectors/detectors.json`;
+/// a directory without it (written before it existed) has the defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DetectorSettings {
+    pub mahalanobis_source: FeatureSource,
+    pub rmd_source: FeatureSource,
+    pub knn_source: FeatureSource,
+    /// The neighbour whose distance is the k-NN score.
+    pub knn_k: usize,
+    /// ReAct's clip, as a percentile of the training activations.
+    pub react_percentile: f64,
+    /// ViM's principal dimension (`None`: the authors' rule, [`super::fitted::Vim::default_principal_dim`]).
+    pub vim_principal_dim: Option<usize>,
+    /// ODIN's temperature (1000: the ODIN paper's choice without tuning).
+    pub odin_temperature: f64,
+    /// What chose these values (`oe-text tune`'s record), `None` for the defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<serde_json::Value>,
+}
+
+impl Default for DetectorSettings {
+    fn default() -> Self {
+        Self {
+            mahalanobis_source: FeatureSource::Penultimate,
+            rmd_source: FeatureSource::Penultimate,
+            knn_source: FeatureSource::Penultimate,
+            knn_k: KnnConfig::default().k,
+            react_percentile: 90.0,
+            vim_principal_dim: None,
+            odin_temperature: 1000.0,
+            tuned: None,
+        }
+    }
+}
+
+impl DetectorSettings {
+    /// The features `d` reads (ViM and ReAct: the head's input; ODIN: none, reported as penultimate).
+    pub fn source(&self, d: FeatureDetector) -> FeatureSource {
+        match d {
+            FeatureDetector::Mahalanobis => self.mahalanobis_source,
+            FeatureDetector::Rmd => self.rmd_source,
+            FeatureDetector::Knn => self.knn_source,
+            _ => FeatureSource::Penultimate,
+        }
+    }
+
+    /// Every source the detectors read, penultimate first, without repeats.
+    pub fn sources(&self) -> Vec<FeatureSource> {
+        let mut v = vec![FeatureSource::Penultimate];
+        for s in [self.mahalanobis_source, self.rmd_source, self.knn_source] {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+        v
+    }
+
+    /// The hyper-parameters of `d`, for tables and `GET /v1/model` (`source=layer3-mean k=10`).
+    pub fn describe(&self, d: FeatureDetector) -> String {
+        match d {
+            FeatureDetector::Mahalanobis | FeatureDetector::Rmd => {
+                format!("source={}", self.source(d))
+            }
+            FeatureDetector::Knn => format!("source={} k={}", self.knn_source, self.knn_k),
+            FeatureDetector::React => format!("percentile={}", self.react_percentile),
+            FeatureDetector::Vim => match self.vim_principal_dim {
+                Some(p) => format!("principal_dim={p}"),
+                None => "principal_dim=auto".to_string(),
+            },
+            FeatureDetector::Odin => format!("temperature={}", self.odin_temperature),
+        }
+    }
+}
+
+/// Training features for [`FeatureDetectors::fit`]: one `[N, d]` tensor per source (the
+/// penultimate one among them), int64 labels `[N]`, and the classification head `w` `[k, d]`,
+/// `b` `[k]` that maps penultimate features to logits.
+pub struct TrainFeatures<'a> {
+    pub by_source: &'a [(FeatureSource, Tensor)],
+    pub labels: &'a Tensor,
+    pub n_classes: usize,
+    pub head: (&'a Tensor, &'a Tensor),
+}
+
+impl TrainFeatures<'_> {
+    /// The features of `s`.
+    pub fn get(&self, s: FeatureSource) -> Result<&Tensor> {
+        self.by_source
+            .iter()
+            .find(|(x, _)| *x == s)
+            .map(|(_, t)| t)
+            .ok_or_else(|| OeError::Config(format!("no training features from {s}")))
+    }
+}
+
+/// The detectors stored in a model directory (`detectors/`), fitted on the training set's features.
+/// Directories written before RMD, ViM and ReAct existed hold only Mahalanobis and k-NN; the others
+/// are then `None` until fitted.
 #[derive(Debug)]
 pub struct FeatureDetectors {
+    pub settings: DetectorSettings,
     pub mahalanobis: Mahalanobis,
     pub knn: Knn,
+    pub rmd: Option<super::fitted::Rmd>,
+    pub vim: Option<super::fitted::Vim>,
+    pub react: Option<super::fitted::React>,
 }
 
 impl FeatureDetectors {
-    /// Fits both from `(features [b, d], labels [b] int64)` batches.
-    pub fn fit<I>(
-        batches: I,
-        n_classes: usize,
-        maha: &MahalanobisConfig,
-        knn: &KnnConfig,
-    ) -> Result<Self>
-    where
-        I: IntoIterator<Item = (Tensor, Tensor)>,
-    {
-        let mut fm = MahalanobisFitter::new(n_classes);
-        let mut fk = KnnFitter::new(knn);
-        for (x, y) in batches {
-            let x = x.detach();
-            fm.update(&x, &y)?;
-            fk.update(&x)?;
-        }
+    /// Fits every detector under `settings`.
+    pub fn fit(train: &TrainFeatures, settings: &DetectorSettings) -> Result<Self> {
+        use super::fitted::{React, Rmd, Vim};
+        let labels = train.labels;
+        let mahalanobis = Mahalanobis::fit(
+            [(
+                train.get(settings.mahalanobis_source)?.detach(),
+                labels.shallow_clone(),
+            )],
+            train.n_classes,
+            &MahalanobisConfig::default(),
+        )?;
+        let knn_cfg = KnnConfig {
+            k: settings.knn_k,
+            ..Default::default()
+        };
+        let knn = Knn::fit([train.get(settings.knn_source)?.detach()], &knn_cfg)?;
+        let rmd = Rmd::fit(
+            &train.get(settings.rmd_source)?.detach(),
+            labels,
+            train.n_classes,
+        )?;
+        let pen = train.get(FeatureSource::Penultimate)?.detach();
+        let (w, b) = train.head;
+        let vim = Vim::fit(&pen, w, b, settings.vim_principal_dim)?;
+        let react = React::fit(&pen, settings.react_percentile)?;
         Ok(Self {
-            mahalanobis: fm.finish(maha)?,
-            knn: fk.finish()?,
+            settings: settings.clone(),
+            mahalanobis,
+            knn,
+            rmd: Some(rmd),
+            vim: Some(vim),
+            react: Some(react),
         })
     }
 
-    /// Score names, in the order [`FeatureDetectors::scores`] returns them.
-    pub const NAMES: [&'static str; 2] = ["mahalanobis", "knn"];
-
-    /// `[(name, scores [n] float32)]` for `feats` `[n, d]`.
-    pub fn scores(&self, feats: &Tensor) -> Result<Vec<(&'static str, Tensor)>> {
-        Ok(vec![
-            (Self::NAMES[0], self.mahalanobis.score(feats)?),
-            (Self::NAMES[1], self.knn.score(feats)?),
-        ])
+    /// Whether `d` is fitted here (ODIN needs nothing fitted).
+    pub fn has(&self, d: FeatureDetector) -> bool {
+        match d {
+            FeatureDetector::Mahalanobis | FeatureDetector::Knn | FeatureDetector::Odin => true,
+            FeatureDetector::Rmd => self.rmd.is_some(),
+            FeatureDetector::Vim => self.vim.is_some(),
+            FeatureDetector::React => self.react.is_some(),
+        }
     }
 
-    /// Writes the three files into `dir`.
+    /// Scores `[n]` (float32) of detector `d` from the features of its source `feats` `[n, d]`, the
+    /// penultimate features `pen` `[n, d]`, the logits `[n, k]` and the head.
+    pub fn score(
+        &self,
+        d: FeatureDetector,
+        feats: &Tensor,
+        pen: &Tensor,
+        logits: &Tensor,
+        head: (&Tensor, &Tensor),
+    ) -> Result<Tensor> {
+        let missing = || {
+            OeError::Config(format!(
+                "{} is not fitted in this model directory (written before it existed); evaluating with it fits it",
+                d.name()
+            ))
+        };
+        match d {
+            FeatureDetector::Mahalanobis => self.mahalanobis.score(feats),
+            FeatureDetector::Knn => self.knn.score(feats),
+            FeatureDetector::Rmd => self.rmd.as_ref().ok_or_else(missing)?.score(feats),
+            FeatureDetector::Vim => self.vim.as_ref().ok_or_else(missing)?.score(pen, logits),
+            FeatureDetector::React => {
+                let (w, b) = head;
+                let dev = pen.device();
+                self.react.as_ref().ok_or_else(missing)?.score(
+                    pen,
+                    &w.to_device(dev),
+                    &b.to_device(dev),
+                )
+            }
+            FeatureDetector::Odin => {
+                Ok(super::fitted::odin(logits, self.settings.odin_temperature))
+            }
+        }
+    }
+
+    /// Writes every file into `dir` (`detectors.json` last: a directory with it is complete).
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.mahalanobis.save(dir)?;
-        self.knn.save(dir)
+        self.knn.save(dir)?;
+        if let Some(r) = &self.rmd {
+            r.save(dir)?;
+        }
+        if let Some(v) = &self.vim {
+            v.save(dir)?;
+        }
+        if let Some(r) = &self.react {
+            r.save(dir)?;
+        }
+        let s = serde_json::to_vec_pretty(&self.settings)
+            .map_err(|e| OeError::Config(e.to_string()))?;
+        crate::io::write_atomic(&dir.join(SETTINGS_FILE), &s)
     }
 
-    /// Reads them back (kNN bank on `device`).
+    /// Reads them back (kNN bank on `device`); files of detectors that were never fitted are absent.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        use super::fitted::{React, Rmd, Vim, REACT_FILE, RMD_FILE, VIM_FILE};
+        let sp = dir.join(SETTINGS_FILE);
+        let settings: DetectorSettings = if sp.is_file() {
+            let bytes = std::fs::read(&sp).map_err(|e| OeError::io(&sp, e))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| OeError::parse(&sp, e.line(), e.to_string()))?
+        } else {
+            DetectorSettings::default()
+        };
+        let opt = |f: &str| dir.join(f).is_file();
+        let mut knn = Knn::load(dir, device)?;
+        knn.cfg.k = settings.knn_k;
         Ok(Self {
             mahalanobis: Mahalanobis::load(dir)?,
-            knn: Knn::load(dir, device)?,
+            knn,
+            rmd: opt(RMD_FILE).then(|| Rmd::load(dir)).transpose()?,
+            vim: opt(VIM_FILE).then(|| Vim::load(dir)).transpose()?,
+            react: opt(REACT_FILE).then(|| React::load(dir)).transpose()?,
+            settings,
         })
     }
 }
@@ -761,19 +945,51 @@ mod tests {
             assert_eq!(back.bank, k.bank);
             assert_eq!(back.cfg, k.cfg);
         }
-        let both = FeatureDetectors::fit(
-            batches(&x, &y, &[10, 14]),
-            3,
-            &MahalanobisConfig::default(),
-            &cfg,
-        )
-        .unwrap();
-        both.save(dir.path()).unwrap();
+        // Every stored detector together: fitted, saved, loaded back, scoring as fitted alone.
+        let w = Tensor::from_slice(&[
+            1.0f32, 0.0, 0.5, 0.0, 0.2, 0.0, 1.0, 0.0, 0.3, 0.0, 0.1, 0.0, 1.0, 0.0, 0.4,
+        ])
+        .view([3, 5]);
+        let b = Tensor::from_slice(&[0.0f32, 0.1, -0.1]);
+        let settings = DetectorSettings {
+            knn_k: 3,
+            ..Default::default()
+        };
+        let by_source = [(FeatureSource::Penultimate, x.shallow_clone())];
+        let train = TrainFeatures {
+            by_source: &by_source,
+            labels: &y,
+            n_classes: 3,
+            head: (&w, &b),
+        };
+        let all = FeatureDetectors::fit(&train, &settings).unwrap();
+        all.save(dir.path()).unwrap();
         let back = FeatureDetectors::load(dir.path(), Device::Cpu).unwrap();
-        let s = back.scores(&q).unwrap();
-        assert_eq!(s[0].0, "mahalanobis");
-        close(&v(&s[0].1), &MAHA, 1e-5);
-        close(&v(&s[1].1), &KNN3, 1e-5);
+        assert_eq!(back.settings, settings);
+        let logits = q.matmul(&w.tr()) + &b;
+        let score = |d| back.score(d, &q, &q, &logits, (&w, &b)).unwrap();
+        close(&v(&score(FeatureDetector::Mahalanobis)), &MAHA, 1e-5);
+        close(&v(&score(FeatureDetector::Knn)), &KNN3, 1e-5);
+        let rmd = crate::detect::fitted::Rmd::fit(&x, &y, 3).unwrap();
+        close(
+            &v(&score(FeatureDetector::Rmd)),
+            &v(&rmd.score(&q).unwrap()),
+            1e-6,
+        );
+        for d in FeatureDetector::all() {
+            assert!(back.has(d), "{d:?}");
+            assert_eq!(score(d).size(), [M]);
+        }
+        // A directory from before detectors.json, RMD, ViM and ReAct: defaults, those three absent.
+        for f in [SETTINGS_FILE, "rmd.json", "vim.json", "react.json"] {
+            std::fs::remove_file(dir.path().join(f)).unwrap();
+        }
+        let old = FeatureDetectors::load(dir.path(), Device::Cpu).unwrap();
+        assert_eq!(old.settings.knn_k, 50);
+        assert!(!old.has(FeatureDetector::Vim) && old.has(FeatureDetector::Odin));
+        assert!(old
+            .score(FeatureDetector::Rmd, &q, &q, &logits, (&w, &b))
+            .is_err());
         // k larger than the bank.
         assert!(Knn::fit([x.narrow(0, 0, 2)], &cfg).is_err());
     }

@@ -114,10 +114,9 @@ pub fn run_compare(
         let (_, ind, ood) = data.as_ref().expect("loaded above");
         for (training, dir) in &trained {
             let mut m = LoadedModel::load(dir, req.device)?;
-            if m.detectors.is_none() && detectors.iter().any(|d| matches!(d, Detector::Feature(_)))
-            {
+            if detectors.iter().any(|d| m.needs_fit(*d)) {
                 obs.status(&format!("{}/{training}: fitting feature detectors", r.name));
-                m.fit_detectors(&ind.train)?;
+                m.fit_detectors(&ind.train, None)?;
             }
             for d in detectors {
                 obs.status(&format!("{}/{training}: evaluating {}", r.name, d.name()));

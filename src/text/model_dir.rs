@@ -131,40 +131,107 @@ impl LoadedModel {
     }
 
     pub fn scorer(&self) -> Scorer<'_> {
+        let sources = self
+            .detectors
+            .as_ref()
+            .map(|d| d.settings.sources())
+            .unwrap_or_else(|| vec![crate::detect::FeatureSource::Penultimate]);
+        self.scorer_with(sources)
+    }
+
+    /// A scorer whose outputs hold the features of `sources` (the first must be the penultimate).
+    pub fn scorer_with(&self, sources: Vec<crate::detect::FeatureSource>) -> Scorer<'_> {
         Scorer {
             model: &self.model,
             device: self.vs.device(),
             in_fix_len: self.config.in_fix_len,
             max_len: self.config.model.max_len(),
             detectors: self.detectors.as_ref(),
+            sources,
             cache: Some(&self.outputs),
         }
     }
 
-    /// Fits Mahalanobis and k-NN detectors on the penultimate features of the in-distribution
-    /// training set (streamed in batches, each text computed without padding), stores them in
-    /// `dir/detectors/`, and keeps them for scoring.
-    pub fn fit_detectors(&mut self, train: &data::Labelled) -> Result<()> {
+    /// The stored detectors' settings (defaults when none are stored).
+    pub fn detector_settings(&self) -> crate::detect::feature::DetectorSettings {
+        self.detectors
+            .as_ref()
+            .map(|d| d.settings.clone())
+            .unwrap_or_default()
+    }
+
+    /// Training features of `sources` (`[N, d]` each, every text computed without padding) and the
+    /// labels `[N]`.
+    pub fn train_features(
+        &self,
+        train: &data::Labelled,
+        sources: &[crate::detect::FeatureSource],
+    ) -> Result<(
+        Vec<(crate::detect::FeatureSource, tch::Tensor)>,
+        tch::Tensor,
+    )> {
+        for s in sources {
+            if !self.model.supports(*s) {
+                return Err(OeError::Config(format!(
+                    "{}: a {} model has no {s} features (layers are those of pretrained encoders)",
+                    self.dir.display(),
+                    self.config.model.name()
+                )));
+            }
+        }
         let enc = encode_labelled(&self.vocab, &self.labels, train, self.config.in_fix_len)?;
-        let (feats, _) = self
-            .scorer()
-            .outputs_bucketed(&enc.ids, 256, self.config.in_fix_len);
-        let labels = tch::Tensor::from_slice(&enc.labels);
-        let n = enc.labels.len() as i64;
-        let step = 1024i64;
-        let batches = (0..n).step_by(step as usize).map(|s| {
-            let len = step.min(n - s);
-            (feats.narrow(0, s, len), labels.narrow(0, s, len))
-        });
+        let mut all = vec![crate::detect::FeatureSource::Penultimate];
+        for s in sources {
+            if !all.contains(s) {
+                all.push(*s);
+            }
+        }
+        let scorer = Scorer {
+            cache: None,
+            ..self.scorer_with(all.clone())
+        };
+        let (feats, _) = scorer.outputs_bucketed(&enc.ids, 256, self.config.in_fix_len);
+        let by_source = all
+            .iter()
+            .map(|s| Ok((*s, scorer.source_features(&feats, *s)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((by_source, tch::Tensor::from_slice(&enc.labels)))
+    }
+
+    /// Fits every stored detector (Mahalanobis, RMD, k-NN, ViM, ReAct; ODIN needs no fit) under
+    /// `settings` (`None`: the stored settings, else the defaults) on the features of the
+    /// in-distribution training set, stores them in `dir/detectors/`, and keeps them for scoring.
+    pub fn fit_detectors(
+        &mut self,
+        train: &data::Labelled,
+        settings: Option<crate::detect::feature::DetectorSettings>,
+    ) -> Result<()> {
+        let settings = settings.unwrap_or_else(|| self.detector_settings());
+        let (by_source, labels) = self.train_features(train, &settings.sources())?;
+        let (w, b) = self.model.head();
+        let (w, b) = (w.to_device(tch::Device::Cpu), b.to_device(tch::Device::Cpu));
         let det = crate::detect::feature::FeatureDetectors::fit(
-            batches,
-            self.labels.len(),
-            &Default::default(),
-            &Default::default(),
+            &crate::detect::feature::TrainFeatures {
+                by_source: &by_source,
+                labels: &labels,
+                n_classes: self.labels.len(),
+                head: (&w, &b),
+            },
+            &settings,
         )?;
         det.save(&self.dir.join("detectors"))?;
         self.detectors = Some(det);
         Ok(())
+    }
+
+    /// Whether evaluating with `d` needs [`LoadedModel::fit_detectors`] first.
+    pub fn needs_fit(&self, d: crate::detect::Detector) -> bool {
+        match d {
+            crate::detect::Detector::Logit(_) => false,
+            crate::detect::Detector::Feature(f) => {
+                self.detectors.as_ref().is_none_or(|det| !det.has(f))
+            }
+        }
     }
 }
 

@@ -521,10 +521,10 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
     let ood = ood.unwrap_or_default();
     for (name, dir) in &dirs {
         let mut m = LoadedModel::load(dir, req.device)?;
-        if m.detectors.is_none() {
+        if m.detectors.is_none() || m.needs_fit(req.eval.detector) {
             // Fitted now so that later evaluations and scoring can use them; a training set too
             // small for them (k-NN needs k examples) only matters when this evaluation uses one.
-            if let Err(e) = m.fit_detectors(&ind.train) {
+            if let Err(e) = m.fit_detectors(&ind.train, None) {
                 if matches!(req.eval.detector, crate::detect::Detector::Feature(_)) {
                     return Err(e);
                 }
@@ -650,9 +650,9 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
         }
     };
     let data_root = &data_root;
-    if needs_detectors && m.detectors.is_none() {
+    if needs_detectors && m.needs_fit(req.eval.detector) {
         obs.status(&format!("{}: fitting feature detectors", m.dir.display()));
-        m.fit_detectors(&ind.train)?;
+        m.fit_detectors(&ind.train, None)?;
     }
     let method = req.method.unwrap_or_else(|| m.config.method_label());
     let ood = load_ood_inputs(

@@ -13,7 +13,7 @@
 //!
 //! Metrics are OOD-positive; FPR uses the configured rule at the configured level.
 
-use crate::detect::Detector;
+use crate::detect::{Detector, FeatureSource};
 use crate::error::{OeError, Result};
 use crate::eval::{draw_rng, uniform_draws, EvalConfig, EvalReport, MeanStd, Protocol, SetResult};
 use crate::metrics::DetectionMetrics;
@@ -42,6 +42,9 @@ pub struct Scorer<'a> {
     pub max_len: Option<usize>,
     /// Fitted feature-space detectors, when evaluating with one.
     pub detectors: Option<&'a crate::detect::feature::FeatureDetectors>,
+    /// The feature sources the outputs hold, in order: features are `[n, S·d]`, source `i` in
+    /// columns `i·d..(i+1)·d`. The first is always [`FeatureSource::Penultimate`].
+    pub sources: Vec<FeatureSource>,
     /// Model outputs already computed for the same inputs (evaluating one model with several scores
     /// runs the network once); `None`: nothing is kept.
     pub cache: Option<&'a OutputCache>,
@@ -67,6 +70,7 @@ impl OutputCache {
         order: Option<&[usize]>,
         batch: usize,
         fix_len: Option<usize>,
+        sources: &[FeatureSource],
     ) -> CacheKey {
         use std::hash::{Hash, Hasher};
         let mut h1 = std::collections::hash_map::DefaultHasher::new();
@@ -85,6 +89,7 @@ impl OutputCache {
             kind.hash(&mut WrapHasher(h));
             batch.hash(&mut WrapHasher(h));
             fix_len.hash(&mut WrapHasher(h));
+            sources.hash(&mut WrapHasher(h));
         }
         (h1.finish(), h2.finish(), n)
     }
@@ -125,7 +130,25 @@ impl std::hash::Hasher for WrapHasher<'_> {
 }
 
 impl<'a> Scorer<'a> {
-    /// Anomaly scores `[n]` from features `[n, d]` and logits `[n, k]` under `cfg`.
+    /// The features of `source` `[n, d]` out of outputs `feats` `[n, S·d]` (see [`Scorer::sources`]).
+    pub fn source_features(&self, feats: &Tensor, source: FeatureSource) -> Result<Tensor> {
+        let i = self
+            .sources
+            .iter()
+            .position(|s| *s == source)
+            .ok_or_else(|| OeError::Config(format!("the scorer computes no {source} features")))?;
+        let s = self.sources.len() as i64;
+        let (_, width) = feats.size2().map_err(OeError::from)?;
+        if width % s != 0 {
+            return Err(OeError::Config(format!(
+                "features of width {width} do not split into {s} sources"
+            )));
+        }
+        let d = width / s;
+        Ok(feats.narrow(1, i as i64 * d, d))
+    }
+
+    /// Anomaly scores `[n]` from outputs (features `[n, S·d]`, logits `[n, k]`) under `cfg`.
     pub fn anomaly(&self, feats: &Tensor, logits: &Tensor, cfg: &EvalConfig) -> Result<Vec<f64>> {
         match cfg.detector {
             Detector::Logit(score) => score.compute_vec(logits),
@@ -133,11 +156,15 @@ impl<'a> Scorer<'a> {
                 let det = self.detectors.ok_or_else(|| {
                     OeError::Config(format!("{} needs fitted detectors", d.name()))
                 })?;
-                let all = det.scores(&feats.to_device(self.device))?;
-                let (_, t) = all
-                    .into_iter()
-                    .find(|(n, _)| *n == d.name())
-                    .ok_or_else(|| OeError::Config(format!("no fitted {} detector", d.name())))?;
+                let dev = self.device;
+                let own = self
+                    .source_features(feats, det.settings.source(d))?
+                    .to_device(dev);
+                let pen = self
+                    .source_features(feats, FeatureSource::Penultimate)?
+                    .to_device(dev);
+                let (w, b) = self.model.head();
+                let t = det.score(d, &own, &pen, &logits.to_device(dev), (&w, &b))?;
                 let t = t.to_device(Device::Cpu).to_kind(Kind::Double).contiguous();
                 Vec::<f64>::try_from(&t).map_err(OeError::Torch)
             }
@@ -152,7 +179,7 @@ impl<'a> Scorer<'a> {
         batch: usize,
         fix_len: Option<usize>,
     ) -> (Tensor, Tensor) {
-        let key = OutputCache::key(0, ids, Some(order), batch, fix_len);
+        let key = OutputCache::key(0, ids, Some(order), batch, fix_len, &self.sources);
         if let Some(hit) = self.cache.and_then(|c| c.get(&key)) {
             return hit;
         }
@@ -162,7 +189,7 @@ impl<'a> Scorer<'a> {
                 .map(|c| {
                     let seqs: Vec<&[i64]> = c.iter().map(|&i| self.truncate(&ids[i])).collect();
                     let b = TokenBatch::left_padded(&seqs, fix_len, self.device);
-                    let (f, l) = self.model.features_and_logits(&b, false);
+                    let (f, l) = self.model.outputs(&b, &self.sources);
                     (f.to_device(Device::Cpu), l.to_device(Device::Cpu))
                 })
                 .unzip();
@@ -221,7 +248,7 @@ impl<'a> Scorer<'a> {
         batch: usize,
         fix_len: Option<usize>,
     ) -> (Tensor, Tensor) {
-        let key = OutputCache::key(1, ids, None, batch, fix_len);
+        let key = OutputCache::key(1, ids, None, batch, fix_len, &self.sources);
         if let Some(hit) = self.cache.and_then(|c| c.get(&key)) {
             return hit;
         }
@@ -240,7 +267,7 @@ impl<'a> Scorer<'a> {
                 for c in idx.chunks(batch.max(1)) {
                     let seqs: Vec<&[i64]> = c.iter().map(|&i| self.truncate(&ids[i])).collect();
                     let b = TokenBatch::left_padded(&seqs, fix_len, self.device);
-                    let (f, l) = self.model.features_and_logits(&b, false);
+                    let (f, l) = self.model.outputs(&b, &self.sources);
                     fparts.push(f.to_device(Device::Cpu));
                     lparts.push(l.to_device(Device::Cpu));
                     order.extend_from_slice(c);

@@ -15,6 +15,7 @@
 //! `.models/all-MiniLM-L6-v2/`; `tests/bert.rs` pins its sentence embeddings.
 
 use super::TokenBatch;
+use crate::detect::{FeatureSource, Pool};
 use crate::error::{OeError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -382,6 +383,18 @@ impl BertModel {
     /// convention) and also handles left padding. Hidden states at padded positions are meaningless.
     /// `train` switches dropout on. Panics if `T` exceeds `max_position_embeddings`.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
+        self.forward_with(input_ids, attention_mask, train, |_, _| {})
+    }
+
+    /// [`BertModel::forward`], calling `on_layer(i, hidden [B, T, H])` with the hidden states after
+    /// the embeddings (`i = 0`) and after each encoder layer (`i = 1..=L`).
+    pub fn forward_with(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+        mut on_layer: impl FnMut(usize, &Tensor),
+    ) -> Tensor {
         let (b, t) = input_ids.size2().expect("input_ids are [batch, time]");
         assert!(
             t <= self.cfg.max_position_embeddings,
@@ -395,6 +408,7 @@ impl BertModel {
             + self.position.forward(&positions)
             + self.token_type.forward(&input_ids.zeros_like());
         x = x.apply(&self.emb_ln).dropout(p_drop, train);
+        on_layer(0, &x);
         let heads = self.cfg.num_attention_heads;
         let h = self.cfg.hidden_size;
         let dh = h / heads;
@@ -408,7 +422,7 @@ impl BertModel {
         } else {
             0.0
         };
-        for l in &self.layers {
+        for (li, l) in self.layers.iter().enumerate() {
             let q = split(x.apply(&l.query));
             let k = split(x.apply(&l.key));
             let v = split(x.apply(&l.value));
@@ -431,6 +445,7 @@ impl BertModel {
                 HiddenAct::Relu => f.relu(),
             };
             x = (f.apply(&l.out).dropout(p_drop, train) + a).apply(&l.out_ln);
+            on_layer(li + 1, &x);
         }
         x
     }
@@ -551,6 +566,67 @@ impl BertClassifier {
             pooled_in.apply(&self.head)
         };
         (pooled, logits)
+    }
+
+    /// The classification head: weights `[classes, hidden]`, bias `[classes]`.
+    pub fn head(&self) -> (Tensor, Tensor) {
+        let w = self.head.ws.detach();
+        let b = self.head.bs.as_ref().map(Tensor::detach);
+        let b = b.unwrap_or_else(|| Tensor::zeros([w.size()[0]], (w.kind(), w.device())));
+        (w, b)
+    }
+
+    /// Features from each of `sources`, concatenated `[B, S·H]`, and the logits `[B, classes]`
+    /// (inference: no dropout). [`FeatureSource::Penultimate`] is the pooled output the head sees;
+    /// layer `i` is the hidden state after the embeddings (0) or encoder layer `i`, mean-pooled over
+    /// real tokens or taken at `[CLS]` (position 0); the layer mean averages layers 1..=L.
+    pub fn features_at(&self, batch: &BertBatch, sources: &[FeatureSource]) -> (Tensor, Tensor) {
+        let n_layers = self.bert.config().num_hidden_layers as usize;
+        let mut pooled: std::collections::HashMap<(usize, Pool), Tensor> = Default::default();
+        let wanted = |i: usize, p: Pool| {
+            sources.iter().any(|s| match *s {
+                FeatureSource::Layer { layer, pool } => layer == i && pool == p,
+                FeatureSource::LayerMean { pool } => i >= 1 && pool == p,
+                FeatureSource::Penultimate => false,
+            })
+        };
+        let mask = &batch.attention_mask;
+        let hidden = self
+            .bert
+            .forward_with(&batch.input_ids, mask, false, |i, h| {
+                for p in [Pool::Mean, Pool::Cls] {
+                    if wanted(i, p) {
+                        let v = match p {
+                            Pool::Mean => mean_pool(h, mask),
+                            Pool::Cls => h.select(1, 0),
+                        };
+                        pooled.insert((i, p), v);
+                    }
+                }
+            });
+        let pen = mean_pool(&hidden, mask);
+        let logits = if self.cfg.row_head {
+            crate::text::models::row_linear(&pen, &self.head)
+        } else {
+            pen.apply(&self.head)
+        };
+        let parts: Vec<Tensor> = sources
+            .iter()
+            .map(|s| match *s {
+                FeatureSource::Penultimate => pen.shallow_clone(),
+                FeatureSource::Layer { layer, pool } => pooled
+                    .get(&(layer.min(n_layers), pool))
+                    .map(Tensor::shallow_clone)
+                    .unwrap_or_else(|| pen.zeros_like()),
+                FeatureSource::LayerMean { pool } => {
+                    let v: Vec<Tensor> = (1..=n_layers)
+                        .filter_map(|i| pooled.get(&(i, pool)).map(Tensor::shallow_clone))
+                        .collect();
+                    Tensor::stack(&v, 0).mean_dim([0i64].as_slice(), false, pen.kind())
+                }
+            })
+            .collect();
+        (Tensor::cat(&parts, 1), logits)
     }
 
     /// Logits `[B, classes]`.

@@ -85,6 +85,11 @@ impl GruClassifier {
     }
 
     /// Features (top-layer last hidden state, `[batch, H]`) and logits (`[batch, classes]`).
+    /// The classification head: weights `[classes, hidden]`, bias `[classes]`.
+    pub fn head(&self) -> (Tensor, Tensor) {
+        (self.linear_w.detach(), self.linear_b.detach())
+    }
+
     pub fn features_and_logits(&self, batch: &TokenBatch, train: bool) -> (Tensor, Tensor) {
         let x = Tensor::embedding(&self.embedding, &batch.tokens, PAD_ID, false, false); // [B, T, E]
         let last = match self.cfg.pad {

@@ -198,6 +198,85 @@ impl TextModel {
         }
     }
 
+    /// The classification head `z = W f + b`: `W` `[classes, d]`, `b` `[classes]` (detached).
+    pub fn head(&self) -> (Tensor, Tensor) {
+        match self {
+            TextModel::Gru(m) => m.head(),
+            TextModel::Transformer(m) => m.head(),
+            TextModel::Pretrained(m) => m.head(),
+        }
+    }
+
+    /// Whether features can be read from `source` (layers: pretrained encoders only, layer index at
+    /// most their depth).
+    pub fn supports(&self, source: crate::detect::FeatureSource) -> bool {
+        use crate::detect::FeatureSource as S;
+        match (self, source) {
+            (_, S::Penultimate) => true,
+            (TextModel::Pretrained(m), S::Layer { layer, .. }) => {
+                layer as i64 <= m.bert.config().num_hidden_layers
+            }
+            (TextModel::Pretrained(_), S::LayerMean { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// Every source [`TextModel::supports`], penultimate first (pretrained encoders: each layer's
+    /// mean and `[CLS]` state, the last layer's mean being the penultimate features, then the
+    /// averages over layers).
+    pub fn feature_sources(&self) -> Vec<crate::detect::FeatureSource> {
+        use crate::detect::{FeatureSource as S, Pool};
+        let mut v = vec![S::Penultimate];
+        if let TextModel::Pretrained(m) = self {
+            let l = m.bert.config().num_hidden_layers as usize;
+            for layer in 0..=l {
+                if layer < l {
+                    v.push(S::Layer {
+                        layer,
+                        pool: Pool::Mean,
+                    });
+                }
+                v.push(S::Layer {
+                    layer,
+                    pool: Pool::Cls,
+                });
+            }
+            v.push(S::LayerMean { pool: Pool::Mean });
+            v.push(S::LayerMean { pool: Pool::Cls });
+        }
+        v
+    }
+
+    /// Features of each of `sources`, concatenated `[batch, S·d]`, and logits `[batch, classes]`
+    /// (inference). With `[Penultimate]` alone this is [`TextModel::features_and_logits`]. Sources a
+    /// model does not [`TextModel::supports`] give its penultimate features; callers check first.
+    pub fn outputs(
+        &self,
+        batch: &TokenBatch,
+        sources: &[crate::detect::FeatureSource],
+    ) -> (Tensor, Tensor) {
+        use crate::detect::FeatureSource as S;
+        if sources.iter().all(|s| *s == S::Penultimate) {
+            let (f, l) = self.features_and_logits(batch, false);
+            if sources.len() == 1 {
+                return (f, l);
+            }
+            let parts: Vec<Tensor> = sources.iter().map(|_| f.shallow_clone()).collect();
+            return (Tensor::cat(&parts, 1), l);
+        }
+        match self {
+            TextModel::Pretrained(m) => {
+                let pad = m.bert.config().pad_token_id;
+                m.features_at(&bert::BertBatch::from_left_padded(batch, pad), sources)
+            }
+            _ => {
+                let (f, l) = self.features_and_logits(batch, false);
+                let parts: Vec<Tensor> = sources.iter().map(|_| f.shallow_clone()).collect();
+                (Tensor::cat(&parts, 1), l)
+            }
+        }
+    }
+
     /// Copies a pretrained encoder's weights (`dir/model.safetensors`) into the model; the head stays
     /// as initialised. Other models have nothing to load and return an error.
     pub fn load_pretrained(&self, dir: &std::path::Path) -> Result<()> {

@@ -139,6 +139,14 @@ impl TransformerClassifier {
     /// Features (pooled, `[batch, width]`) and logits (`[batch, classes]`). Inputs longer than
     /// `max_len` must be truncated by the caller (see `ModelConfig::max_len`); here the last `max_len`
     /// positions are kept as a guard.
+    /// The classification head: weights `[classes, width]`, bias `[classes]`.
+    pub fn head(&self) -> (Tensor, Tensor) {
+        let b = self.head.bs.as_ref().map(Tensor::detach);
+        let w = self.head.ws.detach();
+        let b = b.unwrap_or_else(|| Tensor::zeros([w.size()[0]], (w.kind(), w.device())));
+        (w, b)
+    }
+
     pub fn features_and_logits(&self, batch: &TokenBatch, train: bool) -> (Tensor, Tensor) {
         let (b, t_full) = batch.tokens.size2().expect("tokens are [batch, time]");
         let max_len = self.cfg.max_len as i64;
