@@ -20,6 +20,10 @@ pub enum Protocol {
     Paper,
     /// Seeded uniform OOD draws, batch-independent scores.
     Clean,
+    /// Every in-distribution test text against every OOD text, once (one "draw" of the whole
+    /// set), with batch-independent scores: the convention of near-OOD benchmarks such as
+    /// CLINC150, where the OOD test set is a fixed part of the benchmark.
+    Full,
 }
 
 impl Protocol {
@@ -28,6 +32,7 @@ impl Protocol {
         match self {
             Protocol::Paper => "paper",
             Protocol::Clean => "clean",
+            Protocol::Full => "full",
         }
     }
 }
@@ -51,6 +56,9 @@ pub struct EvalConfig {
     pub fpr_rule: FprRule,
     pub batch_size: usize,
     pub seed: u64,
+    /// A validation OOD set (never a test set): the evaluation then also reports the operating
+    /// point of a threshold chosen on it and the in-distribution dev split ([`OperatingPoint`]).
+    pub val_ood: Option<String>,
 }
 
 /// [`EvalConfig`] as written to disk.
@@ -66,6 +74,8 @@ struct EvalConfigRepr {
     batch_size: usize,
     seed: u64,
     detector: Option<crate::detect::FeatureDetector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    val_ood: Option<String>,
 }
 
 impl Default for EvalConfigRepr {
@@ -88,6 +98,7 @@ impl From<EvalConfigRepr> for EvalConfig {
             fpr_rule: r.fpr_rule,
             batch_size: r.batch_size,
             seed: r.seed,
+            val_ood: r.val_ood,
         }
     }
 }
@@ -108,6 +119,7 @@ impl From<EvalConfig> for EvalConfigRepr {
             batch_size: c.batch_size,
             seed: c.seed,
             detector,
+            val_ood: c.val_ood,
         }
     }
 }
@@ -133,6 +145,14 @@ impl EvalConfig {
         self.detector.to_string()
     }
 
+    /// The OOD:ID ratio as results tables name it: `1:5`, or `all` for [`Protocol::Full`].
+    pub fn ratio_name(&self) -> String {
+        match self.protocol {
+            Protocol::Full => "all".to_string(),
+            _ => format!("1:{}", self.id_per_ood),
+        }
+    }
+
     /// The FPR column name of results evaluated with these settings, e.g. `fpr90_closest_out`.
     pub fn fpr_column(&self) -> String {
         let level = crate::metrics::level_name(self.tpr);
@@ -156,6 +176,7 @@ impl Default for EvalConfig {
             fpr_rule: FprRule::Closest,
             batch_size: 64,
             seed: 1,
+            val_ood: None,
         }
     }
 }
@@ -193,6 +214,10 @@ pub struct SetResult {
     pub fpr: MeanStd,
     pub auroc: MeanStd,
     pub aupr_out: MeanStd,
+    /// Average precision with the in-distribution texts as positives, ranked by negated anomaly
+    /// score ("AUPR-In"). Absent (zeros) in reports written before it.
+    #[serde(default)]
+    pub aupr_in: MeanStd,
     /// Per draw: (index into the set's texts, anomaly score).
     #[serde(skip)]
     pub scores: Vec<Vec<(usize, f64)>>,
@@ -208,6 +233,99 @@ pub struct EvalReport {
     /// In-distribution anomaly scores, in test-file order.
     #[serde(skip)]
     pub in_scores: Vec<f64>,
+    /// Per in-distribution test example, in file order: whether its predicted class is right.
+    #[serde(skip)]
+    pub in_correct: Vec<bool>,
+    /// The decision threshold chosen on validation data, and what it does on the test data
+    /// (evaluations given a validation OOD set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operating_point: Option<OperatingPoint>,
+}
+
+/// A threshold chosen on validation data only (texts with a score above it are flagged as OOD),
+/// and its effect on the test data, as near-OOD benchmarks report it (Larson et al. 2019:
+/// in-scope accuracy and out-of-scope recall).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperatingPoint {
+    /// How the threshold was chosen.
+    pub rule: String,
+    /// The validation OOD set and the sizes of both validation sets.
+    pub val_ood_set: String,
+    pub n_val_in: usize,
+    pub n_val_ood: usize,
+    pub threshold: f64,
+    /// On validation: the share of in-distribution texts classified correctly and not flagged.
+    pub val_in_accuracy: f64,
+    /// On validation: the share of OOD texts flagged.
+    pub val_ood_recall: f64,
+    /// On the test set: the share of in-distribution texts classified correctly and not flagged
+    /// (a flagged text counts as an error, as Larson et al.'s in-scope accuracy).
+    pub test_in_accuracy: f64,
+    /// On the test set: the share of in-distribution texts not flagged.
+    pub test_in_accepted: f64,
+    /// Per OOD test set: the share flagged (every text with `--protocol full`, else the first
+    /// draw's).
+    pub test_ood_recall: Vec<(String, f64)>,
+}
+
+/// The operating point's rule: [`choose_threshold`].
+pub const OPERATING_RULE: &str =
+    "maximises the mean of validation in-distribution accuracy (correct and not flagged) and validation OOD recall";
+
+/// The threshold `t` (flag when `score > t`) that maximises `(acc(t) + recall(t)) / 2` on
+/// validation, where `acc(t)` is the share of in-distribution texts that are correct (`in_correct`)
+/// and have `score <= t`, and `recall(t)` the share of OOD texts with `score > t`. Candidates are
+/// every validation score (and +∞, flagging nothing); ties keep the lowest threshold. Returns
+/// `(t, acc(t), recall(t))`. Errors on empty or non-finite input.
+pub fn choose_threshold(
+    in_scores: &[f64],
+    in_correct: &[bool],
+    ood_scores: &[f64],
+) -> Result<(f64, f64, f64)> {
+    if in_scores.is_empty() || ood_scores.is_empty() || in_scores.len() != in_correct.len() {
+        return Err(OeError::Metric(format!(
+            "a threshold needs in-distribution and OOD validation scores ({} / {} correctness flags / {})",
+            in_scores.len(),
+            in_correct.len(),
+            ood_scores.len()
+        )));
+    }
+    if in_scores.iter().chain(ood_scores).any(|s| !s.is_finite()) {
+        return Err(OeError::Metric("a validation score is not finite".into()));
+    }
+    // (score, +1 correct in-distribution / 0 wrong in-distribution / -1 OOD), ascending.
+    let mut ev: Vec<(f64, i8)> = in_scores
+        .iter()
+        .zip(in_correct)
+        .map(|(&s, &c)| (s, i8::from(c)))
+        .chain(ood_scores.iter().map(|&s| (s, -1)))
+        .collect();
+    ev.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (n_in, n_ood) = (in_scores.len() as f64, ood_scores.len() as f64);
+    // t below every score: nothing accepted, every OOD text flagged.
+    let (mut acc_n, mut ood_below) = (0usize, 0usize);
+    let mut best = (f64::NEG_INFINITY, 0.0, 1.0);
+    let mut best_obj = 0.5;
+    let mut i = 0;
+    while i < ev.len() {
+        let t = ev[i].0;
+        while i < ev.len() && ev[i].0 == t {
+            match ev[i].1 {
+                1 => acc_n += 1,
+                -1 => ood_below += 1,
+                _ => {}
+            }
+            i += 1;
+        }
+        let acc = acc_n as f64 / n_in;
+        let rec = (ood_scores.len() - ood_below) as f64 / n_ood;
+        let obj = 0.5 * (acc + rec);
+        if obj > best_obj {
+            best_obj = obj;
+            best = (t, acc, rec);
+        }
+    }
+    Ok(best)
 }
 
 impl EvalReport {
@@ -281,6 +399,42 @@ pub fn uniform_draws(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threshold_maximises_mean_of_accuracy_and_recall_by_brute_force() {
+        // Hand case: in (score, correct) = (0.1, y) (0.2, y) (0.3, n) (0.9, y); OOD 0.25, 0.8, 0.95.
+        // t = 0.2: acc 2/4, recall 3/3 -> 0.75; t = 0.3: 2/4, 2/3; t = 0.8: 2/4, 2/3 ... best 0.2.
+        let (t, a, r) =
+            choose_threshold(&[0.1, 0.2, 0.3, 0.9], &[true, true, false, true], &[0.25, 0.8, 0.95])
+                .unwrap();
+        assert_eq!((t, a, r), (0.2, 0.5, 1.0));
+        // Against brute force over every candidate on seeded random data.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..50 {
+            let n = rng.gen_range(1..40);
+            let m = rng.gen_range(1..20);
+            let ins: Vec<f64> = (0..n).map(|_| (rng.gen_range(0..30) as f64) / 10.0).collect();
+            let ok: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.8)).collect();
+            let oods: Vec<f64> = (0..m).map(|_| (rng.gen_range(10..40) as f64) / 10.0).collect();
+            let (t, a, r) = choose_threshold(&ins, &ok, &oods).unwrap();
+            let obj = |t: f64| {
+                let acc = ins.iter().zip(&ok).filter(|(s, c)| **c && **s <= t).count() as f64 / n as f64;
+                let rec = oods.iter().filter(|s| **s > t).count() as f64 / m as f64;
+                (acc, rec, 0.5 * (acc + rec))
+            };
+            let best = ins
+                .iter()
+                .chain(&oods)
+                .map(|&c| obj(c).2)
+                .fold(obj(f64::NEG_INFINITY).2, f64::max);
+            let (ea, er, eo) = obj(t);
+            assert!((eo - best).abs() < 1e-12, "{eo} vs {best}");
+            assert_eq!((a, r), (ea, er));
+        }
+        assert!(choose_threshold(&[], &[], &[1.0]).is_err());
+        assert!(choose_threshold(&[f64::NAN], &[true], &[1.0]).is_err());
+    }
 
     #[test]
     fn mean_std_is_population_std() {

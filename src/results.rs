@@ -56,7 +56,7 @@ pub fn summary_frame(
     calibration: Option<&CalibrationSummary>,
     meta: &RunMeta,
 ) -> Result<DataFrame> {
-    let mut rows: Vec<(String, usize, [f64; 6])> = report
+    let mut rows: Vec<(String, usize, [f64; 8])> = report
         .sets
         .iter()
         .map(|s| {
@@ -70,6 +70,8 @@ pub fn summary_frame(
                     s.auroc.std,
                     s.aupr_out.mean,
                     s.aupr_out.std,
+                    s.aupr_in.mean,
+                    s.aupr_in.std,
                 ],
             )
         })
@@ -78,7 +80,12 @@ pub fn summary_frame(
     if !report.sets.is_empty() {
         let (f, a, p) = report.mean_over_sets();
         let n = report.sets.iter().map(|s| s.n_ood).sum::<usize>() / report.sets.len();
-        rows.push(("mean".into(), n, [f, f64::NAN, a, f64::NAN, p, f64::NAN]));
+        let pin = report.sets.iter().map(|s| s.aupr_in.mean).sum::<f64>() / report.sets.len() as f64;
+        rows.push((
+            "mean".into(),
+            n,
+            [f, f64::NAN, a, f64::NAN, p, f64::NAN, pin, f64::NAN],
+        ));
     }
     let paper: Vec<Option<PaperRow>> = rows.iter().map(|r| paper_row(meta, &r.0, &names)).collect();
     let calib = |name: &str,
@@ -109,7 +116,7 @@ pub fn summary_frame(
         Column::new("score".into(), vec![c.score_name(); n]),
         Column::new("protocol".into(), vec![c.protocol.name().to_string(); n]),
         Column::new("ood_per_id".into(), vec![1.0 / c.id_per_ood as f64; n]),
-        Column::new("ratio".into(), vec![format!("1:{}", c.id_per_ood); n]),
+        Column::new("ratio".into(), vec![c.ratio_name(); n]),
         Column::new("draws".into(), vec![c.repeats as u64; n]),
         Column::new("seed".into(), vec![meta.seed; n]),
         Column::new(
@@ -128,6 +135,8 @@ pub fn summary_frame(
         Column::new("auroc_std".into(), col(3)),
         Column::new("aupr_out_mean".into(), col(4)),
         Column::new("aupr_out_std".into(), col(5)),
+        Column::new("aupr_in_mean".into(), col(6)),
+        Column::new("aupr_in_std".into(), col(7)),
         Column::new(paper_fpr_column(meta.paper).into(), pcol(|p| p.fpr)),
         Column::new("paper_auroc_pct".into(), pcol(|p| p.auroc)),
         Column::new("paper_aupr_out_pct".into(), pcol(|p| p.aupr_out)),
@@ -328,27 +337,61 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
         .unwrap_or_else(|| "fpr".into());
     // The paper's "mean" is over its 10 sets; ours is over the sets evaluated here, so the paper
     // column of our mean row averages Table 8 over the same sets.
+    let has_paper = sets
+        .iter()
+        .any(|set| crate::paper::row_or_mean(Table::Table8, in_dataset, set, "baseline", &sets).is_some());
     let mut out = String::new();
-    out += &format!(
-        "{in_dataset}: {fcol} / AUROC / AUPR-Out in %, ours (paper Table 8); means over draws; the mean row's paper column averages Table 8 over the same sets\n"
-    );
-    for (name, r) in runs {
+    if has_paper {
         out += &format!(
-            "  {name}: in-distribution test accuracy {:.1}% (n = {}), protocol {}, score {}, {} draws, OOD:ID 1:{}\n",
+            "{in_dataset}: {fcol} / AUROC / AUPR-Out in %, ours (paper Table 8); means over draws; the mean row's paper column averages Table 8 over the same sets\n"
+        );
+    } else {
+        out += &format!(
+            "{in_dataset}: {fcol} / AUROC / AUPR-Out in % (OOD positive); means over draws (the paper has no numbers for this dataset)\n"
+        );
+    }
+    let width = sets.iter().map(String::len).max().unwrap_or(0).clamp(14, 40);
+    for (name, r) in runs {
+        let draws = match r.config.protocol {
+            crate::eval::Protocol::Full => "every OOD text once".to_string(),
+            _ => format!("{} draws, OOD:ID 1:{}", r.config.repeats, r.config.id_per_ood),
+        };
+        out += &format!(
+            "  {name}: in-distribution test accuracy {:.1}% (n = {}), protocol {}, score {}, {draws}\n",
             r.in_accuracy * 100.0,
             r.n_in,
             r.config.protocol.name(),
             r.config.score_name(),
-            r.config.repeats,
-            r.config.id_per_ood
         );
     }
     out += &per_set_rows(
         runs,
         &sets,
-        14,
+        width,
         paper_cells(Table::Table8, in_dataset, &sets),
     );
+    for (name, r) in runs {
+        let aupr_in: Vec<String> = r
+            .sets
+            .iter()
+            .map(|s| format!("{} {:.1}", s.ood_set, s.aupr_in.mean * 100.0))
+            .collect();
+        out += &format!("  {name}: AUPR-In % (in-distribution positive): {}\n", aupr_in.join(", "));
+        if let Some(op) = &r.operating_point {
+            let rec: Vec<String> = op
+                .test_ood_recall
+                .iter()
+                .map(|(s, v)| format!("{s} {:.1}%", v * 100.0))
+                .collect();
+            out += &format!(
+                "  {name}: at the threshold chosen on dev + {} ({}): in-distribution accuracy {:.1}%, OOD recall {}\n",
+                op.val_ood_set,
+                crate::io::compact_number(op.threshold),
+                op.test_in_accuracy * 100.0,
+                rec.join(", ")
+            );
+        }
+    }
     out
 }
 

@@ -76,7 +76,7 @@ fn grid_is_complete_and_matches_uncached_evaluation() {
         Detector::Logit(Score::Energy { temperature: 1.0 }),
         Detector::Feature(FeatureDetector::Knn),
     ];
-    let res = run_compare(&runs, &detectors, &out, &mut Silent).unwrap();
+    let res = run_compare(&runs, &detectors, &out, false, &mut Silent).unwrap();
     // 3 trainings x 3 detectors x (1 set + mean).
     assert_eq!(res.rows.len(), 18);
     for training in ["baseline", "oe", "energy-oe"] {
@@ -152,7 +152,7 @@ fn grid_is_complete_and_matches_uncached_evaluation() {
         .unwrap()
         .modified()
         .unwrap();
-    let again = run_compare(&runs, &detectors, &out, &mut Silent).unwrap();
+    let again = run_compare(&runs, &detectors, &out, false, &mut Silent).unwrap();
     let after = std::fs::metadata(out.join("gru/baseline/model.safetensors"))
         .unwrap()
         .modified()

@@ -89,6 +89,7 @@ fn make_eval(
                 fpr: of(|m| m.fpr),
                 auroc: of(|m| m.auroc),
                 aupr_out: of(|m| m.aupr),
+                aupr_in: Default::default(),
                 draws,
                 scores,
             }
@@ -100,6 +101,8 @@ fn make_eval(
         in_accuracy: 0.8,
         sets,
         in_scores,
+        in_correct: vec![],
+        operating_point: None,
     };
     let dir = root.join(run);
     let meta = RunMeta {

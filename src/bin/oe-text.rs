@@ -46,6 +46,10 @@ enum Command {
     Monitor(oe::cli::score::MonitorArgs),
     /// Store the score threshold that keeps --tpr of held-out in-distribution validation texts.
     Calibrate(oe::cli::score::CalibrateArgs),
+    /// Choose the stored detectors' hyper-parameters (feature layer, k, ReAct percentile, ViM
+    /// dimension, ODIN temperature) on the dev split and a validation OOD set, never test data;
+    /// eval, compare and serve then use them.
+    Tune(oe::cli::score::TuneArgs),
     /// Aggregate the results of many runs (text and vision): tables vs the paper, bootstrap
     /// intervals, plots, HTML.
     Report(oe::cli::report::ReportArgs),
@@ -262,7 +266,13 @@ fn run() -> anyhow::Result<()> {
             let out_dir = args.out_dir();
             let mut progress = Progress::new(Style::detect(args.train.quiet));
             let out =
-                oe::text::compare::run_compare(&runs, &args.detectors, &out_dir, &mut progress)
+                oe::text::compare::run_compare(
+                    &runs,
+                    &args.detectors,
+                    &out_dir,
+                    args.tune,
+                    &mut progress,
+                )
                     .with_context(|| format!("comparison in {}", out_dir.display()))?;
             out!("{}", out.table)?;
             eprintln!(
@@ -367,6 +377,13 @@ fn run() -> anyhow::Result<()> {
             if let Some(p) = out.plot {
                 eprintln!("wrote {}", p.display());
             }
+        }
+        Command::Tune(args) => {
+            let req = args.request(device(&args.device, false)?)?;
+            let out = oe::text::tune::run_tune(&req)
+                .with_context(|| format!("tuning {}", req.model_dir.display()))?;
+            out!("{}", out.table)?;
+            eprintln!("recorded in {}", out.record_file.display());
         }
         Command::Calibrate(args) => {
             let req = args.request(device(&args.device, false)?)?;

@@ -178,9 +178,11 @@ pub struct EvalArgs {
     /// under the data root).
     #[arg(long, value_delimiter = ',', value_name = "SETS")]
     pub ood: Option<Vec<String>>,
-    /// paper: the reference's protocol and quirks; clean: seeded uniform draws, batch-independent scores.
-    #[arg(long, value_enum, default_value_t = Protocol::Paper)]
-    pub protocol: Protocol,
+    /// paper: the reference's protocol and quirks; clean: seeded uniform draws, batch-independent
+    /// scores; full: every test text against every OOD text, once (default: full for clinc150,
+    /// else paper).
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
     /// Anomaly score: msp, maxlogit, energy[:T], entropy, xent-uniform, or a feature-space detector
     /// fitted on the in-distribution training set: mahalanobis, knn (fitted and stored in the model
     /// directory on first use).
@@ -192,9 +194,15 @@ pub struct EvalArgs {
     /// In-distribution examples per OOD example (5: the paper's 1:5 OOD:ID).
     #[arg(long, default_value_t = 5)]
     pub id_per_ood: usize,
-    /// Recall level for FPR.
-    #[arg(long, default_value_t = 0.9)]
-    pub tpr: f64,
+    /// Recall level for FPR (default: 0.95 for clinc150, the field's FPR95; else 0.9, the
+    /// paper's FPR90).
+    #[arg(long)]
+    pub tpr: Option<f64>,
+    /// A validation OOD set (e.g. clinc150-oos-val, or NAME=FILE): the evaluation also reports the
+    /// threshold chosen on it and the dev split, and that threshold's test in-distribution
+    /// accuracy and OOD recall (default: clinc150-oos-val for clinc150, else none).
+    #[arg(long, value_name = "SET")]
+    pub val_ood: Option<String>,
     #[arg(long, value_enum, default_value_t = FprRule::Closest)]
     pub fpr_rule: FprRule,
     /// Seed of the OOD draws.
@@ -210,22 +218,32 @@ pub(crate) fn parse_detector(s: &str) -> std::result::Result<Detector, String> {
 }
 
 impl EvalArgs {
-    pub fn config(&self) -> Result<EvalConfig> {
-        check_tpr(self.tpr)?;
+    /// The validated settings for a model of `in_dataset` (its defaults: [`EvalArgs::protocol`],
+    /// [`EvalArgs::tpr`], [`EvalArgs::val_ood`]).
+    pub fn config(&self, in_dataset: Option<&str>) -> Result<EvalConfig> {
+        let near = in_dataset.and_then(crate::text::data::validation_ood_for);
+        let tpr = self.tpr.unwrap_or(if near.is_some() { 0.95 } else { 0.9 });
+        check_tpr(tpr)?;
         if self.repeats == 0 || self.id_per_ood == 0 {
             return Err(OeError::Config(
                 "--repeats and --id-per-ood must be positive".into(),
             ));
         }
+        let protocol = self.protocol.unwrap_or(if near.is_some() {
+            Protocol::Full
+        } else {
+            Protocol::Paper
+        });
         Ok(EvalConfig {
-            protocol: self.protocol,
+            protocol,
             detector: self.detector.map_or(self.score, Detector::Feature),
-            repeats: self.repeats,
+            repeats: if protocol == Protocol::Full { 1 } else { self.repeats },
             id_per_ood: self.id_per_ood,
-            tpr: self.tpr,
+            tpr,
             fpr_rule: self.fpr_rule,
             batch_size: 64,
             seed: self.eval_seed,
+            val_ood: self.val_ood.clone().or(near.map(str::to_string)),
         })
     }
 }

@@ -259,6 +259,39 @@ impl CalibrateArgs {
     }
 }
 
+/// `oe-text tune`.
+#[derive(Args, Clone, Debug)]
+pub struct TuneArgs {
+    /// A model directory written by `oe-text train` (its baseline/ or oe/ folder).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The validation OOD set: a name (clinc150-oos-val) or a file, optionally NAME=FILE; never a
+    /// test set (default: the dataset's own, clinc150-oos-val for clinc150).
+    #[arg(long, value_name = "SET")]
+    pub val_ood: Option<String>,
+    /// Detectors to tune, comma-separated (default: all of mahalanobis, rmd, knn, vim, react, odin).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub detectors: Vec<crate::detect::FeatureDetector>,
+    /// Data root (default: the one recorded in run.json).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl TuneArgs {
+    /// The validated request.
+    pub fn request(&self, device: tch::Device) -> Result<crate::text::tune::TuneRequest> {
+        Ok(crate::text::tune::TuneRequest {
+            model_dir: self.model.clone(),
+            data_root: crate::datasets::explicit_data_root(self.data_dir.as_deref()),
+            val_ood: self.val_ood.clone(),
+            detectors: self.detectors.clone(),
+            device,
+        })
+    }
+}
+
 /// `oe-text serve`.
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {

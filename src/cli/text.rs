@@ -319,7 +319,7 @@ impl TrainArgs {
             model: self.model_config()?,
             baseline,
             oe,
-            eval: self.eval.config()?,
+            eval: self.eval.config(Some(&self.in_dataset))?,
             ood_sets: self.eval.ood.clone(),
             resume: self.resume || crate::cli::restarted_by_slurm(),
             device,
@@ -344,7 +344,8 @@ pub struct CompareArgs {
         default_value = "gru,transformer,minilm"
     )]
     pub models: Vec<ModelKind>,
-    /// Detectors, comma-separated: msp, maxlogit, energy[:T], entropy, xent-uniform, mahalanobis, knn.
+    /// Detectors, comma-separated: msp, maxlogit, energy[:T], entropy, xent-uniform, or stored:
+    /// mahalanobis, rmd, knn, vim, react, odin.
     #[arg(
         long,
         value_delimiter = ',',
@@ -355,6 +356,10 @@ pub struct CompareArgs {
     /// Leave energy-bounded OE (--m-in, --m-out, --lambda) out of the grid.
     #[arg(long)]
     pub no_energy_oe: bool,
+    /// Tune every model's stored detectors (feature layer, k, percentile, temperature) on the dev
+    /// split and the validation OOD set (--val-ood, default the dataset's own) before evaluating.
+    #[arg(long)]
+    pub tune: bool,
     /// Everything `oe-text train` takes (--in, --oe, epochs, seeds, data, evaluation, device).
     /// --out is the grid's directory (default: runs/compare-<in>-<oe>-seed<seed>); each model
     /// trains under --out/<model>/.
@@ -465,6 +470,10 @@ impl EvalCommandArgs {
     /// The validated request.
     pub fn request(&self, device: tch::Device) -> Result<crate::text::pipeline::EvalRequest> {
         use crate::text::pipeline::{EvalRequest, EvalSource};
+        let in_dataset = match &self.model {
+            Some(dir) => crate::text::model_dir::recorded_in_dataset(dir),
+            None => self.in_dataset.clone(),
+        };
         let source = match (&self.model, &self.weights) {
             (Some(dir), _) => EvalSource::ModelDir(dir.clone()),
             (None, Some(w)) => {
@@ -500,7 +509,7 @@ impl EvalCommandArgs {
             method: self.method,
             data_root: crate::datasets::explicit_data_root(self.data.data_dir.as_deref()),
             text: self.data.text(),
-            eval: self.eval.config()?,
+            eval: self.eval.config(in_dataset.as_deref())?,
             ood_sets: self.eval.ood.clone(),
             device,
         })

@@ -72,6 +72,7 @@ impl VisionEvalArgs {
             fpr_rule: self.fpr_rule,
             batch_size: self.test_batch_size,
             seed: self.eval_seed,
+            val_ood: None,
         })
     }
 }

@@ -430,13 +430,30 @@ impl Knn {
     /// by chunks of `chunk` bank rows (float32 matrix products, a running top-k of size `[n, k]`); the
     /// k-th neighbour's distance is then recomputed exactly as `‖q − b‖`.
     pub fn score(&self, feats: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .scores_at(feats, &[self.cfg.k])?
+            .pop()
+            .expect("one k, one score tensor"))
+    }
+
+    /// [`Knn::score`] for each neighbour rank in `ks` (each in `1..=N`), from one pass over the
+    /// bank: `[n]` float32 per k.
+    pub fn scores_at(&self, feats: &Tensor, ks: &[usize]) -> Result<Vec<Tensor>> {
         let (nb, db) = self.bank.size2().map_err(OeError::from)?;
         let (n, _) = check_batch(feats, None, Some(db))?;
         let dev = feats.device();
-        if n == 0 {
-            return Ok(Tensor::zeros([0], (Kind::Float, dev)));
+        if let Some(bad) = ks.iter().find(|&&k| k == 0 || k as i64 > nb) {
+            return Err(OeError::Config(format!(
+                "k-NN: k = {bad} is outside 1..={nb} (the bank's rows)"
+            )));
         }
-        let k = self.cfg.k as i64;
+        if n == 0 {
+            return Ok(ks
+                .iter()
+                .map(|_| Tensor::zeros([0], (Kind::Float, dev)))
+                .collect());
+        }
+        let k = ks.iter().copied().max().unwrap_or(1) as i64;
         let chunk = self.cfg.chunk.max(1) as i64;
         Ok(tch::no_grad(|| {
             let q = normalise(feats); // [n, d]
@@ -468,15 +485,19 @@ impl Knn {
             let (v, i) = best.expect("bank is non-empty");
             // Index of the k-th largest similarity = k-th nearest neighbour.
             let (_, order) = v.sort(1, true);
-            let kth = i
-                .gather(1, &order.narrow(1, k - 1, 1), false)
-                .squeeze_dim(1); // [n]
-            let nb_rows = self
-                .bank
-                .index_select(0, &kth.to_device(self.bank.device()))
-                .to_device(dev)
-                .to_kind(Kind::Float);
-            (q - nb_rows).norm_scalaropt_dim(2, [1i64].as_slice(), false)
+            ks.iter()
+                .map(|&kq| {
+                    let kth = i
+                        .gather(1, &order.narrow(1, kq as i64 - 1, 1), false)
+                        .squeeze_dim(1); // [n]
+                    let nb_rows = self
+                        .bank
+                        .index_select(0, &kth.to_device(self.bank.device()))
+                        .to_device(dev)
+                        .to_kind(Kind::Float);
+                    (&q - nb_rows).norm_scalaropt_dim(2, [1i64].as_slice(), false)
+                })
+                .collect()
         }))
     }
 

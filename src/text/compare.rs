@@ -56,14 +56,27 @@ pub struct CompareOutcome {
     pub markdown: PathBuf,
 }
 
+/// The validation OOD set of a grid: the evaluation's, else (when tuning) the dataset's own.
+fn val_name_of(req: &TrainRequest, tune: bool) -> Option<String> {
+    req.eval.val_ood.clone().or_else(|| {
+        tune.then(|| data::validation_ood_for(&req.in_dataset))
+            .flatten()
+            .map(str::to_string)
+    })
+}
+
 /// The directory name of a training under a model's directory.
 const ENERGY_DIR: &str = "energy-oe";
 
 /// Trains what is missing and evaluates the whole grid; results go under `out_dir`.
+///
+/// With `tune`, every model directory's stored detectors are first tuned on validation data
+/// ([`crate::text::tune`]; the evaluation's `val_ood`, or the dataset's own validation OOD set).
 pub fn run_compare(
     runs: &[ModelRuns],
     detectors: &[Detector],
     out_dir: &Path,
+    tune: bool,
     obs: &mut dyn Observer,
 ) -> Result<CompareOutcome> {
     if runs.is_empty() || detectors.is_empty() {
@@ -77,6 +90,7 @@ pub fn run_compare(
         DataKey,
         data::InDistribution,
         Vec<crate::text::protocol::OodInput>,
+        Option<pipeline::ValidationData>,
     )> = None;
     for r in runs {
         obs.status(&format!("{}: baseline and OE", r.name));
@@ -109,12 +123,30 @@ pub fn run_compare(
                 &req.data_root,
                 &req.text,
             )?;
-            data = Some((key, ind, ood));
+            let val_name = val_name_of(req, tune);
+            if tune && val_name.is_none() {
+                return Err(OeError::Config(format!(
+                    "--tune needs a validation OOD set: {} has none of its own; pass --val-ood NAME or FILE",
+                    req.in_dataset
+                )));
+            }
+            let val =
+                pipeline::load_validation(val_name.as_deref(), &ind, &req.data_root, &req.text)?;
+            data = Some((key, ind, ood, val));
         }
-        let (_, ind, ood) = data.as_ref().expect("loaded above");
+        let (_, ind, ood, val) = data.as_ref().expect("loaded above");
         for (training, dir) in &trained {
             let mut m = LoadedModel::load(dir, req.device)?;
-            if detectors.iter().any(|d| m.needs_fit(*d)) {
+            if let (true, Some(v)) = (tune, val) {
+                obs.status(&format!("{}/{training}: tuning detectors on {}", r.name, v.ood.name));
+                let all = crate::detect::FeatureDetector::all();
+                let files = crate::text::tune::tuning_files(
+                    &req.in_dataset,
+                    &req.data_root,
+                    val_name_of(req, tune).as_deref().unwrap_or(""),
+                )?;
+                crate::text::tune::tune_loaded(&mut m, &ind.train, v, &all, files)?;
+            } else if detectors.iter().any(|d| m.needs_fit(*d)) {
                 obs.status(&format!("{}/{training}: fitting feature detectors", r.name));
                 m.fit_detectors(&ind.train, None)?;
             }
@@ -125,7 +157,9 @@ pub fn run_compare(
                     ..req.eval.clone()
                 };
                 let method = m.config.method_label();
-                let (report, _) = pipeline::evaluate_model(&m, &ind.test, ood, &cfg, method)?;
+                let op_val = req.eval.val_ood.as_ref().and(val.as_ref());
+                let (report, _) =
+                    pipeline::evaluate_model_with(&m, &ind.test, ood, &cfg, method, op_val)?;
                 rows.extend(rows_of(&r.name, training, &d.name(), &report));
             }
         }
@@ -246,6 +280,7 @@ mod tests {
             fpr: ms(fpr),
             auroc: ms(auroc),
             aupr_out: ms(aupr),
+            aupr_in: ms(0.0),
             scores: vec![],
         }
     }
@@ -258,6 +293,8 @@ mod tests {
             in_accuracy: 0.8,
             sets: vec![set("snli", 0.2, 0.9, 0.6), set("imdb", 0.4, 0.7, 0.2)],
             in_scores: vec![],
+            in_correct: vec![],
+            operating_point: None,
         };
         let rows = rows_of("gru", "oe", "msp", &r);
         assert_eq!(rows.len(), 3);

@@ -23,3 +23,4 @@ pub mod score;
 pub mod serve;
 pub mod tokenize;
 pub mod train;
+pub mod tune;

@@ -235,6 +235,14 @@ impl LoadedModel {
     }
 }
 
+/// The in-distribution dataset recorded in `dir/run.json`, if it can be read (for defaults that
+/// depend on it; loading the directory reports any problem).
+pub fn recorded_in_dataset(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join("run.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("in_dataset")?.as_str().map(str::to_string)
+}
+
 /// The default in-distribution fixed length: 20NG documents are cut and padded to 100 tokens.
 pub fn default_fix_len(in_dataset: &str, text: &TextOptions) -> Option<usize> {
     if in_dataset.starts_with("20ng") {

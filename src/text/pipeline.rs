@@ -213,6 +213,97 @@ pub fn load_ood_inputs(
         .collect()
 }
 
+/// Validation data for thresholds and tuning, never test data: the in-distribution dev split and
+/// a validation OOD set ([`EvalConfig::val_ood`]).
+#[derive(Clone, Debug)]
+pub struct ValidationData {
+    pub dev: data::Labelled,
+    pub ood: OodInput,
+}
+
+/// Loads [`EvalConfig::val_ood`] (when set) and pairs it with `ind`'s dev split; a dataset without
+/// a dev split is an error then.
+pub fn load_validation(
+    val_ood: Option<&str>,
+    ind: &data::InDistribution,
+    root: &Path,
+    text: &TextOptions,
+) -> Result<Option<ValidationData>> {
+    let Some(name) = val_ood else {
+        return Ok(None);
+    };
+    let dev = ind.dev.clone().ok_or_else(|| {
+        OeError::Config(format!(
+            "--val-ood {name}: {} has no dev split to pair it with (user datasets: add dev.csv or dev.jsonl)",
+            ind.name
+        ))
+    })?;
+    let ood = load_ood_inputs(Some(&[name.to_string()]), &ind.name, root, text)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| OeError::Data(format!("validation OOD set `{name}` is empty")))?;
+    Ok(Some(ValidationData { dev, ood }))
+}
+
+/// Anomaly scores and correctness of the dev split, and anomaly scores of the validation OOD set,
+/// under `cfg`'s detector, every text scored alone (batch-independent).
+pub fn validation_scores(
+    m: &LoadedModel,
+    val: &ValidationData,
+    cfg: &EvalConfig,
+) -> Result<(Vec<f64>, Vec<bool>, Vec<f64>)> {
+    let scorer = m.scorer();
+    let enc = encode_labelled(&m.vocab, &m.labels, &val.dev, m.config.in_fix_len)?;
+    let (f, l) = scorer.outputs_bucketed(&enc.ids, 256, m.config.in_fix_len);
+    let s_in = scorer.anomaly(&f, &l, cfg)?;
+    let pred = Vec::<i64>::try_from(&l.argmax(-1, false)).map_err(OeError::Torch)?;
+    let correct = pred.iter().zip(&enc.labels).map(|(p, y)| p == y).collect();
+    let vocab = &m.vocab;
+    let ids = encode_all(&val.ood.texts, |t| vocab.encode(t));
+    let (f, l) = scorer.outputs_bucketed(&ids, 256, None);
+    let s_ood = scorer.anomaly(&f, &l, cfg)?;
+    Ok((s_in, correct, s_ood))
+}
+
+/// The operating point of `report` from validation data ([`crate::eval::choose_threshold`]).
+pub fn operating_point(
+    m: &LoadedModel,
+    val: &ValidationData,
+    cfg: &EvalConfig,
+    report: &EvalReport,
+) -> Result<crate::eval::OperatingPoint> {
+    let (s_in, ok, s_ood) = validation_scores(m, val, cfg)?;
+    let (t, acc, rec) = crate::eval::choose_threshold(&s_in, &ok, &s_ood)?;
+    let n = report.in_scores.len().max(1) as f64;
+    let accepted = report.in_scores.iter().filter(|&&s| s <= t).count();
+    let acc_test = report
+        .in_scores
+        .iter()
+        .zip(&report.in_correct)
+        .filter(|(s, c)| **c && **s <= t)
+        .count();
+    Ok(crate::eval::OperatingPoint {
+        rule: crate::eval::OPERATING_RULE.to_string(),
+        val_ood_set: val.ood.name.clone(),
+        n_val_in: s_in.len(),
+        n_val_ood: s_ood.len(),
+        threshold: t,
+        val_in_accuracy: acc,
+        val_ood_recall: rec,
+        test_in_accuracy: acc_test as f64 / n,
+        test_in_accepted: accepted as f64 / n,
+        test_ood_recall: report
+            .sets
+            .iter()
+            .map(|set| {
+                let d = set.scores.first().map(Vec::as_slice).unwrap_or(&[]);
+                let flagged = d.iter().filter(|(_, s)| *s > t).count();
+                (set.ood_set.clone(), flagged as f64 / d.len().max(1) as f64)
+            })
+            .collect(),
+    })
+}
+
 /// Evaluates a loaded model on its in-distribution test set and the given OOD inputs, and writes
 /// the results into its directory.
 pub fn evaluate_model(
@@ -222,9 +313,21 @@ pub fn evaluate_model(
     cfg: &EvalConfig,
     method: MethodLabel,
 ) -> Result<(EvalReport, PathBuf)> {
+    evaluate_model_with(m, test, ood, cfg, method, None)
+}
+
+/// [`evaluate_model`], plus the operating point of a threshold chosen on `val` when given.
+pub fn evaluate_model_with(
+    m: &LoadedModel,
+    test: &data::Labelled,
+    ood: &[OodInput],
+    cfg: &EvalConfig,
+    method: MethodLabel,
+    val: Option<&ValidationData>,
+) -> Result<(EvalReport, PathBuf)> {
     let enc = encode_labelled(&m.vocab, &m.labels, test, m.config.in_fix_len)?;
     let vocab = &m.vocab;
-    let report = protocol::evaluate(
+    let mut report = protocol::evaluate(
         &m.scorer(),
         &enc.ids,
         &enc.labels,
@@ -232,6 +335,9 @@ pub fn evaluate_model(
         |t| vocab.encode(t),
         cfg,
     )?;
+    if let Some(v) = val {
+        report.operating_point = Some(operating_point(m, v, cfg, &report)?);
+    }
     let meta = crate::results::RunMeta {
         in_dataset: m.config.header.in_dataset.clone(),
         method,
@@ -391,6 +497,11 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
     } else {
         None
     };
+    let val = if req.evaluate {
+        load_validation(req.eval.val_ood.as_deref(), &ind, &req.data_root, &req.text)?
+    } else {
+        None
+    };
     let n_prepared = ind.train.len() + ind.test.len() + oe_ids.as_ref().map_or(0, |o| o.len());
     timings.push(timing("data preparation", t_data, n_prepared));
     // Inputs first, then the run directory: a missing dataset leaves nothing behind.
@@ -531,7 +642,14 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
                 obs.status(&format!("{name}: feature detectors not fitted: {e}"));
             }
         }
-        let (r, out) = evaluate_model(&m, &ind.test, &ood, &req.eval, m.config.method_label())?;
+        let (r, out) = evaluate_model_with(
+            &m,
+            &ind.test,
+            &ood,
+            &req.eval,
+            m.config.method_label(),
+            val.as_ref(),
+        )?;
         obs.status(&format!("{name}: results in {}", out.display()));
         reports.push((name.clone(), r));
         if let Some(tpr) = req.calibrate_tpr {
@@ -661,7 +779,9 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
         data_root,
         &m.config.text,
     )?;
-    let (report, results_dir) = evaluate_model(&m, &ind.test, &ood, &req.eval, method)?;
+    let val = load_validation(req.eval.val_ood.as_deref(), &ind, data_root, &m.config.text)?;
+    let (report, results_dir) =
+        evaluate_model_with(&m, &ind.test, &ood, &req.eval, method, val.as_ref())?;
     let table =
         crate::results::comparison_table(&m.config.header.in_dataset, &[(method.name(), &report)]);
     Ok(EvalOutcome {

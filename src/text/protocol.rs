@@ -10,6 +10,8 @@
 //!   45.7/83.7/58.1 cut; paper 50.7/78.2/42.2), so there is no cut.
 //! - [`Protocol::Clean`] draws `⌊N/ratio⌋` OOD texts uniformly at random (seeded) per draw and
 //!   computes every score independently of batch composition (texts are batched by exact length).
+//! - [`Protocol::Full`] scores every in-distribution test text and every OOD text once, as
+//!   `Clean` does, and computes the metrics on all of them (one draw; CLINC150's convention).
 //!
 //! Metrics are OOD-positive; FPR uses the configured rule at the configured level.
 
@@ -379,7 +381,9 @@ where
             let inv = Tensor::from_slice(&inverse);
             (f.index_select(0, &inv), l.index_select(0, &inv))
         }
-        Protocol::Clean => scorer.outputs_bucketed(in_ids, 256, scorer.in_fix_len),
+        Protocol::Clean | Protocol::Full => {
+            scorer.outputs_bucketed(in_ids, 256, scorer.in_fix_len)
+        }
     };
     let (in_feats, in_logits) = in_logits;
     let in_scores = scorer.anomaly(&in_feats, &in_logits, cfg)?;
@@ -402,6 +406,7 @@ where
         let n_avail = ids.len();
         let mut draws = Vec::with_capacity(cfg.repeats);
         let mut scores = Vec::with_capacity(cfg.repeats);
+        let mut aupr_in = Vec::with_capacity(cfg.repeats);
         match cfg.protocol {
             Protocol::Paper => {
                 let per = n_in / cfg.id_per_ood;
@@ -451,12 +456,17 @@ where
                     };
                     let s: Vec<f64> = drawn.iter().map(|p| p.1).collect();
                     draws.push(DetectionMetrics::compute(&in_scores, &s, &mcfg)?);
+                    aupr_in.push(aupr_in_of(&in_scores, &s)?);
                     scores.push(drawn);
                 }
             }
-            Protocol::Clean => {
-                let n_ood = (n_in / cfg.id_per_ood).max(1).min(n_avail);
-                let (picks, needed) = uniform_draws(cfg.repeats, n_avail, n_ood, |r| {
+            Protocol::Clean | Protocol::Full => {
+                let (n_ood, repeats) = if cfg.protocol == Protocol::Full {
+                    (n_avail, 1)
+                } else {
+                    ((n_in / cfg.id_per_ood).max(1).min(n_avail), cfg.repeats)
+                };
+                let (picks, needed) = uniform_draws(repeats, n_avail, n_ood, |r| {
                     draw_rng(cfg.seed, &set.name, r)
                 });
                 let sub: Vec<Vec<i64>> = needed.iter().map(|&i| ids[i].clone()).collect();
@@ -468,6 +478,7 @@ where
                     let drawn: Vec<(usize, f64)> = p.iter().map(|&i| (i, lookup[&i])).collect();
                     let s: Vec<f64> = drawn.iter().map(|x| x.1).collect();
                     draws.push(DetectionMetrics::compute(&in_scores, &s, &mcfg)?);
+                    aupr_in.push(aupr_in_of(&in_scores, &s)?);
                     scores.push(drawn);
                 }
             }
@@ -481,6 +492,7 @@ where
             fpr: col(|m| m.fpr),
             auroc: col(|m| m.auroc),
             aupr_out: col(|m| m.aupr),
+            aupr_in: MeanStd::of(&aupr_in),
             draws,
             scores,
         });
@@ -491,7 +503,17 @@ where
         in_accuracy: correct as f64 / n_in as f64,
         sets,
         in_scores,
+        in_correct: pred.iter().zip(in_labels).map(|(p, y)| p == y).collect(),
+        operating_point: None,
     })
+}
+
+/// AUPR-In: average precision with in-distribution scores as positives (negated anomaly scores).
+fn aupr_in_of(in_scores: &[f64], ood_scores: &[f64]) -> Result<f64> {
+    Ok(
+        crate::metrics::ranking::Ranking::new(in_scores, ood_scores, crate::metrics::Positive::Id)?
+            .average_precision(),
+    )
 }
 
 #[cfg(test)]

@@ -132,6 +132,7 @@ pub fn ood_count(cfg: &EvalConfig, n_in: usize, avail: usize) -> usize {
     let n = match cfg.protocol {
         // `for batch_idx ...: if batch_idx >= per // bs: break`: whole batches only.
         Protocol::Paper if per >= cfg.batch_size => cfg.batch_size * (per / cfg.batch_size),
+        Protocol::Full => avail,
         _ => per.max(1),
     };
     n.min(avail)
@@ -225,10 +226,19 @@ pub fn evaluate(
             needed.iter().enumerate().map(|(p, &i)| (i, p)).collect();
         let mut draws = Vec::new();
         let mut drawn_scores = Vec::new();
+        let mut aupr_in = Vec::new();
         let (mut rms, mut mad, mut f1) = (vec![], vec![], vec![]);
         for p in &picks {
             let s: Vec<f64> = p.iter().map(|i| scores[pos[i]]).collect();
             draws.push(DetectionMetrics::compute(&in_scores, &s, &mcfg)?);
+            aupr_in.push(
+                crate::metrics::ranking::Ranking::new(
+                    &in_scores,
+                    &s,
+                    crate::metrics::Positive::Id,
+                )?
+                .average_precision(),
+            );
             if calibrate {
                 let mut c = in_conf.clone();
                 let mut ok = in_correct.clone();
@@ -258,6 +268,7 @@ pub fn evaluate(
             fpr: col(|m| m.fpr),
             auroc: col(|m| m.auroc),
             aupr_out: col(|m| m.aupr),
+            aupr_in: MeanStd::of(&aupr_in),
             draws,
             scores: drawn_scores,
         });
@@ -281,6 +292,8 @@ pub fn evaluate(
             in_accuracy: accuracy,
             sets,
             in_scores,
+            in_correct,
+            operating_point: None,
         },
         calibration,
         calibration_skipped,
