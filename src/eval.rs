@@ -404,9 +404,12 @@ mod tests {
     fn threshold_maximises_mean_of_accuracy_and_recall_by_brute_force() {
         // Hand case: in (score, correct) = (0.1, y) (0.2, y) (0.3, n) (0.9, y); OOD 0.25, 0.8, 0.95.
         // t = 0.2: acc 2/4, recall 3/3 -> 0.75; t = 0.3: 2/4, 2/3; t = 0.8: 2/4, 2/3 ... best 0.2.
-        let (t, a, r) =
-            choose_threshold(&[0.1, 0.2, 0.3, 0.9], &[true, true, false, true], &[0.25, 0.8, 0.95])
-                .unwrap();
+        let (t, a, r) = choose_threshold(
+            &[0.1, 0.2, 0.3, 0.9],
+            &[true, true, false, true],
+            &[0.25, 0.8, 0.95],
+        )
+        .unwrap();
         assert_eq!((t, a, r), (0.2, 0.5, 1.0));
         // Against brute force over every candidate on seeded random data.
         use rand::{Rng, SeedableRng};
@@ -414,12 +417,17 @@ mod tests {
         for _ in 0..50 {
             let n = rng.gen_range(1..40);
             let m = rng.gen_range(1..20);
-            let ins: Vec<f64> = (0..n).map(|_| (rng.gen_range(0..30) as f64) / 10.0).collect();
+            let ins: Vec<f64> = (0..n)
+                .map(|_| (rng.gen_range(0..30) as f64) / 10.0)
+                .collect();
             let ok: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.8)).collect();
-            let oods: Vec<f64> = (0..m).map(|_| (rng.gen_range(10..40) as f64) / 10.0).collect();
+            let oods: Vec<f64> = (0..m)
+                .map(|_| (rng.gen_range(10..40) as f64) / 10.0)
+                .collect();
             let (t, a, r) = choose_threshold(&ins, &ok, &oods).unwrap();
             let obj = |t: f64| {
-                let acc = ins.iter().zip(&ok).filter(|(s, c)| **c && **s <= t).count() as f64 / n as f64;
+                let acc =
+                    ins.iter().zip(&ok).filter(|(s, c)| **c && **s <= t).count() as f64 / n as f64;
                 let rec = oods.iter().filter(|s| **s > t).count() as f64 / m as f64;
                 (acc, rec, 0.5 * (acc + rec))
             };

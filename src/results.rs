@@ -80,7 +80,8 @@ pub fn summary_frame(
     if !report.sets.is_empty() {
         let (f, a, p) = report.mean_over_sets();
         let n = report.sets.iter().map(|s| s.n_ood).sum::<usize>() / report.sets.len();
-        let pin = report.sets.iter().map(|s| s.aupr_in.mean).sum::<f64>() / report.sets.len() as f64;
+        let pin =
+            report.sets.iter().map(|s| s.aupr_in.mean).sum::<f64>() / report.sets.len() as f64;
         rows.push((
             "mean".into(),
             n,
@@ -337,9 +338,9 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
         .unwrap_or_else(|| "fpr".into());
     // The paper's "mean" is over its 10 sets; ours is over the sets evaluated here, so the paper
     // column of our mean row averages Table 8 over the same sets.
-    let has_paper = sets
-        .iter()
-        .any(|set| crate::paper::row_or_mean(Table::Table8, in_dataset, set, "baseline", &sets).is_some());
+    let has_paper = sets.iter().any(|set| {
+        crate::paper::row_or_mean(Table::Table8, in_dataset, set, "baseline", &sets).is_some()
+    });
     let mut out = String::new();
     if has_paper {
         out += &format!(
@@ -350,11 +351,19 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
             "{in_dataset}: {fcol} / AUROC / AUPR-Out in % (OOD positive); means over draws (the paper has no numbers for this dataset)\n"
         );
     }
-    let width = sets.iter().map(String::len).max().unwrap_or(0).clamp(14, 40);
+    let width = sets
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .clamp(14, 40);
     for (name, r) in runs {
         let draws = match r.config.protocol {
             crate::eval::Protocol::Full => "every OOD text once".to_string(),
-            _ => format!("{} draws, OOD:ID 1:{}", r.config.repeats, r.config.id_per_ood),
+            _ => format!(
+                "{} draws, OOD:ID 1:{}",
+                r.config.repeats, r.config.id_per_ood
+            ),
         };
         out += &format!(
             "  {name}: in-distribution test accuracy {:.1}% (n = {}), protocol {}, score {}, {draws}\n",
@@ -376,7 +385,10 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
             .iter()
             .map(|s| format!("{} {:.1}", s.ood_set, s.aupr_in.mean * 100.0))
             .collect();
-        out += &format!("  {name}: AUPR-In % (in-distribution positive): {}\n", aupr_in.join(", "));
+        out += &format!(
+            "  {name}: AUPR-In % (in-distribution positive): {}\n",
+            aupr_in.join(", ")
+        );
         if let Some(op) = &r.operating_point {
             let rec: Vec<String> = op
                 .test_ood_recall

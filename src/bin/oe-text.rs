@@ -265,15 +265,14 @@ fn run() -> anyhow::Result<()> {
             let runs = args.runs(device(&args.train.device, args.train.quiet)?)?;
             let out_dir = args.out_dir();
             let mut progress = Progress::new(Style::detect(args.train.quiet));
-            let out =
-                oe::text::compare::run_compare(
-                    &runs,
-                    &args.detectors,
-                    &out_dir,
-                    args.tune,
-                    &mut progress,
-                )
-                    .with_context(|| format!("comparison in {}", out_dir.display()))?;
+            let out = oe::text::compare::run_compare(
+                &runs,
+                &args.detectors,
+                &out_dir,
+                args.tune,
+                &mut progress,
+            )
+            .with_context(|| format!("comparison in {}", out_dir.display()))?;
             out!("{}", out.table)?;
             eprintln!(
                 "results: {} and {} (per-model results: oe-text report {})",

@@ -237,7 +237,11 @@ impl EvalArgs {
         Ok(EvalConfig {
             protocol,
             detector: self.detector.map_or(self.score, Detector::Feature),
-            repeats: if protocol == Protocol::Full { 1 } else { self.repeats },
+            repeats: if protocol == Protocol::Full {
+                1
+            } else {
+                self.repeats
+            },
             id_per_ood: self.id_per_ood,
             tpr,
             fpr_rule: self.fpr_rule,

@@ -87,6 +87,10 @@ pub struct TrainArgs {
     pub oe: Option<String>,
     #[arg(long, value_enum, default_value_t = OeMethodArg::Finetune)]
     pub oe_method: OeMethodArg,
+    /// Name of the OE model's directory under --out (default: oe), so OE runs with different
+    /// outlier corpora share one baseline (e.g. --oe-dir oe-clinc150 beside oe).
+    #[arg(long, value_name = "NAME", value_parser = parse_dir_name)]
+    pub oe_dir: Option<String>,
     /// Output directory (train: runs/<in>-<oe>-<model>-seed<seed>; compare:
     /// runs/compare-<in>-<oe>-seed<seed>).
     #[arg(long, value_name = "DIR")]
@@ -325,7 +329,7 @@ impl TrainArgs {
             device,
             holdout: self.holdout,
             calibrate_tpr: (self.calibrate_tpr > 0.0).then_some(self.calibrate_tpr),
-            oe_dir: None,
+            oe_dir: self.oe_dir.clone(),
             evaluate: true,
             auto_pairing: self.pairing.is_none(),
         })
@@ -460,6 +464,22 @@ pub struct EvalCommandArgs {
     pub eval: EvalArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+fn parse_dir_name(s: &str) -> std::result::Result<String, String> {
+    let ok = !s.is_empty()
+        && s != "baseline"
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}`: a directory name of letters, digits, '-', '_' and '.', not `baseline`"
+        ))
+    }
 }
 
 fn parse_method(s: &str) -> std::result::Result<MethodLabel, String> {

@@ -138,7 +138,10 @@ pub fn run_compare(
         for (training, dir) in &trained {
             let mut m = LoadedModel::load(dir, req.device)?;
             if let (true, Some(v)) = (tune, val) {
-                obs.status(&format!("{}/{training}: tuning detectors on {}", r.name, v.ood.name));
+                obs.status(&format!(
+                    "{}/{training}: tuning detectors on {}",
+                    r.name, v.ood.name
+                ));
                 let all = crate::detect::FeatureDetector::all();
                 let files = crate::text::tune::tuning_files(
                     &req.in_dataset,

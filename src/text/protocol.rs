@@ -381,9 +381,7 @@ where
             let inv = Tensor::from_slice(&inverse);
             (f.index_select(0, &inv), l.index_select(0, &inv))
         }
-        Protocol::Clean | Protocol::Full => {
-            scorer.outputs_bucketed(in_ids, 256, scorer.in_fix_len)
-        }
+        Protocol::Clean | Protocol::Full => scorer.outputs_bucketed(in_ids, 256, scorer.in_fix_len),
     };
     let (in_feats, in_logits) = in_logits;
     let in_scores = scorer.anomaly(&in_feats, &in_logits, cfg)?;

@@ -121,7 +121,10 @@ fn outputs(
 }
 
 fn get(by: &[(FeatureSource, Tensor)], s: FeatureSource) -> &Tensor {
-    &by.iter().find(|(x, _)| *x == s).expect("computed for every source").1
+    &by.iter()
+        .find(|(x, _)| *x == s)
+        .expect("computed for every source")
+        .1
 }
 
 /// Tunes the stored detectors of a model directory on validation data (see the module docs).
@@ -143,8 +146,8 @@ pub fn run_tune(req: &TuneRequest) -> Result<TuneOutcome> {
                 "tuning needs a validation OOD set: {in_dataset} has none of its own; pass --val-ood NAME or --val-ood FILE (never a test set)"
             ))
         })?;
-    let val = pipeline::load_validation(Some(&val_name), &ind, &root, &text)?
-        .expect("a name was given");
+    let val =
+        pipeline::load_validation(Some(&val_name), &ind, &root, &text)?.expect("a name was given");
     let detectors: Vec<FeatureDetector> = if req.detectors.is_empty() {
         FeatureDetector::all().to_vec()
     } else {
@@ -162,14 +165,21 @@ pub fn run_tune(req: &TuneRequest) -> Result<TuneOutcome> {
 }
 
 /// The files tuning reads: the in-distribution dataset's and, for a file, the validation OOD set.
-pub fn tuning_files(in_dataset: &str, root: &Path, val: &str) -> Result<Vec<crate::rundir::DataFile>> {
+pub fn tuning_files(
+    in_dataset: &str,
+    root: &Path,
+    val: &str,
+) -> Result<Vec<crate::rundir::DataFile>> {
     let mut files = data::training_files(in_dataset, root, None)?;
     let (_, spec) = data::split_label(val);
     if Path::new(spec).is_file() {
         files.push(PathBuf::from(spec));
     }
     files.dedup();
-    files.iter().map(|p| crate::rundir::DataFile::of(p)).collect()
+    files
+        .iter()
+        .map(|p| crate::rundir::DataFile::of(p))
+        .collect()
 }
 
 /// Tunes `detectors` of a loaded model on `val`, refits every stored detector with the choice on
