@@ -26,6 +26,9 @@ pub enum ReportFormat {
     Parquet,
     /// One self-contained HTML page: tables and plots (inline SVG), readable offline.
     Html,
+    /// The near-OOD benchmark table (CLINC150): per model × training × detector over seeds, with
+    /// AUPR-In and the operating point chosen on validation (Markdown; CSV with --output F.csv).
+    NearOod,
 }
 
 /// A validated `oe-text report` request.
@@ -623,6 +626,23 @@ pub fn run_report(args: &ReportRequest) -> Result<ReportOutput> {
             }
         )));
     }
+    if args.format == ReportFormat::NearOod {
+        let rows = crate::report::near_ood::rows(&args.run_dirs, None)?;
+        let mut out = ReportOutput::default();
+        match &args.output {
+            Some(p) => {
+                let body = if p.extension().is_some_and(|e| e == "csv") {
+                    crate::report::near_ood::csv(&rows)
+                } else {
+                    crate::report::near_ood::markdown(&rows)
+                };
+                crate::io::write_atomic(p, body.as_bytes())?;
+                out.written.push(p.clone());
+            }
+            None => out.stdout = crate::report::near_ood::markdown(&rows),
+        }
+        return Ok(out);
+    }
     let (report, scores) = build(args)?;
     let mut out = ReportOutput::default();
     for (i, w) in report.agg.warnings.iter().enumerate() {
@@ -696,6 +716,7 @@ pub fn run_report(args: &ReportRequest) -> Result<ReportOutput> {
             );
             Some(page.into_bytes())
         }
+        ReportFormat::NearOod => unreachable!("handled at the start"),
     };
     if let Some(bytes) = text {
         match &args.output {

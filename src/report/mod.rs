@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod bootstrap;
 pub mod command;
 pub mod html;
+pub mod near_ood;
 pub mod plots;
 
 pub use command::{run_report, ReportOutput, ReportRequest};

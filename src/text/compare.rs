@@ -39,8 +39,11 @@ pub struct CompareRow {
     /// An OOD set, or `mean` (the mean over the sets).
     pub ood_set: String,
     pub in_accuracy: f64,
-    /// FPR at 90% recall of OOD (positive class: OOD), mean over draws.
+    /// FPR at the evaluation's recall level of OOD (positive class: OOD; see `fpr_level`), mean
+    /// over draws.
     pub fpr: f64,
+    /// That recall level in percent (`90`, `95`).
+    pub fpr_level: String,
     /// AUROC with OOD as the positive class.
     pub auroc: f64,
     /// AUPR with OOD as the positive class.
@@ -210,6 +213,7 @@ pub fn rows_of(model: &str, training: &str, detector: &str, r: &EvalReport) -> V
         ood_set: set.to_string(),
         in_accuracy: r.in_accuracy,
         fpr,
+        fpr_level: crate::metrics::level_name(r.config.tpr),
         auroc,
         aupr_out: aupr,
     };
@@ -233,7 +237,10 @@ pub fn rows_of(model: &str, training: &str, detector: &str, r: &EvalReport) -> V
 
 /// Long-form CSV, metrics as fractions.
 pub fn to_csv(rows: &[CompareRow]) -> String {
-    let mut s = String::from("model,training,detector,ood_set,in_accuracy,fpr90,auroc,aupr_out\n");
+    let level = rows
+        .first()
+        .map_or("90".to_string(), |r| r.fpr_level.clone());
+    let mut s = format!("model,training,detector,ood_set,in_accuracy,fpr{level},auroc,aupr_out\n");
     for r in rows {
         let _ = writeln!(
             s,
@@ -246,10 +253,13 @@ pub fn to_csv(rows: &[CompareRow]) -> String {
 
 /// The means as a Markdown table (percent), one line per model × training × detector.
 pub fn to_markdown(rows: &[CompareRow]) -> String {
-    let mut s = String::from(
-        "Mean over OOD sets (OOD = positive class; FPR90: false-positive rate on in-distribution \
-         texts at 90% OOD recall; lower is better; AUROC, AUPR: higher is better).\n\n\
-         | model | training | detector | ID acc. | FPR90 | AUROC | AUPR |\n\
+    let level = rows
+        .first()
+        .map_or("90".to_string(), |r| r.fpr_level.clone());
+    let mut s = format!(
+        "Mean over OOD sets (OOD = positive class; FPR{level}: false-positive rate on in-distribution \
+         texts at {level}% OOD recall; lower is better; AUROC, AUPR: higher is better).\n\n\
+         | model | training | detector | ID acc. | FPR{level} | AUROC | AUPR |\n\
          |---|---|---|---:|---:|---:|---:|\n",
     );
     for r in rows.iter().filter(|r| r.ood_set == "mean") {

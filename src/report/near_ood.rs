@@ -1,0 +1,300 @@
+//! The near-OOD benchmark table (`oe-text report --format near-ood`): what intent-detection papers
+//! report on CLINC150, per model × training × detector, over training seeds.
+//!
+//! Every evaluation directory under the given run directories (`eval-<score>-<protocol>/` with a
+//! `report.json`, in a model directory with a `run.json`) is one observation. They are grouped by
+//! model, training (baseline, or OE with its outlier corpus), detector, protocol and OOD set; each
+//! cell is the mean ± sample standard deviation over the group's seeds, with their range in the
+//! CSV. Columns: in-distribution test accuracy, AUROC, FPR at the evaluation's recall level,
+//! AUPR-In and AUPR-Out (all OOD-positive except AUPR-In), and, when the evaluation had a
+//! validation OOD set, the in-distribution accuracy and OOD recall at the threshold chosen on
+//! validation.
+
+use crate::error::{OeError, Result};
+use crate::eval::EvalReport;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Mean, sample standard deviation (NaN for one value), minimum and maximum.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    pub fn of(v: &[f64]) -> Option<Self> {
+        if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
+            return None;
+        }
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            f64::NAN
+        };
+        Some(Self {
+            mean,
+            std,
+            min: v.iter().copied().fold(f64::INFINITY, f64::min),
+            max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
+}
+
+/// One group of the table.
+#[derive(Clone, Debug)]
+pub struct NearOodRow {
+    pub model: String,
+    /// `baseline`, or `oe (<corpus>)`.
+    pub training: String,
+    pub detector: String,
+    pub protocol: String,
+    pub ood_set: String,
+    /// The FPR column's name (`fpr95_closest_out`).
+    pub fpr_name: String,
+    pub seeds: Vec<u64>,
+    pub in_accuracy: Option<Stat>,
+    pub auroc: Option<Stat>,
+    pub fpr: Option<Stat>,
+    pub aupr_in: Option<Stat>,
+    pub aupr_out: Option<Stat>,
+    pub op_in_accuracy: Option<Stat>,
+    pub op_ood_recall: Option<Stat>,
+}
+
+fn eval_dirs(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    if dir.join("report.json").is_file()
+        && dir.parent().is_some_and(|p| p.join("run.json").is_file())
+    {
+        out.push(dir.to_path_buf());
+        return Ok(());
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| OeError::io(dir, e))?;
+    let mut subs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    subs.sort();
+    for s in subs {
+        eval_dirs(&s, out)?;
+    }
+    Ok(())
+}
+
+/// The rows for every evaluation under `dirs` (OOD sets named in `only`, when given).
+pub fn rows(dirs: &[PathBuf], only: Option<&str>) -> Result<Vec<NearOodRow>> {
+    let mut found = Vec::new();
+    for d in dirs {
+        eval_dirs(d, &mut found)?;
+    }
+    if found.is_empty() {
+        return Err(OeError::Data(format!(
+            "report: no evaluations under {} (expected <model dir>/eval-<score>-<protocol>/report.json beside a run.json)",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    type Key = (String, String, String, String, String, String);
+    let mut groups: BTreeMap<Key, Vec<(u64, f64, crate::eval::SetResult, Option<(f64, f64)>)>> =
+        BTreeMap::new();
+    for e in &found {
+        let model_dir = e.parent().expect("checked above");
+        let run: crate::text::model_dir::RunConfig =
+            crate::rundir::read_run(model_dir, "oe-text train")?;
+        let path = e.join("report.json");
+        let bytes = std::fs::read(&path).map_err(|x| OeError::io(&path, x))?;
+        // `report.json` is the evaluation report, with a `calibration` object beside its fields.
+        let r: EvalReport = serde_json::from_slice(&bytes)
+            .map_err(|x| OeError::parse(&path, x.line(), x.to_string()))?;
+        let training = match (&run.oe_corpus, run.header.method) {
+            (Some(c), m) if m != crate::train::Method::Baseline => {
+                let c = Path::new(c)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+                    .unwrap_or_else(|| c.clone());
+                format!("{} ({c})", run.method_label().name())
+            }
+            _ => run.method_label().name().to_string(),
+        };
+        for s in &r.sets {
+            if only.is_some_and(|o| o != s.ood_set) {
+                continue;
+            }
+            let op = r.operating_point.as_ref().and_then(|op| {
+                op.test_ood_recall
+                    .iter()
+                    .find(|(n, _)| *n == s.ood_set)
+                    .map(|(_, rec)| (op.test_in_accuracy, *rec))
+            });
+            groups
+                .entry((
+                    run.model.name().to_string(),
+                    training.clone(),
+                    r.config.score_name(),
+                    r.config.protocol.name().to_string(),
+                    s.ood_set.clone(),
+                    r.config.fpr_column(),
+                ))
+                .or_default()
+                .push((run.train.seed, r.in_accuracy, s.clone(), op));
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(
+            |((model, training, detector, protocol, ood_set, fpr_name), v)| {
+                let col = |f: &dyn Fn(
+                    &(u64, f64, crate::eval::SetResult, Option<(f64, f64)>),
+                ) -> Option<f64>| {
+                    let xs: Vec<f64> = v.iter().filter_map(f).collect();
+                    if xs.len() == v.len() {
+                        Stat::of(&xs)
+                    } else {
+                        None
+                    }
+                };
+                NearOodRow {
+                    seeds: v.iter().map(|x| x.0).collect(),
+                    in_accuracy: col(&|x| Some(x.1)),
+                    auroc: col(&|x| Some(x.2.auroc.mean)),
+                    fpr: col(&|x| Some(x.2.fpr.mean)),
+                    // Reports written before AUPR-In existed hold zeros (a real AUPR-In is at least the
+                    // share of in-distribution texts).
+                    aupr_in: col(&|x| (x.2.aupr_in.mean > 0.0).then_some(x.2.aupr_in.mean)),
+                    aupr_out: col(&|x| Some(x.2.aupr_out.mean)),
+                    op_in_accuracy: col(&|x| x.3.map(|o| o.0)),
+                    op_ood_recall: col(&|x| x.3.map(|o| o.1)),
+                    model,
+                    training,
+                    detector,
+                    protocol,
+                    ood_set,
+                    fpr_name,
+                }
+            },
+        )
+        .collect())
+}
+
+fn cell(s: &Option<Stat>) -> String {
+    match s {
+        Some(s) if s.std.is_finite() => format!("{:.1} ± {:.1}", s.mean * 100.0, s.std * 100.0),
+        Some(s) => format!("{:.1}", s.mean * 100.0),
+        None => "-".to_string(),
+    }
+}
+
+/// The Markdown table (percent, mean ± sample standard deviation over seeds).
+pub fn markdown(rows: &[NearOodRow]) -> String {
+    let names: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r.fpr_name.as_str()).collect();
+    let fpr = match names.iter().next() {
+        Some(n) if names.len() == 1 => n.split('_').next().unwrap_or("fpr").to_uppercase(),
+        _ => "FPR (see CSV for its level)".to_string(),
+    };
+    let mut s = format!(
+        "| model | training | detector | OOD set | ID acc. | AUROC ↑ | {fpr} ↓ | AUPR-In ↑ | AUPR-Out ↑ | ID acc. @ val. thr. | OOD recall @ val. thr. | seeds |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.model,
+            r.training,
+            r.detector,
+            r.ood_set,
+            cell(&r.in_accuracy),
+            cell(&r.auroc),
+            cell(&r.fpr),
+            cell(&r.aupr_in),
+            cell(&r.aupr_out),
+            cell(&r.op_in_accuracy),
+            cell(&r.op_ood_recall),
+            r.seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    s
+}
+
+/// The CSV: every statistic of every cell (fractions, not percent).
+pub fn csv(rows: &[NearOodRow]) -> String {
+    let stats = [
+        "in_accuracy",
+        "auroc",
+        "fpr",
+        "aupr_in",
+        "aupr_out",
+        "op_in_accuracy",
+        "op_ood_recall",
+    ];
+    let mut s = String::from("model,training,detector,protocol,ood_set,fpr_name,seeds");
+    for st in stats {
+        s += &format!(",{st}_mean,{st}_std,{st}_min,{st}_max");
+    }
+    s += "\n";
+    let q = |x: &str| {
+        if x.contains([',', '"']) {
+            format!("\"{}\"", x.replace('"', "\"\""))
+        } else {
+            x.to_string()
+        }
+    };
+    for r in rows {
+        s += &format!(
+            "{},{},{},{},{},{},{}",
+            q(&r.model),
+            q(&r.training),
+            q(&r.detector),
+            q(&r.protocol),
+            q(&r.ood_set),
+            q(&r.fpr_name),
+            q(&r.seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" "))
+        );
+        for st in [
+            &r.in_accuracy,
+            &r.auroc,
+            &r.fpr,
+            &r.aupr_in,
+            &r.aupr_out,
+            &r.op_in_accuracy,
+            &r.op_ood_recall,
+        ] {
+            match st {
+                Some(x) => s += &format!(",{},{},{},{}", x.mean, x.std, x.min, x.max),
+                None => s += ",,,,",
+            }
+        }
+        s += "\n";
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_are_mean_sample_std_and_range() {
+        // mean 2, sample variance ((1)^2 + 0 + 1^2) / 2 = 1.
+        let s = Stat::of(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!((s.mean, s.std, s.min, s.max), (2.0, 1.0, 1.0, 3.0));
+        assert!(Stat::of(&[0.5]).unwrap().std.is_nan());
+        assert!(Stat::of(&[]).is_none() && Stat::of(&[f64::NAN]).is_none());
+        assert_eq!(cell(&Stat::of(&[0.9, 0.92])), "91.0 ± 1.4");
+        assert_eq!(cell(&Stat::of(&[0.9])), "90.0");
+    }
+}
