@@ -10,6 +10,7 @@ mod compare;
 mod conformal;
 mod data;
 mod model_dir;
+mod near_ood;
 mod report;
 mod scoring;
 mod serve;

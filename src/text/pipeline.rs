@@ -481,11 +481,19 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
             }
         }
     }
-    let data_files =
-        data::training_files(&req.in_dataset, &req.data_root, req.oe_corpus.as_deref())?
+    // The baseline records the in-distribution files; the OE model those and its outlier corpus
+    // (so OE runs with different corpora share one baseline).
+    let files_of = |oe: Option<&str>| -> Result<Vec<rundir::DataFile>> {
+        data::training_files(&req.in_dataset, &req.data_root, oe)?
             .iter()
             .map(|p| rundir::DataFile::of(p))
-            .collect::<Result<Vec<_>>>()?;
+            .collect()
+    };
+    let data_files = files_of(None)?;
+    let oe_data_files = match &req.oe_corpus {
+        Some(c) => files_of(Some(c))?,
+        None => data_files.clone(),
+    };
     // Every OOD set is read before any training, so a typo in --ood costs nothing.
     let ood = if req.evaluate {
         Some(load_ood_inputs(
@@ -563,6 +571,7 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
             header: RunHeader {
                 method: req.oe_method,
                 init_from: (req.oe_method == Method::OeFinetune).then(|| "../baseline".to_string()),
+                data_files: oe_data_files.clone(),
                 ..base_cfg.header.clone()
             },
             oe_corpus: Some(corpus.clone()),
