@@ -347,8 +347,12 @@ pub fn comparison_table(in_dataset: &str, runs: &[(&str, &EvalReport)]) -> Strin
             "{in_dataset}: {fcol} / AUROC / AUPR-Out in %, ours (paper Table 8); means over draws; the mean row's paper column averages Table 8 over the same sets\n"
         );
     } else {
+        let full = runs
+            .iter()
+            .all(|r| r.1.config.protocol == crate::eval::Protocol::Full);
         out += &format!(
-            "{in_dataset}: {fcol} / AUROC / AUPR-Out in % (OOD positive); means over draws (the paper has no numbers for this dataset)\n"
+            "{in_dataset}: {fcol} / AUROC / AUPR-Out in % (OOD positive); {} (the paper has no numbers for this dataset)\n",
+            if full { "every test text once" } else { "means over draws" }
         );
     }
     let width = sets

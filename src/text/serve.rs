@@ -552,11 +552,21 @@ fn inference_loop(
 fn model_info(m: &LoadedModel) -> Result<serde_json::Value> {
     let weights = m.dir.join(crate::rundir::WEIGHTS_FILE);
     let sha = crate::datasets::fetch::sha256_file(&weights)?;
-    // Fitted feature detectors are listed; the service scores with logit scores (as `score`).
-    let detectors: Vec<&str> = if m.detectors.is_some() {
-        vec!["mahalanobis", "knn"]
-    } else {
-        vec![]
+    // Stored detectors are listed with their settings (tuned or default); the service scores with
+    // logit scores (as `score`).
+    let detectors: Vec<serde_json::Value> = match &m.detectors {
+        Some(d) => crate::detect::FeatureDetector::all()
+            .into_iter()
+            .filter(|f| d.has(*f))
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name(),
+                    "settings": d.settings.describe(f),
+                    "tuned": d.settings.tuned.is_some(),
+                })
+            })
+            .collect(),
+        None => vec![],
     };
     Ok(serde_json::json!({
         "model_dir": m.dir.display().to_string(),
