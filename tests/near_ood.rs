@@ -284,7 +284,7 @@ fn tuning_reads_validation_data_only_and_eval_uses_its_choice() {
         assert!(out.join("report.json").is_file(), "{det:?}");
     }
     // The table over these evaluations.
-    let rows = oe::report::near_ood::rows(&[dir.clone()], None).unwrap();
+    let rows = oe::report::near_ood::rows(std::slice::from_ref(&dir), None).unwrap();
     assert_eq!(rows.len(), FeatureDetector::all().len());
     assert!(rows
         .iter()

@@ -86,6 +86,12 @@ fn eval_dirs(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// (model, training, detector, protocol, OOD set, FPR column).
+type Key = (String, String, String, String, String, String);
+/// One evaluation of a group: (seed, in-distribution accuracy, the set's results, the operating
+/// point's (in-distribution accuracy, OOD recall)).
+type Obs = (u64, f64, crate::eval::SetResult, Option<(f64, f64)>);
+
 /// The rows for every evaluation under `dirs` (OOD sets named in `only`, when given).
 pub fn rows(dirs: &[PathBuf], only: Option<&str>) -> Result<Vec<NearOodRow>> {
     let mut found = Vec::new();
@@ -101,9 +107,7 @@ pub fn rows(dirs: &[PathBuf], only: Option<&str>) -> Result<Vec<NearOodRow>> {
                 .join(", ")
         )));
     }
-    type Key = (String, String, String, String, String, String);
-    let mut groups: BTreeMap<Key, Vec<(u64, f64, crate::eval::SetResult, Option<(f64, f64)>)>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<Key, Vec<Obs>> = BTreeMap::new();
     for e in &found {
         let model_dir = e.parent().expect("checked above");
         let run: crate::text::model_dir::RunConfig =
@@ -150,9 +154,7 @@ pub fn rows(dirs: &[PathBuf], only: Option<&str>) -> Result<Vec<NearOodRow>> {
         .into_iter()
         .map(
             |((model, training, detector, protocol, ood_set, fpr_name), v)| {
-                let col = |f: &dyn Fn(
-                    &(u64, f64, crate::eval::SetResult, Option<(f64, f64)>),
-                ) -> Option<f64>| {
+                let col = |f: &dyn Fn(&Obs) -> Option<f64>| {
                     let xs: Vec<f64> = v.iter().filter_map(f).collect();
                     if xs.len() == v.len() {
                         Stat::of(&xs)
