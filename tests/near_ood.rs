@@ -283,6 +283,86 @@ fn tuning_reads_validation_data_only_and_eval_uses_its_choice() {
         assert_eq!(op.test_ood_recall[0].0, "test");
         assert!(out.join("report.json").is_file(), "{det:?}");
     }
+    // `oe-text score` with stored detectors: batch-independent bit for bit, and the evaluation's
+    // scores up to float rounding (the evaluation scores whole batches at once).
+    let texts: Vec<String> = ind.test.texts.clone();
+    for det in [
+        FeatureDetector::Rmd,
+        FeatureDetector::Knn,
+        FeatureDetector::Vim,
+        FeatureDetector::React,
+    ] {
+        let opts = oe::text::score::ScoreOptions {
+            stored: Some(det),
+            ..Default::default()
+        };
+        let one = oe::text::score::score_texts(&m, &texts, &opts).unwrap();
+        // Each text alone, and the texts in reverse order: the same bits.
+        let mut rev = texts.clone();
+        rev.reverse();
+        let back = oe::text::score::score_texts(&m, &rev, &opts).unwrap();
+        for (i, t) in texts.iter().enumerate().step_by(7) {
+            let alone = oe::text::score::score_texts(&m, std::slice::from_ref(t), &opts).unwrap();
+            assert_eq!(
+                alone[0].score.to_bits(),
+                one[i].score.to_bits(),
+                "{det:?} {i}"
+            );
+        }
+        let diff: Vec<usize> = (0..texts.len())
+            .filter(|&i| one[i].score.to_bits() != back[texts.len() - 1 - i].score.to_bits())
+            .collect();
+        assert!(diff.is_empty(), "{det:?}: {diff:?}");
+        // (The same settings as above, so the evaluation directories stay as they were.)
+        let cfg = EvalConfig {
+            protocol: Protocol::Full,
+            detector: Detector::Feature(det),
+            repeats: 1,
+            tpr: 0.95,
+            val_ood: Some(val_name.clone()),
+            ..Default::default()
+        };
+        let (r, _) = evaluate_model_with(
+            &m,
+            &ind.test,
+            &ood,
+            &cfg,
+            m.config.method_label(),
+            Some(&val),
+        )
+        .unwrap();
+        for (a, b) in one.iter().zip(&r.in_scores) {
+            assert!(
+                (f64::from(a.score) - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{det:?}: {} vs {b}",
+                a.score
+            );
+        }
+    }
+    let input = t.path().join("in.txt");
+    std::fs::write(&input, "book a table tonight\nwho wrote the novel\n").unwrap();
+    let o = oe_text()
+        .args(["score", "--model"])
+        .arg(&dir)
+        .args(["--score", "rmd", "--threshold", "5", "--device", "cpu"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    common::check(&o);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        3,
+        "header + 2 rows"
+    );
+    let o = oe_text()
+        .args(["score", "--model"])
+        .arg(&dir)
+        .args(["--score", "rmd", "--threshold", "auto", "--device", "cpu"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--threshold VALUE"));
     // The table over these evaluations.
     let rows = oe::report::near_ood::rows(std::slice::from_ref(&dir), None).unwrap();
     assert_eq!(rows.len(), FeatureDetector::all().len());

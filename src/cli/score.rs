@@ -52,9 +52,11 @@ pub struct ScoreArgs {
     /// directories (recursively; names starting with `.` left out) or `-` for standard input (default).
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
-    /// Anomaly score: msp, maxlogit, energy[:T], entropy, xent-uniform (higher = more anomalous).
-    #[arg(long, default_value = "msp", value_parser = parse_score)]
-    pub score: Score,
+    /// Anomaly score (higher = more anomalous): msp, maxlogit, energy[:T], entropy, xent-uniform, or
+    /// a detector stored in the model directory (fitted by eval or tune): mahalanobis, rmd, knn,
+    /// vim, react, odin (with those, --threshold takes a number).
+    #[arg(long, default_value = "msp", value_parser = crate::cli::parse_detector)]
+    pub score: crate::detect::Detector,
     /// Flag texts with score > threshold as OOD (`is_ood` column): `auto` (the threshold stored by
     /// `oe-text calibrate` for this score) or a number.
     #[arg(long, value_parser = parse_threshold, allow_hyphen_values = true)]
@@ -167,7 +169,11 @@ impl ScoreArgs {
             model_dir: self.model.clone(),
             inputs: self.inputs.clone(),
             input: self.input_options()?,
-            score: self.score,
+            score: self.score.logit().unwrap_or_default(),
+            stored: match self.score {
+                crate::detect::Detector::Feature(f) => Some(f),
+                crate::detect::Detector::Logit(_) => None,
+            },
             threshold: self.threshold,
             p_decision: match (self.alpha, self.fdr, self.p_values) {
                 (Some(a), _, _) => {

@@ -901,6 +901,8 @@ pub struct ScoreRequest {
     pub inputs: Vec<std::path::PathBuf>,
     pub input: crate::text::score::input::InputOptions,
     pub score: crate::detect::Score,
+    /// Score with this stored detector instead of `score` (see [`score::ScoreOptions::stored`]).
+    pub stored: Option<crate::detect::FeatureDetector>,
     pub threshold: Option<Threshold>,
     /// How texts are flagged OOD, by conformal p-value (instead of `threshold`).
     pub p_decision: PDecision,
@@ -999,6 +1001,15 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
             }
         }
     }
+    if let Some(d) = req.stored {
+        if matches!(req.threshold, Some(Threshold::Auto)) || req.p_decision != PDecision::None {
+            return Err(OeError::Config(format!(
+                "`oe-text calibrate` stores thresholds and validation scores for logit scores only; \
+                 with --score {} give --threshold VALUE (e.g. the operating point of `oe-text eval`)",
+                d.name()
+            )));
+        }
+    }
     let threshold = resolve_threshold(&m, &req.score, req.threshold)?;
     let mut threshold_note = match &threshold {
         Some((t, Some(c))) => Some(format!(
@@ -1040,6 +1051,7 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
     };
     let opts = score::ScoreOptions {
         score: req.score,
+        stored: req.stored,
         threshold: threshold.map(|t| t.0),
         p_values: conformal,
         alpha: match req.p_decision {
@@ -1050,6 +1062,7 @@ pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
         max_pending: req.max_pending,
         ..Default::default()
     };
+    score::check_stored(&m, &opts)?;
     let cols = score::output::Columns {
         p_value: opts.p_values.is_some(),
         is_ood: opts.threshold.is_some()
@@ -1154,7 +1167,9 @@ fn score_shard_locked(
         None
     };
     let settings = sh::PartSettings {
-        score: req.score.to_string(),
+        score: req
+            .stored
+            .map_or_else(|| req.score.to_string(), |d| d.name().to_string()),
         threshold: opts.threshold,
         alpha: opts.alpha,
         fdr: match req.p_decision {

@@ -44,6 +44,10 @@ use tch::{Device, Kind, Tensor};
 #[derive(Clone, Debug)]
 pub struct ScoreOptions {
     pub score: Score,
+    /// Score with this detector stored in the model directory (`detectors/`, fitted or tuned)
+    /// instead of the logit score `score`. Each text's detector score is computed from its own
+    /// features row by row, so it does not depend on the batch either.
+    pub stored: Option<crate::detect::FeatureDetector>,
     /// Flag texts with `score > threshold` as OOD.
     pub threshold: Option<f64>,
     /// Validation scores for a conformal `p_value` column ([`crate::detect::conformal`]).
@@ -67,6 +71,7 @@ impl Default for ScoreOptions {
     fn default() -> Self {
         Self {
             score: Score::Msp,
+            stored: None,
             threshold: None,
             p_values: None,
             alpha: None,
@@ -157,6 +162,8 @@ pub struct Engine<'m> {
     model: &'m TextModel,
     device: Device,
     score: Score,
+    /// A stored detector, its fitted state, the feature sources it reads and the head.
+    stored: Option<StoredScorer<'m>>,
     fix_len: Option<usize>,
     max_batch_rows: usize,
     batch_tokens: usize,
@@ -173,13 +180,56 @@ pub struct Engine<'m> {
     pub rows_computed: u64,
 }
 
+/// What [`Engine`] needs to score with a stored detector.
+struct StoredScorer<'m> {
+    detector: crate::detect::FeatureDetector,
+    fitted: &'m crate::detect::feature::FeatureDetectors,
+    /// Penultimate first, then the detector's own source when different.
+    sources: Vec<crate::detect::FeatureSource>,
+    head: (Tensor, Tensor),
+}
+
+/// Checks that `opts.stored` (when set) is fitted in `m`, with a message saying how to fit it.
+pub fn check_stored(m: &LoadedModel, opts: &ScoreOptions) -> Result<()> {
+    match opts.stored {
+        Some(d) if !m.detectors.as_ref().is_some_and(|x| x.has(d)) => {
+            Err(OeError::Config(format!(
+            "{}: no fitted {} detector in detectors/ (`oe-text eval --model DIR --score {}` or \
+             `oe-text tune --model DIR` fits it)",
+            m.dir.display(),
+            d.name(),
+            d.name()
+        )))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl<'m> Engine<'m> {
+    /// An engine for `m` under `opts` (a stored detector must be fitted: [`check_stored`]).
     pub fn new(m: &'m LoadedModel, opts: &ScoreOptions) -> Self {
         let max_batch_rows = opts.max_batch_rows.max(1);
+        let stored = match (opts.stored, m.detectors.as_ref()) {
+            (Some(detector), Some(fitted)) if fitted.has(detector) => {
+                let mut sources = vec![crate::detect::FeatureSource::Penultimate];
+                let own = fitted.settings.source(detector);
+                if !sources.contains(&own) {
+                    sources.push(own);
+                }
+                Some(StoredScorer {
+                    detector,
+                    fitted,
+                    sources,
+                    head: m.model.head(),
+                })
+            }
+            _ => None,
+        };
         Self {
             model: &m.model,
             device: m.vs.device(),
             score: opts.score,
+            stored,
             fix_len: m.config.in_fix_len,
             max_batch_rows,
             batch_tokens: opts.batch_tokens.max(1),
@@ -253,10 +303,41 @@ impl<'m> Engine<'m> {
         }
         let out = tch::no_grad(|| {
             let b = crate::text::models::TokenBatch::left_padded(&seqs, self.fix_len, self.device);
-            let logits = self.model.logits(&b, false).to_kind(Kind::Float);
-            let scores = self.score.compute(&logits);
-            let (prob, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
             let n = take as i64;
+            let (logits, scores) = match &self.stored {
+                None => {
+                    let logits = self.model.logits(&b, false).to_kind(Kind::Float);
+                    let scores = self.score.compute(&logits);
+                    (logits, scores)
+                }
+                Some(st) => {
+                    let (f, logits) = self.model.outputs(&b, &st.sources);
+                    let logits = logits.to_kind(Kind::Float);
+                    let d = f.size()[1] / st.sources.len() as i64;
+                    let own_i = st
+                        .sources
+                        .iter()
+                        .position(|s| *s == st.fitted.settings.source(st.detector))
+                        .unwrap_or(0) as i64;
+                    let (w, bias) = (&st.head.0, &st.head.1);
+                    // One row at a time: the same kernels whatever the batch holds.
+                    let rows: Vec<Tensor> = (0..n)
+                        .map(|i| {
+                            let fi = f.narrow(0, i, 1);
+                            let pen = fi.narrow(1, 0, d);
+                            let own = fi.narrow(1, own_i * d, d);
+                            st.fitted
+                                .score(st.detector, &own, &pen, &logits.narrow(0, i, 1), (w, bias))
+                                .unwrap_or_else(|_| {
+                                    Tensor::full([1], f64::NAN, (Kind::Float, pen.device()))
+                                })
+                        })
+                        .collect();
+                    let scores = Tensor::cat(&rows, 0).to_kind(Kind::Float);
+                    (logits.narrow(0, 0, n), scores)
+                }
+            };
+            let (prob, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
             let to_cpu = |t: Tensor| t.narrow(0, 0, n).to_device(Device::Cpu).contiguous();
             (to_cpu(scores), to_cpu(class), to_cpu(prob))
         });
@@ -430,6 +511,7 @@ pub fn probe_free_rows(
 /// Scores in-memory texts through exactly the path `oe-text score` uses (same preprocessing, same
 /// batch shapes, so the same float32 scores). Over-long texts are cut.
 pub fn score_texts(m: &LoadedModel, texts: &[String], opts: &ScoreOptions) -> Result<Vec<Scored>> {
+    check_stored(m, opts)?;
     let pre = Preprocess::of(&m.config);
     let mut eng = Engine::new(m, opts);
     let mut out = Vec::with_capacity(texts.len());
