@@ -167,7 +167,11 @@ impl MahalanobisFitter {
         let cov = scatter / n as f64;
         let cov = (&cov + cov.tr()) * 0.5; // exactly symmetric
         let trace = cov.trace().double_value(&[]);
-        let lam = cfg.ridge * (trace / d as f64).max(f64::MIN_POSITIVE);
+        // Features that do not vary (an encoder's [CLS] state before the first layer) have a zero
+        // covariance: a unit ridge then keeps every distance finite (and equal).
+        let scale = trace / d as f64;
+        let scale = if scale > 1e-12 { scale } else { 1.0 };
+        let lam = cfg.ridge * scale;
         let reg = &cov + Tensor::eye(d, (Kind::Double, cov.device())) * lam;
         let precision = Tensor::linalg_inv(&reg);
         let precision = (&precision + precision.tr()) * 0.5;

@@ -79,6 +79,9 @@ pub struct TuningRecord {
     pub candidates: Vec<Candidate>,
     /// The validation AUROC of each detector at its default setting (for comparison).
     pub defaults: Vec<Candidate>,
+    /// Candidates left out, and why (a feature source that does not vary, ...).
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 /// The tuning's result.
@@ -89,7 +92,9 @@ pub struct TuneOutcome {
     pub table: String,
 }
 
-fn auroc(s_in: &Tensor, s_ood: &Tensor) -> Result<f64> {
+/// Validation AUROC, `None` when a score is not finite (the candidate is then skipped and named
+/// in [`TuningRecord::skipped`]).
+fn auroc(s_in: &Tensor, s_ood: &Tensor) -> Result<Option<f64>> {
     let v = |t: &Tensor| -> Result<Vec<f64>> {
         Vec::<f64>::try_from(
             t.to_device(Device::Cpu)
@@ -98,7 +103,11 @@ fn auroc(s_in: &Tensor, s_ood: &Tensor) -> Result<f64> {
         )
         .map_err(OeError::from)
     };
-    Ok(Ranking::new(&v(s_in)?, &v(s_ood)?, Positive::Ood)?.auroc())
+    let (a, b) = (v(s_in)?, v(s_ood)?);
+    if a.iter().chain(&b).any(|x| !x.is_finite()) {
+        return Ok(None);
+    }
+    Ok(Some(Ranking::new(&a, &b, Positive::Ood)?.auroc()))
 }
 
 /// Features per source `[n, d]` and logits `[n, k]` of `ids`, every text scored alone.
@@ -207,16 +216,22 @@ pub fn tune_loaded(
     let d = get(&train_by, pen).size()[1] as usize;
 
     let mut candidates: Vec<(Candidate, DetectorSettings)> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
     let base = m.detector_settings();
-    let mut push = |det: FeatureDetector, s: DetectorSettings, auc: f64| {
-        candidates.push((
+    let mut push = |det: FeatureDetector, s: DetectorSettings, auc: Option<f64>| match auc {
+        Some(auc) => candidates.push((
             Candidate {
                 detector: det,
                 params: s.describe(det),
                 val_auroc: auc,
             },
             s,
-        ));
+        )),
+        None => skipped.push(format!(
+            "{} {}: a validation score is not finite",
+            det.name(),
+            s.describe(det)
+        )),
     };
     for &det in detectors {
         match det {
@@ -391,6 +406,7 @@ pub fn tune_loaded(
         chosen,
         candidates: candidates.into_iter().map(|(c, _)| c).collect(),
         defaults,
+        skipped,
     };
     let json = serde_json::to_vec_pretty(&record).map_err(|e| OeError::Config(e.to_string()))?;
     crate::io::write_atomic(&m.dir.join("detectors").join(TUNING_FILE), &json)?;
