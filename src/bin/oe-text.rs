@@ -48,7 +48,7 @@ enum Command {
     Calibrate(oe::cli::score::CalibrateArgs),
     /// Choose the stored detectors' hyper-parameters (feature layer, k, ReAct percentile, ViM
     /// dimension, ODIN temperature) on the dev split and a validation OOD set, never test data;
-    /// eval, compare and serve then use them.
+    /// eval, compare and score then use them.
     Tune(oe::cli::score::TuneArgs),
     /// Aggregate the results of many runs (text and vision): tables vs the paper, bootstrap
     /// intervals, plots, HTML.

@@ -183,9 +183,9 @@ pub struct EvalArgs {
     /// else paper).
     #[arg(long, value_enum)]
     pub protocol: Option<Protocol>,
-    /// Anomaly score: msp, maxlogit, energy[:T], entropy, xent-uniform, or a feature-space detector
-    /// fitted on the in-distribution training set: mahalanobis, knn (fitted and stored in the model
-    /// directory on first use).
+    /// Anomaly score: msp, maxlogit, energy[:T], entropy, xent-uniform, or a detector stored in the
+    /// model directory, fitted on the in-distribution training set (on first use) with the settings
+    /// of `oe-text tune` when it ran: mahalanobis, rmd, knn, vim, react, odin.
     #[arg(long, default_value = "msp", value_parser = parse_detector)]
     pub score: Detector,
     /// OOD draws per set.
@@ -208,7 +208,7 @@ pub struct EvalArgs {
     /// Seed of the OOD draws.
     #[arg(long, default_value_t = 1)]
     pub eval_seed: u64,
-    /// The same as --score mahalanobis|knn (kept for earlier command lines).
+    /// The same as --score NAME for a stored detector (kept for earlier command lines).
     #[arg(long, value_enum, conflicts_with = "score")]
     pub detector: Option<FeatureDetector>,
 }

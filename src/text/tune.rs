@@ -17,7 +17,7 @@
 //!
 //! The chosen settings are refitted on the training features and stored in `detectors/`
 //! (`detectors.json` records them); `detectors/tuning.json` records every candidate's validation
-//! AUROC, the validation sets and the files read. `eval`, `compare` and `serve` then use the tuned
+//! AUROC, the validation sets and the files read. `eval`, `compare` and `score` then use the tuned
 //! detectors. No OOD test set is loaded: the request names only the validation set.
 
 use crate::detect::feature::{DetectorSettings, FeatureDetectors, Knn, KnnConfig, TrainFeatures};
