@@ -640,3 +640,15 @@ mod time_tests {
         assert_eq!(super::utc_time(1_796_121_296), "2026-12-01T10:34:56Z");
     }
 }
+
+/// Appends `s` to `out` as one CSV field (RFC 4180): quoted, with quotes doubled, when it holds a
+/// comma, a quote or a line break.
+pub fn csv_field(s: &str, out: &mut String) {
+    if s.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&s.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(s);
+    }
+}

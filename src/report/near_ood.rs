@@ -1,8 +1,9 @@
 //! The near-OOD benchmark table (`oe-text report --format near-ood`): what intent-detection papers
 //! report on CLINC150, per model × training × detector, over training seeds.
 //!
-//! Every evaluation directory under the given run directories (`eval-<score>-<protocol>/` with a
-//! `report.json`, in a model directory with a `run.json`) is one observation. They are grouped by
+//! Every evaluation directory under the given run directories (`eval-<score>-<protocol>/` with its
+//! `results.csv`/`results.parquet` and `report.json`, in a model directory with a `run.json`) is one
+//! observation. They are grouped by
 //! model, training (baseline, or OE with its outlier corpus), detector, protocol and OOD set; each
 //! cell is the mean ± sample standard deviation over the group's seeds, with their range in the
 //! CSV. Columns: in-distribution test accuracy, AUROC, FPR at the evaluation's recall level,
@@ -66,24 +67,30 @@ pub struct NearOodRow {
     pub op_ood_recall: Option<Stat>,
 }
 
-fn eval_dirs(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    if dir.join("report.json").is_file()
-        && dir.parent().is_some_and(|p| p.join("run.json").is_file())
-    {
-        out.push(dir.to_path_buf());
-        return Ok(());
-    }
-    let rd = std::fs::read_dir(dir).map_err(|e| OeError::io(dir, e))?;
-    let mut subs: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
-    subs.sort();
-    for s in subs {
-        eval_dirs(&s, out)?;
-    }
-    Ok(())
+/// The model, method and seed of an evaluation, from the `results.csv` it wrote (the results
+/// schema both wings share: `model`, `method`, `seed` columns, one value per file).
+fn run_meta(results_csv: &Path) -> Result<(String, String, u64)> {
+    let bad = |m: String| OeError::parse(results_csv, 1, m);
+    let mut rd = csv::Reader::from_path(results_csv).map_err(|e| bad(e.to_string()))?;
+    let header = rd.headers().map_err(|e| bad(e.to_string()))?.clone();
+    let row = rd
+        .records()
+        .next()
+        .ok_or_else(|| bad("no rows".into()))?
+        .map_err(|e| bad(e.to_string()))?;
+    let col = |name: &str| -> Result<String> {
+        header
+            .iter()
+            .position(|h| h == name)
+            .and_then(|i| row.get(i))
+            .map(str::to_string)
+            .ok_or_else(|| bad(format!("no column `{name}`")))
+    };
+    let seed = col("seed")?;
+    let seed = seed
+        .parse()
+        .map_err(|_| bad(format!("seed `{seed}` is not a number")))?;
+    Ok((col("model")?, col("method")?, seed))
 }
 
 /// (model, training, detector, protocol, OOD set, FPR column).
@@ -94,38 +101,26 @@ type Obs = (u64, f64, crate::eval::SetResult, Option<(f64, f64)>);
 
 /// The rows for every evaluation under `dirs` (OOD sets named in `only`, when given).
 pub fn rows(dirs: &[PathBuf], only: Option<&str>) -> Result<Vec<NearOodRow>> {
-    let mut found = Vec::new();
-    for d in dirs {
-        eval_dirs(d, &mut found)?;
-    }
-    if found.is_empty() {
-        return Err(OeError::Data(format!(
-            "report: no evaluations under {} (expected <model dir>/eval-<score>-<protocol>/report.json beside a run.json)",
-            dirs.iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
     let mut groups: BTreeMap<Key, Vec<Obs>> = BTreeMap::new();
-    for e in &found {
-        let model_dir = e.parent().expect("checked above");
-        let run: crate::text::model_dir::RunConfig =
-            crate::rundir::read_run(model_dir, "oe-text train")?;
+    for results in crate::report::aggregate::find_results(dirs)? {
+        let e = results.parent().unwrap_or(Path::new("."));
+        let model_dir = e.parent().unwrap_or(Path::new("."));
+        let (model, method, seed) = run_meta(&e.join("results.csv"))?;
         let path = e.join("report.json");
         let bytes = std::fs::read(&path).map_err(|x| OeError::io(&path, x))?;
         // `report.json` is the evaluation report, with a `calibration` object beside its fields.
         let r: EvalReport = serde_json::from_slice(&bytes)
             .map_err(|x| OeError::parse(&path, x.line(), x.to_string()))?;
-        let training = match (&run.oe_corpus, run.header.method) {
-            (Some(c), m) if m != crate::train::Method::Baseline => {
+        // The outlier corpus of an OE model, by file name (`run.json`'s `oe_corpus`).
+        let run: serde_json::Value = crate::rundir::read_run(model_dir, "oe-text train")?;
+        let training = match run.get("oe_corpus").and_then(|c| c.as_str()) {
+            Some(c) if method != "baseline" => {
                 let c = Path::new(c)
                     .file_name()
-                    .map(|f| f.to_string_lossy().to_string())
-                    .unwrap_or_else(|| c.clone());
-                format!("{} ({c})", run.method_label().name())
+                    .map_or_else(|| c.to_string(), |f| f.to_string_lossy().to_string());
+                format!("{method} ({c})")
             }
-            _ => run.method_label().name().to_string(),
+            _ => method.clone(),
         };
         for s in &r.sets {
             if only.is_some_and(|o| o != s.ood_set) {
@@ -139,7 +134,7 @@ pub fn rows(dirs: &[PathBuf], only: Option<&str>) -> Result<Vec<NearOodRow>> {
             });
             groups
                 .entry((
-                    run.model.name().to_string(),
+                    model.clone(),
                     training.clone(),
                     r.config.score_name(),
                     r.config.protocol.name().to_string(),
@@ -147,7 +142,7 @@ pub fn rows(dirs: &[PathBuf], only: Option<&str>) -> Result<Vec<NearOodRow>> {
                     r.config.fpr_column(),
                 ))
                 .or_default()
-                .push((run.train.seed, r.in_accuracy, s.clone(), op));
+                .push((seed, r.in_accuracy, s.clone(), op));
         }
     }
     Ok(groups
@@ -185,6 +180,32 @@ pub fn rows(dirs: &[PathBuf], only: Option<&str>) -> Result<Vec<NearOodRow>> {
         .collect())
 }
 
+/// The CSV names of [`NearOodRow::stats`], in table order.
+pub const STAT_NAMES: [&str; 7] = [
+    "in_accuracy",
+    "auroc",
+    "fpr",
+    "aupr_in",
+    "aupr_out",
+    "op_in_accuracy",
+    "op_ood_recall",
+];
+
+impl NearOodRow {
+    /// The statistics in table order ([`STAT_NAMES`]).
+    pub fn stats(&self) -> [&Option<Stat>; 7] {
+        [
+            &self.in_accuracy,
+            &self.auroc,
+            &self.fpr,
+            &self.aupr_in,
+            &self.aupr_out,
+            &self.op_in_accuracy,
+            &self.op_ood_recall,
+        ]
+    }
+}
+
 fn cell(s: &Option<Stat>) -> String {
     match s {
         Some(s) if s.std.is_finite() => format!("{:.1} ± {:.1}", s.mean * 100.0, s.std * 100.0),
@@ -205,19 +226,14 @@ pub fn markdown(rows: &[NearOodRow]) -> String {
         "| model | training | detector | OOD set | ID acc. | AUROC ↑ | {fpr} ↓ | AUPR-In ↑ | AUPR-Out ↑ | ID acc. @ val. thr. | OOD recall @ val. thr. | seeds |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
+        let cells: Vec<String> = r.stats().into_iter().map(cell).collect();
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} |\n",
             r.model,
             r.training,
             r.detector,
             r.ood_set,
-            cell(&r.in_accuracy),
-            cell(&r.auroc),
-            cell(&r.fpr),
-            cell(&r.aupr_in),
-            cell(&r.aupr_out),
-            cell(&r.op_in_accuracy),
-            cell(&r.op_ood_recall),
+            cells.join(" | "),
             r.seeds
                 .iter()
                 .map(u64::to_string)
@@ -230,51 +246,36 @@ pub fn markdown(rows: &[NearOodRow]) -> String {
 
 /// The CSV: every statistic of every cell (fractions, not percent).
 pub fn csv(rows: &[NearOodRow]) -> String {
-    let stats = [
-        "in_accuracy",
-        "auroc",
-        "fpr",
-        "aupr_in",
-        "aupr_out",
-        "op_in_accuracy",
-        "op_ood_recall",
-    ];
     let mut s = String::from("model,training,detector,protocol,ood_set,fpr_name,seeds");
-    for st in stats {
+    for st in STAT_NAMES {
         s += &format!(",{st}_mean,{st}_std,{st}_min,{st}_max");
     }
     s += "\n";
-    let q = |x: &str| {
-        if x.contains([',', '"']) {
-            format!("\"{}\"", x.replace('"', "\"\""))
-        } else {
-            x.to_string()
-        }
-    };
     for r in rows {
-        s += &format!(
-            "{},{},{},{},{},{},{}",
-            q(&r.model),
-            q(&r.training),
-            q(&r.detector),
-            q(&r.protocol),
-            q(&r.ood_set),
-            q(&r.fpr_name),
-            q(&r.seeds
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(" "))
-        );
-        for st in [
-            &r.in_accuracy,
-            &r.auroc,
-            &r.fpr,
-            &r.aupr_in,
-            &r.aupr_out,
-            &r.op_in_accuracy,
-            &r.op_ood_recall,
-        ] {
+        let seeds = r
+            .seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        for (i, f) in [
+            &r.model,
+            &r.training,
+            &r.detector,
+            &r.protocol,
+            &r.ood_set,
+            &r.fpr_name,
+            &seeds,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                s.push(',');
+            }
+            crate::io::csv_field(f, &mut s);
+        }
+        for st in r.stats() {
             match st {
                 Some(x) => s += &format!(",{},{},{},{}", x.mean, x.std, x.min, x.max),
                 None => s += ",,,,",

@@ -194,16 +194,6 @@ fn tsv_field(s: &str, out: &mut String) {
     }
 }
 
-fn csv_field(s: &str, out: &mut String) {
-    if s.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&s.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(s);
-    }
-}
-
 impl TextRows {
     /// Writes the header once (TSV and CSV; JSON lines have none).
     fn write_header(&mut self) -> Result<()> {
@@ -254,7 +244,7 @@ impl RowWriter for TextRows {
             }
             f => {
                 let (sep, field): (char, fn(&str, &mut String)) = if f == OutputFormat::Csv {
-                    (',', csv_field)
+                    (',', crate::io::csv_field)
                 } else {
                     ('\t', tsv_field)
                 };
