@@ -1262,7 +1262,7 @@ fn folder_specs_select_classes_and_split_by_seed() {
     assert_eq!(data::absolute_spec("cifar10"), "cifar10");
     assert_eq!(
         data::split_label("near=/x/y#a+b"),
-        (Some("near".to_string()), "/x/y#a+b")
+        (Some("near"), "/x/y#a+b")
     );
     assert_eq!(data::split_label("/x/a=b"), (None, "/x/a=b"));
 }

@@ -219,7 +219,7 @@ impl VisionTrainArgs {
             "{}-{oe}-{}-seed{}",
             split_label(&self.in_dataset)
                 .0
-                .unwrap_or_else(|| stem(self.in_spec())),
+                .map_or_else(|| stem(self.in_spec()), str::to_string),
             m.name(),
             self.seed
         ))
@@ -277,7 +277,7 @@ impl VisionTrainArgs {
         }
         Ok(VisionTrainRequest {
             in_dataset: self.in_spec().to_string(),
-            in_label: split_label(&self.in_dataset).0,
+            in_label: split_label(&self.in_dataset).0.map(str::to_string),
             oe_source: self.oe.clone(),
             oe_method: match self.oe_method {
                 VisionOeMethod::Finetune => Method::OeFinetune,

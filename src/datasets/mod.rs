@@ -182,3 +182,15 @@ pub fn verify_lines(r: &fetch::VerifyReport) -> String {
     }
     out
 }
+
+/// `NAME=SPEC` → (`Some(NAME)`, `SPEC`), so a user's file gets a short name in tables and results
+/// (text and vision). A spec that exists as a path, or whose part before `=` is empty or has a `/`,
+/// is taken whole.
+pub fn split_label(s: &str) -> (Option<&str>, &str) {
+    match s.split_once('=') {
+        Some((l, spec)) if !l.is_empty() && !l.contains('/') && !Path::new(s).exists() => {
+            (Some(l), spec)
+        }
+        _ => (None, s),
+    }
+}

@@ -188,7 +188,7 @@ pub fn build_ood_sets(
         }
         // `NAME=SPEC`: a short name for a path in tables and results.
         let (label, spec) = data::split_label(n);
-        let label = label.unwrap_or_else(|| n.clone());
+        let label = label.map_or_else(|| n.clone(), str::to_string);
         match data::load_ood_source(spec, root, image_size)? {
             Some(src) => out.push(OodSet {
                 name: label,

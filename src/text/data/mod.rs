@@ -307,16 +307,7 @@ pub fn validation_ood_for(in_dataset: &str) -> Option<&'static str> {
     (in_dataset == "clinc150").then_some("clinc150-oos-val")
 }
 
-/// `NAME=SPEC` → (`Some(NAME)`, `SPEC`), so a user's file gets a short name in tables. A spec that
-/// exists as a path, or whose part before `=` has a `/`, is taken whole.
-pub fn split_label(s: &str) -> (Option<&str>, &str) {
-    match s.split_once('=') {
-        Some((l, spec)) if !l.is_empty() && !l.contains('/') && !Path::new(s).exists() => {
-            (Some(l), spec)
-        }
-        _ => (None, s),
-    }
-}
+pub use crate::datasets::split_label;
 
 /// OOD sets: "snli" (test hypotheses, `premises` filled), "imdb" (test reviews), "multi30k"
 /// (`oe_train.txt`), "wmt16" (whole lines: the paper's rows are reproduced without the reference's

@@ -77,16 +77,8 @@ pub fn folder_split(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
     (tr, te)
 }
 
-/// `LABEL=SPEC` → `(Some(LABEL), SPEC)`; anything else (an existing path with `=` included) is a
-/// spec alone.
-pub fn split_label(s: &str) -> (Option<String>, &str) {
-    match s.split_once('=') {
-        Some((l, spec)) if !l.is_empty() && !l.contains('/') && !Path::new(s).exists() => {
-            (Some(l.to_string()), spec)
-        }
-        _ => (None, s),
-    }
-}
+/// `LABEL=SPEC`: the shared [`crate::datasets::split_label`].
+pub use crate::datasets::split_label;
 
 /// A dataset spec as recorded in a run directory: built-in names as they are, folders and
 /// archives (with their `#class+class` selection) by absolute path, so the run can be evaluated
