@@ -61,11 +61,11 @@ pub struct CompareOutcome {
 
 /// The validation OOD set of a grid: the evaluation's, else (when tuning) the dataset's own.
 fn val_name_of(req: &TrainRequest, tune: bool) -> Option<String> {
-    req.eval.val_ood.clone().or_else(|| {
-        tune.then(|| data::validation_ood_for(&req.in_dataset))
-            .flatten()
-            .map(str::to_string)
-    })
+    if tune {
+        data::validation_ood_or_own(req.eval.val_ood.as_deref(), &req.in_dataset)
+    } else {
+        req.eval.val_ood.clone()
+    }
 }
 
 /// The directory name of a training under a model's directory.

@@ -170,6 +170,22 @@ impl LoadedModel {
         Vec<(crate::detect::FeatureSource, tch::Tensor)>,
         tch::Tensor,
     )> {
+        let enc = encode_labelled(&self.vocab, &self.labels, train, self.config.in_fix_len)?;
+        let (by_source, _) = self.source_outputs(&enc.ids, self.config.in_fix_len, sources)?;
+        Ok((by_source, tch::Tensor::from_slice(&enc.labels)))
+    }
+
+    /// Features of the penultimate source and `sources` (`[n, d]` each, in that order, without
+    /// repeats) and logits `[n, k]` of `ids`, every text computed without padding, not cached.
+    pub fn source_outputs(
+        &self,
+        ids: &[Vec<i64>],
+        fix_len: Option<usize>,
+        sources: &[crate::detect::FeatureSource],
+    ) -> Result<(
+        Vec<(crate::detect::FeatureSource, tch::Tensor)>,
+        tch::Tensor,
+    )> {
         for s in sources {
             if !self.model.supports(*s) {
                 return Err(OeError::Config(format!(
@@ -179,7 +195,6 @@ impl LoadedModel {
                 )));
             }
         }
-        let enc = encode_labelled(&self.vocab, &self.labels, train, self.config.in_fix_len)?;
         let mut all = vec![crate::detect::FeatureSource::Penultimate];
         for s in sources {
             if !all.contains(s) {
@@ -190,12 +205,12 @@ impl LoadedModel {
             cache: None,
             ..self.scorer_with(all.clone())
         };
-        let (feats, _) = scorer.outputs_bucketed(&enc.ids, 256, self.config.in_fix_len);
+        let (feats, logits) = scorer.outputs_bucketed(ids, 256, fix_len);
         let by_source = all
             .iter()
             .map(|s| Ok((*s, scorer.source_features(&feats, *s)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok((by_source, tch::Tensor::from_slice(&enc.labels)))
+        Ok((by_source, logits))
     }
 
     /// Fits every stored detector (Mahalanobis, RMD, k-NN, ViM, ReAct; ODIN needs no fit) under

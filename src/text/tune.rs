@@ -110,25 +110,6 @@ fn auroc(s_in: &Tensor, s_ood: &Tensor) -> Result<Option<f64>> {
     Ok(Some(Ranking::new(&a, &b, Positive::Ood)?.auroc()))
 }
 
-/// Features per source `[n, d]` and logits `[n, k]` of `ids`, every text scored alone.
-fn outputs(
-    m: &LoadedModel,
-    sources: &[FeatureSource],
-    ids: &[Vec<i64>],
-    fix_len: Option<usize>,
-) -> Result<(Vec<(FeatureSource, Tensor)>, Tensor)> {
-    let scorer = crate::text::protocol::Scorer {
-        cache: None,
-        ..m.scorer_with(sources.to_vec())
-    };
-    let (f, l) = scorer.outputs_bucketed(ids, 256, fix_len);
-    let by = sources
-        .iter()
-        .map(|s| Ok((*s, scorer.source_features(&f, *s)?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((by, l))
-}
-
 fn get(by: &[(FeatureSource, Tensor)], s: FeatureSource) -> &Tensor {
     &by.iter()
         .find(|(x, _)| *x == s)
@@ -146,10 +127,7 @@ pub fn run_tune(req: &TuneRequest) -> Result<TuneOutcome> {
         .unwrap_or_else(|| crate::rundir::resolve_recorded(&m.config.header.data_root, &m.dir));
     let text: TextOptions = m.config.text.clone();
     let ind = data::load_in_distribution(&in_dataset, &root, &text)?;
-    let val_name = req
-        .val_ood
-        .clone()
-        .or_else(|| data::validation_ood_for(&in_dataset).map(str::to_string))
+    let val_name = data::validation_ood_or_own(req.val_ood.as_deref(), &in_dataset)
         .ok_or_else(|| {
             OeError::Config(format!(
                 "tuning needs a validation OOD set: {in_dataset} has none of its own; pass --val-ood NAME or --val-ood FILE (never a test set)"
@@ -204,10 +182,10 @@ pub fn tune_loaded(
     let sources = m.model.feature_sources();
     let (train_by, train_labels) = m.train_features(train, &sources)?;
     let enc = encode_labelled(&m.vocab, &m.labels, &val.dev, m.config.in_fix_len)?;
-    let (dev_by, dev_logits) = outputs(m, &sources, &enc.ids, m.config.in_fix_len)?;
+    let (dev_by, dev_logits) = m.source_outputs(&enc.ids, m.config.in_fix_len, &sources)?;
     let vocab = &m.vocab;
     let ood_ids = encode_all(&val.ood.texts, |t| vocab.encode(t));
-    let (ood_by, ood_logits) = outputs(m, &sources, &ood_ids, None)?;
+    let (ood_by, ood_logits) = m.source_outputs(&ood_ids, None, &sources)?;
     let pen = FeatureSource::Penultimate;
     let (w, b) = m.model.head();
     let (w, b) = (w.to_device(Device::Cpu), b.to_device(Device::Cpu));

@@ -307,6 +307,13 @@ pub fn validation_ood_for(in_dataset: &str) -> Option<&'static str> {
     (in_dataset == "clinc150").then_some("clinc150-oos-val")
 }
 
+/// The validation OOD set to use: the one `given`, else `in_dataset`'s own ([`validation_ood_for`]).
+pub fn validation_ood_or_own(given: Option<&str>, in_dataset: &str) -> Option<String> {
+    given
+        .or_else(|| validation_ood_for(in_dataset))
+        .map(str::to_string)
+}
+
 pub use crate::datasets::split_label;
 
 /// OOD sets: "snli" (test hypotheses, `premises` filled), "imdb" (test reviews), "multi30k"
