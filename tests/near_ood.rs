@@ -251,7 +251,7 @@ fn tuning_reads_validation_data_only_and_eval_uses_its_choice() {
     let val = load_validation(Some(&val_name), &ind, &d, &Default::default())
         .unwrap()
         .unwrap();
-    for det in FeatureDetector::all() {
+    let evaluate = |det: FeatureDetector| {
         let cfg = EvalConfig {
             protocol: Protocol::Full,
             detector: Detector::Feature(det),
@@ -260,7 +260,7 @@ fn tuning_reads_validation_data_only_and_eval_uses_its_choice() {
             val_ood: Some(val_name.clone()),
             ..Default::default()
         };
-        let (r, out) = evaluate_model_with(
+        evaluate_model_with(
             &m,
             &ind.test,
             &ood,
@@ -268,7 +268,10 @@ fn tuning_reads_validation_data_only_and_eval_uses_its_choice() {
             m.config.method_label(),
             Some(&val),
         )
-        .unwrap();
+        .unwrap()
+    };
+    for det in FeatureDetector::all() {
+        let (r, out) = evaluate(det);
         assert_eq!(r.sets[0].ood_set, "test");
         assert_eq!(r.sets[0].n_ood, 40, "full: every OOD text");
         assert!(r.sets[0].auroc.mean.is_finite() && r.sets[0].aupr_in.mean > 0.0);
@@ -314,23 +317,7 @@ fn tuning_reads_validation_data_only_and_eval_uses_its_choice() {
             .collect();
         assert!(diff.is_empty(), "{det:?}: {diff:?}");
         // (The same settings as above, so the evaluation directories stay as they were.)
-        let cfg = EvalConfig {
-            protocol: Protocol::Full,
-            detector: Detector::Feature(det),
-            repeats: 1,
-            tpr: 0.95,
-            val_ood: Some(val_name.clone()),
-            ..Default::default()
-        };
-        let (r, _) = evaluate_model_with(
-            &m,
-            &ind.test,
-            &ood,
-            &cfg,
-            m.config.method_label(),
-            Some(&val),
-        )
-        .unwrap();
+        let (r, _) = evaluate(det);
         for (a, b) in one.iter().zip(&r.in_scores) {
             assert!(
                 (f64::from(a.score) - b).abs() <= 1e-4 * (1.0 + b.abs()),

@@ -793,7 +793,7 @@ impl FeatureDetectors {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Reference values: `experiments/detectors_reference.py` (numpy + scipy, float64), on the inputs
     //! built by [`inputs`] from the same formulas.
     use super::*;
@@ -802,8 +802,9 @@ mod tests {
     const D: i64 = 5;
     const M: i64 = 6;
 
-    /// train x `[24, 5]`, labels `[24]`, queries `[6, 5]` (float32), see the Python script.
-    fn inputs() -> (Tensor, Tensor, Tensor) {
+    /// train x `[24, 5]`, labels `[24]`, queries `[6, 5]` (float32), see the Python script (also
+    /// the inputs of [`super::super::fitted`]'s tests).
+    pub(crate) fn inputs() -> (Tensor, Tensor, Tensor) {
         let mut x = Vec::new();
         for i in 0..N {
             for j in 0..D {

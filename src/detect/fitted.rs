@@ -336,31 +336,13 @@ mod tests {
     //! the same formulas ([`inputs`], the feature tests' inputs plus a head).
     use super::*;
 
-    const N: i64 = 24;
     const D: i64 = 5;
-    const M: i64 = 6;
     const K: i64 = 3;
 
-    /// train x `[24, 5]`, labels `[24]`, queries `[6, 5]`, head W `[3, 5]`, b `[3]` (float32).
+    /// train x `[24, 5]`, labels `[24]`, queries `[6, 5]` (the feature tests' inputs), head W
+    /// `[3, 5]`, b `[3]` (float32).
     fn inputs() -> (Tensor, Tensor, Tensor, Tensor, Tensor) {
-        let mut x = Vec::new();
-        for i in 0..N {
-            for j in 0..D {
-                let (fi, fj) = (i as f64, j as f64);
-                let v = (0.7 * fi + 1.3 * fj + 0.5).sin()
-                    + 0.3 * (1.1 * fi * fj).cos()
-                    + if j == i % 3 { 2.0 } else { 0.0 };
-                x.push(v as f32);
-            }
-        }
-        let y: Vec<i64> = (0..N).map(|i| i % 3).collect();
-        let mut q = Vec::new();
-        for i in 0..M {
-            for j in 0..D {
-                let (fi, fj) = (i as f64, j as f64);
-                q.push(((0.9 * fi - 0.4 * fj).cos() * (1.0 + 0.5 * fi)) as f32);
-            }
-        }
+        let (x, y, q) = crate::detect::feature::tests::inputs();
         let mut w = Vec::new();
         for c in 0..K {
             for j in 0..D {
@@ -370,9 +352,9 @@ mod tests {
         }
         let b: Vec<f32> = (0..K).map(|c| (0.1 * c as f64 - 0.05) as f32).collect();
         (
-            Tensor::from_slice(&x).view([N, D]),
-            Tensor::from_slice(&y),
-            Tensor::from_slice(&q).view([M, D]),
+            x,
+            y,
+            q,
             Tensor::from_slice(&w).view([K, D]),
             Tensor::from_slice(&b),
         )

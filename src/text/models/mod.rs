@@ -256,25 +256,18 @@ impl TextModel {
         sources: &[crate::detect::FeatureSource],
     ) -> (Tensor, Tensor) {
         use crate::detect::FeatureSource as S;
-        if sources.iter().all(|s| *s == S::Penultimate) {
-            let (f, l) = self.features_and_logits(batch, false);
-            if sources.len() == 1 {
-                return (f, l);
-            }
-            let parts: Vec<Tensor> = sources.iter().map(|_| f.shallow_clone()).collect();
-            return (Tensor::cat(&parts, 1), l);
-        }
-        match self {
-            TextModel::Pretrained(m) => {
+        if let TextModel::Pretrained(m) = self {
+            if sources.iter().any(|s| *s != S::Penultimate) {
                 let pad = m.bert.config().pad_token_id;
-                m.features_at(&bert::BertBatch::from_left_padded(batch, pad), sources)
-            }
-            _ => {
-                let (f, l) = self.features_and_logits(batch, false);
-                let parts: Vec<Tensor> = sources.iter().map(|_| f.shallow_clone()).collect();
-                (Tensor::cat(&parts, 1), l)
+                return m.features_at(&bert::BertBatch::from_left_padded(batch, pad), sources);
             }
         }
+        let (f, l) = self.features_and_logits(batch, false);
+        if sources.len() == 1 {
+            return (f, l);
+        }
+        let parts: Vec<Tensor> = sources.iter().map(|_| f.shallow_clone()).collect();
+        (Tensor::cat(&parts, 1), l)
     }
 
     /// Copies a pretrained encoder's weights (`dir/model.safetensors`) into the model; the head stays
