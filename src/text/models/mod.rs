@@ -6,6 +6,7 @@
 
 pub mod bert;
 pub mod gru;
+pub mod gru_cpu;
 pub mod transformer;
 
 use crate::error::{OeError, Result};

@@ -1,0 +1,836 @@
+//! A packed, fused GRU for float32 CPU tensors: the paper's GRU computed with one matrix product per
+//! time step, the gate arithmetic in one pass over contiguous buffers, no autograd graph, and a
+//! hand-written backward pass for training.
+//!
+//! **Packing.** A left-padded batch spends most of its steps on padding: every row of a batch of
+//! length T runs T steps, though SST's sentences are about half the batch maximum. The reference's
+//! semantics (the GRU runs over the pad positions too, from h0 = 0) are kept exactly, without that
+//! cost: every row begins with the same pad steps, so the state after k pad steps is one shared
+//! trajectory `P[k]` (a one-row GRU over the pad embedding), and a row with p pads starts its real
+//! tokens from `P[p]`. Rows are sorted by length, longest first, so at step t the rows that are past
+//! their padding are a prefix of that order and each step's matrix product covers exactly them. The
+//! work is the sum of the real lengths plus one row per pad step. The backward pass is the exact
+//! adjoint: the gradients that reach `P[k]` from every row that started there are summed and carried
+//! back along the shared trajectory (by linearity of the backward pass). With
+//! [`PadSteps::Skip`] (the `masked` pad mode) there is no trajectory: every row starts from zero.
+//!
+//! **Equations** (PyTorch's, gate rows ordered r, z, n):
+//! `r = σ(W_ir x + b_ir + W_hr h + b_hr)`, `z = σ(W_iz x + b_iz + W_hz h + b_hz)`,
+//! `n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))`, `h' = (h − n) ⊙ z + n`.
+//!
+//! The sigmoid and tanh are computed from one branch-free exponential ([`exp_f32`], the Cephes
+//! polynomial, about 1 ulp), written so that the compiler vectorises it; the arithmetic is the
+//! same IEEE operations whatever the vector width the CPU offers, so results do not depend on it.
+//! Matrix products are libtorch's (`addmm`/`mm` into preallocated buffers). Tests compare outputs
+//! and gradients with libtorch's own GRU.
+
+use tch::{Device, Kind, Tensor};
+
+/// What the pad steps of a left-padded batch do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadSteps {
+    /// The GRU runs over them (the reference's behaviour, `PadMode::Left`).
+    Run,
+    /// The state stays zero until a row's first token (`PadMode::Masked`).
+    Skip,
+}
+
+/// One layer's weights: `w_ih [3H, in]`, `w_hh [3H, H]`, `b_ih [3H]`, `b_hh [3H]`.
+pub type LayerWeights = [Tensor; 4];
+
+/// Whether the fused path can run these tensors (float32, on the CPU).
+pub fn supported(t: &Tensor) -> bool {
+    t.device() == Device::Cpu && t.kind() == Kind::Float
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise kernels on slices.
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+// ln 2 split in two (Cephes): the high part has few mantissa bits, so `n * LN2_HI` is exact.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
+/// `e^x` in float32 (Cephes `expf`: range reduction to |r| ≤ ln2/2 and a degree-6 polynomial;
+/// relative error about 1e-7). Inputs are clamped to [−87.3, 88.3], so the result is a normal
+/// float: `exp_f32(−1e9)` ≈ 1.2e−38, not 0.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.max(-87.3).min(88.3);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let p = (((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1)
+        * r2
+        + r
+        + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    p * scale
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-x))
+}
+
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (1.0 + exp_f32(2.0 * x))
+}
+
+/// Runs `$body` through a copy compiled for AVX-512 or AVX2 where the CPU has it (the same
+/// operations, so the same bits; only faster), else the portable one.
+macro_rules! dispatch {
+    ($imp:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                return unsafe { $imp::avx512($($arg),*) };
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { $imp::avx2($($arg),*) };
+            }
+        }
+        $imp::portable($($arg),*)
+    }};
+}
+
+/// Generates `portable`, `avx2` and `avx512` copies of one kernel body.
+macro_rules! kernel {
+    ($name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[inline(always)]
+            pub fn portable($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            pub unsafe fn avx2($($arg: $ty),*) { portable($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            pub unsafe fn avx512($($arg: $ty),*) { portable($($arg),*) }
+        }
+    };
+}
+
+kernel!(fwd_kernel, fn(h: usize, gi: &[f32], gh: &[f32], hp: &[f32], out: &mut [f32], gates: &mut [f32], keep: bool) {
+    let h3 = 3 * h;
+    for (row, ((o, hp), (gi, gh))) in out
+        .chunks_exact_mut(h)
+        .zip(hp.chunks_exact(h))
+        .zip(gi.chunks_exact(h3).zip(gh.chunks_exact(h3)))
+        .enumerate()
+    {
+        let (gir, rest) = gi.split_at(h);
+        let (giz, gin) = rest.split_at(h);
+        let (ghr, rest) = gh.split_at(h);
+        let (ghz, ghn) = rest.split_at(h);
+        if keep {
+            let g = &mut gates[row * h3..(row + 1) * h3];
+            let (gr, rest) = g.split_at_mut(h);
+            let (gz, gn) = rest.split_at_mut(h);
+            for j in 0..h {
+                let r = sigmoid(gir[j] + ghr[j]);
+                let z = sigmoid(giz[j] + ghz[j]);
+                let n = tanh(gin[j] + r * ghn[j]);
+                o[j] = (hp[j] - n) * z + n;
+                gr[j] = r;
+                gz[j] = z;
+                gn[j] = n;
+            }
+        } else {
+            for j in 0..h {
+                let r = sigmoid(gir[j] + ghr[j]);
+                let z = sigmoid(giz[j] + ghz[j]);
+                let n = tanh(gin[j] + r * ghn[j]);
+                o[j] = (hp[j] - n) * z + n;
+            }
+        }
+    }
+});
+
+kernel!(bwd_kernel, fn(h: usize, dh: &[f32], gates: &[f32], gh: &[f32], hp: &[f32], dgi: &mut [f32], dgh: &mut [f32], dhd: &mut [f32]) {
+    let h3 = 3 * h;
+    for ((dh, hp), ((g, gh), ((dgi, dgh), dhd))) in dh
+        .chunks_exact(h)
+        .zip(hp.chunks_exact(h))
+        .zip(
+            gates
+                .chunks_exact(h3)
+                .zip(gh.chunks_exact(h3))
+                .zip(dgi.chunks_exact_mut(h3).zip(dgh.chunks_exact_mut(h3)).zip(dhd.chunks_exact_mut(h))),
+        )
+    {
+        let (gr, rest) = g.split_at(h);
+        let (gz, gn) = rest.split_at(h);
+        let ghn = &gh[2 * h..];
+        let (dir, rest) = dgi.split_at_mut(h);
+        let (diz, din) = rest.split_at_mut(h);
+        let (dhr, rest) = dgh.split_at_mut(h);
+        let (dhz, dhn) = rest.split_at_mut(h);
+        for j in 0..h {
+            let (r, z, n) = (gr[j], gz[j], gn[j]);
+            let d = dh[j];
+            let dn = d * (1.0 - z);
+            let dz = d * (hp[j] - n);
+            let dan = dn * (1.0 - n * n);
+            let dar = dan * ghn[j] * r * (1.0 - r);
+            let daz = dz * z * (1.0 - z);
+            dir[j] = dar;
+            diz[j] = daz;
+            din[j] = dan;
+            dhr[j] = dar;
+            dhz[j] = daz;
+            dhn[j] = dan * r;
+            dhd[j] = d * z;
+        }
+    }
+});
+
+/// One forward step for `rows` rows (`hidden` = H): `gi`, `gh` `[rows, 3H]` (the input and hidden
+/// projections with their biases), `hp` `[rows, H]` (the previous state) → `out` `[rows, H]`; with
+/// `keep`, the gates r, z, n go to `gates` `[rows, 3H]` (ignored otherwise).
+pub fn step_forward(
+    hidden: usize,
+    gi: &[f32],
+    gh: &[f32],
+    hp: &[f32],
+    out: &mut [f32],
+    gates: &mut [f32],
+    keep: bool,
+) {
+    dispatch!(fwd_kernel(hidden, gi, gh, hp, out, gates, keep))
+}
+
+/// The adjoint of [`step_forward`] for `rows` rows: given `dh` `[rows, H]` (the gradient of the new
+/// state) and the step's `gates`, `gh` `[rows, 3H]` and `hp` `[rows, H]`, writes the gradients of the
+/// input projection `dgi` and of the hidden projection `dgh` (`[rows, 3H]`) and the direct part of
+/// the previous state's gradient `dhd = dh ⊙ z` (`[rows, H]`; the full one adds `dgh · W_hh`).
+#[allow(clippy::too_many_arguments)]
+pub fn step_backward(
+    hidden: usize,
+    dh: &[f32],
+    gates: &[f32],
+    gh: &[f32],
+    hp: &[f32],
+    dgi: &mut [f32],
+    dgh: &mut [f32],
+    dhd: &mut [f32],
+) {
+    dispatch!(bwd_kernel(hidden, dh, gates, gh, hp, dgi, dgh, dhd))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffers.
+
+/// A float32 CPU buffer: a libtorch tensor for the matrix products and a slice for the gates.
+struct Buf(Tensor);
+
+impl Buf {
+    fn zeros(shape: &[i64]) -> Self {
+        Buf(Tensor::zeros(shape, (Kind::Float, Device::Cpu)))
+    }
+    /// The rows `[start, start + n)` along the first dimension, as a tensor view.
+    fn rows(&self, start: usize, n: usize) -> Tensor {
+        self.0.narrow(0, start as i64, n as i64)
+    }
+    fn slice(&self) -> &[f32] {
+        // SAFETY: the tensor is a contiguous float32 CPU tensor we allocated (or checked in
+        // `from`), alive as long as `self`; no mutable slice of it exists at the same time
+        // (`slice_mut` takes `&mut self`).
+        unsafe { std::slice::from_raw_parts(self.0.data_ptr() as *const f32, self.0.numel()) }
+    }
+    fn slice_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `slice`; `&mut self` makes this the only view for its lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.0.data_ptr() as *mut f32, self.0.numel()) }
+    }
+    /// A contiguous float32 CPU copy (or the tensor itself when it already is one).
+    fn from(t: &Tensor) -> Self {
+        Buf(t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous())
+    }
+}
+
+/// The time layout of a packed batch: rows sorted by length (longest first); at step t the
+/// first `n[t]` sorted rows are active and their data sit at rows `off[t]..off[t] + n[t]` of every
+/// packed buffer.
+#[derive(Clone, Debug)]
+pub struct Packing {
+    /// Batch rows in sorted order (`order[i]` = the original row of sorted row i).
+    pub order: Vec<usize>,
+    /// Real length of each sorted row (at most T).
+    pub len: Vec<usize>,
+    /// Steps T.
+    pub steps: usize,
+    /// Active rows per step.
+    pub n: Vec<usize>,
+    /// Offset of each step in the packed buffers; `off[T]` = total active rows N.
+    pub off: Vec<usize>,
+    /// Pad steps of the shared trajectory (`T − shortest length`).
+    pub max_pad: usize,
+}
+
+impl Packing {
+    /// From each row's real length (the last `len` of `steps` positions are real).
+    pub fn new(lengths: &[usize], steps: usize) -> Self {
+        let mut order: Vec<usize> = (0..lengths.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lengths[i].min(steps)));
+        let len: Vec<usize> = order.iter().map(|&i| lengths[i].min(steps)).collect();
+        let mut n = vec![0usize; steps];
+        // Row i is active at steps t >= steps - len[i].
+        for &l in &len {
+            for c in &mut n[steps - l..] {
+                *c += 1;
+            }
+        }
+        let mut off = Vec::with_capacity(steps + 1);
+        let mut acc = 0;
+        for &c in &n {
+            off.push(acc);
+            acc += c;
+        }
+        off.push(acc);
+        let max_pad = steps - len.last().copied().unwrap_or(steps);
+        Self {
+            order,
+            len,
+            steps,
+            n,
+            off,
+            max_pad,
+        }
+    }
+
+    /// Total active rows N (the sum of the lengths).
+    pub fn total(&self) -> usize {
+        self.off[self.steps]
+    }
+
+    /// Rows of the packed buffers for every step, as `(original row, position)` per packed row:
+    /// the token index of packed row `off[t] + i` is `tokens[order[i] * T + t]`.
+    pub fn gather_index(&self) -> Vec<usize> {
+        let t_all = self.steps;
+        let mut idx = Vec::with_capacity(self.total());
+        for t in 0..t_all {
+            for &row in &self.order[..self.n[t]] {
+                idx.push(row * t_all + t);
+            }
+        }
+        idx
+    }
+}
+
+/// What a layer's forward pass keeps for its backward pass.
+struct LayerTape {
+    /// Real steps: input `[N, in]`, previous states `[N, H]`, hidden projections and gates
+    /// `[N, 3H]`.
+    x: Tensor,
+    hp: Buf,
+    gh: Buf,
+    gates: Buf,
+    /// Pad trajectory: input `[max_pad, in]`, states `P [max_pad + 1, H]`, projections and gates
+    /// `[max_pad, 3H]`.
+    xp: Tensor,
+    p: Buf,
+    ghp: Buf,
+    gatesp: Buf,
+}
+
+/// One layer's outputs: real steps `[N, H]` and the pad trajectory `P [max_pad + 1, H]`.
+struct LayerOut {
+    out: Buf,
+    p: Buf,
+    tape: Option<LayerTape>,
+}
+
+/// One layer's forward pass over a packed batch: `x` `[N, in]` (the real steps' inputs, packed),
+/// `x_pad` `[max_pad, in]` (the pad trajectory's inputs). With `keep`, what the backward pass needs.
+fn run_layer(
+    w: &LayerWeights,
+    x: &Tensor,
+    pack: &Packing,
+    pad: PadSteps,
+    x_pad: &Tensor,
+    keep: bool,
+) -> LayerOut {
+    let hdim = w[1].size()[1] as usize;
+    let h3 = 3 * hdim;
+    let (n_all, mp) = (pack.total(), pack.max_pad);
+    let w_ih_t = w[0].tr();
+    let w_hh_t = w[1].tr();
+
+    // The shared pad trajectory P[0] = 0, P[k + 1] = GRU(x_pad[k], P[k]).
+    let mut p = Buf::zeros(&[mp as i64 + 1, hdim as i64]);
+    let ghp = Buf::zeros(&[if keep { mp } else { 1 }.max(1) as i64, h3 as i64]);
+    let mut gatesp = Buf::zeros(&[if keep { mp } else { 0 } as i64, h3 as i64]);
+    if pad == PadSteps::Run && mp > 0 {
+        let gip = Buf(w[2].addmm(x_pad, &w_ih_t));
+        for k in 0..mp {
+            let gh_k = if keep {
+                ghp.rows(k, 1)
+            } else {
+                ghp.rows(0, 1)
+            };
+            let _ = w[3].addmm_out(&gh_k, &p.rows(k, 1), &w_hh_t);
+            let gk = if keep { k } else { 0 };
+            let (gi_s, gh_s) = (
+                &gip.slice()[k * h3..(k + 1) * h3],
+                &ghp.slice()[gk * h3..(gk + 1) * h3],
+            );
+            let ps = p.slice_mut();
+            let (before, after) = ps.split_at_mut((k + 1) * hdim);
+            let hp = &before[k * hdim..];
+            let out = &mut after[..hdim];
+            let mut none = [];
+            let gates: &mut [f32] = if keep {
+                &mut gatesp.slice_mut()[k * h3..(k + 1) * h3]
+            } else {
+                &mut none
+            };
+            step_forward(hdim, gi_s, gh_s, hp, out, gates, keep);
+        }
+    }
+
+    // Real steps.
+    let gi = Buf(w[2].addmm(x, &w_ih_t)); // [N, 3H]
+    let mut out = Buf::zeros(&[n_all as i64, hdim as i64]);
+    let rows_max = pack.n.iter().copied().max().unwrap_or(0);
+    let mut hp = Buf::zeros(&[if keep { n_all } else { rows_max }.max(1) as i64, hdim as i64]);
+    let gh = Buf::zeros(&[if keep { n_all } else { rows_max }.max(1) as i64, h3 as i64]);
+    let mut gates = Buf::zeros(&[if keep { n_all } else { 0 } as i64, h3 as i64]);
+    for t in 0..pack.steps {
+        let n = pack.n[t];
+        if n == 0 {
+            continue;
+        }
+        let o = pack.off[t];
+        let base = if keep { o } else { 0 };
+        // Previous states: the rows active at t − 1 from their outputs, the rows starting now from
+        // the pad trajectory after t pad steps.
+        let n_prev = if t == 0 { 0 } else { pack.n[t - 1] };
+        {
+            let (src, hps) = (out.slice(), &mut hp.slice_mut()[base * hdim..(base + n) * hdim]);
+            if n_prev > 0 {
+                let po = pack.off[t - 1];
+                hps[..n_prev * hdim].copy_from_slice(&src[po * hdim..(po + n_prev) * hdim]);
+            }
+            let start: &[f32] = match pad {
+                PadSteps::Run if n_prev < n => &p.slice()[t * hdim..(t + 1) * hdim],
+                _ => &[],
+            };
+            for r in n_prev..n {
+                let dst = &mut hps[r * hdim..(r + 1) * hdim];
+                if start.is_empty() {
+                    dst.fill(0.0);
+                } else {
+                    dst.copy_from_slice(start);
+                }
+            }
+        }
+        let _ = w[3].addmm_out(&gh.rows(base, n), &hp.rows(base, n), &w_hh_t);
+        let mut none = [];
+        let gates_s: &mut [f32] = if keep {
+            &mut gates.slice_mut()[o * h3..(o + n) * h3]
+        } else {
+            &mut none
+        };
+        let gi_s = &gi.slice()[o * h3..(o + n) * h3];
+        let gh_s = &gh.slice()[base * h3..(base + n) * h3];
+        let hp_s = &hp.slice()[base * hdim..(base + n) * hdim];
+        let out_s = &mut out.slice_mut()[o * hdim..(o + n) * hdim];
+        step_forward(hdim, gi_s, gh_s, hp_s, out_s, gates_s, keep);
+    }
+    let tape = keep.then(|| LayerTape {
+        x: x.shallow_clone(),
+        hp,
+        gh,
+        gates,
+        xp: x_pad.shallow_clone(),
+        p: Buf(p.0.shallow_clone()),
+        ghp,
+        gatesp,
+    });
+    LayerOut { out, p, tape }
+}
+
+/// What [`forward`] keeps for [`backward`].
+pub struct Tape {
+    pack: Packing,
+    pad: PadSteps,
+    /// Packed token ids `[N]`.
+    tokens: Tensor,
+    layers: Vec<LayerTape>,
+    pad_id: i64,
+}
+
+/// The GRU's output for a left-padded batch: the top layer's state after the last step, `[B, H]`
+/// in the batch's row order, and with `keep` the tape for [`backward`].
+///
+/// `embedding` `[V, E]`; `tokens` the batch row-major (`B × steps` ids, each row's real tokens the
+/// last `lengths[b]` of its `steps`); `pad_id` the pad token (its embedding row feeds the pad
+/// steps, and gets no gradient).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    embedding: &Tensor,
+    layers: &[LayerWeights],
+    tokens: &[i64],
+    lengths: &[usize],
+    steps: usize,
+    pad_id: i64,
+    pad: PadSteps,
+    keep: bool,
+) -> (Tensor, Option<Tape>) {
+    let pack = Packing::new(lengths, steps);
+    let b = lengths.len();
+    let idx = pack.gather_index();
+    let packed: Vec<i64> = idx.iter().map(|&k| tokens[k]).collect();
+    let tok = Tensor::from_slice(&packed);
+    let e = embedding.size()[1];
+    let mut x = embedding.index_select(0, &tok).contiguous(); // [N, E]
+    let mp = pack.max_pad as i64;
+    let mut x_pad = embedding
+        .get(pad_id)
+        .unsqueeze(0)
+        .expand([mp, e], false)
+        .contiguous(); // [max_pad, E]
+    let mut tapes = Vec::new();
+    let mut top = None;
+    for w in layers {
+        let lo = run_layer(w, &x, &pack, pad, &x_pad, keep);
+        x = lo.out.0.shallow_clone();
+        x_pad = lo.p.rows(1, pack.max_pad);
+        if let Some(t) = lo.tape {
+            tapes.push(t);
+        }
+        top = Some((lo.out, lo.p));
+    }
+    let (out, p) = top.expect("at least one layer");
+    // Rows with real tokens end at the last step's packed rows; empty rows at P[T] (all pads).
+    let n_last = pack.n[steps - 1];
+    let hdim = out.0.size()[1];
+    let mut parts = vec![out.rows(pack.off[steps - 1], n_last)];
+    if n_last < b {
+        let end = match pad {
+            PadSteps::Run => p.rows(steps, 1),
+            PadSteps::Skip => Tensor::zeros([1, hdim], (Kind::Float, Device::Cpu)),
+        };
+        parts.push(end.expand([(b - n_last) as i64, hdim], false));
+    }
+    let sorted = Tensor::cat(&parts, 0);
+    let mut inv = vec![0i64; b];
+    for (i, &row) in pack.order.iter().enumerate() {
+        inv[row] = i as i64;
+    }
+    let last = sorted.index_select(0, &Tensor::from_slice(&inv));
+    let tape = keep.then(|| Tape {
+        pack,
+        pad,
+        tokens: tok,
+        layers: tapes,
+        pad_id,
+    });
+    (last, tape)
+}
+
+/// Gradients of the GRU's parameters: the embedding `[V, E]` and per layer
+/// `[dW_ih, dW_hh, db_ih, db_hh]`, the shapes of [`LayerWeights`].
+pub struct Grads {
+    pub embedding: Tensor,
+    pub layers: Vec<[Tensor; 4]>,
+}
+
+/// The gradients of `Σ dlast ⊙ last` (the backward pass of [`forward`] with `keep`): `dlast`
+/// `[B, H]` in the batch's row order.
+pub fn backward(tape: &Tape, embedding: &Tensor, layers: &[LayerWeights], dlast: &Tensor) -> Grads {
+    let pack = &tape.pack;
+    let steps = pack.steps;
+    let hdim = layers[0][1].size()[1];
+    let order: Vec<i64> = pack.order.iter().map(|&i| i as i64).collect();
+    let dsorted = Buf::from(&dlast.index_select(0, &Tensor::from_slice(&order)));
+    let n_all = pack.total() as i64;
+    let mp = pack.max_pad as i64;
+    let n_last = pack.n[steps - 1];
+    // Gradient of the top layer's outputs and of its pad trajectory.
+    let mut dout = Buf::zeros(&[n_all, hdim]);
+    let _ = dout
+        .rows(pack.off[steps - 1], n_last)
+        .copy_(&dsorted.rows(0, n_last));
+    let mut dp = Buf::zeros(&[mp + 1, hdim]);
+    if tape.pad == PadSteps::Run && n_last < pack.order.len() {
+        let rest = dsorted
+            .rows(n_last, pack.order.len() - n_last)
+            .sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
+        let _ = dp.rows(steps, 1).copy_(&rest);
+    }
+    let mut grads = Vec::with_capacity(layers.len());
+    let mut dx = Tensor::new();
+    for (l, (w, t)) in layers.iter().zip(&tape.layers).enumerate().rev() {
+        let (dxl, dxp, g) = layer_backward(t, w, pack, tape.pad, &mut dout, &mut dp);
+        grads.push(g);
+        if l > 0 {
+            dout = Buf(dxl);
+            dp = Buf::zeros(&[mp + 1, hdim]);
+            if mp > 0 {
+                let _ = dp.rows(1, pack.max_pad).copy_(&dxp);
+            }
+        } else {
+            dx = dxl;
+        }
+    }
+    grads.reverse();
+    // Embedding: the real tokens' rows; the pad row gets none (PyTorch's `padding_idx`).
+    let mut demb = embedding.zeros_like();
+    if n_all > 0 {
+        let _ = demb.index_add_(0, &tape.tokens, &dx);
+    }
+    if tape.pad_id >= 0 && tape.pad_id < demb.size()[0] {
+        let _ = demb.get(tape.pad_id).fill_(0.0);
+    }
+    Grads {
+        embedding: demb,
+        layers: grads,
+    }
+}
+
+/// One layer's backward pass: `dout` `[N, H]` and `dp` `[max_pad + 1, H]` hold the gradients of its
+/// outputs (both are used as scratch). Returns the gradients of its inputs, `[N, in]` and
+/// `[max_pad, in]`, and of its weights.
+fn layer_backward(
+    t: &LayerTape,
+    w: &LayerWeights,
+    pack: &Packing,
+    pad: PadSteps,
+    dout: &mut Buf,
+    dp: &mut Buf,
+) -> (Tensor, Tensor, [Tensor; 4]) {
+    let hdim = w[1].size()[1] as usize;
+    let h3 = 3 * hdim;
+    let n_all = pack.total();
+    let rows_max = pack.n.iter().copied().max().unwrap_or(0).max(1);
+    let mut dh = Buf::zeros(&[rows_max as i64, hdim as i64]);
+    let mut dhd = Buf::zeros(&[rows_max as i64, hdim as i64]);
+    let mut dgi = Buf::zeros(&[n_all as i64, h3 as i64]);
+    let mut dgh = Buf::zeros(&[n_all as i64, h3 as i64]);
+    for s in (0..pack.steps).rev() {
+        let n = pack.n[s];
+        if n == 0 {
+            continue;
+        }
+        let o = pack.off[s];
+        {
+            let d = &mut dh.slice_mut()[..n * hdim];
+            for (a, b) in d.iter_mut().zip(&dout.slice()[o * hdim..(o + n) * hdim]) {
+                *a += *b;
+            }
+        }
+        step_backward(
+            hdim,
+            &dh.slice()[..n * hdim],
+            &t.gates.slice()[o * h3..(o + n) * h3],
+            &t.gh.slice()[o * h3..(o + n) * h3],
+            &t.hp.slice()[o * hdim..(o + n) * hdim],
+            &mut dgi.slice_mut()[o * h3..(o + n) * h3],
+            &mut dgh.slice_mut()[o * h3..(o + n) * h3],
+            &mut dhd.slice_mut()[..n * hdim],
+        );
+        let _ = dhd
+            .rows(0, n)
+            .addmm_out(&dh.rows(0, n), &dgh.rows(o, n), &w[1]);
+        // Rows that start at step s began from P[s]: their gradient goes to the trajectory.
+        let n_prev = if s == 0 { 0 } else { pack.n[s - 1] };
+        if pad == PadSteps::Run && n_prev < n {
+            let add = dh
+                .rows(n_prev, n - n_prev)
+                .sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
+            let _ = dp.rows(s, 1).g_add_(&add);
+        }
+    }
+    let sum0 = |b: &Buf| b.0.sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
+    let mut d_w_hh = dgh.0.tr().mm(&t.hp.0);
+    let mut d_b_hh = sum0(&dgh);
+    let mut d_w_ih = dgi.0.tr().mm(&t.x);
+    let mut d_b_ih = sum0(&dgi);
+    let dx = dgi.0.mm(&w[0]);
+    let mp = pack.max_pad;
+    let in_dim = w[0].size()[1];
+    let mut dxp = Tensor::zeros([mp as i64, in_dim], (Kind::Float, Device::Cpu));
+    if pad == PadSteps::Run && mp > 0 {
+        let mut dgip = Buf::zeros(&[mp as i64, h3 as i64]);
+        let mut dghp = Buf::zeros(&[mp as i64, h3 as i64]);
+        let mut d1 = Buf::zeros(&[1, hdim as i64]);
+        for k in (0..mp).rev() {
+            {
+                let dps = dp.slice();
+                step_backward(
+                    hdim,
+                    &dps[(k + 1) * hdim..(k + 2) * hdim],
+                    &t.gatesp.slice()[k * h3..(k + 1) * h3],
+                    &t.ghp.slice()[k * h3..(k + 1) * h3],
+                    &t.p.slice()[k * hdim..(k + 1) * hdim],
+                    &mut dgip.slice_mut()[k * h3..(k + 1) * h3],
+                    &mut dghp.slice_mut()[k * h3..(k + 1) * h3],
+                    d1.slice_mut(),
+                );
+            }
+            let prev = d1.0.addmm(&dghp.rows(k, 1), &w[1]);
+            let _ = dp.rows(k, 1).g_add_(&prev);
+        }
+        d_w_hh += dghp.0.tr().mm(&t.p.rows(0, mp));
+        d_b_hh += sum0(&dghp);
+        d_w_ih += dgip.0.tr().mm(&t.xp);
+        d_b_ih += sum0(&dgip);
+        dxp = dgip.0.mm(&w[0]);
+    }
+    (dx, dxp, [d_w_ih, d_w_hh, d_b_ih, d_b_hh])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random weights (seeded libtorch RNG), an embedding with a zero pad row 1, and a batch with
+    /// lengths `lens` left-padded to `steps`, as row-major ids.
+    fn setup(
+        seed: i64,
+        lens: &[usize],
+        steps: usize,
+    ) -> (Tensor, Vec<LayerWeights>, Vec<i64>, Tensor) {
+        tch::manual_seed(seed);
+        let (v, e, h) = (23, 5, 8);
+        let emb = Tensor::randn([v, e], (Kind::Float, Device::Cpu));
+        let _ = emb.get(1).fill_(0.0);
+        let layers: Vec<LayerWeights> = (0..2)
+            .map(|l| {
+                let inp = if l == 0 { e } else { h };
+                let u = |s: &[i64]| Tensor::rand(s, (Kind::Float, Device::Cpu)) * 0.8 - 0.4;
+                [u(&[3 * h, inp]), u(&[3 * h, h]), u(&[3 * h]), u(&[3 * h])]
+            })
+            .collect();
+        let mut ids = vec![1i64; lens.len() * steps];
+        let mut k = 0;
+        for (b, &l) in lens.iter().enumerate() {
+            for t in steps - l..steps {
+                ids[b * steps + t] = 2 + (k * 7 % 21) as i64;
+                k += 1;
+            }
+        }
+        let tokens = Tensor::from_slice(&ids).view([lens.len() as i64, steps as i64]);
+        (emb, layers, ids, tokens)
+    }
+
+    /// libtorch's GRU (`at::gru`, every position, from h0 = 0): the last step's top state.
+    fn libtorch_last(emb: &Tensor, layers: &[LayerWeights], tokens: &Tensor) -> Tensor {
+        let x = Tensor::embedding(emb, tokens, 1, false, false);
+        let b = x.size()[0];
+        let h0 = Tensor::zeros([2, b, layers[0][1].size()[1]], (Kind::Float, Device::Cpu));
+        let params: Vec<&Tensor> = layers.iter().flat_map(|l| l.iter()).collect();
+        let (out, _) = x.gru(&h0, &params, true, 2, 0.0, true, false, true);
+        out.select(1, -1)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn exp_matches_std_to_a_few_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (exp_f32(x) as f64, (x as f64).exp());
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "relative error {worst}");
+        assert!(exp_f32(-1e9) > 0.0 && exp_f32(-1e9) < 1e-37);
+        assert!(exp_f32(1e9).is_finite());
+        assert_eq!(tanh(40.0), 1.0);
+        assert_eq!(tanh(-40.0), -1.0);
+        assert!((sigmoid(0.0) - 0.5).abs() < 1e-7);
+    }
+
+    #[test]
+    fn packing_orders_rows_longest_first() {
+        let p = Packing::new(&[2, 5, 0, 5, 3], 5);
+        assert_eq!(p.order, vec![1, 3, 4, 0, 2]);
+        assert_eq!(p.n, vec![2, 2, 3, 4, 4]);
+        assert_eq!(p.off, vec![0, 2, 4, 7, 11, 15]);
+        assert_eq!(p.max_pad, 5);
+        assert_eq!(p.gather_index()[..4], [5, 15, 6, 16]);
+    }
+
+    /// The fused, packed GRU against libtorch's `at::gru` and its autograd, on a batch with a long
+    /// tail of lengths, an empty row and equal lengths: states within 1e-5, every gradient within
+    /// 1e-5 (the loss is `Σ R ⊙ last` for a random R, so `dlast = R`).
+    #[test]
+    fn forward_and_gradients_match_libtorch() {
+        for (seed, lens, steps) in [
+            (1, vec![7usize, 3, 7, 1, 0, 5, 2], 7usize),
+            (2, vec![4, 4, 4], 4),
+            (3, vec![9, 1], 12),
+        ] {
+            let (emb, layers, ids, tokens) = setup(seed, &lens, steps);
+            let (ours, tape) =
+                forward(&emb, &layers, &ids, &lens, steps, 1, PadSteps::Run, true);
+            // libtorch with autograd over every parameter.
+            let emb_g = emb.copy().set_requires_grad(true);
+            let layers_g: Vec<LayerWeights> = layers
+                .iter()
+                .map(|l| l.each_ref().map(|w| w.copy().set_requires_grad(true)))
+                .collect();
+            let want = libtorch_last(&emb_g, &layers_g, &tokens);
+            let d = max_diff(&ours, &want.detach());
+            assert!(d < 1e-5, "seed {seed}: states differ by {d}");
+            let r = Tensor::randn(want.size(), (Kind::Float, Device::Cpu));
+            (&want * &r).sum(Kind::Float).backward();
+            let g = backward(tape.as_ref().expect("tape"), &emb, &layers, &r);
+            // PyTorch's embedding gradient with padding_idx = 1.
+            let ge = emb_g.grad();
+            let _ = ge.get(1).fill_(0.0);
+            let d = max_diff(&g.embedding, &ge);
+            assert!(d < 1e-5, "seed {seed}: embedding gradient differs by {d}");
+            for (l, (mine, theirs)) in g.layers.iter().zip(&layers_g).enumerate() {
+                for (i, (a, b)) in mine.iter().zip(theirs.iter()).enumerate() {
+                    let want = b.grad();
+                    assert!(want.abs().max().double_value(&[]) > 1e-3, "vacuous gradient");
+                    let d = max_diff(a, &want);
+                    assert!(d < 1e-5, "seed {seed}: layer {l} parameter {i} differs by {d}");
+                }
+            }
+        }
+    }
+
+    /// Masked pad steps: each row equals the GRU run on its real tokens alone.
+    #[test]
+    fn skipped_pad_steps_equal_each_row_alone() {
+        let lens = vec![6usize, 2, 4, 0];
+        let (emb, layers, ids, _) = setup(4, &lens, 6);
+        let (ours, _) = forward(&emb, &layers, &ids, &lens, 6, 1, PadSteps::Skip, false);
+        for (b, &l) in lens.iter().enumerate() {
+            let want = if l == 0 {
+                Tensor::zeros([8], (Kind::Float, Device::Cpu))
+            } else {
+                let row: Vec<i64> = ids[b * 6 + 6 - l..(b + 1) * 6].to_vec();
+                let t = Tensor::from_slice(&row).view([1, l as i64]);
+                libtorch_last(&emb, &layers, &t).get(0)
+            };
+            let d = max_diff(&ours.get(b as i64), &want);
+            assert!(d < 1e-5, "row {b}: {d}");
+        }
+    }
+
+    /// A row's result does not depend on which rows share its batch when all have its length
+    /// and the batch has at least 16 rows (what `oe-text score` relies on; checked there too).
+    #[test]
+    fn equal_length_rows_are_batch_independent_from_16_rows() {
+        let lens = vec![5usize; 40];
+        let (emb, layers, ids, _) = setup(5, &lens, 5);
+        let (all, _) = forward(&emb, &layers, &ids, &lens, 5, 1, PadSteps::Run, false);
+        let (part, _) = forward(&emb, &layers, &ids[..17 * 5], &lens[..17], 5, 1, PadSteps::Run, false);
+        assert!(part.equal(&all.narrow(0, 0, 17)));
+    }
+}
