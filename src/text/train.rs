@@ -120,7 +120,12 @@ pub fn train_phase(
         epochs: cfg.epochs,
         steps_per_epoch: train.ids.len().div_ceil(cfg.batch_size),
     };
+    // The fused CPU GRU splits each step over worker threads, one libtorch thread each (restored
+    // when the phase ends).
+    let workers = (vs.device() == tch::Device::Cpu && matches!(model, TextModel::Gru(_)))
+        .then(|| Workers::new(tch::get_num_threads().max(1) as usize));
     let mut step = TextStep {
+        workers,
         model,
         device: vs.device(),
         train,
@@ -135,6 +140,8 @@ pub fn train_phase(
 /// The text step: one batch of in-distribution texts and, for OE, one batch of outliers in a
 /// separate forward pass (as the NLP reference does), Adam on their summed loss.
 struct TextStep<'a> {
+    /// Set for the fused CPU GRU.
+    workers: Option<Workers>,
     model: &'a TextModel,
     device: tch::Device,
     train: &'a EncodedSet,
@@ -181,20 +188,37 @@ impl PhaseStep for TextStep<'_> {
             let batch = TokenBatch::left_padded(&seqs, train.fix_len, device);
             let labels: Vec<i64> = chunk.iter().map(|&i| train.labels[i]).collect();
             let y = Tensor::from_slice(&labels).to_device(device);
-            let logits = self.model.logits(&batch, true);
-            let mut loss = cross_entropy(&logits, &y);
-            if let Some(o) = self.oe {
+            let obatch = self.oe.map(|o| {
                 let end = (oe_pos + cfg.oe_batch_size).min(oe_order.len());
                 let oseqs: Vec<&[i64]> = oe_order[oe_pos..end]
                     .iter()
                     .map(|&i| o[i].as_slice())
                     .collect();
                 oe_pos = end;
-                let obatch = TokenBatch::left_padded(&oseqs, None, device);
-                let ologits = self.model.logits(&obatch, true);
-                loss += cfg.oe_loss.auxiliary(&logits, &ologits);
-            }
-            self.opt.backward_step(&loss, lr);
+                TokenBatch::left_padded(&oseqs, None, device)
+            });
+            let loss_of = |logits: &Tensor, ologits: Option<&Tensor>| {
+                let mut loss = cross_entropy(logits, &y);
+                if let Some(ol) = ologits {
+                    loss += cfg.oe_loss.auxiliary(logits, ol);
+                }
+                loss
+            };
+            let (logits, loss) = match (self.model, &self.workers) {
+                (TextModel::Gru(g), Some(w)) if g.packed_for(&batch) => {
+                    let (logits, loss, grads) =
+                        fused_gru_step(g, w.parts, &batch, obatch.as_ref(), loss_of);
+                    self.opt.step_with_grads(lr, &grads);
+                    (logits, loss)
+                }
+                _ => {
+                    let logits = self.model.logits(&batch, true);
+                    let ologits = obatch.as_ref().map(|b| self.model.logits(b, true));
+                    let loss = loss_of(&logits, ologits.as_ref());
+                    self.opt.backward_step(&loss, lr);
+                    (logits, loss)
+                }
+            };
             let l = loss.double_value(&[]);
             let correct = if l.is_finite() {
                 let pred = logits.argmax(-1, false);
@@ -217,6 +241,162 @@ impl PhaseStep for TextStep<'_> {
     fn checkpoint(&mut self, state: &CheckpointState) -> Result<()> {
         (self.checkpoint)(state, &self.opt)
     }
+}
+
+/// Worker threads for the fused GRU step; libtorch runs one intra-op thread meanwhile (its
+/// previous setting comes back on drop).
+struct Workers {
+    parts: usize,
+    restore: i32,
+}
+
+impl Workers {
+    fn new(parts: usize) -> Self {
+        let restore = tch::get_num_threads();
+        if parts > 1 {
+            tch::set_num_threads(1);
+        }
+        Self { parts, restore }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.restore);
+    }
+}
+
+/// Splits `n` rows into at most `parts` contiguous ranges of near-equal size.
+fn split_rows(n: usize, parts: usize) -> Vec<(usize, usize)> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts)
+        .map(|p| (n * p / parts, n * (p + 1) / parts - n * p / parts))
+        .filter(|&(_, len)| len > 0)
+        .collect()
+}
+
+/// One training step of the GRU without autograd ([`crate::text::models::gru_cpu`]): the
+/// in-distribution batch and the outliers (each a separate forward pass, as the reference's) are
+/// split over `parts` threads, the loss is taken by autograd on the logits alone, and each part's
+/// backward pass runs on its thread; the gradients are summed in a fixed order. Returns the
+/// in-distribution logits, the loss and the gradients for [`Adam::step_with_grads`].
+fn fused_gru_step(
+    g: &crate::text::models::GruClassifier,
+    parts: usize,
+    batch: &TokenBatch,
+    obatch: Option<&TokenBatch>,
+    loss_of: impl Fn(&Tensor, Option<&Tensor>) -> Tensor,
+) -> (Tensor, Tensor, Vec<(Tensor, Tensor)>) {
+    let n_in = batch.tokens.size()[0] as usize;
+    let n_out = obatch.map_or(0, |b| b.tokens.size()[0] as usize);
+    // Parts: (is outlier, first row, rows); the outliers get half the threads.
+    let (p_in, p_out) = match obatch {
+        Some(_) if parts > 1 => (parts - parts / 2, parts / 2),
+        Some(_) => (1, 1),
+        None => (parts, 0),
+    };
+    let mut units: Vec<(bool, usize, usize)> = split_rows(n_in, p_in)
+        .into_iter()
+        .map(|(s, n)| (false, s, n))
+        .collect();
+    if n_out > 0 {
+        units.extend(
+            split_rows(n_out, p_out)
+                .into_iter()
+                .map(|(s, n)| (true, s, n)),
+        );
+    }
+    let sub = |&(out, s, n): &(bool, usize, usize)| {
+        let b = if out {
+            obatch.expect("outlier batch")
+        } else {
+            batch
+        };
+        b.rows(s, n)
+    };
+    let run_parallel = |jobs: Vec<Box<dyn FnOnce() -> Job + Send>>| -> Vec<Job> {
+        if jobs.len() == 1 {
+            return jobs.into_iter().map(|j| j()).collect();
+        }
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = jobs.into_iter().map(|j| sc.spawn(j)).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    };
+    // Forward passes.
+    let jobs: Vec<Box<dyn FnOnce() -> Job + Send>> = units
+        .iter()
+        .map(|u| {
+            let (m, b) = (g.shallow_clone(), sub(u));
+            Box::new(move || {
+                let (logits, tape) = m
+                    .forward_for_backward(&b)
+                    .expect("the fused GRU applies to this batch");
+                Job::Forward(logits, tape)
+            }) as Box<dyn FnOnce() -> Job + Send>
+        })
+        .collect();
+    let mut logits_in = Vec::new();
+    let mut logits_out = Vec::new();
+    let mut tapes = Vec::new();
+    for (u, r) in units.iter().zip(run_parallel(jobs)) {
+        let Job::Forward(l, t) = r else {
+            unreachable!("forward jobs return forward results")
+        };
+        if u.0 {
+            logits_out.push(l);
+        } else {
+            logits_in.push(l);
+        }
+        tapes.push(t);
+    }
+    // The loss and its gradient with respect to the logits.
+    let li = Tensor::cat(&logits_in, 0).set_requires_grad(true);
+    let lo = (!logits_out.is_empty()).then(|| Tensor::cat(&logits_out, 0).set_requires_grad(true));
+    let loss = loss_of(&li, lo.as_ref());
+    loss.backward();
+    let (dli, dlo) = (li.grad(), lo.as_ref().map(Tensor::grad));
+    // Backward passes.
+    let jobs: Vec<Box<dyn FnOnce() -> Job + Send>> = units
+        .iter()
+        .zip(tapes)
+        .map(|(&(out, s, n), tape)| {
+            let d = if out {
+                dlo.as_ref().expect("outlier logits")
+            } else {
+                &dli
+            };
+            let d = d.narrow(0, s as i64, n as i64).contiguous();
+            let m = g.shallow_clone();
+            Box::new(move || Job::Backward(m.backward(&tape, &d)))
+                as Box<dyn FnOnce() -> Job + Send>
+        })
+        .collect();
+    let mut grads: Vec<(Tensor, Tensor)> = Vec::new();
+    for r in run_parallel(jobs) {
+        let Job::Backward(gs) = r else {
+            unreachable!("backward jobs return gradients")
+        };
+        if grads.is_empty() {
+            grads = gs;
+        } else {
+            tch::no_grad(|| {
+                for ((_, acc), (_, d)) in grads.iter_mut().zip(gs) {
+                    *acc += d;
+                }
+            });
+        }
+    }
+    (li.detach(), loss.detach(), grads)
+}
+
+/// A worker's result in [`fused_gru_step`].
+enum Job {
+    Forward(Tensor, crate::text::models::gru::FusedTape),
+    Backward(Vec<(Tensor, Tensor)>),
 }
 
 #[cfg(test)]

@@ -79,6 +79,28 @@ impl Adam {
     /// `p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε)`. Parameters without a gradient are skipped (their
     /// moments stay), as PyTorch does.
     pub fn step(&mut self, lr: f64) {
+        self.update(lr, |p| {
+            let g = p.grad();
+            g.defined().then_some(g)
+        });
+    }
+
+    /// [`Adam::step`] with gradients computed elsewhere (a hand-written backward pass):
+    /// `grads` pairs a variable (a tensor sharing storage with one of the var store's) with its
+    /// gradient. Variables not listed are skipped, as parameters without a gradient are.
+    pub fn step_with_grads(&mut self, lr: f64, grads: &[(Tensor, Tensor)]) {
+        let by_ptr: HashMap<usize, &Tensor> = grads
+            .iter()
+            .map(|(v, g)| (v.data_ptr() as usize, g))
+            .collect();
+        self.update(lr, |p| {
+            by_ptr
+                .get(&(p.data_ptr() as usize))
+                .map(|g| g.shallow_clone())
+        });
+    }
+
+    fn update(&mut self, lr: f64, grad_of: impl Fn(&Tensor) -> Option<Tensor>) {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
@@ -91,10 +113,9 @@ impl Adam {
                 .iter_mut()
                 .zip(self.m.iter_mut().zip(self.v.iter_mut()))
             {
-                let g = p.grad();
-                if !g.defined() {
+                let Some(g) = grad_of(p) else {
                     continue;
-                }
+                };
                 let _ = m.lerp_(&g, 1.0 - b1);
                 let _ = v.g_mul_scalar_(b2);
                 let _ = v.g_add_(&(&g * &g * (1.0 - b2)));

@@ -4,7 +4,7 @@
 //! hidden state. Variable names are PyTorch's (`embedding.weight`, `gru.weight_ih_l0`, ...,
 //! `linear.weight`), so the paper's released weights load unchanged.
 
-use super::{PadMode, TokenBatch, PAD_ID};
+use super::{gru_cpu, PadMode, TokenBatch, PAD_ID};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -27,6 +27,12 @@ impl Default for GruConfig {
             pad: PadMode::Left,
         }
     }
+}
+
+/// What [`GruClassifier::forward_for_backward`] keeps: the GRU's tape and the head's input.
+pub struct FusedTape {
+    tape: gru_cpu::Tape,
+    last: Tensor,
 }
 
 /// The GRU classifier.
@@ -91,6 +97,11 @@ impl GruClassifier {
     }
 
     pub fn features_and_logits(&self, batch: &TokenBatch, train: bool) -> (Tensor, Tensor) {
+        if !train && self.packed_ok(batch) {
+            let (last, _) = self.packed(batch, false);
+            let logits = last.linear(&self.linear_w, Some(&self.linear_b));
+            return (last, logits);
+        }
         let x = Tensor::embedding(&self.embedding, &batch.tokens, PAD_ID, false, false); // [B, T, E]
         let last = match self.cfg.pad {
             PadMode::Left => self.run_fused(&x, train),
@@ -98,6 +109,102 @@ impl GruClassifier {
         };
         let logits = last.linear(&self.linear_w, Some(&self.linear_b));
         (last, logits)
+    }
+
+    /// Another handle on the same variables (for a worker thread: tensors are `Send`, not `Sync`).
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            embedding: self.embedding.shallow_clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.each_ref().map(Tensor::shallow_clone))
+                .collect(),
+            linear_w: self.linear_w.shallow_clone(),
+            linear_b: self.linear_b.shallow_clone(),
+            cfg: self.cfg.clone(),
+        }
+    }
+
+    /// Whether [`GruClassifier::forward_for_backward`] applies to `batch` (float32 on the CPU).
+    pub fn packed_for(&self, batch: &TokenBatch) -> bool {
+        self.packed_ok(batch)
+    }
+
+    /// Whether [`super::gru_cpu`] runs this batch: float32 weights and batch on the CPU.
+    fn packed_ok(&self, batch: &TokenBatch) -> bool {
+        gru_cpu::supported(&self.embedding) && batch.tokens.device() == tch::Device::Cpu
+    }
+
+    fn pad_steps(&self) -> gru_cpu::PadSteps {
+        match self.cfg.pad {
+            PadMode::Left => gru_cpu::PadSteps::Run,
+            PadMode::Masked => gru_cpu::PadSteps::Skip,
+        }
+    }
+
+    /// The fused CPU GRU on `batch`: the top layer's last state `[batch, H]` (and the tape).
+    fn packed(&self, batch: &TokenBatch, keep: bool) -> (Tensor, Option<gru_cpu::Tape>) {
+        let size = batch.tokens.size();
+        let steps = size[1] as usize;
+        let ids = Vec::<i64>::try_from(batch.tokens.flatten(0, -1)).unwrap_or_default();
+        let lengths: Vec<usize> = Vec::<i64>::try_from(&batch.lengths)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| l.max(0) as usize)
+            .collect();
+        tch::no_grad(|| {
+            gru_cpu::forward(
+                &self.embedding,
+                &self.layers,
+                &ids,
+                &lengths,
+                steps,
+                PAD_ID,
+                self.pad_steps(),
+                keep,
+            )
+        })
+    }
+
+    /// Training on the CPU without autograd: logits `[batch, classes]` (no graph) and what
+    /// [`GruClassifier::backward`] needs, or `None` where the fused GRU does not apply (then use
+    /// [`GruClassifier::features_and_logits`] with autograd).
+    pub fn forward_for_backward(&self, batch: &TokenBatch) -> Option<(Tensor, FusedTape)> {
+        if !self.packed_ok(batch) {
+            return None;
+        }
+        let (last, tape) = self.packed(batch, true);
+        let logits = tch::no_grad(|| last.linear(&self.linear_w, Some(&self.linear_b)));
+        Some((logits, FusedTape { tape: tape?, last }))
+    }
+
+    /// The gradients of `Σ dlogits ⊙ logits` for every parameter, as `(variable, gradient)`: the
+    /// variables are this model's tensors (shared with its var store). `dlogits`: `[batch, classes]`.
+    pub fn backward(&self, t: &FusedTape, dlogits: &Tensor) -> Vec<(Tensor, Tensor)> {
+        tch::no_grad(|| {
+            let dl = dlogits.to_kind(Kind::Float).contiguous();
+            let d_w = dl.tr().mm(&t.last); // [classes, H]
+            let d_b = dl.sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
+            let dlast = dl.mm(&self.linear_w.detach()); // [batch, H]
+            let weights: Vec<gru_cpu::LayerWeights> = self
+                .layers
+                .iter()
+                .map(|l| l.each_ref().map(|w| w.detach()))
+                .collect();
+            let g = gru_cpu::backward(&t.tape, &self.embedding.detach(), &weights, &dlast);
+            let mut out = vec![
+                (self.embedding.shallow_clone(), g.embedding),
+                (self.linear_w.shallow_clone(), d_w),
+                (self.linear_b.shallow_clone(), d_b),
+            ];
+            for (vars, grads) in self.layers.iter().zip(g.layers) {
+                for (v, d) in vars.iter().zip(grads) {
+                    out.push((v.shallow_clone(), d));
+                }
+            }
+            out
+        })
     }
 
     /// The reference computation: libtorch's GRU over every position, padding included.

@@ -60,7 +60,8 @@ pub fn exp_f32(x: f32) -> f32 {
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
-    let p = (((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+    let p = (((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
         + 1.666_666_5e-1)
         * r
         + 5.000_000_1e-1)
@@ -370,11 +371,7 @@ fn run_layer(
     if pad == PadSteps::Run && mp > 0 {
         let gip = Buf(w[2].addmm(x_pad, &w_ih_t));
         for k in 0..mp {
-            let gh_k = if keep {
-                ghp.rows(k, 1)
-            } else {
-                ghp.rows(0, 1)
-            };
+            let gh_k = if keep { ghp.rows(k, 1) } else { ghp.rows(0, 1) };
             let _ = w[3].addmm_out(&gh_k, &p.rows(k, 1), &w_hh_t);
             let gk = if keep { k } else { 0 };
             let (gi_s, gh_s) = (
@@ -399,7 +396,10 @@ fn run_layer(
     let gi = Buf(w[2].addmm(x, &w_ih_t)); // [N, 3H]
     let mut out = Buf::zeros(&[n_all as i64, hdim as i64]);
     let rows_max = pack.n.iter().copied().max().unwrap_or(0);
-    let mut hp = Buf::zeros(&[if keep { n_all } else { rows_max }.max(1) as i64, hdim as i64]);
+    let mut hp = Buf::zeros(&[
+        if keep { n_all } else { rows_max }.max(1) as i64,
+        hdim as i64,
+    ]);
     let gh = Buf::zeros(&[if keep { n_all } else { rows_max }.max(1) as i64, h3 as i64]);
     let mut gates = Buf::zeros(&[if keep { n_all } else { 0 } as i64, h3 as i64]);
     for t in 0..pack.steps {
@@ -413,7 +413,10 @@ fn run_layer(
         // the pad trajectory after t pad steps.
         let n_prev = if t == 0 { 0 } else { pack.n[t - 1] };
         {
-            let (src, hps) = (out.slice(), &mut hp.slice_mut()[base * hdim..(base + n) * hdim]);
+            let (src, hps) = (
+                out.slice(),
+                &mut hp.slice_mut()[base * hdim..(base + n) * hdim],
+            );
             if n_prev > 0 {
                 let po = pack.off[t - 1];
                 hps[..n_prev * hdim].copy_from_slice(&src[po * hdim..(po + n_prev) * hdim]);
@@ -643,9 +646,9 @@ fn layer_backward(
         // Rows that start at step s began from P[s]: their gradient goes to the trajectory.
         let n_prev = if s == 0 { 0 } else { pack.n[s - 1] };
         if pad == PadSteps::Run && n_prev < n {
-            let add = dh
-                .rows(n_prev, n - n_prev)
-                .sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
+            let add =
+                dh.rows(n_prev, n - n_prev)
+                    .sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
             let _ = dp.rows(s, 1).g_add_(&add);
         }
     }
@@ -774,8 +777,7 @@ mod tests {
             (3, vec![9, 1], 12),
         ] {
             let (emb, layers, ids, tokens) = setup(seed, &lens, steps);
-            let (ours, tape) =
-                forward(&emb, &layers, &ids, &lens, steps, 1, PadSteps::Run, true);
+            let (ours, tape) = forward(&emb, &layers, &ids, &lens, steps, 1, PadSteps::Run, true);
             // libtorch with autograd over every parameter.
             let emb_g = emb.copy().set_requires_grad(true);
             let layers_g: Vec<LayerWeights> = layers
@@ -796,9 +798,15 @@ mod tests {
             for (l, (mine, theirs)) in g.layers.iter().zip(&layers_g).enumerate() {
                 for (i, (a, b)) in mine.iter().zip(theirs.iter()).enumerate() {
                     let want = b.grad();
-                    assert!(want.abs().max().double_value(&[]) > 1e-3, "vacuous gradient");
+                    assert!(
+                        want.abs().max().double_value(&[]) > 1e-3,
+                        "vacuous gradient"
+                    );
                     let d = max_diff(a, &want);
-                    assert!(d < 1e-5, "seed {seed}: layer {l} parameter {i} differs by {d}");
+                    assert!(
+                        d < 1e-5,
+                        "seed {seed}: layer {l} parameter {i} differs by {d}"
+                    );
                 }
             }
         }
@@ -830,7 +838,16 @@ mod tests {
         let lens = vec![5usize; 40];
         let (emb, layers, ids, _) = setup(5, &lens, 5);
         let (all, _) = forward(&emb, &layers, &ids, &lens, 5, 1, PadSteps::Run, false);
-        let (part, _) = forward(&emb, &layers, &ids[..17 * 5], &lens[..17], 5, 1, PadSteps::Run, false);
+        let (part, _) = forward(
+            &emb,
+            &layers,
+            &ids[..17 * 5],
+            &lens[..17],
+            5,
+            1,
+            PadSteps::Run,
+            false,
+        );
         assert!(part.equal(&all.narrow(0, 0, 17)));
     }
 }

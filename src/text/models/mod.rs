@@ -64,6 +64,14 @@ impl TokenBatch {
         Self { tokens, lengths }
     }
 
+    /// Rows `[start, start + n)`, with the same number of steps (the same padding).
+    pub fn rows(&self, start: usize, n: usize) -> Self {
+        Self {
+            tokens: self.tokens.narrow(0, start as i64, n as i64),
+            lengths: self.lengths.narrow(0, start as i64, n as i64),
+        }
+    }
+
     /// `[batch, time]` bool mask, true at real tokens.
     pub fn mask(&self) -> Tensor {
         let (_, t) = self.tokens.size2().expect("tokens are [batch, time]");
