@@ -803,8 +803,8 @@ fn cpu_training_is_identical_across_builds_and_processes() {
     const PINNED_FEATURES: &str =
         "fma avx2 avx512f avx512bw avx512vl avx512_bf16 avx512_vnni amx_bf16 amx_tile";
     const PINNED: [&str; 2] = [
-        "7c6088aa0f065d2eca8f1523cb7fd35f96aa419c644dadd343baffc0923c9290",
-        "bf60aa917872d07a627f77c7d2f4ba0dcde7f64312d8dba874070a3a85f0ad76",
+        "140585143c7e7547853d35f80c18f917e092859e02fb638f6d67726d4ce18ea0",
+        "bca97c2a23d0f5c4585e45ac35a6f81a51c64c0162b319cb4058865be8f3e50d",
     ];
     let t = tempfile::tempdir().unwrap();
     let d = t.path();

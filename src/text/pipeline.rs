@@ -970,7 +970,9 @@ pub fn default_score_threads() -> usize {
 /// `oe-text score`: loads the model directory and streams the inputs through it, in input order.
 pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
     let m = LoadedModel::load(&req.model_dir, req.device)?;
-    if req.default_threads && m.vs.device() == tch::Device::Cpu {
+    // (The GRU takes its worker threads when it is built: `gru_cpu::adopt_torch_threads`.)
+    let gru = matches!(m.model, crate::text::models::TextModel::Gru(_));
+    if req.default_threads && m.vs.device() == tch::Device::Cpu && !gru {
         tch::set_num_threads(default_score_threads() as i32);
     }
     let inputs = if req.inputs.is_empty() {

@@ -120,10 +120,12 @@ pub fn train_phase(
         epochs: cfg.epochs,
         steps_per_epoch: train.ids.len().div_ceil(cfg.batch_size),
     };
-    // The fused CPU GRU splits each step over worker threads, one libtorch thread each (restored
-    // when the phase ends).
-    let workers = (vs.device() == tch::Device::Cpu && matches!(model, TextModel::Gru(_)))
-        .then(|| Workers::new(tch::get_num_threads().max(1) as usize));
+    // The fused CPU GRU splits each step over its worker threads, one libtorch thread each.
+    let workers = (vs.device() == tch::Device::Cpu && matches!(model, TextModel::Gru(_))).then(
+        || Workers {
+            parts: crate::text::models::gru_cpu::adopt_torch_threads(),
+        },
+    );
     let mut step = TextStep {
         workers,
         model,
@@ -243,27 +245,9 @@ impl PhaseStep for TextStep<'_> {
     }
 }
 
-/// Worker threads for the fused GRU step; libtorch runs one intra-op thread meanwhile (its
-/// previous setting comes back on drop).
+/// Worker threads for the fused GRU step ([`crate::text::models::gru_cpu::workers`]).
 struct Workers {
     parts: usize,
-    restore: i32,
-}
-
-impl Workers {
-    fn new(parts: usize) -> Self {
-        let restore = tch::get_num_threads();
-        if parts > 1 {
-            tch::set_num_threads(1);
-        }
-        Self { parts, restore }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        tch::set_num_threads(self.restore);
-    }
 }
 
 /// Splits `n` rows into at most `parts` contiguous ranges of near-equal size.
@@ -319,7 +303,16 @@ fn fused_gru_step(
             return jobs.into_iter().map(|j| j()).collect();
         }
         std::thread::scope(|sc| {
-            let handles: Vec<_> = jobs.into_iter().map(|j| sc.spawn(j)).collect();
+            let handles: Vec<_> = jobs
+                .into_iter()
+                .map(|j| {
+                    sc.spawn(move || {
+                        // libtorch's OpenMP thread count is per thread: one here.
+                        tch::set_num_threads(1);
+                        j()
+                    })
+                })
+                .collect();
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))

@@ -98,7 +98,7 @@ impl GruClassifier {
 
     pub fn features_and_logits(&self, batch: &TokenBatch, train: bool) -> (Tensor, Tensor) {
         if !train && self.packed_ok(batch) {
-            let (last, _) = self.packed(batch, false);
+            let last = self.packed_inference(batch);
             let logits = last.linear(&self.linear_w, Some(&self.linear_b));
             return (last, logits);
         }
@@ -145,14 +145,7 @@ impl GruClassifier {
 
     /// The fused CPU GRU on `batch`: the top layer's last state `[batch, H]` (and the tape).
     fn packed(&self, batch: &TokenBatch, keep: bool) -> (Tensor, Option<gru_cpu::Tape>) {
-        let size = batch.tokens.size();
-        let steps = size[1] as usize;
-        let ids = Vec::<i64>::try_from(batch.tokens.flatten(0, -1)).unwrap_or_default();
-        let lengths: Vec<usize> = Vec::<i64>::try_from(&batch.lengths)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|l| l.max(0) as usize)
-            .collect();
+        let (ids, lengths, steps) = Self::host_batch(batch);
         tch::no_grad(|| {
             gru_cpu::forward(
                 &self.embedding,
@@ -165,6 +158,34 @@ impl GruClassifier {
                 keep,
             )
         })
+    }
+
+    /// [`gru_cpu::forward_split`] on `batch` (inference on the fused GRU's worker threads).
+    fn packed_inference(&self, batch: &TokenBatch) -> Tensor {
+        let (ids, lengths, steps) = Self::host_batch(batch);
+        tch::no_grad(|| {
+            gru_cpu::forward_split(
+                &self.embedding,
+                &self.layers,
+                &ids,
+                &lengths,
+                steps,
+                PAD_ID,
+                self.pad_steps(),
+            )
+        })
+    }
+
+    /// A batch's ids (row-major), lengths and steps, on the host.
+    fn host_batch(batch: &TokenBatch) -> (Vec<i64>, Vec<usize>, usize) {
+        let steps = batch.tokens.size()[1] as usize;
+        let ids = Vec::<i64>::try_from(batch.tokens.flatten(0, -1)).unwrap_or_default();
+        let lengths: Vec<usize> = Vec::<i64>::try_from(&batch.lengths)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| l.max(0) as usize)
+            .collect();
+        (ids, lengths, steps)
     }
 
     /// Training on the CPU without autograd: logits `[batch, classes]` (no graph) and what

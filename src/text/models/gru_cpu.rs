@@ -460,6 +460,89 @@ fn run_layer(
     LayerOut { out, p, tape }
 }
 
+/// Worker threads of the fused GRU (0: not set, one). See [`set_workers`].
+static WORKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Smallest part of a batch a worker takes in [`forward_split`]: well above the 16 rows from which
+/// libtorch's matrix products give a row the same bits whatever the batch size.
+pub const MIN_PART_ROWS: usize = 64;
+
+/// Sets how many threads the fused GRU uses (inference splits a batch over them, training runs
+/// its passes on them) and makes libtorch's own intra-op pool one thread, so they do not compete:
+/// `n = 0` takes every core. Returns the number set.
+pub fn set_workers(n: usize) -> usize {
+    let n = if n == 0 {
+        std::thread::available_parallelism().map_or(1, |c| c.get())
+    } else {
+        n
+    };
+    WORKERS.store(n, std::sync::atomic::Ordering::Relaxed);
+    if n > 1 {
+        tch::set_num_threads(1);
+    }
+    n
+}
+
+/// Takes libtorch's intra-op thread count (`--threads`, or libtorch's default: every core) as the
+/// fused GRU's worker count, once per process, and makes libtorch's pool one thread. Called when a
+/// GRU is built for the CPU. Returns the worker count.
+pub fn adopt_torch_threads() -> usize {
+    let cur = WORKERS.load(std::sync::atomic::Ordering::Relaxed);
+    if cur > 0 {
+        return cur;
+    }
+    set_workers(tch::get_num_threads().max(1) as usize)
+}
+
+/// The fused GRU's worker threads ([`set_workers`]; one when never set).
+pub fn workers() -> usize {
+    WORKERS.load(std::sync::atomic::Ordering::Relaxed).max(1)
+}
+
+/// [`forward`] without a tape, with the batch's rows split into contiguous parts of at least
+/// [`MIN_PART_ROWS`] run on up to [`workers`] threads. Each part is a batch of its own, so a row's
+/// result depends on the rows of its part only as much as on a batch's (not at all for equal
+/// lengths from 16 rows on).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_split(
+    embedding: &Tensor,
+    layers: &[LayerWeights],
+    tokens: &[i64],
+    lengths: &[usize],
+    steps: usize,
+    pad_id: i64,
+    pad: PadSteps,
+) -> Tensor {
+    let b = lengths.len();
+    let parts = workers().min(b / MIN_PART_ROWS).max(1);
+    if parts == 1 {
+        return forward(embedding, layers, tokens, lengths, steps, pad_id, pad, false).0;
+    }
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..parts)
+            .map(|p| {
+                let (s, e) = (b * p / parts, b * (p + 1) / parts);
+                let emb = embedding.shallow_clone();
+                let ls: Vec<LayerWeights> = layers
+                    .iter()
+                    .map(|l| l.each_ref().map(Tensor::shallow_clone))
+                    .collect();
+                let (tok, len) = (&tokens[s * steps..e * steps], &lengths[s..e]);
+                sc.spawn(move || {
+                    // libtorch's OpenMP thread count is per thread: one here.
+                    tch::set_num_threads(1);
+                    tch::no_grad(|| forward(&emb, &ls, tok, len, steps, pad_id, pad, false).0)
+                })
+            })
+            .collect();
+        let outs: Vec<Tensor> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect();
+        Tensor::cat(&outs, 0)
+    })
+}
+
 /// What [`forward`] keeps for [`backward`].
 pub struct Tape {
     pack: Packing,

@@ -151,6 +151,9 @@ impl ModelConfig {
         }
         Ok(match self {
             ModelConfig::Gru(c) => {
+                if path.device() == Device::Cpu {
+                    gru_cpu::adopt_torch_threads();
+                }
                 TextModel::Gru(GruClassifier::new(path, c, vocab_size, n_classes))
             }
             ModelConfig::Transformer(c) => {
