@@ -109,6 +109,7 @@ impl LoadedModel {
             .model
             .build(&vs.root(), vocab.len() as i64, labels.len() as i64)?;
         train::load_weights(&mut vs, &dir.join("model.safetensors"))?;
+        model.freeze_for_inference();
         let det_dir = dir.join("detectors");
         let detectors = if det_dir.is_dir() {
             Some(crate::detect::feature::FeatureDetectors::load(

@@ -121,11 +121,10 @@ pub fn train_phase(
         steps_per_epoch: train.ids.len().div_ceil(cfg.batch_size),
     };
     // The fused CPU GRU splits each step over its worker threads, one libtorch thread each.
-    let workers = (vs.device() == tch::Device::Cpu && matches!(model, TextModel::Gru(_))).then(
-        || Workers {
+    let workers =
+        (vs.device() == tch::Device::Cpu && matches!(model, TextModel::Gru(_))).then(|| Workers {
             parts: crate::text::models::gru_cpu::adopt_torch_threads(),
-        },
-    );
+        });
     let mut step = TextStep {
         workers,
         model,
@@ -298,27 +297,7 @@ fn fused_gru_step(
         };
         b.rows(s, n)
     };
-    let run_parallel = |jobs: Vec<Box<dyn FnOnce() -> Job + Send>>| -> Vec<Job> {
-        if jobs.len() == 1 {
-            return jobs.into_iter().map(|j| j()).collect();
-        }
-        std::thread::scope(|sc| {
-            let handles: Vec<_> = jobs
-                .into_iter()
-                .map(|j| {
-                    sc.spawn(move || {
-                        // libtorch's OpenMP thread count is per thread: one here.
-                        tch::set_num_threads(1);
-                        j()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        })
-    };
+    let run_parallel = crate::text::models::gru_cpu::run_parallel::<Job>;
     // Forward passes.
     let jobs: Vec<Box<dyn FnOnce() -> Job + Send>> = units
         .iter()

@@ -44,6 +44,9 @@ pub struct GruClassifier {
     linear_w: Tensor,
     linear_b: Tensor,
     cfg: GruConfig,
+    /// Inference only: the first layer's input projections per vocabulary entry
+    /// ([`GruClassifier::freeze_for_inference`]); a training step drops it.
+    table: std::cell::RefCell<Option<Tensor>>,
 }
 
 impl GruClassifier {
@@ -87,6 +90,7 @@ impl GruClassifier {
             linear_w,
             linear_b,
             cfg: cfg.clone(),
+            table: Default::default(),
         }
     }
 
@@ -123,6 +127,7 @@ impl GruClassifier {
             linear_w: self.linear_w.shallow_clone(),
             linear_b: self.linear_b.shallow_clone(),
             cfg: self.cfg.clone(),
+            table: std::cell::RefCell::new(self.table.borrow().as_ref().map(Tensor::shallow_clone)),
         }
     }
 
@@ -156,6 +161,7 @@ impl GruClassifier {
                 PAD_ID,
                 self.pad_steps(),
                 keep,
+                None,
             )
         })
     }
@@ -172,8 +178,19 @@ impl GruClassifier {
                 steps,
                 PAD_ID,
                 self.pad_steps(),
+                self.table.borrow().as_ref(),
             )
         })
+    }
+
+    /// Fixes the weights for inference: the first layer's input projections are then looked up
+    /// per vocabulary entry ([`gru_cpu::input_table`]) instead of computed per token. A training
+    /// step drops the table again.
+    pub fn freeze_for_inference(&self) {
+        if gru_cpu::supported(&self.embedding) && self.table.borrow().is_none() {
+            let t = gru_cpu::input_table(&self.embedding.detach(), &self.layers[0]);
+            *self.table.borrow_mut() = Some(t);
+        }
     }
 
     /// A batch's ids (row-major), lengths and steps, on the host.
@@ -195,6 +212,8 @@ impl GruClassifier {
         if !self.packed_ok(batch) {
             return None;
         }
+        // The weights are about to change.
+        self.table.borrow_mut().take();
         let (last, tape) = self.packed(batch, true);
         let logits = tch::no_grad(|| last.linear(&self.linear_w, Some(&self.linear_b)));
         Some((logits, FusedTape { tape: tape?, last }))

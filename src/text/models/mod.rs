@@ -192,6 +192,14 @@ pub enum TextModel {
 }
 
 impl TextModel {
+    /// Tells the model its weights are final (loaded for inference): the CPU GRU then precomputes
+    /// its first layer's input projections ([`GruClassifier::freeze_for_inference`]).
+    pub fn freeze_for_inference(&self) {
+        if let TextModel::Gru(g) = self {
+            g.freeze_for_inference();
+        }
+    }
+
     /// Logits `[batch, classes]` for a left-padded batch.
     pub fn logits(&self, batch: &TokenBatch, train: bool) -> Tensor {
         self.features_and_logits(batch, train).1
