@@ -173,6 +173,11 @@ pub struct TrainArgs {
     /// Continue an interrupted run in --out (completed phases are kept).
     #[arg(long)]
     pub resume: bool,
+    /// Write the prepared data as token ids (training set, outlier corpus, test set, OOD sets) with
+    /// the schedule to this JSON file and stop before training: the same workload for another
+    /// framework (experiments/bench_torch.sh feeds it to the PyTorch equivalent).
+    #[arg(long, value_name = "FILE")]
+    pub export_ids: Option<PathBuf>,
     /// Hold this fraction of the training split out (seeded by --seed, recorded in run.json) as the
     /// validation split for deployment thresholds (default: train on all of it, as the paper).
     #[arg(long, value_name = "FRACTION")]
@@ -332,6 +337,7 @@ impl TrainArgs {
             oe_dir: self.oe_dir.clone(),
             evaluate: true,
             auto_pairing: self.pairing.is_none(),
+            export_ids: self.export_ids.clone(),
         })
     }
 }

@@ -56,6 +56,8 @@ pub struct TrainRequest {
     /// `oe.pairing` was not chosen by the user: when the outliers last fewer steps than an epoch
     /// (CLINC150's 100 out-of-scope queries), OE cycles them instead of ending the epoch early.
     pub auto_pairing: bool,
+    /// Write the prepared data as token ids to this file and stop ([`export_ids`]).
+    pub export_ids: Option<PathBuf>,
 }
 
 /// What a training run produced.
@@ -172,6 +174,86 @@ fn train_model_dir(
     )?;
     rundir::finish_phase(dir, &state, |p| train::save_weights(&vs, p), &[])?;
     Ok(true)
+}
+
+/// Writes a training run's prepared data as token ids, with the schedule, as one JSON object:
+/// `vocab_size`, `classes`, `pad_id`, `fix_len`, `max_train_tokens`, `train`/`test` (`ids`,
+/// `labels`), `oe` (ids or null), `ood` (`[{name, ids, order}]`: `order` is the reference's fixed
+/// order for SNLI and IMDB, else null: random draws), `baseline`/`oe_train` (epochs, lr,
+/// batch sizes, λ) and `eval` (batch size, draws, ID:OOD ratio). Written atomically.
+#[allow(clippy::too_many_arguments)]
+fn export_ids(
+    path: &Path,
+    req: &TrainRequest,
+    vocab: &TextEncoder,
+    classes: usize,
+    train: &EncodedSet,
+    test: &EncodedSet,
+    oe: Option<&[Vec<i64>]>,
+    ood: &[OodInput],
+    oe_cfg: &crate::text::train::TrainConfig,
+) -> Result<()> {
+    let sets: Vec<serde_json::Value> = ood
+        .iter()
+        .map(|set| {
+            let texts: Vec<String> = match set.name.as_str() {
+                "snli" => set
+                    .texts
+                    .iter()
+                    .map(|t| protocol::detokenize_ptb(t))
+                    .collect(),
+                _ => set.texts.clone(),
+            };
+            let ids = encode_all(&texts, |t| vocab.encode(t));
+            let order: Option<Vec<usize>> = match set.name.as_str() {
+                "snli" => {
+                    let prem: Option<Vec<usize>> = set.premises.as_ref().map(|p| {
+                        p.iter()
+                            .map(|t| protocol::detokenize_ptb(t).split_whitespace().count())
+                            .collect()
+                    });
+                    let mut o: Vec<usize> = (0..ids.len()).collect();
+                    o.sort_by_key(|&i| {
+                        protocol::interleave_keys(prem.as_ref().map_or(0, |p| p[i]), ids[i].len())
+                    });
+                    Some(o)
+                }
+                "imdb" => {
+                    let mut o: Vec<usize> = (0..ids.len()).collect();
+                    o.sort_by_key(|&i| ids[i].len());
+                    Some(o)
+                }
+                _ => None,
+            };
+            serde_json::json!({"name": set.name, "ids": ids, "order": order})
+        })
+        .collect();
+    let sched = |c: &crate::text::train::TrainConfig| {
+        serde_json::json!({
+            "epochs": c.epochs, "lr": c.lr, "batch_size": c.batch_size,
+            "oe_batch_size": c.oe_batch_size, "oe_loss": c.oe_loss, "pairing": c.pairing,
+        })
+    };
+    let v = serde_json::json!({
+        "in_dataset": req.in_dataset,
+        "vocab_size": vocab.len(),
+        "classes": classes,
+        "pad_id": crate::text::models::PAD_ID,
+        "fix_len": train.fix_len,
+        "max_train_tokens": train.ids.iter().map(Vec::len).max(),
+        "model": req.model,
+        "train": {"ids": train.ids, "labels": train.labels},
+        "test": {"ids": test.ids, "labels": test.labels},
+        "oe": oe,
+        "ood": sets,
+        "baseline": sched(&req.baseline),
+        "oe_train": sched(oe_cfg),
+        "eval": {"batch_size": req.eval.batch_size, "repeats": req.eval.repeats,
+                 "id_per_ood": req.eval.id_per_ood, "seed": req.eval.seed},
+    });
+    let bytes =
+        serde_json::to_vec(&v).map_err(|e| OeError::Data(format!("{}: {e}", path.display())))?;
+    crate::io::write_atomic(path, &bytes)
 }
 
 /// Loads the OOD sets named (or all present) with the paper's preprocessing.
@@ -512,6 +594,27 @@ pub fn run_train(req: &TrainRequest, obs: &mut dyn Observer) -> Result<TrainOutc
     };
     let n_prepared = ind.train.len() + ind.test.len() + oe_ids.as_ref().map_or(0, |o| o.len());
     timings.push(timing("data preparation", t_data, n_prepared));
+    if let Some(path) = &req.export_ids {
+        let test = encode_labelled(&vocab, &labels, &ind.test, fix_len)?;
+        export_ids(
+            path,
+            req,
+            &vocab,
+            labels.len(),
+            &train_set,
+            &test,
+            oe_ids.as_deref(),
+            ood.as_deref().unwrap_or_default(),
+            &oe_train,
+        )?;
+        obs.status(&format!("wrote {}", path.display()));
+        return Ok(TrainOutcome {
+            dirs: Vec::new(),
+            reports: Vec::new(),
+            table: String::new(),
+            timings,
+        });
+    }
     // Inputs first, then the run directory: a missing dataset leaves nothing behind.
     let _lock = rundir::RunLock::acquire(&req.out_dir, "oe-text train")?;
     let mut trained_now = false;

@@ -14,6 +14,17 @@ use tch::{nn, Kind, Tensor};
 /// Name prefix of the optimiser's tensors inside a checkpoint file.
 pub const STATE_PREFIX: &str = "__adam.";
 
+/// Whether [`oe_kernels::adam_step`] can update `p` in place: every tensor float32 on the CPU,
+/// `p`, `m` and `v` contiguous, all the same size.
+fn fused_ok(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
+    let cpu_f32 = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float;
+    [p, g, m, v].iter().all(|t| cpu_f32(t))
+        && [p, m, v].iter().all(|t| t.is_contiguous())
+        && g.size() == p.size()
+        && m.size() == p.size()
+        && v.size() == p.size()
+}
+
 /// Adam over every trainable variable of a var store.
 pub struct Adam {
     /// (name, variable), sorted by name.
@@ -116,6 +127,37 @@ impl Adam {
                 let Some(g) = grad_of(p) else {
                     continue;
                 };
+                if fused_ok(p, &g, m, v) {
+                    // One pass over the four buffers instead of about ten (the embedding's
+                    // gradient is dense, and a step's largest cost on short texts).
+                    let g = g.contiguous();
+                    let c = [
+                        (1.0 - b1) as f32,
+                        b2 as f32,
+                        (1.0 - b2) as f32,
+                        (1.0 / bc2_sqrt) as f32,
+                        eps as f32,
+                        step_size as f32,
+                    ];
+                    let n = p.numel();
+                    // SAFETY: `fused_ok` checked that all four are contiguous float32 CPU tensors
+                    // of `n` elements; `p`, `m` and `v` are distinct tensors this optimiser owns
+                    // (or the var store's variable) and `g` is a separate gradient buffer, so the
+                    // slices do not overlap; nothing else touches them during the call.
+                    unsafe {
+                        let sl = |t: &Tensor| {
+                            std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n)
+                        };
+                        oe_kernels::adam_step(
+                            sl(p),
+                            std::slice::from_raw_parts(g.data_ptr() as *const f32, n),
+                            sl(m),
+                            sl(v),
+                            &c,
+                        );
+                    }
+                    continue;
+                }
                 let _ = m.lerp_(&g, 1.0 - b1);
                 let _ = v.g_mul_scalar_(b2);
                 let _ = v.g_add_(&(&g * &g * (1.0 - b2)));

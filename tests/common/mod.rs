@@ -97,6 +97,7 @@ pub fn request(
         oe_dir: None,
         evaluate: true,
         auto_pairing: false,
+        export_ids: None,
     }
 }
 

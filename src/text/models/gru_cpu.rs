@@ -43,199 +43,10 @@ pub fn supported(t: &Tensor) -> bool {
     t.device() == Device::Cpu && t.kind() == Kind::Float
 }
 
-// ---------------------------------------------------------------------------------------------
-// Element-wise kernels on slices.
-
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-// ln 2 split in two (Cephes): the high part has few mantissa bits, so `n * LN2_HI` is exact.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-
-/// `e^x` in float32 (Cephes `expf`: range reduction to |r| ≤ ln2/2 and a degree-6 polynomial;
-/// relative error about 1e-7). Inputs are clamped to [−87.3, 88.3], so the result is a normal
-/// float: `exp_f32(−1e9)` ≈ 1.2e−38, not 0.
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    let x = x.max(-87.3).min(88.3);
-    let n = (x * LOG2E + 0.5).floor();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let r2 = r * r;
-    let p = (((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
-        * r
-        + 5.000_000_1e-1)
-        * r2
-        + r
-        + 1.0;
-    // 2^(n) from the bits: n + 127 is an integer in [1, 254], so adding 2^23 puts it in the low
-    // mantissa bits (exactly); shifting them into the exponent field gives 2^n. (A float-to-int
-    // cast would do the same, but it is not vectorised: Rust's casts saturate.)
-    let biased = (n + (127.0 + 8_388_608.0)).to_bits() & 0x007f_ffff;
-    let scale = f32::from_bits(biased << 23);
-    p * scale
-}
-
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp_f32(-x))
-}
-
-#[inline(always)]
-fn tanh(x: f32) -> f32 {
-    1.0 - 2.0 / (1.0 + exp_f32(2.0 * x))
-}
-
-/// Runs `$body` through a copy compiled for AVX-512 or AVX2 where the CPU has it (the same
-/// operations, so the same bits; only faster), else the portable one.
-macro_rules! dispatch {
-    ($imp:ident($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (checked just above).
-                return unsafe { $imp::avx512($($arg),*) };
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2 (checked just above).
-                return unsafe { $imp::avx2($($arg),*) };
-            }
-        }
-        $imp::portable($($arg),*)
-    }};
-}
-
-/// Generates `portable`, `avx2` and `avx512` copies of one kernel body.
-macro_rules! kernel {
-    ($name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            #[inline(always)]
-            pub fn portable($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            pub unsafe fn avx2($($arg: $ty),*) { portable($($arg),*) }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            pub unsafe fn avx512($($arg: $ty),*) { portable($($arg),*) }
-        }
-    };
-}
-
-kernel!(fwd_kernel, fn(h: usize, gi: &[f32], gh: &mut [f32], bh: &[f32], hp: &[f32], out: &mut [f32], gates: &mut [f32], keep: bool) {
-    let h3 = 3 * h;
-    for (row, ((o, hp), (gi, gh))) in out
-        .chunks_exact_mut(h)
-        .zip(hp.chunks_exact(h))
-        .zip(gi.chunks_exact(h3).zip(gh.chunks_exact_mut(h3)))
-        .enumerate()
-    {
-        for (g, b) in gh.iter_mut().zip(bh) {
-            *g += *b;
-        }
-        let gh = &*gh;
-        let (gir, rest) = gi.split_at(h);
-        let (giz, gin) = rest.split_at(h);
-        let (ghr, rest) = gh.split_at(h);
-        let (ghz, ghn) = rest.split_at(h);
-        if keep {
-            let g = &mut gates[row * h3..(row + 1) * h3];
-            let (gr, rest) = g.split_at_mut(h);
-            let (gz, gn) = rest.split_at_mut(h);
-            for j in 0..h {
-                let r = sigmoid(gir[j] + ghr[j]);
-                let z = sigmoid(giz[j] + ghz[j]);
-                let n = tanh(gin[j] + r * ghn[j]);
-                o[j] = (hp[j] - n) * z + n;
-                gr[j] = r;
-                gz[j] = z;
-                gn[j] = n;
-            }
-        } else {
-            for j in 0..h {
-                let r = sigmoid(gir[j] + ghr[j]);
-                let z = sigmoid(giz[j] + ghz[j]);
-                let n = tanh(gin[j] + r * ghn[j]);
-                o[j] = (hp[j] - n) * z + n;
-            }
-        }
-    }
-});
-
-kernel!(bwd_kernel, fn(h: usize, dh: &[f32], gates: &[f32], gh: &[f32], hp: &[f32], dgi: &mut [f32], dgh: &mut [f32], dhd: &mut [f32]) {
-    let h3 = 3 * h;
-    for ((dh, hp), ((g, gh), ((dgi, dgh), dhd))) in dh
-        .chunks_exact(h)
-        .zip(hp.chunks_exact(h))
-        .zip(
-            gates
-                .chunks_exact(h3)
-                .zip(gh.chunks_exact(h3))
-                .zip(dgi.chunks_exact_mut(h3).zip(dgh.chunks_exact_mut(h3)).zip(dhd.chunks_exact_mut(h))),
-        )
-    {
-        let (gr, rest) = g.split_at(h);
-        let (gz, gn) = rest.split_at(h);
-        let ghn = &gh[2 * h..];
-        let (dir, rest) = dgi.split_at_mut(h);
-        let (diz, din) = rest.split_at_mut(h);
-        let (dhr, rest) = dgh.split_at_mut(h);
-        let (dhz, dhn) = rest.split_at_mut(h);
-        for j in 0..h {
-            let (r, z, n) = (gr[j], gz[j], gn[j]);
-            let d = dh[j];
-            let dn = d * (1.0 - z);
-            let dz = d * (hp[j] - n);
-            let dan = dn * (1.0 - n * n);
-            let dar = dan * ghn[j] * r * (1.0 - r);
-            let daz = dz * z * (1.0 - z);
-            dir[j] = dar;
-            diz[j] = daz;
-            din[j] = dan;
-            dhr[j] = dar;
-            dhz[j] = daz;
-            dhn[j] = dan * r;
-            dhd[j] = d * z;
-        }
-    }
-});
-
-/// One forward step for `rows` rows (`hidden` = H): `gi` `[rows, 3H]` (the input projection with
-/// its bias), `gh` `[rows, 3H]` (the hidden projection without its bias `bh` `[3H]`, which is added
-/// in place), `hp` `[rows, H]` (the previous state) → `out` `[rows, H]`; with `keep`, the gates r,
-/// z, n go to `gates` `[rows, 3H]` (ignored otherwise).
-#[allow(clippy::too_many_arguments)]
-pub fn step_forward(
-    hidden: usize,
-    gi: &[f32],
-    gh: &mut [f32],
-    bh: &[f32],
-    hp: &[f32],
-    out: &mut [f32],
-    gates: &mut [f32],
-    keep: bool,
-) {
-    dispatch!(fwd_kernel(hidden, gi, gh, bh, hp, out, gates, keep))
-}
-
-/// The adjoint of [`step_forward`] for `rows` rows: given `dh` `[rows, H]` (the gradient of the new
-/// state) and the step's `gates`, `gh` `[rows, 3H]` and `hp` `[rows, H]`, writes the gradients of the
-/// input projection `dgi` and of the hidden projection `dgh` (`[rows, 3H]`) and the direct part of
-/// the previous state's gradient `dhd = dh ⊙ z` (`[rows, H]`; the full one adds `dgh · W_hh`).
-#[allow(clippy::too_many_arguments)]
-pub fn step_backward(
-    hidden: usize,
-    dh: &[f32],
-    gates: &[f32],
-    gh: &[f32],
-    hp: &[f32],
-    dgi: &mut [f32],
-    dgh: &mut [f32],
-    dhd: &mut [f32],
-) {
-    dispatch!(bwd_kernel(hidden, dh, gates, gh, hp, dgi, dgh, dhd))
-}
+// The element-wise kernels live in the `oe-kernels` crate (optimised in debug builds too).
+pub use oe_kernels::{exp_f32, step_backward, step_forward};
+#[cfg(test)]
+use oe_kernels::{sigmoid, tanh};
 
 // ---------------------------------------------------------------------------------------------
 // Buffers.
@@ -438,6 +249,26 @@ fn run_layer(
         // Previous states: the rows active at t − 1 from their outputs, the rows starting now from
         // the pad trajectory after t pad steps.
         let n_prev = if t == 0 { 0 } else { pack.n[t - 1] };
+        if !keep && t > 0 && n_prev == n {
+            // Every row continues: read the previous states where the last step wrote them.
+            let po = pack.off[t - 1];
+            let _ = out.rows(po, n).mm_out(&gh.rows(0, n), &w_hh_t);
+            let gi_s = &gi.slice()[o * h3..(o + n) * h3];
+            let gh_s = &mut gh.slice_mut()[..n * h3];
+            let (before, after) = out.slice_mut().split_at_mut(o * hdim);
+            let hp_s = &before[po * hdim..(po + n) * hdim];
+            step_forward(
+                hdim,
+                gi_s,
+                gh_s,
+                bh,
+                hp_s,
+                &mut after[..n * hdim],
+                &mut [],
+                false,
+            );
+            continue;
+        }
         {
             let (src, hps) = (
                 out.slice(),
@@ -580,28 +411,36 @@ pub fn forward_split(
     Tensor::cat(&run_parallel(jobs), 0)
 }
 
-/// Runs `jobs` on rayon's pool (its threads live on, so libtorch is set to one intra-op thread
-/// once per thread: the setting is per thread, and setting it is not cheap) without gradient
-/// tracking; results in `jobs`' order. One job runs on the caller's thread.
+/// The fused GRU's own thread pool ([`workers`] threads, each with one libtorch intra-op thread:
+/// that setting is per thread, and setting it is not cheap), apart from rayon's global pool so that
+/// tokenising input on the global pool never delays a batch.
+fn pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(workers())
+            .thread_name(|i| format!("oe-gru-{i}"))
+            .start_handler(|_| tch::set_num_threads(1))
+            .build()
+            .unwrap_or_else(|_| {
+                // No threads to be had: run the jobs on the caller's thread (rayon's fallback).
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .use_current_thread()
+                    .build()
+                    .expect("a one-thread pool on the current thread")
+            })
+    })
+}
+
+/// Runs `jobs` on the fused GRU's pool without gradient tracking; results in `jobs`' order. One
+/// job runs on the caller's thread.
 pub fn run_parallel<T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec<T> {
     use rayon::prelude::*;
-    thread_local! {
-        static ONE_TORCH_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
     if jobs.len() <= 1 {
         return jobs.into_iter().map(|j| tch::no_grad(j)).collect();
     }
-    jobs.into_par_iter()
-        .map(|j| {
-            ONE_TORCH_THREAD.with(|done| {
-                if !done.get() {
-                    tch::set_num_threads(1);
-                    done.set(true);
-                }
-            });
-            tch::no_grad(j)
-        })
-        .collect()
+    pool().install(|| jobs.into_par_iter().map(|j| tch::no_grad(j)).collect())
 }
 
 /// The first layer's input projections of every vocabulary entry, `embedding · W_ihᵀ + b_ih`

@@ -1,0 +1,235 @@
+//! Element-wise GRU kernels on `f32` slices, for `oe`'s fused CPU GRU (`oe::text::models::gru_cpu`,
+//! which documents the equations and tests these kernels against libtorch's GRU).
+//!
+//! A crate of its own so that the root `Cargo.toml` can optimise it in debug builds: unoptimised,
+//! these loops run tens of times slower, and `cargo run` (a debug build) trains with them. It has
+//! no dependencies and changes rarely, so it costs seconds to build once.
+//!
+//! The sigmoid and tanh come from one branch-free exponential ([`exp_f32`], the Cephes
+//! polynomial), written so that the compiler vectorises it. Each kernel is compiled three times
+//! (portable, AVX2, AVX-512) and the widest the CPU has runs; the operations are the same IEEE
+//! ones in every copy (Rust never fuses a multiply and an add on its own), so the results do not
+//! depend on the copy.
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+// ln 2 split in two (Cephes): the high part has few mantissa bits, so `n * LN2_HI` is exact.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
+/// `e^x` in float32 (Cephes `expf`: range reduction to |r| ≤ ln2/2 and a degree-6 polynomial;
+/// relative error about 1e-7). Inputs are clamped to [−87.3, 88.3], so the result is a normal
+/// float: `exp_f32(−1e9)` ≈ 1.2e−38, not 0.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.max(-87.3).min(88.3);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let p = (((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1)
+        * r2
+        + r
+        + 1.0;
+    // 2^(n) from the bits: n + 127 is an integer in [1, 254], so adding 2^23 puts it in the low
+    // mantissa bits (exactly); shifting them into the exponent field gives 2^n. (A float-to-int
+    // cast would do the same, but it is not vectorised: Rust's casts saturate.)
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits() & 0x007f_ffff;
+    let scale = f32::from_bits(biased << 23);
+    p * scale
+}
+
+/// The logistic function from [`exp_f32`].
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-x))
+}
+
+/// tanh from [`exp_f32`]: `1 − 2 / (1 + e^{2x})` (absolute error about 1e-7).
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (1.0 + exp_f32(2.0 * x))
+}
+
+/// `(σ(a), σ(b))` with one division: `1 / ((1 + e^−a)(1 + e^−b))` times the other factor. The
+/// arguments are clamped to ±40 (σ(−40) ≈ 4e−18), so the product cannot overflow.
+#[inline(always)]
+pub fn sigmoid2(a: f32, b: f32) -> (f32, f32) {
+    let ea = 1.0 + exp_f32(-a.max(-40.0).min(40.0));
+    let eb = 1.0 + exp_f32(-b.max(-40.0).min(40.0));
+    let inv = 1.0 / (ea * eb);
+    (eb * inv, ea * inv)
+}
+
+/// Runs `$body` through a copy compiled for AVX-512 or AVX2 where the CPU has it (the same
+/// operations, so the same bits; only faster), else the portable one.
+macro_rules! dispatch {
+    ($imp:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                return unsafe { $imp::avx512($($arg),*) };
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { $imp::avx2($($arg),*) };
+            }
+        }
+        $imp::portable($($arg),*)
+    }};
+}
+
+/// Generates `portable`, `avx2` and `avx512` copies of one kernel body.
+macro_rules! kernel {
+    ($name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[inline(always)]
+            pub fn portable($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            pub unsafe fn avx2($($arg: $ty),*) { portable($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            pub unsafe fn avx512($($arg: $ty),*) { portable($($arg),*) }
+        }
+    };
+}
+
+kernel!(fwd_kernel, fn(h: usize, gi: &[f32], gh: &mut [f32], bh: &[f32], hp: &[f32], out: &mut [f32], gates: &mut [f32], keep: bool) {
+    let h3 = 3 * h;
+    for (row, ((o, hp), (gi, gh))) in out
+        .chunks_exact_mut(h)
+        .zip(hp.chunks_exact(h))
+        .zip(gi.chunks_exact(h3).zip(gh.chunks_exact_mut(h3)))
+        .enumerate()
+    {
+        for (g, b) in gh.iter_mut().zip(bh) {
+            *g += *b;
+        }
+        let gh = &*gh;
+        let (gir, rest) = gi.split_at(h);
+        let (giz, gin) = rest.split_at(h);
+        let (ghr, rest) = gh.split_at(h);
+        let (ghz, ghn) = rest.split_at(h);
+        if keep {
+            let g = &mut gates[row * h3..(row + 1) * h3];
+            let (gr, rest) = g.split_at_mut(h);
+            let (gz, gn) = rest.split_at_mut(h);
+            for j in 0..h {
+                let (r, z) = sigmoid2(gir[j] + ghr[j], giz[j] + ghz[j]);
+                let n = tanh(gin[j] + r * ghn[j]);
+                o[j] = (hp[j] - n) * z + n;
+                gr[j] = r;
+                gz[j] = z;
+                gn[j] = n;
+            }
+        } else {
+            for j in 0..h {
+                let (r, z) = sigmoid2(gir[j] + ghr[j], giz[j] + ghz[j]);
+                let n = tanh(gin[j] + r * ghn[j]);
+                o[j] = (hp[j] - n) * z + n;
+            }
+        }
+    }
+});
+
+kernel!(bwd_kernel, fn(h: usize, dh: &[f32], gates: &[f32], gh: &[f32], hp: &[f32], dgi: &mut [f32], dgh: &mut [f32], dhd: &mut [f32]) {
+    let h3 = 3 * h;
+    for ((dh, hp), ((g, gh), ((dgi, dgh), dhd))) in dh
+        .chunks_exact(h)
+        .zip(hp.chunks_exact(h))
+        .zip(
+            gates
+                .chunks_exact(h3)
+                .zip(gh.chunks_exact(h3))
+                .zip(dgi.chunks_exact_mut(h3).zip(dgh.chunks_exact_mut(h3)).zip(dhd.chunks_exact_mut(h))),
+        )
+    {
+        let (gr, rest) = g.split_at(h);
+        let (gz, gn) = rest.split_at(h);
+        let ghn = &gh[2 * h..];
+        let (dir, rest) = dgi.split_at_mut(h);
+        let (diz, din) = rest.split_at_mut(h);
+        let (dhr, rest) = dgh.split_at_mut(h);
+        let (dhz, dhn) = rest.split_at_mut(h);
+        for j in 0..h {
+            let (r, z, n) = (gr[j], gz[j], gn[j]);
+            let d = dh[j];
+            let dn = d * (1.0 - z);
+            let dz = d * (hp[j] - n);
+            let dan = dn * (1.0 - n * n);
+            let dar = dan * ghn[j] * r * (1.0 - r);
+            let daz = dz * z * (1.0 - z);
+            dir[j] = dar;
+            diz[j] = daz;
+            din[j] = dan;
+            dhr[j] = dar;
+            dhz[j] = daz;
+            dhn[j] = dan * r;
+            dhd[j] = d * z;
+        }
+    }
+});
+
+/// One forward step for `rows` rows (`hidden` = H): `gi` `[rows, 3H]` (the input projection with
+/// its bias), `gh` `[rows, 3H]` (the hidden projection without its bias `bh` `[3H]`, which is added
+/// in place), `hp` `[rows, H]` (the previous state) → `out` `[rows, H]`; with `keep`, the gates r,
+/// z, n go to `gates` `[rows, 3H]` (ignored otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn step_forward(
+    hidden: usize,
+    gi: &[f32],
+    gh: &mut [f32],
+    bh: &[f32],
+    hp: &[f32],
+    out: &mut [f32],
+    gates: &mut [f32],
+    keep: bool,
+) {
+    dispatch!(fwd_kernel(hidden, gi, gh, bh, hp, out, gates, keep))
+}
+
+/// The adjoint of [`step_forward`] for `rows` rows: given `dh` `[rows, H]` (the gradient of the new
+/// state) and the step's `gates`, `gh` `[rows, 3H]` and `hp` `[rows, H]`, writes the gradients of the
+/// input projection `dgi` and of the hidden projection `dgh` (`[rows, 3H]`) and the direct part of
+/// the previous state's gradient `dhd = dh ⊙ z` (`[rows, H]`; the full one adds `dgh · W_hh`).
+#[allow(clippy::too_many_arguments)]
+pub fn step_backward(
+    hidden: usize,
+    dh: &[f32],
+    gates: &[f32],
+    gh: &[f32],
+    hp: &[f32],
+    dgi: &mut [f32],
+    dgh: &mut [f32],
+    dhd: &mut [f32],
+) {
+    dispatch!(bwd_kernel(hidden, dh, gates, gh, hp, dgi, dgh, dhd))
+}
+
+kernel!(adam_kernel, fn(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &[f32; 6]) {
+    let [w1, b2, one_b2, inv_bc2, eps, step] = *c;
+    for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = *g;
+        // ATen's lerp for a weight below one half: m + w·(g − m).
+        *m += w1 * (g - *m);
+        *v = *v * b2 + g * g * one_b2;
+        let denom = v.sqrt() * inv_bc2 + eps;
+        *p -= *m / denom * step;
+    }
+});
+
+/// One Adam update of one parameter, in one pass (the same operations, in the same order, as
+/// PyTorch's single-tensor Adam on the CPU, with ATen's scalar division by a reciprocal):
+/// `m ← m + (1 − β1)(g − m)`, `v ← β2 v + (1 − β2) g²`,
+/// `p ← p − (m / (√v · (1/√(1 − β2ᵗ)) + ε)) · lr/(1 − β1ᵗ)`.
+/// `c` = `[1 − β1, β2, 1 − β2, 1/√(1 − β2ᵗ), ε, lr/(1 − β1ᵗ)]`; all slices the same length.
+pub fn adam_step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &[f32; 6]) {
+    assert!(p.len() == g.len() && p.len() == m.len() && p.len() == v.len());
+    dispatch!(adam_kernel(p, g, m, v, c))
+}
