@@ -8,8 +8,10 @@
 #   - training: `oe-text train --in DS --oe wikitext2` (the paper's 5 + 5 epochs) against
 #     experiments/bench_torch.py train on the same token ids (`oe-text train --export-ids`);
 #   - evaluation of the trained baseline with the paper's protocol (every default OOD set, 10
-#     draws): `oe-text eval` (process wall time, data loading included) against bench_torch.py
-#     eval (inside the process, after `import torch`, data already tokenised);
+#     draws): `oe-text eval` against bench_torch.py eval, both timed inside the process from
+#     loaded model and data to the metrics (oe's line "time: evaluation"), and also whole (oe's
+#     process wall time with parsing the raw datasets; PyTorch's json.load of the token ids, not
+#     counting `import torch`);
 #   - scoring with the SST baseline: SCORE_LINES WikiText-2 sentences and as many WikiText-2
 #     paragraph lines (cut at the model's longest training text): `oe-text score` against
 #     bench_torch.py score (tokenising, bucketing by length, writing the same TSV). The scores
@@ -71,7 +73,10 @@ for ds in "${DATASETS[@]}"; do
   oe_eval=$(wall "$W/oe-eval-$ds.txt" "$BIN" eval --model "$W/oe-$ds/baseline" --data-dir "$ROOT" --device cpu ${OE_ARGS:-})
   "$PY" experiments/bench_torch.py eval --ids "$W/$ds.json" --weights "$W/oe-$ds/baseline/model.safetensors" \
     > "$W/torch-eval-$ds.json"
-  row "$ds: evaluation (paper protocol)" "$oe_eval" "$(jget "$W/torch-eval-$ds.json" 'd["evaluation"]')"
+  row "$ds: evaluation (paper protocol)" "$(sed -n 's/^time: evaluation \([0-9.]*\) s.*/\1/p' "$W/oe-eval-$ds.txt")" \
+    "$(jget "$W/torch-eval-$ds.json" 'd["evaluation"]')"
+  row "$ds: evaluation, whole process (oe: + loading, PyTorch: + json.load, not import torch)" "$oe_eval" \
+    "$(jget "$W/torch-eval-$ds.json" 'd["evaluation"] + d["load"]')"
 done
 
 # Scoring inputs: WikiText-2 training text without headings and blank lines, as sentences (split

@@ -102,36 +102,37 @@ macro_rules! kernel {
 
 kernel!(fwd_kernel, fn(h: usize, gi: &[f32], gh: &mut [f32], bh: &[f32], hp: &[f32], out: &mut [f32], gates: &mut [f32], keep: bool) {
     let h3 = 3 * h;
+    let (bhr, rest) = bh.split_at(h);
+    let (bhz, bhn) = rest.split_at(h);
     for (row, ((o, hp), (gi, gh))) in out
         .chunks_exact_mut(h)
         .zip(hp.chunks_exact(h))
         .zip(gi.chunks_exact(h3).zip(gh.chunks_exact_mut(h3)))
         .enumerate()
     {
-        for (g, b) in gh.iter_mut().zip(bh) {
-            *g += *b;
-        }
-        let gh = &*gh;
         let (gir, rest) = gi.split_at(h);
         let (giz, gin) = rest.split_at(h);
-        let (ghr, rest) = gh.split_at(h);
-        let (ghz, ghn) = rest.split_at(h);
+        let (ghr, rest) = gh.split_at_mut(h);
+        let (ghz, ghn) = rest.split_at_mut(h);
         if keep {
+            // The backward pass reads W_hn h + b_hn back from `gh`.
             let g = &mut gates[row * h3..(row + 1) * h3];
             let (gr, rest) = g.split_at_mut(h);
             let (gz, gn) = rest.split_at_mut(h);
             for j in 0..h {
-                let (r, z) = sigmoid2(gir[j] + ghr[j], giz[j] + ghz[j]);
-                let n = tanh(gin[j] + r * ghn[j]);
+                let (r, z) = sigmoid2(gir[j] + (ghr[j] + bhr[j]), giz[j] + (ghz[j] + bhz[j]));
+                let hn = ghn[j] + bhn[j];
+                let n = tanh(gin[j] + r * hn);
                 o[j] = (hp[j] - n) * z + n;
+                ghn[j] = hn;
                 gr[j] = r;
                 gz[j] = z;
                 gn[j] = n;
             }
         } else {
             for j in 0..h {
-                let (r, z) = sigmoid2(gir[j] + ghr[j], giz[j] + ghz[j]);
-                let n = tanh(gin[j] + r * ghn[j]);
+                let (r, z) = sigmoid2(gir[j] + (ghr[j] + bhr[j]), giz[j] + (ghz[j] + bhz[j]));
+                let n = tanh(gin[j] + r * (ghn[j] + bhn[j]));
                 o[j] = (hp[j] - n) * z + n;
             }
         }
@@ -177,8 +178,8 @@ kernel!(bwd_kernel, fn(h: usize, dh: &[f32], gates: &[f32], gh: &[f32], hp: &[f3
 });
 
 /// One forward step for `rows` rows (`hidden` = H): `gi` `[rows, 3H]` (the input projection with
-/// its bias), `gh` `[rows, 3H]` (the hidden projection without its bias `bh` `[3H]`, which is added
-/// in place), `hp` `[rows, H]` (the previous state) → `out` `[rows, H]`; with `keep`, the gates r,
+/// its bias), `gh` `[rows, 3H]` (the hidden projection without its bias `bh` `[3H]`; with `keep`
+/// its n third gets the bias added in place, for the backward pass), `hp` `[rows, H]` (the previous state) → `out` `[rows, H]`; with `keep`, the gates r,
 /// z, n go to `gates` `[rows, 3H]` (ignored otherwise).
 #[allow(clippy::too_many_arguments)]
 pub fn step_forward(

@@ -892,8 +892,13 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
         &m.config.text,
     )?;
     let val = load_validation(req.eval.val_ood.as_deref(), &ind, data_root, &m.config.text)?;
+    let t_eval = std::time::Instant::now();
     let (report, results_dir) =
         evaluate_model_with(&m, &ind.test, &ood, &req.eval, method, val.as_ref())?;
+    obs.status(&format!(
+        "time: evaluation {:.2} s (after loading the model and the data)",
+        t_eval.elapsed().as_secs_f64()
+    ));
     let table =
         crate::results::comparison_table(&m.config.header.in_dataset, &[(method.name(), &report)]);
     Ok(EvalOutcome {

@@ -377,10 +377,22 @@ pub fn set_workers(n: usize) -> usize {
 /// GRU is built for the CPU. Returns the worker count.
 pub fn adopt_torch_threads() -> usize {
     let cur = WORKERS.load(std::sync::atomic::Ordering::Relaxed);
-    if cur > 0 {
-        return cur;
+    if cur == 0 {
+        return set_workers(tch::get_num_threads().max(1) as usize);
     }
-    set_workers(tch::get_num_threads().max(1) as usize)
+    if cur > 1 {
+        tch::set_num_threads(1);
+    }
+    cur
+}
+
+/// Gives libtorch its threads back (the count [`adopt_torch_threads`] took) for models that use
+/// libtorch's own kernels, built after a CPU GRU in the same process (`oe-text compare`).
+pub fn release_torch_threads() {
+    let cur = WORKERS.load(std::sync::atomic::Ordering::Relaxed);
+    if cur > 1 {
+        tch::set_num_threads(cur as i32);
+    }
 }
 
 /// The fused GRU's worker threads ([`set_workers`]; one when never set).

@@ -149,11 +149,16 @@ impl ModelConfig {
                 "a classifier needs a vocabulary with at least 2 entries and at least 2 classes (got {vocab_size}, {n_classes})"
             )));
         }
-        Ok(match self {
-            ModelConfig::Gru(c) => {
-                if path.device() == Device::Cpu {
+        if path.device() == Device::Cpu {
+            match self {
+                ModelConfig::Gru(_) => {
                     gru_cpu::adopt_torch_threads();
                 }
+                _ => gru_cpu::release_torch_threads(),
+            }
+        }
+        Ok(match self {
+            ModelConfig::Gru(c) => {
                 TextModel::Gru(GruClassifier::new(path, c, vocab_size, n_classes))
             }
             ModelConfig::Transformer(c) => {
