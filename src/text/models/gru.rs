@@ -196,9 +196,9 @@ impl GruClassifier {
     /// A batch's ids (row-major), lengths and steps, on the host.
     fn host_batch(batch: &TokenBatch) -> (Vec<i64>, Vec<usize>, usize) {
         let steps = batch.tokens.size()[1] as usize;
-        let ids = Vec::<i64>::try_from(batch.tokens.flatten(0, -1)).unwrap_or_default();
+        let ids = Vec::<i64>::try_from(batch.tokens.flatten(0, -1)).expect("token ids are int64");
         let lengths: Vec<usize> = Vec::<i64>::try_from(&batch.lengths)
-            .unwrap_or_default()
+            .expect("lengths are int64")
             .into_iter()
             .map(|l| l.max(0) as usize)
             .collect();

@@ -83,14 +83,14 @@ impl Buf {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<Tensor>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let need: i64 = shape.iter().product::<i64>().max(1);
+        let need: i64 = shape.iter().product::<i64>();
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             while s.len() <= slot {
                 s.push(Tensor::new());
             }
-            if !s[slot].defined() || s[slot].numel() < need as usize {
-                s[slot] = Tensor::empty([need + need / 4], (Kind::Float, Device::Cpu));
+            if !s[slot].defined() || s[slot].numel() < need.max(1) as usize {
+                s[slot] = Tensor::empty([need.max(1) + need / 4], (Kind::Float, Device::Cpu));
             }
             Buf(s[slot].narrow(0, 0, need).view(shape))
         })
