@@ -855,3 +855,61 @@ fn cpu_training_is_identical_across_builds_and_processes() {
         "weights differ from the release build's"
     );
 }
+
+/// `train --export-ids` writes the prepared data (every split, the outliers, the OOD sets, the
+/// schedule) as token ids and stops: no run directory, ids within the vocabulary, counts as given.
+#[test]
+fn export_ids_writes_the_prepared_workload_and_trains_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let row = |i: u64| common::sentence(i, 4242, 12);
+    write(&d.join("train.csv"), &common::labelled_csv(60, 0, row));
+    write(&d.join("test.csv"), &common::labelled_csv(20, 1000, row));
+    common::write_lines(&d.join("oe.txt"), 30, |i| {
+        common::sentence(i as u64, 77, 10)
+    });
+    common::write_lines(&d.join("ood.txt"), 25, |i| common::sentence(i as u64, 5, 6));
+    let file = d.join("ids.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_oe-text"))
+        .args(["train", "--in"])
+        .arg(d)
+        .arg("--oe")
+        .arg(d.join("oe.txt"))
+        .arg("--ood")
+        .arg(d.join("ood.txt"))
+        .args(["--device", "cpu", "--quiet", "--epochs", "3", "--out"])
+        .arg(d.join("run"))
+        .arg("--export-ids")
+        .arg(&file)
+        .output()
+        .unwrap();
+    common::check(&o);
+    assert!(
+        !d.join("run").exists(),
+        "export must not create a run directory"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let len = |p: &str| v.pointer(p).and_then(|x| x.as_array()).map_or(0, Vec::len);
+    assert_eq!(len("/train/ids"), 60);
+    assert_eq!(len("/train/labels"), 60);
+    assert_eq!(len("/test/ids"), 20);
+    assert_eq!(len("/oe"), 30);
+    assert_eq!(len("/ood/0/ids"), 25);
+    assert_eq!(v["baseline"]["epochs"], 3);
+    assert_eq!(v["pad_id"], 1);
+    let vocab = v["vocab_size"].as_i64().unwrap();
+    let all_ids = v["train"]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(v["oe"].as_array().unwrap());
+    for seq in all_ids {
+        for id in seq.as_array().unwrap() {
+            let id = id.as_i64().unwrap();
+            assert!(
+                (0..vocab).contains(&id) && id != 1,
+                "id {id} (vocabulary {vocab}, pad 1)"
+            );
+        }
+    }
+}

@@ -611,15 +611,14 @@ pub fn backward(tape: &Tape, embedding: &Tensor, layers: &[LayerWeights], dlast:
     let n_last = pack.n[steps - 1];
     // Gradient of the top layer's outputs and of its pad trajectory.
     let mut dout = Buf::zeros(&[n_all, hdim]);
-    let _ = dout
-        .rows(pack.off[steps - 1], n_last)
+    dout.rows(pack.off[steps - 1], n_last)
         .copy_(&dsorted.rows(0, n_last));
     let mut dp = Buf::zeros(&[mp + 1, hdim]);
     if tape.pad == PadSteps::Run && n_last < pack.order.len() {
         let rest = dsorted
             .rows(n_last, pack.order.len() - n_last)
             .sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
-        let _ = dp.rows(steps, 1).copy_(&rest);
+        dp.rows(steps, 1).copy_(&rest);
     }
     let mut grads = Vec::with_capacity(layers.len());
     let mut dx = Tensor::new();
@@ -630,7 +629,7 @@ pub fn backward(tape: &Tape, embedding: &Tensor, layers: &[LayerWeights], dlast:
             dout = Buf(dxl);
             dp = Buf::zeros(&[mp + 1, hdim]);
             if mp > 0 {
-                let _ = dp.rows(1, pack.max_pad).copy_(&dxp);
+                dp.rows(1, pack.max_pad).copy_(&dxp);
             }
         } else {
             dx = dxl;
