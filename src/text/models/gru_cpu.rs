@@ -156,8 +156,8 @@ impl Packing {
         self.off[self.steps]
     }
 
-    /// Rows of the packed buffers for every step, as `(original row, position)` per packed row:
-    /// the token index of packed row `off[t] + i` is `tokens[order[i] * T + t]`.
+    /// For each packed row, its index into the row-major `[B, T]` token array: packed row
+    /// `off[t] + i` holds `tokens[order[i] * T + t]`.
     pub fn gather_index(&self) -> Vec<usize> {
         let t_all = self.steps;
         let mut idx = Vec::with_capacity(self.total());
