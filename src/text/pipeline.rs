@@ -196,35 +196,8 @@ fn export_ids(
     let sets: Vec<serde_json::Value> = ood
         .iter()
         .map(|set| {
-            let texts: Vec<String> = match set.name.as_str() {
-                "snli" => set
-                    .texts
-                    .iter()
-                    .map(|t| protocol::detokenize_ptb(t))
-                    .collect(),
-                _ => set.texts.clone(),
-            };
-            let ids = encode_all(&texts, |t| vocab.encode(t));
-            let order: Option<Vec<usize>> = match set.name.as_str() {
-                "snli" => {
-                    let prem: Option<Vec<usize>> = set.premises.as_ref().map(|p| {
-                        p.iter()
-                            .map(|t| protocol::detokenize_ptb(t).split_whitespace().count())
-                            .collect()
-                    });
-                    let mut o: Vec<usize> = (0..ids.len()).collect();
-                    o.sort_by_key(|&i| {
-                        protocol::interleave_keys(prem.as_ref().map_or(0, |p| p[i]), ids[i].len())
-                    });
-                    Some(o)
-                }
-                "imdb" => {
-                    let mut o: Vec<usize> = (0..ids.len()).collect();
-                    o.sort_by_key(|&i| ids[i].len());
-                    Some(o)
-                }
-                _ => None,
-            };
+            let ids = encode_all(&protocol::paper_texts(set), |t| vocab.encode(t));
+            let order = protocol::paper_fixed_order(set, &ids);
             serde_json::json!({"name": set.name, "ids": ids, "order": order})
         })
         .collect();

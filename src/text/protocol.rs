@@ -297,6 +297,38 @@ impl<'a> Scorer<'a> {
     }
 }
 
+/// An OOD set's texts as the paper's protocol feeds them: SNLI detokenised (the reference's
+/// torchtext field), every other set as it is.
+pub fn paper_texts(set: &OodInput) -> Vec<String> {
+    match set.name.as_str() {
+        "snli" => set.texts.iter().map(|t| detokenize_ptb(t)).collect(),
+        _ => set.texts.clone(),
+    }
+}
+
+/// The reference's fixed order of an OOD set under the paper's protocol, over `ids` (the set's
+/// encoded [`paper_texts`]): SNLI by torchtext's interleaved premise and hypothesis lengths, IMDB
+/// by length; `None` for the sets drawn at random.
+pub fn paper_fixed_order(set: &OodInput, ids: &[Vec<i64>]) -> Option<Vec<usize>> {
+    let mut o: Vec<usize> = (0..ids.len()).collect();
+    match set.name.as_str() {
+        "snli" => {
+            let prem = set.premises.as_ref().map(|p| {
+                p.iter()
+                    .map(|t| detokenize_ptb(t).split_whitespace().count())
+                    .collect::<Vec<_>>()
+            });
+            o.sort_by_key(|&i| interleave_keys(prem.as_ref().map_or(0, |p| p[i]), ids[i].len()));
+            Some(o)
+        }
+        "imdb" => {
+            o.sort_by_key(|&i| ids[i].len());
+            Some(o)
+        }
+        _ => None,
+    }
+}
+
 /// torchtext's `interleave_keys(a, b)`: the bits of two 16-bit values interleaved, `a`'s first.
 pub fn interleave_keys(a: usize, b: usize) -> u64 {
     let mut k = 0u64;
@@ -396,8 +428,8 @@ where
                 set.name
             )));
         }
-        let texts: Vec<String> = match (cfg.protocol, set.name.as_str()) {
-            (Protocol::Paper, "snli") => set.texts.iter().map(|t| detokenize_ptb(t)).collect(),
+        let texts: Vec<String> = match cfg.protocol {
+            Protocol::Paper => paper_texts(set),
             _ => set.texts.clone(),
         };
         let ids = encode_all(&texts, &encode);
@@ -409,27 +441,7 @@ where
             Protocol::Paper => {
                 let per = n_in / cfg.id_per_ood;
                 let n_ood = (cfg.batch_size * (per / cfg.batch_size + 1)).min(n_avail);
-                let fixed_order: Option<Vec<usize>> = match set.name.as_str() {
-                    "snli" => {
-                        let prem = set.premises.as_ref().map(|p| {
-                            p.iter()
-                                .map(|t| detokenize_ptb(t).split_whitespace().count())
-                                .collect::<Vec<_>>()
-                        });
-                        let mut o: Vec<usize> = (0..n_avail).collect();
-                        o.sort_by_key(|&i| {
-                            interleave_keys(prem.as_ref().map_or(0, |p| p[i]), ids[i].len())
-                        });
-                        Some(o)
-                    }
-                    "imdb" => {
-                        let mut o: Vec<usize> = (0..n_avail).collect();
-                        o.sort_by_key(|&i| ids[i].len());
-                        Some(o)
-                    }
-                    _ => None,
-                };
-                let fixed = match fixed_order {
+                let fixed = match paper_fixed_order(set, &ids) {
                     Some(o) => {
                         let take = &o[..n_ood];
                         let (f, l) = scorer.outputs_in_order(&ids, take, cfg.batch_size, None);

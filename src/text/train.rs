@@ -121,12 +121,10 @@ pub fn train_phase(
         steps_per_epoch: train.ids.len().div_ceil(cfg.batch_size),
     };
     // The fused CPU GRU splits each step over its worker threads, one libtorch thread each.
-    let workers =
-        (vs.device() == tch::Device::Cpu && matches!(model, TextModel::Gru(_))).then(|| Workers {
-            parts: crate::text::models::gru_cpu::adopt_torch_threads(),
-        });
+    let gru_workers = (vs.device() == tch::Device::Cpu && matches!(model, TextModel::Gru(_)))
+        .then(crate::text::models::gru_cpu::adopt_torch_threads);
     let mut step = TextStep {
-        workers,
+        gru_workers,
         model,
         device: vs.device(),
         train,
@@ -141,8 +139,9 @@ pub fn train_phase(
 /// The text step: one batch of in-distribution texts and, for OE, one batch of outliers in a
 /// separate forward pass (as the NLP reference does), Adam on their summed loss.
 struct TextStep<'a> {
-    /// Set for the fused CPU GRU.
-    workers: Option<Workers>,
+    /// The fused CPU GRU's worker threads ([`crate::text::models::gru_cpu::workers`]); set for a
+    /// GRU on the CPU.
+    gru_workers: Option<usize>,
     model: &'a TextModel,
     device: tch::Device,
     train: &'a EncodedSet,
@@ -205,10 +204,10 @@ impl PhaseStep for TextStep<'_> {
                 }
                 loss
             };
-            let (logits, loss) = match (self.model, &self.workers) {
-                (TextModel::Gru(g), Some(w)) if g.packed_for(&batch) => {
+            let (logits, loss) = match (self.model, self.gru_workers) {
+                (TextModel::Gru(g), Some(parts)) if g.packed_for(&batch) => {
                     let (logits, loss, grads) =
-                        fused_gru_step(g, w.parts, &batch, obatch.as_ref(), loss_of);
+                        fused_gru_step(g, parts, &batch, obatch.as_ref(), loss_of);
                     self.opt.step_with_grads(lr, &grads);
                     (logits, loss)
                 }
@@ -242,11 +241,6 @@ impl PhaseStep for TextStep<'_> {
     fn checkpoint(&mut self, state: &CheckpointState) -> Result<()> {
         (self.checkpoint)(state, &self.opt)
     }
-}
-
-/// Worker threads for the fused GRU step ([`crate::text::models::gru_cpu::workers`]).
-struct Workers {
-    parts: usize,
 }
 
 /// Splits `n` rows into at most `parts` contiguous ranges of near-equal size.

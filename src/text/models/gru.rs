@@ -101,7 +101,7 @@ impl GruClassifier {
     }
 
     pub fn features_and_logits(&self, batch: &TokenBatch, train: bool) -> (Tensor, Tensor) {
-        if !train && self.packed_ok(batch) {
+        if !train && self.packed_for(batch) {
             let last = self.packed_inference(batch);
             let logits = last.linear(&self.linear_w, Some(&self.linear_b));
             return (last, logits);
@@ -131,13 +131,9 @@ impl GruClassifier {
         }
     }
 
-    /// Whether [`GruClassifier::forward_for_backward`] applies to `batch` (float32 on the CPU).
+    /// Whether [`super::gru_cpu`] runs this batch (inference, and
+    /// [`GruClassifier::forward_for_backward`]): float32 weights and batch on the CPU.
     pub fn packed_for(&self, batch: &TokenBatch) -> bool {
-        self.packed_ok(batch)
-    }
-
-    /// Whether [`super::gru_cpu`] runs this batch: float32 weights and batch on the CPU.
-    fn packed_ok(&self, batch: &TokenBatch) -> bool {
         gru_cpu::supported(&self.embedding) && batch.tokens.device() == tch::Device::Cpu
     }
 
@@ -148,39 +144,25 @@ impl GruClassifier {
         }
     }
 
-    /// The fused CPU GRU on `batch`: the top layer's last state `[batch, H]` (and the tape).
-    fn packed(&self, batch: &TokenBatch, keep: bool) -> (Tensor, Option<gru_cpu::Tape>) {
-        let (ids, lengths, steps) = Self::host_batch(batch);
-        tch::no_grad(|| {
-            gru_cpu::forward(
-                &self.embedding,
-                &self.layers,
-                &ids,
-                &lengths,
-                steps,
-                PAD_ID,
-                self.pad_steps(),
-                keep,
-                None,
-            )
-        })
+    /// The fused CPU GRU over this model's weights (with the input table when frozen).
+    fn gru(&self) -> gru_cpu::Gru {
+        gru_cpu::Gru {
+            embedding: self.embedding.shallow_clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.each_ref().map(Tensor::shallow_clone))
+                .collect(),
+            pad_id: PAD_ID,
+            pad: self.pad_steps(),
+            table: self.table.borrow().as_ref().map(Tensor::shallow_clone),
+        }
     }
 
-    /// [`gru_cpu::forward_split`] on `batch` (inference on the fused GRU's worker threads).
+    /// [`gru_cpu::Gru::forward_split`] on `batch` (inference on the fused GRU's worker threads).
     fn packed_inference(&self, batch: &TokenBatch) -> Tensor {
         let (ids, lengths, steps) = Self::host_batch(batch);
-        tch::no_grad(|| {
-            gru_cpu::forward_split(
-                &self.embedding,
-                &self.layers,
-                &ids,
-                &lengths,
-                steps,
-                PAD_ID,
-                self.pad_steps(),
-                self.table.borrow().as_ref(),
-            )
-        })
+        tch::no_grad(|| self.gru().forward_split(&ids, &lengths, steps))
     }
 
     /// Fixes the weights for inference: the first layer's input projections are then looked up
@@ -209,12 +191,13 @@ impl GruClassifier {
     /// [`GruClassifier::backward`] needs, or `None` where the fused GRU does not apply (then use
     /// [`GruClassifier::features_and_logits`] with autograd).
     pub fn forward_for_backward(&self, batch: &TokenBatch) -> Option<(Tensor, FusedTape)> {
-        if !self.packed_ok(batch) {
+        if !self.packed_for(batch) {
             return None;
         }
         // The weights are about to change.
         self.table.borrow_mut().take();
-        let (last, tape) = self.packed(batch, true);
+        let (ids, lengths, steps) = Self::host_batch(batch);
+        let (last, tape) = tch::no_grad(|| self.gru().forward(&ids, &lengths, steps, true));
         let logits = tch::no_grad(|| last.linear(&self.linear_w, Some(&self.linear_b)));
         Some((logits, FusedTape { tape: tape?, last }))
     }
@@ -227,12 +210,7 @@ impl GruClassifier {
             let d_w = dl.tr().mm(&t.last); // [classes, H]
             let d_b = dl.sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
             let dlast = dl.mm(&self.linear_w.detach()); // [batch, H]
-            let weights: Vec<gru_cpu::LayerWeights> = self
-                .layers
-                .iter()
-                .map(|l| l.each_ref().map(|w| w.detach()))
-                .collect();
-            let g = gru_cpu::backward(&t.tape, &self.embedding.detach(), &weights, &dlast);
+            let g = self.gru().backward(&t.tape, &dlast);
             let mut out = vec![
                 (self.embedding.shallow_clone(), g.embedding),
                 (self.linear_w.shallow_clone(), d_w),

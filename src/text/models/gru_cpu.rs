@@ -400,59 +400,46 @@ pub fn workers() -> usize {
     WORKERS.load(std::sync::atomic::Ordering::Relaxed).max(1)
 }
 
-/// [`forward`] without a tape, with the batch's rows split into contiguous parts of at least
-/// [`MIN_PART_ROWS`] run on up to [`workers`] threads. Each part is a batch of its own, so a row's
-/// result depends on the rows of its part only as much as on a batch's (not at all for equal
-/// lengths from 16 rows on).
-#[allow(clippy::too_many_arguments)]
-pub fn forward_split(
-    embedding: &Tensor,
-    layers: &[LayerWeights],
-    tokens: &[i64],
-    lengths: &[usize],
-    steps: usize,
-    pad_id: i64,
-    pad: PadSteps,
-    table: Option<&Tensor>,
-) -> Tensor {
-    let b = lengths.len();
-    let parts = workers().min(b / MIN_PART_ROWS).max(1);
-    if parts == 1 {
-        return forward(
-            embedding, layers, tokens, lengths, steps, pad_id, pad, false, table,
-        )
-        .0;
-    }
-    let jobs: Vec<Box<dyn FnOnce() -> Tensor + Send>> = (0..parts)
-        .map(|p| {
-            let (s, e) = (b * p / parts, b * (p + 1) / parts);
-            let emb = embedding.shallow_clone();
-            let ls: Vec<LayerWeights> = layers
+impl Gru {
+    /// Another handle on the same tensors.
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            embedding: self.embedding.shallow_clone(),
+            layers: self
+                .layers
                 .iter()
                 .map(|l| l.each_ref().map(Tensor::shallow_clone))
-                .collect();
-            let (tok, len) = (
-                tokens[s * steps..e * steps].to_vec(),
-                lengths[s..e].to_vec(),
-            );
-            let tb = table.map(Tensor::shallow_clone);
-            Box::new(move || {
-                forward(
-                    &emb,
-                    &ls,
-                    &tok,
-                    &len,
-                    steps,
-                    pad_id,
-                    pad,
-                    false,
-                    tb.as_ref(),
-                )
-                .0
-            }) as Box<dyn FnOnce() -> Tensor + Send>
-        })
-        .collect();
-    Tensor::cat(&run_parallel(jobs), 0)
+                .collect(),
+            pad_id: self.pad_id,
+            pad: self.pad,
+            table: self.table.as_ref().map(Tensor::shallow_clone),
+        }
+    }
+
+    /// [`Gru::forward`] without a tape, with the batch's rows split into contiguous parts of at
+    /// least [`MIN_PART_ROWS`] run on up to [`workers`] threads. Each part is a batch of its own, so
+    /// a row's result depends on the rows of its part only as much as on a batch's (not at all for
+    /// equal lengths from 16 rows on).
+    pub fn forward_split(&self, tokens: &[i64], lengths: &[usize], steps: usize) -> Tensor {
+        let b = lengths.len();
+        let parts = workers().min(b / MIN_PART_ROWS).max(1);
+        if parts == 1 {
+            return self.forward(tokens, lengths, steps, false).0;
+        }
+        let jobs: Vec<Box<dyn FnOnce() -> Tensor + Send>> = (0..parts)
+            .map(|p| {
+                let (s, e) = (b * p / parts, b * (p + 1) / parts);
+                let gru = self.shallow_clone();
+                let (tok, len) = (
+                    tokens[s * steps..e * steps].to_vec(),
+                    lengths[s..e].to_vec(),
+                );
+                Box::new(move || gru.forward(&tok, &len, steps, false).0)
+                    as Box<dyn FnOnce() -> Tensor + Send>
+            })
+            .collect();
+        Tensor::cat(&run_parallel(jobs), 0)
+    }
 }
 
 /// The fused GRU's own thread pool ([`workers`] threads, each with one libtorch intra-op thread:
@@ -494,101 +481,113 @@ pub fn input_table(embedding: &Tensor, first: &LayerWeights) -> Tensor {
     tch::no_grad(|| first[2].addmm(embedding, &first[0].tr()))
 }
 
-/// What [`forward`] keeps for [`backward`].
+/// A GRU's parameters and how it treats pad steps: what the fused path runs. It holds handles on
+/// the model's tensors (shallow clones), so it is cheap to build and can move to a worker thread.
+pub struct Gru {
+    /// `[V, E]`.
+    pub embedding: Tensor,
+    pub layers: Vec<LayerWeights>,
+    /// The pad token: its embedding row feeds the pad steps, and gets no gradient.
+    pub pad_id: i64,
+    pub pad: PadSteps,
+    /// Inference only: [`input_table`] of these weights.
+    pub table: Option<Tensor>,
+}
+
+/// What [`Gru::forward`] keeps for [`Gru::backward`].
 pub struct Tape {
     pack: Packing,
-    pad: PadSteps,
     /// Packed token ids `[N]`.
     tokens: Tensor,
     layers: Vec<LayerTape>,
-    pad_id: i64,
 }
 
-/// The GRU's output for a left-padded batch: the top layer's state after the last step, `[B, H]`
-/// in the batch's row order, and with `keep` the tape for [`backward`].
-///
-/// `embedding` `[V, E]`; `tokens` the batch row-major (`B × steps` ids, each row's real tokens the
-/// last `lengths[b]` of its `steps`); `pad_id` the pad token (its embedding row feeds the pad
-/// steps, and gets no gradient).
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    embedding: &Tensor,
-    layers: &[LayerWeights],
-    tokens: &[i64],
-    lengths: &[usize],
-    steps: usize,
-    pad_id: i64,
-    pad: PadSteps,
-    keep: bool,
-    table: Option<&Tensor>,
-) -> (Tensor, Option<Tape>) {
-    let pack = Packing::new(lengths, steps);
-    let b = lengths.len();
-    let idx = pack.gather_index();
-    let packed: Vec<i64> = idx.iter().map(|&k| tokens[k]).collect();
-    let tok = Tensor::from_slice(&packed);
-    let e = embedding.size()[1];
-    let mp = pack.max_pad as i64;
-    let mut x = match table {
-        Some(_) if !keep => Tensor::new(), // the first layer reads the table
-        _ => embedding.index_select(0, &tok).contiguous(), // [N, E]
-    };
-    let mut x_pad = embedding
-        .get(pad_id)
-        .unsqueeze(0)
-        .expand([mp, e], false)
-        .contiguous(); // [max_pad, E]
-    let mut tapes = Vec::new();
-    let mut top = None;
-    for (l, w) in layers.iter().enumerate() {
-        let input = match table {
-            Some(tb) if l == 0 && !keep => Input::Projected(
-                {
-                    let gi = Buf::scratch(layers.len() * 4, &[tok.size()[0], tb.size()[1]]);
-                    let _ = tb.index_select_out(&gi.0, 0, &tok);
-                    gi.0
-                },
-                tb.get(pad_id)
-                    .unsqueeze(0)
-                    .expand([mp, tb.size()[1]], false)
-                    .contiguous(),
-            ),
-            _ => Input::X(&x, &x_pad),
+impl Gru {
+    /// The GRU's output for a left-padded batch: the top layer's state after the last step, `[B, H]`
+    /// in the batch's row order, and with `keep` the tape for [`Gru::backward`].
+    ///
+    /// `tokens`: the batch row-major (`B × steps` ids, each row's real tokens the last `lengths[b]`
+    /// of its `steps`).
+    pub fn forward(
+        &self,
+        tokens: &[i64],
+        lengths: &[usize],
+        steps: usize,
+        keep: bool,
+    ) -> (Tensor, Option<Tape>) {
+        let (embedding, layers, pad_id, pad, table) = (
+            &self.embedding,
+            &self.layers,
+            self.pad_id,
+            self.pad,
+            self.table.as_ref(),
+        );
+        let pack = Packing::new(lengths, steps);
+        let b = lengths.len();
+        let idx = pack.gather_index();
+        let packed: Vec<i64> = idx.iter().map(|&k| tokens[k]).collect();
+        let tok = Tensor::from_slice(&packed);
+        let e = embedding.size()[1];
+        let mp = pack.max_pad as i64;
+        let mut x = match table {
+            Some(_) if !keep => Tensor::new(), // the first layer reads the table
+            _ => embedding.index_select(0, &tok).contiguous(), // [N, E]
         };
-        let lo = run_layer(w, input, &pack, pad, keep, l);
-        x = lo.out.0.shallow_clone();
-        x_pad = lo.p.rows(1, pack.max_pad);
-        if let Some(t) = lo.tape {
-            tapes.push(t);
+        let mut x_pad = embedding
+            .get(pad_id)
+            .unsqueeze(0)
+            .expand([mp, e], false)
+            .contiguous(); // [max_pad, E]
+        let mut tapes = Vec::new();
+        let mut top = None;
+        for (l, w) in layers.iter().enumerate() {
+            let input = match table {
+                Some(tb) if l == 0 && !keep => Input::Projected(
+                    {
+                        let gi = Buf::scratch(layers.len() * 4, &[tok.size()[0], tb.size()[1]]);
+                        let _ = tb.index_select_out(&gi.0, 0, &tok);
+                        gi.0
+                    },
+                    tb.get(pad_id)
+                        .unsqueeze(0)
+                        .expand([mp, tb.size()[1]], false)
+                        .contiguous(),
+                ),
+                _ => Input::X(&x, &x_pad),
+            };
+            let lo = run_layer(w, input, &pack, pad, keep, l);
+            x = lo.out.0.shallow_clone();
+            x_pad = lo.p.rows(1, pack.max_pad);
+            if let Some(t) = lo.tape {
+                tapes.push(t);
+            }
+            top = Some((lo.out, lo.p));
         }
-        top = Some((lo.out, lo.p));
+        let (out, p) = top.expect("at least one layer");
+        // Rows with real tokens end at the last step's packed rows; empty rows at P[T] (all pads).
+        let n_last = pack.n[steps - 1];
+        let hdim = out.0.size()[1];
+        let mut parts = vec![out.rows(pack.off[steps - 1], n_last)];
+        if n_last < b {
+            let end = match pad {
+                PadSteps::Run => p.rows(steps, 1),
+                PadSteps::Skip => Tensor::zeros([1, hdim], (Kind::Float, Device::Cpu)),
+            };
+            parts.push(end.expand([(b - n_last) as i64, hdim], false));
+        }
+        let sorted = Tensor::cat(&parts, 0);
+        let mut inv = vec![0i64; b];
+        for (i, &row) in pack.order.iter().enumerate() {
+            inv[row] = i as i64;
+        }
+        let last = sorted.index_select(0, &Tensor::from_slice(&inv));
+        let tape = keep.then(|| Tape {
+            pack,
+            tokens: tok,
+            layers: tapes,
+        });
+        (last, tape)
     }
-    let (out, p) = top.expect("at least one layer");
-    // Rows with real tokens end at the last step's packed rows; empty rows at P[T] (all pads).
-    let n_last = pack.n[steps - 1];
-    let hdim = out.0.size()[1];
-    let mut parts = vec![out.rows(pack.off[steps - 1], n_last)];
-    if n_last < b {
-        let end = match pad {
-            PadSteps::Run => p.rows(steps, 1),
-            PadSteps::Skip => Tensor::zeros([1, hdim], (Kind::Float, Device::Cpu)),
-        };
-        parts.push(end.expand([(b - n_last) as i64, hdim], false));
-    }
-    let sorted = Tensor::cat(&parts, 0);
-    let mut inv = vec![0i64; b];
-    for (i, &row) in pack.order.iter().enumerate() {
-        inv[row] = i as i64;
-    }
-    let last = sorted.index_select(0, &Tensor::from_slice(&inv));
-    let tape = keep.then(|| Tape {
-        pack,
-        pad,
-        tokens: tok,
-        layers: tapes,
-        pad_id,
-    });
-    (last, tape)
 }
 
 /// Gradients of the GRU's parameters: the embedding `[V, E]` and per layer
@@ -598,55 +597,59 @@ pub struct Grads {
     pub layers: Vec<[Tensor; 4]>,
 }
 
-/// The gradients of `Σ dlast ⊙ last` (the backward pass of [`forward`] with `keep`): `dlast`
-/// `[B, H]` in the batch's row order.
-pub fn backward(tape: &Tape, embedding: &Tensor, layers: &[LayerWeights], dlast: &Tensor) -> Grads {
-    let pack = &tape.pack;
-    let steps = pack.steps;
-    let hdim = layers[0][1].size()[1];
-    let order: Vec<i64> = pack.order.iter().map(|&i| i as i64).collect();
-    let dsorted = Buf::from(&dlast.index_select(0, &Tensor::from_slice(&order)));
-    let n_all = pack.total() as i64;
-    let mp = pack.max_pad as i64;
-    let n_last = pack.n[steps - 1];
-    // Gradient of the top layer's outputs and of its pad trajectory.
-    let mut dout = Buf::zeros(&[n_all, hdim]);
-    dout.rows(pack.off[steps - 1], n_last)
-        .copy_(&dsorted.rows(0, n_last));
-    let mut dp = Buf::zeros(&[mp + 1, hdim]);
-    if tape.pad == PadSteps::Run && n_last < pack.order.len() {
-        let rest = dsorted
-            .rows(n_last, pack.order.len() - n_last)
-            .sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
-        dp.rows(steps, 1).copy_(&rest);
-    }
-    let mut grads = Vec::with_capacity(layers.len());
-    let mut dx = Tensor::new();
-    for (l, (w, t)) in layers.iter().zip(&tape.layers).enumerate().rev() {
-        let (dxl, dxp, g) = layer_backward(t, w, pack, tape.pad, &mut dout, &mut dp);
-        grads.push(g);
-        if l > 0 {
-            dout = Buf(dxl);
-            dp = Buf::zeros(&[mp + 1, hdim]);
-            if mp > 0 {
-                dp.rows(1, pack.max_pad).copy_(&dxp);
-            }
-        } else {
-            dx = dxl;
+impl Gru {
+    /// The gradients of `Σ dlast ⊙ last` (the backward pass of [`Gru::forward`] with `keep`):
+    /// `dlast` `[B, H]` in the batch's row order.
+    pub fn backward(&self, tape: &Tape, dlast: &Tensor) -> Grads {
+        let (embedding, layers, pad_id, pad) =
+            (&self.embedding, &self.layers, self.pad_id, self.pad);
+        let pack = &tape.pack;
+        let steps = pack.steps;
+        let hdim = layers[0][1].size()[1];
+        let order: Vec<i64> = pack.order.iter().map(|&i| i as i64).collect();
+        let dsorted = Buf::from(&dlast.index_select(0, &Tensor::from_slice(&order)));
+        let n_all = pack.total() as i64;
+        let mp = pack.max_pad as i64;
+        let n_last = pack.n[steps - 1];
+        // Gradient of the top layer's outputs and of its pad trajectory.
+        let mut dout = Buf::zeros(&[n_all, hdim]);
+        dout.rows(pack.off[steps - 1], n_last)
+            .copy_(&dsorted.rows(0, n_last));
+        let mut dp = Buf::zeros(&[mp + 1, hdim]);
+        if pad == PadSteps::Run && n_last < pack.order.len() {
+            let rest = dsorted
+                .rows(n_last, pack.order.len() - n_last)
+                .sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
+            dp.rows(steps, 1).copy_(&rest);
         }
-    }
-    grads.reverse();
-    // Embedding: the real tokens' rows; the pad row gets none (PyTorch's `padding_idx`).
-    let mut demb = embedding.zeros_like();
-    if n_all > 0 {
-        let _ = demb.index_add_(0, &tape.tokens, &dx);
-    }
-    if tape.pad_id >= 0 && tape.pad_id < demb.size()[0] {
-        let _ = demb.get(tape.pad_id).fill_(0.0);
-    }
-    Grads {
-        embedding: demb,
-        layers: grads,
+        let mut grads = Vec::with_capacity(layers.len());
+        let mut dx = Tensor::new();
+        for (l, (w, t)) in layers.iter().zip(&tape.layers).enumerate().rev() {
+            let (dxl, dxp, g) = layer_backward(t, w, pack, pad, &mut dout, &mut dp);
+            grads.push(g);
+            if l > 0 {
+                dout = Buf(dxl);
+                dp = Buf::zeros(&[mp + 1, hdim]);
+                if mp > 0 {
+                    dp.rows(1, pack.max_pad).copy_(&dxp);
+                }
+            } else {
+                dx = dxl;
+            }
+        }
+        grads.reverse();
+        // Embedding: the real tokens' rows; the pad row gets none (PyTorch's `padding_idx`).
+        let mut demb = embedding.zeros_like();
+        if n_all > 0 {
+            let _ = demb.index_add_(0, &tape.tokens, &dx);
+        }
+        if pad_id >= 0 && pad_id < demb.size()[0] {
+            let _ = demb.get(pad_id).fill_(0.0);
+        }
+        Grads {
+            embedding: demb,
+            layers: grads,
+        }
     }
 }
 
@@ -786,6 +789,20 @@ mod tests {
         out.select(1, -1)
     }
 
+    /// The fused GRU over these weights (pad id 1).
+    fn gru(emb: &Tensor, layers: &[LayerWeights], pad: PadSteps, table: Option<Tensor>) -> Gru {
+        Gru {
+            embedding: emb.shallow_clone(),
+            layers: layers
+                .iter()
+                .map(|l| l.each_ref().map(Tensor::shallow_clone))
+                .collect(),
+            pad_id: 1,
+            pad,
+            table,
+        }
+    }
+
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b).abs().max().double_value(&[])
     }
@@ -828,17 +845,8 @@ mod tests {
             (3, vec![9, 1], 12),
         ] {
             let (emb, layers, ids, tokens) = setup(seed, &lens, steps);
-            let (ours, tape) = forward(
-                &emb,
-                &layers,
-                &ids,
-                &lens,
-                steps,
-                1,
-                PadSteps::Run,
-                true,
-                None,
-            );
+            let net = gru(&emb, &layers, PadSteps::Run, None);
+            let (ours, tape) = net.forward(&ids, &lens, steps, true);
             // libtorch with autograd over every parameter.
             let emb_g = emb.copy().set_requires_grad(true);
             let layers_g: Vec<LayerWeights> = layers
@@ -850,7 +858,7 @@ mod tests {
             assert!(d < 1e-5, "seed {seed}: states differ by {d}");
             let r = Tensor::randn(want.size(), (Kind::Float, Device::Cpu));
             (&want * &r).sum(Kind::Float).backward();
-            let g = backward(tape.as_ref().expect("tape"), &emb, &layers, &r);
+            let g = net.backward(tape.as_ref().expect("tape"), &r);
             // PyTorch's embedding gradient with padding_idx = 1.
             let ge = emb_g.grad();
             let _ = ge.get(1).fill_(0.0);
@@ -878,17 +886,7 @@ mod tests {
     fn skipped_pad_steps_equal_each_row_alone() {
         let lens = vec![6usize, 2, 4, 0];
         let (emb, layers, ids, _) = setup(4, &lens, 6);
-        let (ours, _) = forward(
-            &emb,
-            &layers,
-            &ids,
-            &lens,
-            6,
-            1,
-            PadSteps::Skip,
-            false,
-            None,
-        );
+        let (ours, _) = gru(&emb, &layers, PadSteps::Skip, None).forward(&ids, &lens, 6, false);
         for (b, &l) in lens.iter().enumerate() {
             let want = if l == 0 {
                 Tensor::zeros([8], (Kind::Float, Device::Cpu))
@@ -908,18 +906,9 @@ mod tests {
     fn equal_length_rows_are_batch_independent_from_16_rows() {
         let lens = vec![5usize; 40];
         let (emb, layers, ids, _) = setup(5, &lens, 5);
-        let (all, _) = forward(&emb, &layers, &ids, &lens, 5, 1, PadSteps::Run, false, None);
-        let (part, _) = forward(
-            &emb,
-            &layers,
-            &ids[..17 * 5],
-            &lens[..17],
-            5,
-            1,
-            PadSteps::Run,
-            false,
-            None,
-        );
+        let (all, _) = gru(&emb, &layers, PadSteps::Run, None).forward(&ids, &lens, 5, false);
+        let (part, _) =
+            gru(&emb, &layers, PadSteps::Run, None).forward(&ids[..17 * 5], &lens[..17], 5, false);
         assert!(part.equal(&all.narrow(0, 0, 17)));
     }
 
@@ -930,18 +919,9 @@ mod tests {
         let lens = vec![6usize, 2, 6, 0, 4];
         let (emb, layers, ids, _) = setup(6, &lens, 6);
         let table = input_table(&emb, &layers[0]);
-        let (plain, _) = forward(&emb, &layers, &ids, &lens, 6, 1, PadSteps::Run, false, None);
-        let (tab, _) = forward(
-            &emb,
-            &layers,
-            &ids,
-            &lens,
-            6,
-            1,
-            PadSteps::Run,
-            false,
-            Some(&table),
-        );
+        let (plain, _) = gru(&emb, &layers, PadSteps::Run, None).forward(&ids, &lens, 6, false);
+        let (tab, _) = gru(&emb, &layers, PadSteps::Run, Some(table.shallow_clone()))
+            .forward(&ids, &lens, 6, false);
         let d = max_diff(&plain, &tab);
         assert!(
             d < 1e-6 && plain.abs().max().double_value(&[]) > 1e-3,
@@ -951,18 +931,9 @@ mod tests {
         let (emb, layers, ids, _) = setup(7, &lens, 3);
         let table = input_table(&emb, &layers[0]);
         let run = |n: usize| {
-            forward(
-                &emb,
-                &layers,
-                &ids[..n * 3],
-                &lens[..n],
-                3,
-                1,
-                PadSteps::Run,
-                false,
-                Some(&table),
-            )
-            .0
+            gru(&emb, &layers, PadSteps::Run, Some(table.shallow_clone()))
+                .forward(&ids[..n * 3], &lens[..n], 3, false)
+                .0
         };
         assert!(run(16).equal(&run(40).narrow(0, 0, 16)));
     }
