@@ -31,22 +31,7 @@ BIN="${CARGO_TARGET_DIR:-target}/$PROFILE/oe-text"
 INPUT="$WORK/wikitext2-$LINES.txt"
 if [ ! -s "$INPUT" ] || [ "$(wc -l < "$INPUT")" -ne "$LINES" ]; then
   echo "building $INPUT from $ROOT/wikitext-2/wiki.train.tokens" >&2
-  # 100 passes over the file are more than enough; awk stops at LINES (the other `cat`s then
-  # fail on the closed pipe, hence `|| true`).
-  (for _ in $(seq 1 100); do cat "$ROOT/wikitext-2/wiki.train.tokens"; done) 2>/dev/null |
-    awk -v n="$LINES" '
-      /^ *$/ || /^ *= / { next }
-      {
-        m = split($0, s, / \. /)
-        for (i = 1; i <= m; i++) {
-          t = s[i]; gsub(/^ +| +$/, "", t)
-          if (t == "") continue
-          if (t !~ / \.$/) t = t " ."
-          print t
-          if (++c >= n) exit
-        }
-      }' > "$INPUT.tmp" || true
-  mv "$INPUT.tmp" "$INPUT"
+  experiments/wikitext_lines.sh sentences "$LINES" "$ROOT/wikitext-2/wiki.train.tokens" "$INPUT"
 fi
 echo "input: $INPUT ($(wc -l < "$INPUT") lines, $(du -h "$INPUT" | cut -f1))" >&2
 

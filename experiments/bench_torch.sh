@@ -79,25 +79,11 @@ for ds in "${DATASETS[@]}"; do
     "$(jget "$W/torch-eval-$ds.json" 'd["evaluation"] + d["load"]')"
 done
 
-# Scoring inputs: WikiText-2 training text without headings and blank lines, as sentences (split
-# at " . ") and as whole paragraph lines, repeated until LINES lines.
+# Scoring inputs: WikiText-2 sentences and paragraph lines (experiments/wikitext_lines.sh).
 WT=$ROOT/wikitext-2/wiki.train.tokens
 for kind in sentences paragraphs; do
   IN=$W/$kind-$LINES.txt
-  if [ ! -s "$IN" ]; then
-    (for _ in $(seq 1 100); do cat "$WT"; done) 2>/dev/null | awk -v n="$LINES" -v kind="$kind" '
-      /^ *$/ || /^ *= / { next }
-      kind == "paragraphs" { t = $0; gsub(/^ +| +$/, "", t); print t; if (++c >= n) exit; next }
-      { m = split($0, s, / \. /)
-        for (i = 1; i <= m; i++) {
-          t = s[i]; gsub(/^ +| +$/, "", t)
-          if (t == "") continue
-          if (t !~ / \.$/) t = t " ."
-          print t
-          if (++c >= n) exit
-        } }' > "$IN.tmp" || true
-    mv "$IN.tmp" "$IN"
-  fi
+  [ -s "$IN" ] || experiments/wikitext_lines.sh "$kind" "$LINES" "$WT" "$IN"
   M=$W/oe-sst/baseline
   [ -f "$M/model.safetensors" ] || { say "scoring needs the SST model (run with sst)"; break; }
   say "scoring $LINES $kind ($(wc -w < "$IN") words)"
