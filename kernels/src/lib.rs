@@ -11,6 +11,9 @@
 //! ones in every copy (Rust never fuses a multiply and an add on its own), so the results do not
 //! depend on the copy.
 
+pub mod gemm;
+pub use gemm::gemm;
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 // ln 2 split in two (Cephes): the high part has few mantissa bits, so `n * LN2_HI` is exact.
 const LN2_HI: f32 = 0.693_359_4;
@@ -100,41 +103,68 @@ macro_rules! kernel {
     };
 }
 
+/// One unit of the forward step (see [`step_forward`]): returns `(h', r, z, n, W_hn h + b_hn)`.
+/// The single definition of the arithmetic, so the blocked and the tail loops give the same bits.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn unit(gir: f32, giz: f32, gin: f32, ghr: f32, ghz: f32, ghn: f32, bhr: f32, bhz: f32, bhn: f32, hp: f32) -> [f32; 5] {
+    let (r, z) = sigmoid2(gir + (ghr + bhr), giz + (ghz + bhz));
+    let hn = ghn + bhn;
+    let n = tanh(gin + r * hn);
+    [(hp - n) * z + n, r, z, n, hn]
+}
+
+/// Lanes per block of the forward step: fixed-size blocks the compiler turns into vector code
+/// whatever `H` is (a loop over a runtime length was partly left scalar).
+const LANES: usize = 16;
+
 kernel!(fwd_kernel, fn(h: usize, gi: &[f32], gh: &mut [f32], bh: &[f32], hp: &[f32], out: &mut [f32], gates: &mut [f32], keep: bool) {
     let h3 = 3 * h;
-    let (bhr, rest) = bh.split_at(h);
-    let (bhz, bhn) = rest.split_at(h);
-    for (row, ((o, hp), (gi, gh))) in out
-        .chunks_exact_mut(h)
-        .zip(hp.chunks_exact(h))
-        .zip(gi.chunks_exact(h3).zip(gh.chunks_exact_mut(h3)))
-        .enumerate()
-    {
-        let (gir, rest) = gi.split_at(h);
-        let (giz, gin) = rest.split_at(h);
-        let (ghr, rest) = gh.split_at_mut(h);
-        let (ghz, ghn) = rest.split_at_mut(h);
-        if keep {
-            // The backward pass reads W_hn h + b_hn back from `gh`.
-            let g = &mut gates[row * h3..(row + 1) * h3];
-            let (gr, rest) = g.split_at_mut(h);
-            let (gz, gn) = rest.split_at_mut(h);
-            for j in 0..h {
-                let (r, z) = sigmoid2(gir[j] + (ghr[j] + bhr[j]), giz[j] + (ghz[j] + bhz[j]));
-                let hn = ghn[j] + bhn[j];
-                let n = tanh(gin[j] + r * hn);
-                o[j] = (hp[j] - n) * z + n;
-                ghn[j] = hn;
-                gr[j] = r;
-                gz[j] = z;
-                gn[j] = n;
+    let rows = out.len() / h.max(1);
+    let blocks = h / LANES;
+    for row in 0..rows {
+        let gi = &gi[row * h3..(row + 1) * h3];
+        let gh = &mut gh[row * h3..(row + 1) * h3];
+        let hp = &hp[row * h..(row + 1) * h];
+        let o = &mut out[row * h..(row + 1) * h];
+        let g: &mut [f32] = if keep { &mut gates[row * h3..(row + 1) * h3] } else { &mut [] };
+        // Blocks of LANES units, then the rest one by one (the same `unit`).
+        let mut j = 0;
+        while j < h {
+            let w = if j + LANES <= h && j / LANES < blocks { LANES } else { 1 };
+            if w == LANES {
+                let a = |s: &[f32], off: usize| -> [f32; LANES] {
+                    s[off + j..off + j + LANES].try_into().expect("a block")
+                };
+                let (gir, giz, gin) = (a(gi, 0), a(gi, h), a(gi, 2 * h));
+                let (ghr, ghz, ghn) = (a(gh, 0), a(gh, h), a(gh, 2 * h));
+                let (bhr, bhz, bhn) = (a(bh, 0), a(bh, h), a(bh, 2 * h));
+                let hpv = a(hp, 0);
+                let mut res = [[0.0f32; LANES]; 5];
+                for l in 0..LANES {
+                    let u = unit(gir[l], giz[l], gin[l], ghr[l], ghz[l], ghn[l], bhr[l], bhz[l], bhn[l], hpv[l]);
+                    for (k, v) in u.into_iter().enumerate() {
+                        res[k][l] = v;
+                    }
+                }
+                o[j..j + LANES].copy_from_slice(&res[0]);
+                if keep {
+                    gh[2 * h + j..2 * h + j + LANES].copy_from_slice(&res[4]);
+                    g[j..j + LANES].copy_from_slice(&res[1]);
+                    g[h + j..h + j + LANES].copy_from_slice(&res[2]);
+                    g[2 * h + j..2 * h + j + LANES].copy_from_slice(&res[3]);
+                }
+            } else {
+                let u = unit(gi[j], gi[h + j], gi[2 * h + j], gh[j], gh[h + j], gh[2 * h + j], bh[j], bh[h + j], bh[2 * h + j], hp[j]);
+                o[j] = u[0];
+                if keep {
+                    gh[2 * h + j] = u[4];
+                    g[j] = u[1];
+                    g[h + j] = u[2];
+                    g[2 * h + j] = u[3];
+                }
             }
-        } else {
-            for j in 0..h {
-                let (r, z) = sigmoid2(gir[j] + (ghr[j] + bhr[j]), giz[j] + (ghz[j] + bhz[j]));
-                let n = tanh(gin[j] + r * (ghn[j] + bhn[j]));
-                o[j] = (hp[j] - n) * z + n;
-            }
+            j += w;
         }
     }
 });

@@ -1275,6 +1275,7 @@ fn score_shard_locked(
                 batches: 0,
                 rows_computed: 0,
                 free_rows: None,
+                mixed_lengths: false,
                 threshold: opts.threshold,
                 decision: None,
                 stopped_after: None,

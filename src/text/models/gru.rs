@@ -44,9 +44,9 @@ pub struct GruClassifier {
     linear_w: Tensor,
     linear_b: Tensor,
     cfg: GruConfig,
-    /// Inference only: the first layer's input projections per vocabulary entry
-    /// ([`GruClassifier::freeze_for_inference`]); a training step drops it.
-    table: std::cell::RefCell<Option<Tensor>>,
+    /// Inference only: the first layer's input projections per vocabulary entry and the transposed
+    /// weights ([`GruClassifier::freeze_for_inference`]); a training step drops them.
+    frozen: std::cell::RefCell<Option<gru_cpu::Frozen>>,
 }
 
 impl GruClassifier {
@@ -90,7 +90,7 @@ impl GruClassifier {
             linear_w,
             linear_b,
             cfg: cfg.clone(),
-            table: Default::default(),
+            frozen: Default::default(),
         }
     }
 
@@ -103,7 +103,7 @@ impl GruClassifier {
     pub fn features_and_logits(&self, batch: &TokenBatch, train: bool) -> (Tensor, Tensor) {
         if !train && self.packed_for(batch) {
             let last = self.packed_inference(batch);
-            let logits = last.linear(&self.linear_w, Some(&self.linear_b));
+            let logits = gru_cpu::linear_rows(&last, &self.linear_w, &self.linear_b);
             return (last, logits);
         }
         let x = Tensor::embedding(&self.embedding, &batch.tokens, PAD_ID, false, false); // [B, T, E]
@@ -127,7 +127,12 @@ impl GruClassifier {
             linear_w: self.linear_w.shallow_clone(),
             linear_b: self.linear_b.shallow_clone(),
             cfg: self.cfg.clone(),
-            table: std::cell::RefCell::new(self.table.borrow().as_ref().map(Tensor::shallow_clone)),
+            frozen: std::cell::RefCell::new(
+                self.frozen
+                    .borrow()
+                    .as_ref()
+                    .map(gru_cpu::Frozen::shallow_clone),
+            ),
         }
     }
 
@@ -135,6 +140,11 @@ impl GruClassifier {
     /// [`GruClassifier::forward_for_backward`]): float32 weights and batch on the CPU.
     pub fn packed_for(&self, batch: &TokenBatch) -> bool {
         gru_cpu::supported(&self.embedding) && batch.tokens.device() == tch::Device::Cpu
+    }
+
+    /// Whether this model's inference runs on the fused CPU GRU (float32 weights on the CPU).
+    pub fn packed_on_cpu(&self) -> bool {
+        gru_cpu::supported(&self.embedding)
     }
 
     fn pad_steps(&self) -> gru_cpu::PadSteps {
@@ -155,7 +165,11 @@ impl GruClassifier {
                 .collect(),
             pad_id: PAD_ID,
             pad: self.pad_steps(),
-            table: self.table.borrow().as_ref().map(Tensor::shallow_clone),
+            frozen: self
+                .frozen
+                .borrow()
+                .as_ref()
+                .map(gru_cpu::Frozen::shallow_clone),
         }
     }
 
@@ -165,13 +179,43 @@ impl GruClassifier {
         tch::no_grad(|| self.gru().forward_split(&ids, &lengths, steps))
     }
 
+    /// Features `[B, H]` and logits `[B, classes]` of `seqs` (token ids, any lengths), each row
+    /// exactly as if it were scored alone without padding, bit for bit, in one packed batch (the
+    /// fused GRU with skipped pad steps and batch-invariant products). An empty sequence is one pad
+    /// step under the reference's padding (what a batch of it alone computes) and the zero state
+    /// under masked padding. `None` where the fused GRU does not run (weights off the CPU).
+    pub fn features_and_logits_alone(&self, seqs: &[&[i64]]) -> Option<(Tensor, Tensor)> {
+        if !gru_cpu::supported(&self.embedding) {
+            return None;
+        }
+        let one_pad = [PAD_ID];
+        let seqs: Vec<&[i64]> = seqs
+            .iter()
+            .map(|s| match self.cfg.pad {
+                PadMode::Left if s.is_empty() => &one_pad[..],
+                _ => *s,
+            })
+            .collect();
+        let steps = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![PAD_ID; seqs.len() * steps];
+        for (r, s) in seqs.iter().enumerate() {
+            ids[(r + 1) * steps - s.len()..(r + 1) * steps].copy_from_slice(s);
+        }
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let mut gru = self.gru();
+        gru.pad = gru_cpu::PadSteps::Skip;
+        let last = tch::no_grad(|| gru.forward_split(&ids, &lengths, steps));
+        let logits = gru_cpu::linear_rows(&last, &self.linear_w, &self.linear_b);
+        Some((last, logits))
+    }
+
     /// Fixes the weights for inference: the first layer's input projections are then looked up
     /// per vocabulary entry ([`gru_cpu::input_table`]) instead of computed per token. A training
     /// step drops the table again.
     pub fn freeze_for_inference(&self) {
-        if gru_cpu::supported(&self.embedding) && self.table.borrow().is_none() {
-            let t = gru_cpu::input_table(&self.embedding.detach(), &self.layers[0]);
-            *self.table.borrow_mut() = Some(t);
+        if gru_cpu::supported(&self.embedding) && self.frozen.borrow().is_none() {
+            let f = gru_cpu::Frozen::new(&self.embedding.detach(), &self.layers);
+            *self.frozen.borrow_mut() = Some(f);
         }
     }
 
@@ -195,7 +239,7 @@ impl GruClassifier {
             return None;
         }
         // The weights are about to change.
-        self.table.borrow_mut().take();
+        self.frozen.borrow_mut().take();
         let (ids, lengths, steps) = Self::host_batch(batch);
         let (last, tape) = tch::no_grad(|| self.gru().forward(&ids, &lengths, steps, true));
         let logits = tch::no_grad(|| last.linear(&self.linear_w, Some(&self.linear_b)));

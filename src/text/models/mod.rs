@@ -223,6 +223,32 @@ impl TextModel {
         }
     }
 
+    /// Whether [`TextModel::outputs_alone`] runs: texts of any lengths in one batch, each row's
+    /// result exactly its result alone (the CPU GRU's batch-invariant inference).
+    pub fn scores_rows_alone(&self) -> bool {
+        matches!(self, TextModel::Gru(m) if m.packed_on_cpu())
+    }
+
+    /// Features of each of `sources` `[batch, S·d]` and logits `[batch, classes]` of `seqs` (any
+    /// lengths, no padding between them), each row bit for bit what it gets scored alone; `None`
+    /// where the model cannot ([`TextModel::scores_rows_alone`]).
+    pub fn outputs_alone(
+        &self,
+        seqs: &[&[i64]],
+        sources: &[crate::detect::FeatureSource],
+    ) -> Option<(Tensor, Tensor)> {
+        let TextModel::Gru(m) = self else {
+            return None;
+        };
+        let (f, l) = m.features_and_logits_alone(seqs)?;
+        if sources.len() <= 1 {
+            return Some((f, l));
+        }
+        // A GRU has the penultimate source only (what `outputs` gives for the others too).
+        let parts: Vec<Tensor> = sources.iter().map(|_| f.shallow_clone()).collect();
+        Some((Tensor::cat(&parts, 1), l))
+    }
+
     /// The classification head `z = W f + b`: `W` `[classes, d]`, `b` `[classes]` (detached).
     pub fn head(&self) -> (Tensor, Tensor) {
         match self {

@@ -171,6 +171,11 @@ pub struct Engine<'m> {
     /// From which batch size results no longer depend on it ([`probe_free_rows`]); `None`: fill
     /// every batch to its fixed shape.
     free_rows: Option<FreeRows>,
+    /// Texts of every length share batches, with no filler rows: the model scores each row of a
+    /// batch exactly as alone ([`TextModel::scores_rows_alone`]; then `buckets` has one key, 0).
+    pub mixed_lengths: bool,
+    /// Tokens queued in the shared bucket (with `mixed_lengths`).
+    mixed_tokens: usize,
     buckets: HashMap<usize, Vec<(u64, Vec<i64>)>>,
     ring: VecDeque<Slot>,
     /// Sequence number of `ring[0]`.
@@ -225,6 +230,7 @@ impl<'m> Engine<'m> {
             }
             _ => None,
         };
+        let mixed = mixes_lengths(m);
         Self {
             model: &m.model,
             device: m.vs.device(),
@@ -234,7 +240,13 @@ impl<'m> Engine<'m> {
             max_batch_rows,
             batch_tokens: opts.batch_tokens.max(1),
             max_pending: opts.max_pending.max(1),
-            free_rows: free_rows(m, max_batch_rows),
+            free_rows: if mixed {
+                None
+            } else {
+                free_rows(m, max_batch_rows)
+            },
+            mixed_lengths: mixed,
+            mixed_tokens: 0,
             buckets: HashMap::new(),
             ring: VecDeque::new(),
             base: 0,
@@ -248,6 +260,12 @@ impl<'m> Engine<'m> {
         (self.batch_tokens / key.max(1)).clamp(8.min(self.max_batch_rows), self.max_batch_rows)
     }
 
+    /// Token budget of a shared-length batch: the fixed-length budget per worker thread of the
+    /// fused GRU, which splits the batch between them.
+    fn mixed_budget(&self) -> usize {
+        self.batch_tokens * crate::text::models::gru_cpu::workers()
+    }
+
     /// Texts read and not yet handed out.
     pub fn pending(&self) -> usize {
         self.ring.len()
@@ -256,7 +274,11 @@ impl<'m> Engine<'m> {
     /// Queues one text; runs its length's batch when full, and the oldest text's batch when the
     /// reorder buffer is full.
     pub fn push(&mut self, source: u32, line: u64, ids: Vec<i64>) {
-        let key = self.fix_len.unwrap_or(ids.len());
+        let key = if self.mixed_lengths {
+            0
+        } else {
+            self.fix_len.unwrap_or(ids.len())
+        };
         let seq = self.base + self.ring.len() as u64;
         self.ring.push_back(Slot {
             source,
@@ -265,8 +287,13 @@ impl<'m> Engine<'m> {
             out: None,
         });
         let b = self.buckets.entry(key).or_default();
+        let len = ids.len().max(1);
         b.push((seq, ids));
-        if b.len() >= self.rows_for(key) {
+        let full = b.len() >= self.rows_for(key);
+        if self.mixed_lengths {
+            self.mixed_tokens += len;
+        }
+        if full || self.mixed_tokens >= self.mixed_budget() {
             self.run(key);
         }
         while self.ring.len() > self.max_pending {
@@ -283,18 +310,38 @@ impl<'m> Engine<'m> {
     /// Runs one batch (at most `rows_for(key)` texts) of the bucket `key`.
     fn run(&mut self, key: usize) {
         let rows = self.rows_for(key);
+        let budget = self.mixed_budget();
         let Some(bucket) = self.buckets.get_mut(&key) else {
             return;
         };
         if bucket.is_empty() {
             return;
         }
-        let take = bucket.len().min(rows);
+        let take = if self.mixed_lengths {
+            // Up to the row limit and the token budget (at least one text).
+            let mut tokens = 0;
+            let n = bucket
+                .iter()
+                .take(rows)
+                .take_while(|(_, ids)| {
+                    tokens += ids.len().max(1);
+                    tokens <= budget
+                })
+                .count();
+            n.max(1)
+        } else {
+            bucket.len().min(rows)
+        };
         let items: Vec<(u64, Vec<i64>)> = bucket.drain(..take).collect();
+        if self.mixed_lengths {
+            let t: usize = items.iter().map(|(_, ids)| ids.len().max(1)).sum();
+            self.mixed_tokens = self.mixed_tokens.saturating_sub(t);
+        }
         let mut seqs: Vec<&[i64]> = items.iter().map(|(_, ids)| ids.as_slice()).collect();
         // Fill to the fixed shape, or to the size from which results do not depend on the batch
         // size: a text's result never depends on the batch's other rows.
         let rows = match self.free_rows.map(|f| f.rows_for(key)) {
+            _ if self.mixed_lengths => take,
             Some(f) if f < rows => take.max(f),
             _ => rows,
         };
@@ -302,16 +349,31 @@ impl<'m> Engine<'m> {
             seqs.push(seqs[0]);
         }
         let out = tch::no_grad(|| {
-            let b = crate::text::models::TokenBatch::left_padded(&seqs, self.fix_len, self.device);
+            let outputs = |sources: &[crate::detect::FeatureSource]| {
+                let alone = self
+                    .mixed_lengths
+                    .then(|| self.model.outputs_alone(&seqs, sources))
+                    .flatten();
+                alone.unwrap_or_else(|| {
+                    let b = crate::text::models::TokenBatch::left_padded(
+                        &seqs,
+                        self.fix_len,
+                        self.device,
+                    );
+                    self.model.outputs(&b, sources)
+                })
+            };
             let n = take as i64;
             let (logits, scores) = match &self.stored {
                 None => {
-                    let logits = self.model.logits(&b, false).to_kind(Kind::Float);
+                    let logits = outputs(&[crate::detect::FeatureSource::Penultimate])
+                        .1
+                        .to_kind(Kind::Float);
                     let scores = self.score.compute(&logits);
                     (logits, scores)
                 }
                 Some(st) => {
-                    let (f, logits) = self.model.outputs(&b, &st.sources);
+                    let (f, logits) = outputs(&st.sources);
                     let logits = logits.to_kind(Kind::Float);
                     let d = f.size()[1] / st.sources.len() as i64;
                     let own_i = st
@@ -408,9 +470,18 @@ impl std::fmt::Display for FreeRows {
     }
 }
 
+/// Whether `m` scores texts of every length in shared batches ([`Engine::mixed_lengths`]): a model
+/// whose rows are scored exactly as alone, without a fixed length (with one, every text has it).
+fn mixes_lengths(m: &LoadedModel) -> bool {
+    m.config.in_fix_len.is_none() && m.model.scores_rows_alone()
+}
+
 /// Runs the batch-size check ([`probe_free_rows`]) for `opts` now (a service does it before it
 /// reports ready, so that no request pays for it) and returns its result.
 pub fn prepare(m: &LoadedModel, opts: &ScoreOptions) -> Option<FreeRows> {
+    if mixes_lengths(m) {
+        return None;
+    }
     free_rows(m, opts.max_batch_rows.max(1))
 }
 
@@ -481,6 +552,13 @@ pub fn probe_free_rows(
         candidates.push(FreeRows {
             rows: 16,
             per_token: true,
+        });
+    }
+    if recurrent {
+        // The CPU GRU's products are batch-invariant: no filler at all.
+        candidates.push(FreeRows {
+            rows: 1,
+            per_token: false,
         });
     }
     candidates.extend([16usize, 32, 64].map(|rows| FreeRows {
@@ -686,6 +764,8 @@ pub struct ScoreSummary {
     /// `None`: partial batches were filled to their fixed shapes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub free_rows: Option<FreeRows>,
+    /// Texts of every length shared batches ([`Engine::mixed_lengths`]): no filler rows at all.
+    pub mixed_lengths: bool,
     pub threshold: Option<f64>,
     /// The decision rule when it is not a score threshold (`p_value <= 0.05`, ...).
     pub decision: Option<String>,
@@ -713,6 +793,8 @@ impl ScoreSummary {
             100.0 * (self.rows_computed.saturating_sub(self.counts.scored)) as f64
                 / self.rows_computed.max(1) as f64,
             match self.free_rows {
+                _ if self.mixed_lengths =>
+                    "texts of every length share batches, each scored as alone".to_string(),
                 Some(f) => format!("partial batches filled to {f}"),
                 None => "partial batches filled to their fixed shapes".to_string(),
             }
@@ -865,6 +947,7 @@ pub fn score_stream(
         batches: eng.batches,
         rows_computed: eng.rows_computed,
         free_rows: eng.free_rows,
+        mixed_lengths: eng.mixed_lengths,
         threshold,
         decision: opts.alpha.map(|a| format!("p_value <= {a}")),
         stopped_after: end.stopped.then_some(end.seen),
