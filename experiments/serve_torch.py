@@ -96,8 +96,11 @@ else:
     model.load_state_dict(load_file(f"{model_dir}/model.safetensors"))
     model.eval()
 
+    # Cut at the model's longest training text, as `oe-text serve` does (its maximum tokens).
+    cut = min([c for c in (cfg["text"].get("max_tokens"), cfg.get("max_train_tokens")) if c] or [None])
+
     def encode(t):
-        return [index.get(w, 0) for w in (t.lower() if lower else t).split()] or [1]
+        return [index.get(w, 0) for w in (t.lower() if lower else t).split()][:cut] or [1]
 
 
 async def score(request: Request):

@@ -16,7 +16,15 @@
 ///
 /// # Panics
 /// When a slice is shorter than its shape says.
-pub fn gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
+pub fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     if let Some(bias) = bias {
         assert!(bias.len() >= n);
@@ -278,7 +286,16 @@ mod tests {
     /// remainders) gives the reference order's bits, and is within float rounding of an f64 sum.
     #[test]
     fn every_copy_gives_the_reference_bits() {
-        for &(m, k, n) in &[(1, 128, 384), (5, 128, 384), (21, 128, 384), (8, 5, 50), (7, 50, 100), (3, 17, 2), (16, 3, 13), (9, 128, 1)] {
+        for &(m, k, n) in &[
+            (1, 128, 384),
+            (5, 128, 384),
+            (21, 128, 384),
+            (8, 5, 50),
+            (7, 50, 100),
+            (3, 17, 2),
+            (16, 3, 13),
+            (9, 128, 1),
+        ] {
             let a = data(m * k, 1);
             let b = data(k * n, 2);
             let bias = data(n, 3);
@@ -289,7 +306,11 @@ mod tests {
                 let mut got = vec![f32::NAN; m * n];
                 gemm(m, k, n, &a, &b, bias, &mut got);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert_eq!(g.to_bits(), w.to_bits(), "{m}x{k}x{n} element {i}: {g} vs {w}");
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{m}x{k}x{n} element {i}: {g} vs {w}"
+                    );
                 }
                 // The AVX2 copy too, where the CPU has it (the dispatch above takes the widest).
                 #[cfg(target_arch = "x86_64")]
@@ -297,13 +318,23 @@ mod tests {
                     let mut got = vec![f32::NAN; m * n];
                     // SAFETY: the CPU has AVX2 and FMA (checked just above).
                     unsafe { x86::gemm256(m, k, n, &a, &b, bias, &mut got) };
-                    assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "{m}x{k}x{n} AVX2");
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "{m}x{k}x{n} AVX2"
+                    );
                 }
                 for r in 0..m {
                     for j in 0..n {
-                        let exact: f64 = (0..k).map(|p| a[r * k + p] as f64 * b[p * n + j] as f64).sum::<f64>()
+                        let exact: f64 = (0..k)
+                            .map(|p| a[r * k + p] as f64 * b[p * n + j] as f64)
+                            .sum::<f64>()
                             + bias.map_or(0.0, |b| b[j] as f64);
-                        assert!((want[r * n + j] as f64 - exact).abs() < 1e-4, "{m}x{k}x{n} ({r},{j})");
+                        assert!(
+                            (want[r * n + j] as f64 - exact).abs() < 1e-4,
+                            "{m}x{k}x{n} ({r},{j})"
+                        );
                     }
                 }
             }
@@ -321,7 +352,12 @@ mod tests {
         for r in 0..13 {
             let mut one = vec![0.0; n];
             gemm(1, k, n, &all[r * k..(r + 1) * k], &b, None, &mut one);
-            assert!(one.iter().zip(&full[r * n..(r + 1) * n]).all(|(x, y)| x.to_bits() == y.to_bits()), "row {r}");
+            assert!(
+                one.iter()
+                    .zip(&full[r * n..(r + 1) * n])
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "row {r}"
+            );
         }
     }
 }

@@ -11,6 +11,14 @@
 //! ones in every copy (Rust never fuses a multiply and an add on its own), so the results do not
 //! depend on the copy.
 
+// `max(..).min(..)` on purpose: it maps NaN to the bound (clamp keeps NaN); the polynomial's
+// constants are Cephes' as published; kernels take their buffers as separate slices.
+#![allow(
+    clippy::manual_clamp,
+    clippy::excessive_precision,
+    clippy::too_many_arguments
+)]
+
 pub mod gemm;
 pub use gemm::gemm;
 
@@ -107,7 +115,18 @@ macro_rules! kernel {
 /// The single definition of the arithmetic, so the blocked and the tail loops give the same bits.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn unit(gir: f32, giz: f32, gin: f32, ghr: f32, ghz: f32, ghn: f32, bhr: f32, bhz: f32, bhn: f32, hp: f32) -> [f32; 5] {
+fn unit(
+    gir: f32,
+    giz: f32,
+    gin: f32,
+    ghr: f32,
+    ghz: f32,
+    ghn: f32,
+    bhr: f32,
+    bhz: f32,
+    bhn: f32,
+    hp: f32,
+) -> [f32; 5] {
     let (r, z) = sigmoid2(gir + (ghr + bhr), giz + (ghz + bhz));
     let hn = ghn + bhn;
     let n = tanh(gin + r * hn);
