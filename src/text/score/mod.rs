@@ -4,9 +4,12 @@
 //! The scorer streams: a reader thread reads records ([`input`]) and tokenises them in parallel
 //! (rayon) in chunks, and hands them over a bounded channel to the inference loop, so reading
 //! overlaps inference and memory stays bounded whatever the input size. The inference loop
-//! ([`Engine`]) groups texts by exact token length (no padding between texts) and runs each length
-//! in batches of at most a fixed number of rows for that length: **a text's score does not depend
-//! on which other texts share its batch**, bit for bit. libtorch's matrix products give a row the
+//! ([`Engine`]) batches texts so that **a text's score does not depend on which other texts share
+//! its batch**, bit for bit. The CPU GRU scores each row of a packed batch exactly as alone (its
+//! inference product is batch-invariant by construction, `oe_kernels::gemm`), so texts of every
+//! length share batches with no filler ([`Engine::mixed_lengths`]). Other models group texts by
+//! exact token length (no padding between texts) and run each length in batches of at most a fixed
+//! number of rows for that length. libtorch's matrix products give a row the
 //! same bits for every batch size from some size on (16 rows with MKL on the CPUs we measured;
 //! smaller batches take other kernels): [`probe_free_rows`] checks that on the loaded model, on
 //! this machine, once per process, and then partial batches are filled with copies only up to that
