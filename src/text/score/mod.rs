@@ -357,13 +357,23 @@ impl<'m> Engine<'m> {
                     .mixed_lengths
                     .then(|| self.model.outputs_alone(&seqs, sources))
                     .flatten();
-                alone.unwrap_or_else(|| {
+                let batch = |seqs: &[&[i64]]| {
                     let b = crate::text::models::TokenBatch::left_padded(
-                        &seqs,
+                        seqs,
                         self.fix_len,
                         self.device,
                     );
                     self.model.outputs(&b, sources)
+                };
+                alone.unwrap_or_else(|| {
+                    if !self.mixed_lengths {
+                        return batch(&seqs);
+                    }
+                    // Not reached (a model that mixes lengths scores them alone), but never pad
+                    // texts of other lengths together: one batch per text.
+                    let (f, l): (Vec<Tensor>, Vec<Tensor>) =
+                        seqs.iter().map(|s| batch(&[s])).unzip();
+                    (Tensor::cat(&f, 0), Tensor::cat(&l, 0))
                 })
             };
             let n = take as i64;
