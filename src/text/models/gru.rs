@@ -119,11 +119,7 @@ impl GruClassifier {
     pub fn shallow_clone(&self) -> Self {
         Self {
             embedding: self.embedding.shallow_clone(),
-            layers: self
-                .layers
-                .iter()
-                .map(|l| l.each_ref().map(Tensor::shallow_clone))
-                .collect(),
+            layers: gru_cpu::shallow_layers(&self.layers),
             linear_w: self.linear_w.shallow_clone(),
             linear_b: self.linear_b.shallow_clone(),
             cfg: self.cfg.clone(),
@@ -139,7 +135,7 @@ impl GruClassifier {
     /// Whether [`super::gru_cpu`] runs this batch (inference, and
     /// [`GruClassifier::forward_for_backward`]): float32 weights and batch on the CPU.
     pub fn packed_for(&self, batch: &TokenBatch) -> bool {
-        gru_cpu::supported(&self.embedding) && batch.tokens.device() == tch::Device::Cpu
+        self.packed_on_cpu() && batch.tokens.device() == tch::Device::Cpu
     }
 
     /// Whether this model's inference runs on the fused CPU GRU (float32 weights on the CPU).
@@ -158,11 +154,7 @@ impl GruClassifier {
     fn gru(&self) -> gru_cpu::Gru {
         gru_cpu::Gru {
             embedding: self.embedding.shallow_clone(),
-            layers: self
-                .layers
-                .iter()
-                .map(|l| l.each_ref().map(Tensor::shallow_clone))
-                .collect(),
+            layers: gru_cpu::shallow_layers(&self.layers),
             pad_id: PAD_ID,
             pad: self.pad_steps(),
             frozen: self
@@ -185,7 +177,7 @@ impl GruClassifier {
     /// step under the reference's padding (what a batch of it alone computes) and the zero state
     /// under masked padding. `None` where the fused GRU does not run (weights off the CPU).
     pub fn features_and_logits_alone(&self, seqs: &[&[i64]]) -> Option<(Tensor, Tensor)> {
-        if !gru_cpu::supported(&self.embedding) {
+        if !self.packed_on_cpu() {
             return None;
         }
         let one_pad = [PAD_ID];
@@ -210,10 +202,10 @@ impl GruClassifier {
     }
 
     /// Fixes the weights for inference: the first layer's input projections are then looked up
-    /// per vocabulary entry ([`gru_cpu::input_table`]) instead of computed per token. A training
-    /// step drops the table again.
+    /// per vocabulary entry ([`gru_cpu::input_table`]) instead of computed per token, and the
+    /// transposed weights are kept ([`gru_cpu::Frozen`]). A training step drops them again.
     pub fn freeze_for_inference(&self) {
-        if gru_cpu::supported(&self.embedding) && self.frozen.borrow().is_none() {
+        if self.packed_on_cpu() && self.frozen.borrow().is_none() {
             let f = gru_cpu::Frozen::new(&self.embedding.detach(), &self.layers);
             *self.frozen.borrow_mut() = Some(f);
         }

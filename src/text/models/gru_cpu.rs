@@ -131,20 +131,24 @@ pub struct Frozen {
 impl Frozen {
     pub fn new(embedding: &Tensor, layers: &[LayerWeights]) -> Self {
         let transposed: Vec<[Tensor; 2]> = layers.iter().map(transposed).collect();
-        let table = input_table(embedding, &layers[0]);
+        let table = table_of(embedding, &transposed[0][0], &layers[0][2]);
         Self { table, transposed }
     }
 
     pub fn shallow_clone(&self) -> Self {
         Self {
             table: self.table.shallow_clone(),
-            transposed: self
-                .transposed
-                .iter()
-                .map(|t| t.each_ref().map(Tensor::shallow_clone))
-                .collect(),
+            transposed: shallow_layers(&self.transposed),
         }
     }
+}
+
+/// Other handles on the same tensors, per layer (for a worker thread or another owner).
+pub fn shallow_layers<const N: usize>(layers: &[[Tensor; N]]) -> Vec<[Tensor; N]> {
+    layers
+        .iter()
+        .map(|l| l.each_ref().map(Tensor::shallow_clone))
+        .collect()
 }
 
 /// `[W_ihᵀ, W_hhᵀ]` of one layer, contiguous float32.
@@ -282,8 +286,7 @@ fn run_layer(
     // `gh[..rows] = hp[..rows] · W_hhᵀ` (libtorch's product with a tape).
     let hidden_product = |hp: &Tensor, gh: &Tensor, rows: usize| match &inv {
         Some((_, wh)) => {
-            let (a, o) = (Buf(hp.shallow_clone()), Buf(gh.shallow_clone()));
-            let mut o = o;
+            let (a, mut o) = (Buf(hp.shallow_clone()), Buf(gh.shallow_clone()));
             gemm_rows(
                 &a.slice()[..rows * hdim],
                 rows,
@@ -491,11 +494,7 @@ impl Gru {
     pub fn shallow_clone(&self) -> Self {
         Self {
             embedding: self.embedding.shallow_clone(),
-            layers: self
-                .layers
-                .iter()
-                .map(|l| l.each_ref().map(Tensor::shallow_clone))
-                .collect(),
+            layers: shallow_layers(&self.layers),
             pad_id: self.pad_id,
             pad: self.pad,
             frozen: self.frozen.as_ref().map(Frozen::shallow_clone),
@@ -529,17 +528,15 @@ impl Gru {
             }
         }
         cuts.push(b);
-        let jobs: Vec<Box<dyn FnOnce() -> Tensor + Send>> = cuts
+        let jobs: Vec<Box<dyn FnOnce() -> Tensor + Send + '_>> = cuts
             .windows(2)
             .map(|w| {
                 let (s, e) = (w[0], w[1]);
+                // Tensors are not `Sync`: each part gets its own handles; the ids are borrowed.
                 let gru = self.shallow_clone();
-                let (tok, len) = (
-                    tokens[s * steps..e * steps].to_vec(),
-                    lengths[s..e].to_vec(),
-                );
-                Box::new(move || gru.forward(&tok, &len, steps, false).0)
-                    as Box<dyn FnOnce() -> Tensor + Send>
+                let (tok, len) = (&tokens[s * steps..e * steps], &lengths[s..e]);
+                Box::new(move || gru.forward(tok, len, steps, false).0)
+                    as Box<dyn FnOnce() -> Tensor + Send + '_>
             })
             .collect();
         Tensor::cat(&run_parallel(jobs), 0)
@@ -583,16 +580,21 @@ pub fn run_parallel<T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> V
 /// GRU's multiply-adds). Computed with the inference product, so a looked-up row is the same bits
 /// as the product per token. Valid while the weights do not change.
 pub fn input_table(embedding: &Tensor, first: &LayerWeights) -> Tensor {
+    let [wi, _] = transposed(first);
+    table_of(embedding, &wi, &first[2])
+}
+
+/// [`input_table`] from the first layer's transposed input weights `wi_t` `[E, 3H]` and bias.
+fn table_of(embedding: &Tensor, wi_t: &Tensor, b_ih: &Tensor) -> Tensor {
     tch::no_grad(|| {
         let e = Buf::from(&embedding.detach());
-        let [wi, _] = transposed(first);
-        let b = Buf::from(&first[2].detach());
-        let (v, h3) = (e.0.size()[0], wi.size()[1]);
+        let b = Buf::from(&b_ih.detach());
+        let (v, h3) = (e.0.size()[0], wi_t.size()[1]);
         let mut t = Buf::empty(&[v, h3]);
         gemm_rows(
             e.slice(),
             v as usize,
-            &Buf(wi),
+            &Buf(wi_t.shallow_clone()),
             Some(b.slice()),
             t.slice_mut(),
         );
@@ -933,10 +935,7 @@ mod tests {
     fn gru(emb: &Tensor, layers: &[LayerWeights], pad: PadSteps, frozen: Option<Frozen>) -> Gru {
         Gru {
             embedding: emb.shallow_clone(),
-            layers: layers
-                .iter()
-                .map(|l| l.each_ref().map(Tensor::shallow_clone))
-                .collect(),
+            layers: shallow_layers(layers),
             pad_id: 1,
             pad,
             frozen,
