@@ -16,6 +16,10 @@
 #     paragraph lines (cut at the model's longest training text): `oe-text score` against
 #     bench_torch.py score (tokenising, bucketing by length, writing the same TSV). The scores
 #     are compared (largest |difference|, class agreement).
+#   - where the CPU has AVX512_BF16: the same scoring with `--precision bf16` (opt-in bfloat16
+#     products), against the same PyTorch float32 loop, and how far its scores move from oe's
+#     float32 scores; and each baseline's evaluation again with `--precision bf16`, with how far
+#     each metric moves.
 # Prints a Markdown table: seconds for each side, oe's time as a fraction of PyTorch's, and the
 # speed-up. Both sides use every core by default (`torch.get_num_threads()` and oe's default).
 # Environment: OE_DATA_DIR (default ../shared/data), BENCH_DIR (default target/bench-torch),
@@ -43,6 +47,10 @@ if ! "$PY" -c "import sys, torch, sklearn, safetensors; sys.exit(torch.__version
 fi
 say "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 say "torch $("$PY" -c 'import torch; print(torch.__version__, "threads", torch.get_num_threads())')"
+
+# bfloat16 rows where the CPU has the instructions oe's bf16 product needs.
+BF16=0
+if grep -q avx512_bf16 /proc/cpuinfo; then BF16=1; fi
 
 RES=$W/results.tsv
 : > "$RES"
@@ -77,6 +85,17 @@ for ds in "${DATASETS[@]}"; do
     "$(jget "$W/torch-eval-$ds.json" 'd["evaluation"]')"
   row "$ds: evaluation, whole process (oe: + loading, PyTorch: + json.load, not import torch)" "$oe_eval" \
     "$(jget "$W/torch-eval-$ds.json" 'd["evaluation"] + d["load"]')"
+  if [ "$BF16" = 1 ]; then
+    say "$ds: evaluation of the baseline with --precision bf16"
+    # shellcheck disable=SC2086
+    "$BIN" eval --model "$W/oe-$ds/baseline" --data-dir "$ROOT" --device cpu --precision bf16 ${OE_ARGS:-} \
+      > "$W/oe-eval-$ds-bf16.txt" 2>&1
+    row "$ds: evaluation (paper protocol), oe --precision bf16" \
+      "$(sed -n 's/^time: evaluation \([0-9.]*\) s.*/\1/p' "$W/oe-eval-$ds-bf16.txt")" \
+      "$(jget "$W/torch-eval-$ds.json" 'd["evaluation"]')"
+    python3 experiments/metrics_moved.py "$W/oe-$ds/baseline/eval-msp-paper/report.json" \
+      "$W/oe-$ds/baseline/eval-msp-paper-bf16/report.json" | sed 's/^/[bench_torch]   /' >&2
+  fi
 done
 
 # Scoring inputs: WikiText-2 sentences and paragraph lines (experiments/wikitext_lines.sh).
@@ -103,6 +122,25 @@ agree = np.mean([x == y for x, y in zip(ca, cb)])
 print(f"[bench_torch]   scores: max |oe - PyTorch| = {np.abs(a[:, 0] - b[:, 0]).max():.2e} over {len(a)} texts; "
       f"classes agree on {100 * agree:.3f}%")
 EOF
+  if [ "$BF16" = 1 ]; then
+    # shellcheck disable=SC2086
+    oe_b=$(wall "$W/oe-score-$kind-bf16.txt" "$BIN" score --model "$M" --device cpu --precision bf16 ${OE_ARGS:-} \
+      --output "$W/oe-score-$kind-bf16.tsv" "$IN")
+    row "scoring $LINES WikiText-2 $kind, oe --precision bf16" "$oe_b" "$(jget "$W/torch-score-$kind.json" 'd["scoring"]')"
+    { grep '^precision' "$W/oe-score-$kind-bf16.txt" || true; } | sed 's/^/[bench_torch]   /' >&2
+    "$PY" - "$W/oe-score-$kind-bf16.tsv" "$W/oe-score-$kind.tsv" <<'EOF' >&2
+import sys
+import numpy as np
+a = np.genfromtxt(sys.argv[1], delimiter="\t", skip_header=1, usecols=(2, 4))
+b = np.genfromtxt(sys.argv[2], delimiter="\t", skip_header=1, usecols=(2, 4))
+ca = [l.split("\t")[3] for l in open(sys.argv[1]).read().splitlines()[1:]]
+cb = [l.split("\t")[3] for l in open(sys.argv[2]).read().splitlines()[1:]]
+agree = np.mean([x == y for x, y in zip(ca, cb)])
+d = np.abs(a[:, 0] - b[:, 0])
+print(f"[bench_torch]   bf16 scores vs oe float32, all {len(a)} texts: max |diff| {d.max():.2e}, "
+      f"mean {d.mean():.2e}; classes agree on {100 * agree:.3f}%")
+EOF
+  fi
 done
 
 echo

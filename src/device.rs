@@ -198,6 +198,43 @@ pub fn set_torch_threads(n: usize) {
     }
 }
 
+/// The arithmetic of inference's matrix products (`--precision`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// float32 throughout (the default; what training used).
+    #[default]
+    Float32,
+    /// Opt-in: the CPU GRU's matrix products take bfloat16 inputs (8 significant bits) with float32
+    /// sums, on CPUs with AVX512_BF16; the gate arithmetic, the input table and the head stay float32.
+    /// Results are still batch-invariant, but move from float32's (`score` reports by how much).
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Float32 => "float32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this is the default (float32): what results leave unsaid.
+    pub fn is_default(&self) -> bool {
+        *self == Precision::Float32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,6 +240,9 @@ pub struct EvalReport {
     /// (evaluations given a validation OOD set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operating_point: Option<OperatingPoint>,
+    /// The arithmetic of the model's products (recorded only when not the default float32).
+    #[serde(default, skip_serializing_if = "crate::device::Precision::is_default")]
+    pub precision: crate::device::Precision,
 }
 
 /// A threshold chosen on validation data only (texts with a score above it are flagged as OOD),

@@ -216,8 +216,12 @@ struct ReportJson<'a> {
 
 /// The evaluation directory of a report under a model directory: `eval-<score>-<protocol>`.
 pub fn eval_dir(dir: &Path, report: &EvalReport) -> PathBuf {
+    let precision = match report.precision {
+        crate::device::Precision::Float32 => String::new(),
+        p => format!("-{}", p.name()),
+    };
     dir.join(format!(
-        "eval-{}-{}",
+        "eval-{}-{}{precision}",
         report.config.score_name().replace(':', "_"),
         report.config.protocol.name()
     ))

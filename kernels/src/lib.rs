@@ -19,6 +19,7 @@
     clippy::too_many_arguments
 )]
 
+pub mod bf16;
 pub mod gemm;
 pub use gemm::gemm;
 

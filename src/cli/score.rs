@@ -116,6 +116,11 @@ pub struct ScoreArgs {
     /// shard does nothing; an interrupted one resumes.
     #[arg(long, value_name = "I/N", conflicts_with = "slurm")]
     pub shard: Option<crate::text::score::shard::Shard>,
+    /// Arithmetic of the model's products: float32 (default), or bf16 (opt-in, the CPU GRU on CPUs
+    /// with AVX512_BF16: bfloat16 inputs, float32 sums; faster; scores move slightly, and the
+    /// summary says how far on the first texts, scored both ways)
+    #[arg(long, value_enum, default_value_t = crate::device::Precision::Float32)]
+    pub precision: crate::device::Precision,
     /// Write a Slurm array script scoring N shards and a merge job that runs after all of them
     /// succeed (`afterok`), into OUTPUT.slurm/; with --submit, submit both.
     #[arg(long, value_name = "N")]
@@ -194,6 +199,7 @@ impl ScoreArgs {
             default_threads: self.device.threads == 0,
             device,
             shard: self.shard,
+            precision: self.precision,
         })
     }
 }
@@ -340,6 +346,10 @@ pub struct ServeArgs {
     /// prob, is_ood, p_value; never the text): the input of `oe-text monitor --window-secs`.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
+    /// Arithmetic of the model's products: float32 (default), or bf16 (opt-in, the CPU GRU on CPUs
+    /// with AVX512_BF16: bfloat16 inputs, float32 sums; faster, scores move slightly)
+    #[arg(long, value_enum, default_value_t = crate::device::Precision::Float32)]
+    pub precision: crate::device::Precision,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -373,6 +383,7 @@ impl ServeArgs {
             token,
             threads: self.http_threads,
             log: self.log.clone(),
+            precision: self.precision,
             ..crate::text::serve::ServeRequest::new(self.model.clone(), device)
         };
         req.validate()?;

@@ -464,6 +464,11 @@ pub struct EvalCommandArgs {
     /// the released weights were trained with (baseline or oe).
     #[arg(long, value_parser = parse_method)]
     pub method: Option<MethodLabel>,
+    /// Arithmetic of the model's products: float32 (default), or bf16 (opt-in, the CPU GRU on CPUs
+    /// with AVX512_BF16: bfloat16 inputs, float32 sums; faster, scores move slightly; the results go to
+    /// eval-...-bf16/)
+    #[arg(long, value_enum, default_value_t = crate::device::Precision::Float32)]
+    pub precision: crate::device::Precision,
     #[command(flatten)]
     pub data: DataRootArgs,
     #[command(flatten)]
@@ -537,6 +542,7 @@ impl EvalCommandArgs {
             text: self.data.text(),
             eval: self.eval.config(in_dataset.as_deref())?,
             ood_sets: self.eval.ood.clone(),
+            precision: self.precision,
             device,
         })
     }

@@ -308,6 +308,7 @@ mod tests {
             in_scores: vec![],
             in_correct: vec![],
             operating_point: None,
+            precision: Default::default(),
         };
         let rows = rows_of("gru", "oe", "msp", &r);
         assert_eq!(rows.len(), 3);

@@ -131,6 +131,17 @@ impl LoadedModel {
         })
     }
 
+    /// Sets the arithmetic of inference ([`crate::device::Precision`]; bfloat16 only for the CPU
+    /// GRU on CPUs with AVX512_BF16), dropping outputs computed under the previous one.
+    pub fn set_precision(&mut self, p: crate::device::Precision) -> Result<()> {
+        if p != self.model.precision() {
+            self.model.set_precision(p)?;
+            self.outputs = Default::default();
+            self.row_probe = Default::default();
+        }
+        Ok(())
+    }
+
     pub fn scorer(&self) -> Scorer<'_> {
         let sources = self
             .detectors

@@ -393,6 +393,7 @@ pub fn evaluate_model_with(
     if let Some(v) = val {
         report.operating_point = Some(operating_point(m, v, cfg, &report)?);
     }
+    report.precision = m.model.precision();
     let meta = crate::results::RunMeta {
         in_dataset: m.config.header.in_dataset.clone(),
         method,
@@ -807,6 +808,8 @@ pub struct EvalRequest {
     pub eval: EvalConfig,
     /// OOD sets (`None`: every set present under the data root).
     pub ood_sets: Option<Vec<String>>,
+    /// The arithmetic of the model's products.
+    pub precision: crate::device::Precision,
     pub device: Device,
 }
 
@@ -853,6 +856,7 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
         }
     };
     let data_root = &data_root;
+    m.set_precision(req.precision)?;
     if needs_detectors && m.needs_fit(req.eval.detector) {
         obs.status(&format!("{}: fitting feature detectors", m.dir.display()));
         m.fit_detectors(&ind.train, None)?;
@@ -997,6 +1001,8 @@ pub struct ScoreRequest {
     pub device: tch::Device,
     /// Score one shard into a part of `output` ([`score::shard`]; merged by `oe-text merge`).
     pub shard: Option<score::shard::Shard>,
+    /// The arithmetic of the model's products.
+    pub precision: crate::device::Precision,
 }
 
 /// Conformal p-values in `oe-text score` (against the validation scores stored by `calibrate`).
@@ -1050,7 +1056,8 @@ pub fn default_score_threads() -> usize {
 
 /// `oe-text score`: loads the model directory and streams the inputs through it, in input order.
 pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
-    let m = LoadedModel::load(&req.model_dir, req.device)?;
+    let mut m = LoadedModel::load(&req.model_dir, req.device)?;
+    m.set_precision(req.precision)?;
     // (The GRU takes its worker threads when it is built: `gru_cpu::adopt_torch_threads`.)
     let gru = matches!(m.model, crate::text::models::TextModel::Gru(_));
     if req.default_threads && m.vs.device() == tch::Device::Cpu && !gru {
@@ -1264,6 +1271,7 @@ fn score_shard_locked(
         format: req.format,
         input: serde_json::to_value(&req.input).map_err(|e| OeError::Data(e.to_string()))?,
         calibration_sha256,
+        precision: req.precision,
     };
     let prior = match sh::part_start(output, shard, &model_sha256, &settings)? {
         PartStart::Finished(r) => {
@@ -1281,6 +1289,7 @@ fn score_shard_locked(
                 stopped_after: None,
                 owned: Some(r.owned),
                 input_digest: Some(r.input_digest.clone()),
+                precision_check: None,
             };
             summary.counts.scored = r.rows;
             return Ok(ScoreOutcome {

@@ -515,6 +515,7 @@ where
         in_scores,
         in_correct: pred.iter().zip(in_labels).map(|(p, y)| p == y).collect(),
         operating_point: None,
+        precision: Default::default(),
     })
 }
 

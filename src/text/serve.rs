@@ -71,6 +71,8 @@ pub struct ServeRequest {
     pub device: tch::Device,
     /// Append one JSON line per scored text here.
     pub log: Option<PathBuf>,
+    /// The arithmetic of the model's products.
+    pub precision: crate::device::Precision,
 }
 
 impl ServeRequest {
@@ -92,6 +94,7 @@ impl ServeRequest {
             threads: 2,
             device,
             log: None,
+            precision: Default::default(),
         }
     }
 
@@ -470,7 +473,8 @@ fn inference_loop(
     loaded: mpsc::Sender<Result<serde_json::Value>>,
     batch_hist: &Histogram,
 ) -> Result<()> {
-    let m = match LoadedModel::load(&req.model_dir, req.device).and_then(|m| {
+    let m = match LoadedModel::load(&req.model_dir, req.device).and_then(|mut m| {
+        m.set_precision(req.precision)?;
         let mut info = model_info(&m)?;
         // The batch-size check runs now, before the service reports ready.
         let free = crate::text::score::prepare(&m, &ScoreOptions::default());
@@ -573,6 +577,7 @@ fn model_info(m: &LoadedModel) -> Result<serde_json::Value> {
         "dataset": m.config.header.in_dataset,
         "labels": m.labels.names(),
         "model": m.config.model.name(),
+        "precision": m.model.precision().name(),
         "method": m.config.method_label().name(),
         "tool": m.config.header.tool,
         "weights_sha256": sha,

@@ -294,6 +294,7 @@ pub fn evaluate(
             in_scores,
             in_correct,
             operating_point: None,
+            precision: Default::default(),
         },
         calibration,
         calibration_skipped,

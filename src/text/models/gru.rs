@@ -47,6 +47,8 @@ pub struct GruClassifier {
     /// Inference only: the first layer's input projections per vocabulary entry and the transposed
     /// weights ([`GruClassifier::freeze_for_inference`]); a training step drops them.
     frozen: std::cell::RefCell<Option<gru_cpu::Frozen>>,
+    /// The arithmetic of inference's products ([`GruClassifier::set_precision`]).
+    precision: std::cell::Cell<super::Precision>,
 }
 
 impl GruClassifier {
@@ -91,6 +93,7 @@ impl GruClassifier {
             linear_b,
             cfg: cfg.clone(),
             frozen: Default::default(),
+            precision: Default::default(),
         }
     }
 
@@ -129,6 +132,7 @@ impl GruClassifier {
                     .as_ref()
                     .map(gru_cpu::Frozen::shallow_clone),
             ),
+            precision: self.precision.clone(),
         }
     }
 
@@ -161,7 +165,7 @@ impl GruClassifier {
                 .frozen
                 .borrow()
                 .as_ref()
-                .map(gru_cpu::Frozen::shallow_clone),
+                .map(|f| f.shallow_clone_with(self.precision.get() == super::Precision::Bf16)),
         }
     }
 
@@ -207,8 +211,46 @@ impl GruClassifier {
     pub fn freeze_for_inference(&self) {
         if self.packed_on_cpu() && self.frozen.borrow().is_none() {
             let f = gru_cpu::Frozen::new(&self.embedding.detach(), &self.layers);
+            let f = if self.precision.get() == super::Precision::Bf16 {
+                f.with_bf16()
+            } else {
+                f
+            };
             *self.frozen.borrow_mut() = Some(f);
         }
+    }
+
+    /// Sets the arithmetic of inference. bfloat16 needs the fused CPU GRU with frozen weights
+    /// ([`GruClassifier::freeze_for_inference`]) and a CPU with AVX512_BF16; its packed weights are
+    /// made once and kept.
+    pub fn set_precision(&self, p: super::Precision) -> crate::error::Result<()> {
+        use crate::error::OeError;
+        if p == super::Precision::Bf16 {
+            if !self.packed_on_cpu() {
+                return Err(OeError::Config(
+                    "--precision bf16 runs on the CPU only (the model is on a GPU)".into(),
+                ));
+            }
+            if !oe_kernels::bf16::supported() {
+                return Err(OeError::Config(
+                    "--precision bf16 needs a CPU with AVX-512 BF16 instructions (avx512_bf16 in \
+                     /proc/cpuinfo); this one lacks them: use the default float32"
+                        .into(),
+                ));
+            }
+            self.freeze_for_inference();
+            let mut frozen = self.frozen.borrow_mut();
+            if let Some(f) = frozen.take() {
+                *frozen = Some(if f.has_bf16() { f } else { f.with_bf16() });
+            }
+        }
+        self.precision.set(p);
+        Ok(())
+    }
+
+    /// The arithmetic of inference now.
+    pub fn precision(&self) -> super::Precision {
+        self.precision.get()
     }
 
     /// A batch's ids (row-major), lengths and steps, on the host.

@@ -113,33 +113,85 @@ impl Buf {
 }
 
 /// `a` `[rows, k]` · `bt` `[k, n]` (+ `bias` `[n]`) into `out` `[rows, n]`, the batch-invariant
-/// product ([`oe_kernels::gemm`]); `k` and `n` from `bt`'s shape.
-fn gemm_rows(a: &[f32], rows: usize, bt: &Buf, bias: Option<&[f32]>, out: &mut [f32]) {
-    let (k, n) = (bt.0.size()[0] as usize, bt.0.size()[1] as usize);
-    oe_kernels::gemm(rows, k, n, a, bt.slice(), bias, out);
+/// product ([`oe_kernels::gemm`]); `k` and `n` from `bt`'s shape. With `bf16`, the same product
+/// with `a` and `bt` (packed in `bf16`) rounded to bfloat16 ([`oe_kernels::bf16::gemm_bf16`],
+/// batch-invariant too).
+fn gemm_rows(
+    a: &[f32],
+    rows: usize,
+    bt: &Buf,
+    bf16: Option<&Bf16Matrix>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    match bf16 {
+        Some(b) => oe_kernels::bf16::gemm_bf16(rows, a, b, bias, out),
+        None => {
+            let (k, n) = (bt.0.size()[0] as usize, bt.0.size()[1] as usize);
+            oe_kernels::gemm(rows, k, n, a, bt.slice(), bias, out);
+        }
+    }
 }
+
+pub use oe_kernels::bf16::Bf16Matrix;
 
 /// What inference needs besides the weights, fixed while they do not change: the transposed
 /// weights per layer (`W_ihᵀ [in, 3H]`, `W_hhᵀ [H, 3H]`, contiguous) and the first layer's input
 /// projection of every vocabulary entry ([`input_table`]).
+///
+/// With [`Frozen::with_bf16`], also those transposed weights rounded to bfloat16 and packed for
+/// [`oe_kernels::bf16::gemm_bf16`]: inference then multiplies in bfloat16 (opt-in, reduced
+/// precision; the input table and the gate arithmetic stay float32).
 #[derive(Debug)]
 pub struct Frozen {
     pub table: Tensor,
     transposed: Vec<[Tensor; 2]>,
+    bf16: Option<std::sync::Arc<Vec<[Bf16Matrix; 2]>>>,
 }
 
 impl Frozen {
     pub fn new(embedding: &Tensor, layers: &[LayerWeights]) -> Self {
         let transposed: Vec<[Tensor; 2]> = layers.iter().map(transposed).collect();
         let table = table_of(embedding, &transposed[0][0], &layers[0][2]);
-        Self { table, transposed }
+        Self {
+            table,
+            transposed,
+            bf16: None,
+        }
     }
 
-    pub fn shallow_clone(&self) -> Self {
+    /// Adds the bfloat16 copies of the transposed weights (the CPU must run
+    /// [`oe_kernels::bf16::gemm_bf16`]: [`oe_kernels::bf16::supported`]).
+    pub fn with_bf16(mut self) -> Self {
+        let pack = |t: &Tensor| {
+            let (k, n) = (t.size()[0] as usize, t.size()[1] as usize);
+            Bf16Matrix::new(k, n, Buf(t.shallow_clone()).slice())
+        };
+        let packed = self
+            .transposed
+            .iter()
+            .map(|[i, h]| [pack(i), pack(h)])
+            .collect();
+        self.bf16 = Some(std::sync::Arc::new(packed));
+        self
+    }
+
+    /// Whether inference multiplies in bfloat16.
+    pub fn has_bf16(&self) -> bool {
+        self.bf16.is_some()
+    }
+
+    /// Another handle on the same tensors; without `bf16`, float32 products only.
+    pub fn shallow_clone_with(&self, bf16: bool) -> Self {
         Self {
             table: self.table.shallow_clone(),
             transposed: shallow_layers(&self.transposed),
+            bf16: if bf16 { self.bf16.clone() } else { None },
         }
+    }
+
+    pub fn shallow_clone(&self) -> Self {
+        self.shallow_clone_with(true)
     }
 }
 
@@ -258,10 +310,13 @@ enum Input<'a> {
 
 /// One layer's forward pass over a packed batch. With `keep` (only for [`Input::X`]), what the
 /// backward pass needs. `layer` numbers its scratch buffers.
-/// `wt`: the layer's transposed weights (inference only; [`Frozen`]).
+/// `wt`: the layer's transposed weights (inference only; [`Frozen`]); `wb`: their bfloat16 copies,
+/// when inference multiplies in bfloat16.
+#[allow(clippy::too_many_arguments)]
 fn run_layer(
     w: &LayerWeights,
     wt: Option<&[Tensor; 2]>,
+    wb: Option<&[Bf16Matrix; 2]>,
     input: Input,
     pack: &Packing,
     pad: PadSteps,
@@ -291,6 +346,7 @@ fn run_layer(
                 &a.slice()[..rows * hdim],
                 rows,
                 wh,
+                wb.map(|w| &w[1]),
                 None,
                 &mut o.slice_mut()[..rows * h3],
             );
@@ -314,9 +370,24 @@ fn run_layer(
                 Some((wi, _)) => {
                     let b_ih = Buf::from(&w[2]);
                     let (xb, xpb) = (Buf::from(x), Buf::from(xp));
-                    gemm_rows(xb.slice(), n_all, wi, Some(b_ih.slice()), gi.slice_mut());
+                    let wib = wb.map(|w| &w[0]);
+                    gemm_rows(
+                        xb.slice(),
+                        n_all,
+                        wi,
+                        wib,
+                        Some(b_ih.slice()),
+                        gi.slice_mut(),
+                    );
                     let mut gip = Buf::empty(&[mp as i64, h3 as i64]);
-                    gemm_rows(xpb.slice(), mp, wi, Some(b_ih.slice()), gip.slice_mut());
+                    gemm_rows(
+                        xpb.slice(),
+                        mp,
+                        wi,
+                        wib,
+                        Some(b_ih.slice()),
+                        gip.slice_mut(),
+                    );
                     gip
                 }
                 None => {
@@ -595,6 +666,7 @@ fn table_of(embedding: &Tensor, wi_t: &Tensor, b_ih: &Tensor) -> Tensor {
             e.slice(),
             v as usize,
             &Buf(wi_t.shallow_clone()),
+            None,
             Some(b.slice()),
             t.slice_mut(),
         );
@@ -615,6 +687,7 @@ pub fn linear_rows(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
             xb.slice(),
             rows as usize,
             &wt,
+            None,
             Some(bb.slice()),
             out.slice_mut(),
         );
@@ -697,7 +770,11 @@ impl Gru {
                 _ => Input::X(&x, &x_pad),
             };
             let wt = self.frozen.as_ref().map(|f| &f.transposed[l]);
-            let lo = run_layer(w, wt, input, &pack, pad, keep, l);
+            let wb = match (&self.frozen, keep) {
+                (Some(f), false) => f.bf16.as_ref().map(|b| &b[l]),
+                _ => None,
+            };
+            let lo = run_layer(w, wt, wb, input, &pack, pad, keep, l);
             x = lo.out.0.shallow_clone();
             x_pad = lo.p.rows(1, pack.max_pad);
             if let Some(t) = lo.tape {
@@ -1074,6 +1151,40 @@ mod tests {
                 false,
             );
             assert!(part.equal(&whole.narrow(0, 7, 3)));
+        }
+    }
+
+    /// bfloat16 products (opt-in): each row the same bits alone as in its batch, under both pad
+    /// modes, and within bfloat16's rounding of float32's states (inputs rounded to 8 significant
+    /// bits: a few 1e-3 on these states of size about 0.5).
+    #[test]
+    fn bf16_inference_is_batch_invariant_and_near_float32() {
+        if !oe_kernels::bf16::supported() {
+            eprintln!("skipped: this CPU lacks AVX512_BF16");
+            return;
+        }
+        let lens: Vec<usize> = (0..37).map(|i| [5usize, 1, 9, 3, 7, 0][i % 6]).collect();
+        let steps = 9;
+        let (emb, layers, ids, _) = setup(11, &lens, steps);
+        for pad in [PadSteps::Skip, PadSteps::Run] {
+            let f32s = || Some(Frozen::new(&emb, &layers));
+            let bf = || Some(Frozen::new(&emb, &layers).with_bf16());
+            let (want, _) = gru(&emb, &layers, pad, f32s()).forward(&ids, &lens, steps, false);
+            let (all, _) = gru(&emb, &layers, pad, bf()).forward(&ids, &lens, steps, false);
+            let diff = max_diff(&all, &want);
+            assert!(
+                diff > 0.0 && diff < 2e-2,
+                "{pad:?}: bf16 moved the states by {diff}"
+            );
+            for b in [0usize, 1, 2, 5, 17, 36] {
+                let l = lens[b];
+                let (row, n) = match pad {
+                    PadSteps::Skip => (&ids[b * steps + steps - l..(b + 1) * steps], l.max(1)),
+                    PadSteps::Run => (&ids[b * steps..(b + 1) * steps], steps),
+                };
+                let (one, _) = gru(&emb, &layers, pad, bf()).forward(row, &[l], n, false);
+                assert!(one.get(0).equal(&all.get(b as i64)), "{pad:?} row {b}");
+            }
         }
     }
 

@@ -33,6 +33,8 @@ pub enum PadMode {
     Masked,
 }
 
+pub use crate::device::Precision;
+
 /// A batch of token ids, left-padded with [`PAD_ID`].
 #[derive(Debug)]
 pub struct TokenBatch {
@@ -202,6 +204,41 @@ impl TextModel {
     pub fn freeze_for_inference(&self) {
         if let TextModel::Gru(g) = self {
             g.freeze_for_inference();
+        }
+    }
+
+    /// Sets the arithmetic of inference ([`Precision`]); after [`TextModel::freeze_for_inference`].
+    /// bfloat16 runs on the CPU GRU only, on CPUs with AVX512_BF16: anything else is an error
+    /// naming why.
+    pub fn set_precision(&self, p: Precision) -> Result<()> {
+        match (self, p) {
+            (_, Precision::Float32) => {
+                if let TextModel::Gru(g) = self {
+                    g.set_precision(p)?;
+                }
+                Ok(())
+            }
+            (TextModel::Gru(g), Precision::Bf16) => g.set_precision(p),
+            (m, Precision::Bf16) => Err(OeError::Config(format!(
+                "--precision bf16 runs on the CPU GRU only, not on the {} model",
+                m.kind_name()
+            ))),
+        }
+    }
+
+    /// The arithmetic of inference now.
+    pub fn precision(&self) -> Precision {
+        match self {
+            TextModel::Gru(g) => g.precision(),
+            _ => Precision::Float32,
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            TextModel::Gru(_) => "gru",
+            TextModel::Transformer(_) => "transformer",
+            TextModel::Pretrained(_) => "pretrained (minilm)",
         }
     }
 

@@ -186,6 +186,64 @@ pub struct Engine<'m> {
     /// Batches run and rows computed (including filler rows).
     pub batches: u64,
     pub rows_computed: u64,
+    /// With a reduced precision: the first texts scored again in float32 ([`PrecisionCheck`]).
+    pub precision_check: Option<PrecisionCheck>,
+}
+
+/// How far a reduced [`crate::device::Precision`] moves results: the first
+/// [`PrecisionCheck::LIMIT`] texts of a run are scored again in float32 and compared.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PrecisionCheck {
+    pub precision: crate::device::Precision,
+    /// Texts compared.
+    pub texts: u64,
+    /// Largest and mean |score − float32 score|.
+    pub max_abs_score_diff: f64,
+    pub mean_abs_score_diff: f64,
+    /// Largest |probability − float32 probability| of the predicted class.
+    pub max_abs_prob_diff: f64,
+    /// Texts whose predicted class differs from float32's.
+    pub class_changes: u64,
+    #[serde(skip)]
+    sum_abs_score_diff: f64,
+}
+
+impl PrecisionCheck {
+    /// Texts scored both ways.
+    pub const LIMIT: u64 = 2048;
+
+    fn add(&mut self, got: &[(f32, i64, f32)], want: &[(f32, i64, f32)]) {
+        for (g, w) in got.iter().zip(want) {
+            let d = (g.0 as f64 - w.0 as f64).abs();
+            // NaN (a score that is not finite either way) counts as the largest move.
+            self.max_abs_score_diff = if d.is_nan() {
+                f64::INFINITY
+            } else {
+                self.max_abs_score_diff.max(d)
+            };
+            self.sum_abs_score_diff += if d.is_nan() { 0.0 } else { d };
+            self.max_abs_prob_diff = self.max_abs_prob_diff.max((g.2 as f64 - w.2 as f64).abs());
+            self.class_changes += u64::from(g.1 != w.1);
+            self.texts += 1;
+        }
+        self.mean_abs_score_diff = self.sum_abs_score_diff / self.texts.max(1) as f64;
+    }
+
+    /// One line for the summary.
+    pub fn render(&self) -> String {
+        format!(
+            "precision {}: the first {} texts scored again in float32: scores moved by at most {:.2e} \
+             (mean {:.2e}), the predicted class's probability by at most {:.2e}, predicted class \
+             changed for {} of {}",
+            self.precision.name(),
+            self.texts,
+            self.max_abs_score_diff,
+            self.mean_abs_score_diff,
+            self.max_abs_prob_diff,
+            self.class_changes,
+            self.texts
+        )
+    }
 }
 
 /// What [`Engine`] needs to score with a stored detector.
@@ -255,6 +313,10 @@ impl<'m> Engine<'m> {
             base: 0,
             batches: 0,
             rows_computed: 0,
+            precision_check: (!m.model.precision().is_default()).then(|| PrecisionCheck {
+                precision: m.model.precision(),
+                ..Default::default()
+            }),
         }
     }
 
@@ -351,76 +413,111 @@ impl<'m> Engine<'m> {
         while seqs.len() < rows {
             seqs.push(seqs[0]);
         }
-        let out = tch::no_grad(|| {
-            let outputs = |sources: &[crate::detect::FeatureSource]| {
-                let alone = self
-                    .mixed_lengths
-                    .then(|| self.model.outputs_alone(&seqs, sources))
-                    .flatten();
-                let batch = |seqs: &[&[i64]]| {
-                    let b = crate::text::models::TokenBatch::left_padded(
-                        seqs,
-                        self.fix_len,
-                        self.device,
-                    );
-                    self.model.outputs(&b, sources)
+        let compute = || {
+            tch::no_grad(|| {
+                let outputs = |sources: &[crate::detect::FeatureSource]| {
+                    let alone = self
+                        .mixed_lengths
+                        .then(|| self.model.outputs_alone(&seqs, sources))
+                        .flatten();
+                    let batch = |seqs: &[&[i64]]| {
+                        let b = crate::text::models::TokenBatch::left_padded(
+                            seqs,
+                            self.fix_len,
+                            self.device,
+                        );
+                        self.model.outputs(&b, sources)
+                    };
+                    alone.unwrap_or_else(|| {
+                        if !self.mixed_lengths {
+                            return batch(&seqs);
+                        }
+                        // Not reached (a model that mixes lengths scores them alone), but never pad
+                        // texts of other lengths together: one batch per text.
+                        let (f, l): (Vec<Tensor>, Vec<Tensor>) =
+                            seqs.iter().map(|s| batch(&[s])).unzip();
+                        (Tensor::cat(&f, 0), Tensor::cat(&l, 0))
+                    })
                 };
-                alone.unwrap_or_else(|| {
-                    if !self.mixed_lengths {
-                        return batch(&seqs);
+                let n = take as i64;
+                let (logits, scores) = match &self.stored {
+                    None => {
+                        let logits = outputs(&[crate::detect::FeatureSource::Penultimate])
+                            .1
+                            .to_kind(Kind::Float);
+                        let scores = self.score.compute(&logits);
+                        (logits, scores)
                     }
-                    // Not reached (a model that mixes lengths scores them alone), but never pad
-                    // texts of other lengths together: one batch per text.
-                    let (f, l): (Vec<Tensor>, Vec<Tensor>) =
-                        seqs.iter().map(|s| batch(&[s])).unzip();
-                    (Tensor::cat(&f, 0), Tensor::cat(&l, 0))
-                })
-            };
-            let n = take as i64;
-            let (logits, scores) = match &self.stored {
-                None => {
-                    let logits = outputs(&[crate::detect::FeatureSource::Penultimate])
-                        .1
-                        .to_kind(Kind::Float);
-                    let scores = self.score.compute(&logits);
-                    (logits, scores)
-                }
-                Some(st) => {
-                    let (f, logits) = outputs(&st.sources);
-                    let logits = logits.to_kind(Kind::Float);
-                    let d = f.size()[1] / st.sources.len() as i64;
-                    let own_i = st
-                        .sources
-                        .iter()
-                        .position(|s| *s == st.fitted.settings.source(st.detector))
-                        .unwrap_or(0) as i64;
-                    let (w, bias) = (&st.head.0, &st.head.1);
-                    // One row at a time: the same kernels whatever the batch holds.
-                    let rows: Vec<Tensor> = (0..n)
-                        .map(|i| {
-                            let fi = f.narrow(0, i, 1);
-                            let pen = fi.narrow(1, 0, d);
-                            let own = fi.narrow(1, own_i * d, d);
-                            st.fitted
-                                .score(st.detector, &own, &pen, &logits.narrow(0, i, 1), (w, bias))
-                                .unwrap_or_else(|_| {
-                                    Tensor::full([1], f64::NAN, (Kind::Float, pen.device()))
-                                })
-                        })
-                        .collect();
-                    let scores = Tensor::cat(&rows, 0).to_kind(Kind::Float);
-                    (logits.narrow(0, 0, n), scores)
-                }
-            };
-            let (prob, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
-            let to_cpu = |t: Tensor| t.narrow(0, 0, n).to_device(Device::Cpu).contiguous();
-            (to_cpu(scores), to_cpu(class), to_cpu(prob))
-        });
+                    Some(st) => {
+                        let (f, logits) = outputs(&st.sources);
+                        let logits = logits.to_kind(Kind::Float);
+                        let d = f.size()[1] / st.sources.len() as i64;
+                        let own_i = st
+                            .sources
+                            .iter()
+                            .position(|s| *s == st.fitted.settings.source(st.detector))
+                            .unwrap_or(0) as i64;
+                        let (w, bias) = (&st.head.0, &st.head.1);
+                        // One row at a time: the same kernels whatever the batch holds.
+                        let rows: Vec<Tensor> = (0..n)
+                            .map(|i| {
+                                let fi = f.narrow(0, i, 1);
+                                let pen = fi.narrow(1, 0, d);
+                                let own = fi.narrow(1, own_i * d, d);
+                                st.fitted
+                                    .score(
+                                        st.detector,
+                                        &own,
+                                        &pen,
+                                        &logits.narrow(0, i, 1),
+                                        (w, bias),
+                                    )
+                                    .unwrap_or_else(|_| {
+                                        Tensor::full([1], f64::NAN, (Kind::Float, pen.device()))
+                                    })
+                            })
+                            .collect();
+                        let scores = Tensor::cat(&rows, 0).to_kind(Kind::Float);
+                        (logits.narrow(0, 0, n), scores)
+                    }
+                };
+                let (prob, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
+                let to_cpu = |t: Tensor| t.narrow(0, 0, n).to_device(Device::Cpu).contiguous();
+                let (scores, class, prob) = (to_cpu(scores), to_cpu(class), to_cpu(prob));
+                let scores = Vec::<f32>::try_from(&scores).expect("float scores");
+                let classes = Vec::<i64>::try_from(&class).expect("int64 classes");
+                let probs = Vec::<f32>::try_from(&prob).expect("float probabilities");
+                (scores, classes, probs)
+            })
+        };
+        let (scores, classes, probs) = compute();
         self.batches += 1;
         self.rows_computed += rows as u64;
-        let scores = Vec::<f32>::try_from(&out.0).expect("float scores");
-        let classes = Vec::<i64>::try_from(&out.1).expect("int64 classes");
-        let probs = Vec::<f32>::try_from(&out.2).expect("float probabilities");
+        if let Some(check) = self
+            .precision_check
+            .as_mut()
+            .filter(|c| c.texts < PrecisionCheck::LIMIT)
+        {
+            // The same batch in float32 (batch-invariant either way: the comparison is per text).
+            let reduced = self.model.precision();
+            let back = self.model.set_precision(crate::device::Precision::Float32);
+            if back.is_ok() {
+                let (s32, c32, p32) = compute();
+                let _ = self.model.set_precision(reduced);
+                let zip = |s: &[f32], c: &[i64], p: &[f32]| -> Vec<(f32, i64, f32)> {
+                    s.iter()
+                        .zip(c)
+                        .zip(p)
+                        .map(|((&s, &c), &p)| (s, c, p))
+                        .collect()
+                };
+                let room = (PrecisionCheck::LIMIT - check.texts) as usize;
+                let got = zip(&scores, &classes, &probs);
+                let want = zip(&s32, &c32, &p32);
+                let k = room.min(got.len());
+                check.add(&got[..k], &want[..k]);
+            }
+        }
         for (i, (seq, _)) in items.iter().enumerate() {
             let slot = &mut self.ring[(seq - self.base) as usize];
             slot.out = Some(Scored {
@@ -792,6 +889,9 @@ pub struct ScoreSummary {
     /// With a shard: the digest of every record of the input ([`shard::InputDigest`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_digest: Option<String>,
+    /// With a reduced precision: how far it moved the first texts' results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision_check: Option<PrecisionCheck>,
 }
 
 impl ScoreSummary {
@@ -824,6 +924,9 @@ impl ScoreSummary {
                 self.counts.scored,
                 100.0 * self.counts.flagged_ood as f64 / self.counts.scored.max(1) as f64
             );
+        }
+        if let Some(c) = &self.precision_check {
+            s += &format!("\n{}", c.render());
         }
         s
     }
@@ -966,6 +1069,7 @@ pub fn score_stream(
         stopped_after: end.stopped.then_some(end.seen),
         owned: shard_sel.map(|_| end.seen),
         input_digest: end.digest,
+        precision_check: eng.precision_check.clone(),
     })
 }
 

@@ -117,6 +117,9 @@ pub struct PartSettings {
     pub input: serde_json::Value,
     /// sha256 of the calibration file behind the p-values, when used.
     pub calibration_sha256: Option<String>,
+    /// The arithmetic of the model's products (absent in parts of float32 runs).
+    #[serde(default, skip_serializing_if = "crate::device::Precision::is_default")]
+    pub precision: crate::device::Precision,
 }
 
 /// The completion record of a part (`part-III-of-NNN.json`).
