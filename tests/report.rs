@@ -103,6 +103,7 @@ fn make_eval(
         in_scores,
         in_correct: vec![],
         operating_point: None,
+        precision: Default::default(),
     };
     let dir = root.join(run);
     let meta = RunMeta {

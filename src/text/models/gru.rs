@@ -35,6 +35,10 @@ pub struct FusedTape {
     last: Tensor,
 }
 
+/// Features `[B, H]` and logits `[B, classes]` of a batch, computed on whichever thread calls it
+/// ([`GruClassifier::alone_job`]).
+pub type AloneJob = Box<dyn FnOnce() -> (Tensor, Tensor) + Send + 'static>;
+
 /// The GRU classifier.
 #[derive(Debug)]
 pub struct GruClassifier {
@@ -181,6 +185,12 @@ impl GruClassifier {
     /// step under the reference's padding (what a batch of it alone computes) and the zero state
     /// under masked padding. `None` where the fused GRU does not run (weights off the CPU).
     pub fn features_and_logits_alone(&self, seqs: &[&[i64]]) -> Option<(Tensor, Tensor)> {
+        self.alone_job(seqs).map(|job| job())
+    }
+
+    /// [`GruClassifier::features_and_logits_alone`] as a job that can run on another thread (it
+    /// holds its own handles on the weights and its own copy of the ids).
+    pub fn alone_job(&self, seqs: &[&[i64]]) -> Option<AloneJob> {
         if !self.packed_on_cpu() {
             return None;
         }
@@ -200,9 +210,12 @@ impl GruClassifier {
         let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let mut gru = self.gru();
         gru.pad = gru_cpu::PadSteps::Skip;
-        let last = tch::no_grad(|| gru.forward_split(&ids, &lengths, steps));
-        let logits = gru_cpu::linear_rows(&last, &self.linear_w, &self.linear_b);
-        Some((last, logits))
+        let (w, b) = (self.linear_w.detach(), self.linear_b.detach());
+        Some(Box::new(move || {
+            let last = tch::no_grad(|| gru.forward_split(&ids, &lengths, steps));
+            let logits = gru_cpu::linear_rows(&last, &w, &b);
+            (last, logits)
+        }))
     }
 
     /// Fixes the weights for inference: the first layer's input projections are then looked up

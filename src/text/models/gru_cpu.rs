@@ -636,6 +636,22 @@ fn pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// Starts `job` on the fused GRU's pool without gradient tracking and returns at once; the result
+/// arrives on the receiver (its sender is dropped if the job panics). `None` with a single worker
+/// thread (then nothing runs beside the caller: call the job directly).
+pub fn spawn<T: Send + 'static>(
+    job: Box<dyn FnOnce() -> T + Send + 'static>,
+) -> Option<std::sync::mpsc::Receiver<T>> {
+    if workers() <= 1 {
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    pool().spawn(move || {
+        let _ = tx.send(tch::no_grad(job));
+    });
+    Some(rx)
+}
+
 /// Runs `jobs` on the fused GRU's pool without gradient tracking; results in `jobs`' order. One
 /// job runs on the caller's thread.
 pub fn run_parallel<T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec<T> {

@@ -286,6 +286,15 @@ impl TextModel {
         Some((Tensor::cat(&parts, 1), l))
     }
 
+    /// [`TextModel::outputs_alone`] (penultimate features) as a job for another thread: the GRU on
+    /// the CPU; `None` for other models.
+    pub fn outputs_alone_job(&self, seqs: &[&[i64]]) -> Option<gru::AloneJob> {
+        match self {
+            TextModel::Gru(m) => m.alone_job(seqs),
+            _ => None,
+        }
+    }
+
     /// The classification head `z = W f + b`: `W` `[classes, d]`, `b` `[classes]` (detached).
     pub fn head(&self) -> (Tensor, Tensor) {
         match self {

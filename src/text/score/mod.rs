@@ -188,6 +188,17 @@ pub struct Engine<'m> {
     pub rows_computed: u64,
     /// With a reduced precision: the first texts scored again in float32 ([`PrecisionCheck`]).
     pub precision_check: Option<PrecisionCheck>,
+    /// The batch the GRU computes on its threads while the caller goes on ([`Engine::settle`]).
+    inflight: Option<InFlight>,
+    /// In [`Engine::flush`]: batches run on the caller's thread.
+    flushing: bool,
+}
+
+/// A batch being computed on the fused GRU's threads: its texts' sequence numbers and where its
+/// features and logits arrive.
+struct InFlight {
+    seqs: Vec<u64>,
+    rx: std::sync::mpsc::Receiver<(Tensor, Tensor)>,
 }
 
 /// How far a reduced [`crate::device::Precision`] moves results: the first
@@ -317,6 +328,50 @@ impl<'m> Engine<'m> {
                 precision: m.model.precision(),
                 ..Default::default()
             }),
+            inflight: None,
+            flushing: false,
+        }
+    }
+
+    /// Whether batches are still being scored twice ([`PrecisionCheck`]).
+    fn checking(&self) -> bool {
+        self.precision_check
+            .as_ref()
+            .is_some_and(|c| c.texts < PrecisionCheck::LIMIT)
+    }
+
+    /// Waits for the batch in flight, if any, and records its results.
+    pub fn settle(&mut self) {
+        let Some(f) = self.inflight.take() else {
+            return;
+        };
+        // A job only fails by panicking (a bug): carry the panic here.
+        let (_, logits) =
+            f.rx.recv()
+                .expect("the GRU's batch job panicked (see the message above)");
+        let (scores, classes, probs) = tch::no_grad(|| {
+            let logits = logits.to_kind(Kind::Float);
+            let scores = self.score.compute(&logits);
+            let (prob, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
+            let cpu = |t: Tensor| t.to_device(Device::Cpu).contiguous();
+            (
+                Vec::<f32>::try_from(&cpu(scores)).expect("float scores"),
+                Vec::<i64>::try_from(&cpu(class)).expect("int64 classes"),
+                Vec::<f32>::try_from(&cpu(prob)).expect("float probabilities"),
+            )
+        });
+        self.fill(&f.seqs, &scores, &classes, &probs);
+    }
+
+    /// Records the results of the texts `seqs` (sequence numbers, in batch order).
+    fn fill(&mut self, seqs: &[u64], scores: &[f32], classes: &[i64], probs: &[f32]) {
+        for (i, seq) in seqs.iter().enumerate() {
+            let slot = &mut self.ring[(seq - self.base) as usize];
+            slot.out = Some(Scored {
+                score: scores[i],
+                class: classes[i] as u32,
+                prob: probs[i],
+            });
         }
     }
 
@@ -376,12 +431,11 @@ impl<'m> Engine<'m> {
     fn run(&mut self, key: usize) {
         let rows = self.rows_for(key);
         let budget = self.mixed_budget();
-        let Some(bucket) = self.buckets.get_mut(&key) else {
+        let Some(bucket) = self.buckets.get_mut(&key).filter(|b| !b.is_empty()) else {
+            // Nothing queued: the texts waited for may be in the batch in flight.
+            self.settle();
             return;
         };
-        if bucket.is_empty() {
-            return;
-        }
         let take = if self.mixed_lengths {
             // Up to the row limit and the token budget (at least one text).
             let mut tokens = 0;
@@ -413,6 +467,27 @@ impl<'m> Engine<'m> {
         while seqs.len() < rows {
             seqs.push(seqs[0]);
         }
+        // Texts of every length with a logit score: the GRU computes this batch on its threads
+        // while this thread records the previous one (the same operations as below, so the same
+        // bits).
+        if self.mixed_lengths && self.stored.is_none() && !self.checking() && !self.flushing {
+            if let Some(rx) = self
+                .model
+                .outputs_alone_job(&seqs)
+                .and_then(crate::text::models::gru_cpu::spawn)
+            {
+                // This batch has started; record the previous one meanwhile.
+                self.settle();
+                self.inflight = Some(InFlight {
+                    seqs: items.iter().map(|(s, _)| *s).collect(),
+                    rx,
+                });
+                self.batches += 1;
+                self.rows_computed += rows as u64;
+                return;
+            }
+        }
+        self.settle();
         let compute = || {
             tch::no_grad(|| {
                 let outputs = |sources: &[crate::detect::FeatureSource]| {
@@ -518,25 +593,24 @@ impl<'m> Engine<'m> {
                 check.add(&got[..k], &want[..k]);
             }
         }
-        for (i, (seq, _)) in items.iter().enumerate() {
-            let slot = &mut self.ring[(seq - self.base) as usize];
-            slot.out = Some(Scored {
-                score: scores[i],
-                class: classes[i] as u32,
-                prob: probs[i],
-            });
-        }
+        let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
+        self.fill(&seqs, &scores, &classes, &probs);
     }
 
     /// Runs every queued text (at the end of the input).
     pub fn flush(&mut self) {
         let mut keys: Vec<usize> = self.buckets.keys().copied().collect();
         keys.sort_unstable();
+        // Nothing follows these batches to overlap with: run them here (a service's lone batch
+        // then costs no hand-over to another thread).
+        self.settle();
+        self.flushing = true;
         for k in keys {
             while self.buckets.get(&k).is_some_and(|b| !b.is_empty()) {
                 self.run(k);
             }
         }
+        self.flushing = false;
     }
 
     /// Hands out finished texts in input order: `(source, line, result)`.
@@ -634,7 +708,10 @@ pub fn probe_free_rows(
     let lengths: Vec<usize> = match fix_len {
         Some(f) => vec![f],
         None if recurrent => vec![1, 7, 33],
-        None => vec![3, 9],
+        // Lengths whose threshold batch is exactly 16 tokens (1 and 16) as well as more: MKL's
+        // kernels change at small row counts, at other counts on other CPUs (AMD's EPYC here
+        // gave a 16-token lone text other bits than in a larger batch).
+        None => vec![1, 3, 9, 16],
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x0e5c_0e5c);
     let hi = vocab_len.max(3) as i64;
@@ -659,10 +736,10 @@ pub fn probe_free_rows(
     let full: Vec<Tensor> = batches.iter().map(|b| logits(b)).collect();
     let mut candidates = Vec::new();
     if !recurrent {
-        candidates.push(FreeRows {
-            rows: 16,
+        candidates.extend([16usize, 32, 64].map(|rows| FreeRows {
+            rows,
             per_token: true,
-        });
+        }));
     }
     if recurrent {
         // The CPU GRU's products are batch-invariant: no filler at all.
