@@ -9,6 +9,7 @@
 #              --in sst --method baseline --out DIR`); TEXTS_FILE: one text per line;
 #   BIN: the oe-text binary (default target/release/oe-text); PYTHONPATH: where torch, uvicorn,
 #   starlette and safetensors are importable (default: the system's).
+# Environment: OE_SERVE_ARGS, extra flags for `oe-text serve` (e.g. "--precision bf16").
 set -euo pipefail
 model=$1; texts=$2; bin=${3:-target/release/oe-text}; pyp=${4:-}; secs=${5:-8}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,7 +17,8 @@ port_oe=18481; port_py=18482
 rss() { ps -o rss= -p "$1" | awk '{printf "%.0f", $1/1024}'; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.2; done; return 1; }
 
-"$bin" serve --model "$model" --addr 127.0.0.1:$port_oe --threads 1 --device cpu 2>/dev/null &
+# shellcheck disable=SC2086
+"$bin" serve --model "$model" --addr 127.0.0.1:$port_oe --threads 1 --device cpu ${OE_SERVE_ARGS:-} 2>/dev/null &
 oe_pid=$!
 PYTHONPATH=$pyp python3 "$here/serve_torch.py" "$model" $port_py 1 &
 py_pid=$!

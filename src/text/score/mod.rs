@@ -324,13 +324,20 @@ impl<'m> Engine<'m> {
             base: 0,
             batches: 0,
             rows_computed: 0,
-            precision_check: (!m.model.precision().is_default()).then(|| PrecisionCheck {
-                precision: m.model.precision(),
-                ..Default::default()
-            }),
+            precision_check: None,
             inflight: None,
             flushing: false,
         }
+    }
+
+    /// With a reduced precision, scores the first [`PrecisionCheck::LIMIT`] texts again in float32
+    /// and compares ([`Engine::precision_check`]; `score` does, the service does not).
+    pub fn check_precision(&mut self) {
+        let p = self.model.precision();
+        self.precision_check = (!p.is_default()).then(|| PrecisionCheck {
+            precision: p,
+            ..Default::default()
+        });
     }
 
     /// Whether batches are still being scored twice ([`PrecisionCheck`]).
@@ -1025,6 +1032,7 @@ pub fn score_stream(
     let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
     let labels = m.labels.names();
     let mut eng = Engine::new(m, opts);
+    eng.check_precision();
     let mut flagged = 0u64;
     let mut scored = 0u64;
     let threshold = opts.threshold;
