@@ -229,6 +229,14 @@ impl Precision {
         }
     }
 
+    /// Whether this machine's CPU can run it (bfloat16 needs AVX512_BF16).
+    pub fn available(self) -> bool {
+        match self {
+            Precision::Float32 => true,
+            Precision::Bf16 => oe_kernels::bf16::supported(),
+        }
+    }
+
     /// Whether this is the default (float32): what results leave unsaid.
     pub fn is_default(&self) -> bool {
         *self == Precision::Float32

@@ -158,6 +158,95 @@ fn scores_do_not_depend_on_the_batch_and_order_is_kept() {
     }
 }
 
+/// `--precision bf16` (where the CPU has AVX512_BF16): each text the same bits whole, shuffled, alone
+/// and through the service's path; close to float32; the run reports how far it moved; and the
+/// transformer, which has no bfloat16 path, is refused with a message.
+#[test]
+fn bf16_scores_are_batch_invariant_close_to_float32_and_reported() {
+    // The transformer has no bfloat16 path: refused, saying which models have one.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model-cb7c0ec");
+    let mut t = LoadedModel::load(&fixture, Device::Cpu).unwrap();
+    let e = t.set_precision(oe::device::Precision::Bf16).unwrap_err();
+    assert!(e.to_string().contains("CPU GRU only"), "{e}");
+    if !oe::device::Precision::Bf16.available() {
+        eprintln!("skipped: this CPU lacks AVX512_BF16");
+        return;
+    }
+    let f32m = load();
+    let mut m = load();
+    m.set_precision(oe::device::Precision::Bf16).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = (0..300).map(|i| sentence(i % 250)).collect();
+    let whole = dir.path().join("whole.txt");
+    write(&whole, texts.join("\n") + "\n");
+    let opts = ScoreOptions::default();
+    let mut a = Rows::default();
+    let summary = score_stream(
+        &m,
+        std::slice::from_ref(&whole),
+        &InputOptions::default(),
+        &opts,
+        &mut a,
+    )
+    .unwrap();
+    let check = summary
+        .precision_check
+        .clone()
+        .expect("a bf16 run reports its check");
+    assert_eq!(check.texts, 300);
+    assert!(summary
+        .render()
+        .contains("precision bf16: the first 300 texts"));
+    let want = score_files(&f32m, std::slice::from_ref(&whole), &opts);
+    let max =
+        a.0.iter()
+            .zip(&want.0)
+            .map(|(x, y)| (x.2 - y.2).abs() as f64)
+            .fold(0.0, f64::max);
+    assert!(max > 0.0 && max < 5e-2, "bf16 moved the scores by {max}");
+    assert!(
+        (check.max_abs_score_diff - max).abs() < 1e-12,
+        "{check:?} vs {max}"
+    );
+    let mut perm: Vec<usize> = (0..300).collect();
+    perm.reverse();
+    perm.rotate_left(41);
+    let shuffled = dir.path().join("shuffled.txt");
+    let lines: Vec<&str> = perm.iter().map(|&i| texts[i].as_str()).collect();
+    write(&shuffled, lines.join("\n"));
+    let b = score_files(&m, &[shuffled], &opts);
+    for (pos, &i) in perm.iter().enumerate() {
+        assert_eq!(
+            b.0[pos].2.to_bits(),
+            a.0[i].2.to_bits(),
+            "line {i}: shuffled"
+        );
+    }
+    let served = oe::text::score::score_texts(&m, &texts[..40], &opts).unwrap();
+    for (i, s) in served.iter().enumerate() {
+        assert_eq!(
+            s.score.to_bits(),
+            a.0[i].2.to_bits(),
+            "text {i}: service path"
+        );
+        assert_eq!(s.prob.to_bits(), a.0[i].4.to_bits());
+    }
+    for i in (0..300).step_by(29) {
+        let one = dir.path().join("one.txt");
+        write(&one, &texts[i]);
+        let c = score_files(&m, &[one], &opts);
+        assert_eq!(c.0[0].2.to_bits(), a.0[i].2.to_bits(), "line {i}: alone");
+    }
+    // Back to float32: the float32 scores again, bit for bit.
+    m.set_precision(oe::device::Precision::Float32).unwrap();
+    let back = score_files(&m, std::slice::from_ref(&whole), &opts);
+    assert!(back
+        .0
+        .iter()
+        .zip(&want.0)
+        .all(|(x, y)| x.2.to_bits() == y.2.to_bits()));
+}
+
 #[test]
 fn many_sources_in_order_with_gzip_csv_jsonl_and_directories() {
     use std::io::Write;
