@@ -111,35 +111,16 @@ for kind in sentences paragraphs; do
   "$PY" experiments/bench_torch.py score --run "$M" --output "$W/torch-score-$kind.tsv" "$IN" \
     > "$W/torch-score-$kind.json"
   row "scoring $LINES WikiText-2 $kind" "$oe_s" "$(jget "$W/torch-score-$kind.json" 'd["scoring"]')"
-  "$PY" - "$W/oe-score-$kind.tsv" "$W/torch-score-$kind.tsv" <<'EOF' >&2
-import sys
-import numpy as np
-a = np.genfromtxt(sys.argv[1], delimiter="\t", skip_header=1, usecols=(2, 4))
-b = np.genfromtxt(sys.argv[2], delimiter="\t", skip_header=1, usecols=(2, 4))
-ca = [l.split("\t")[3] for l in open(sys.argv[1]).read().splitlines()[1:]]
-cb = [l.split("\t")[3] for l in open(sys.argv[2]).read().splitlines()[1:]]
-agree = np.mean([x == y for x, y in zip(ca, cb)])
-print(f"[bench_torch]   scores: max |oe - PyTorch| = {np.abs(a[:, 0] - b[:, 0]).max():.2e} over {len(a)} texts; "
-      f"classes agree on {100 * agree:.3f}%")
-EOF
+  "$PY" experiments/scores_moved.py "scores, oe vs PyTorch" "$W/oe-score-$kind.tsv" "$W/torch-score-$kind.tsv" \
+    | sed 's/^/[bench_torch]   /' >&2
   if [ "$BF16" = 1 ]; then
     # shellcheck disable=SC2086
     oe_b=$(wall "$W/oe-score-$kind-bf16.txt" "$BIN" score --model "$M" --device cpu --precision bf16 ${OE_ARGS:-} \
       --output "$W/oe-score-$kind-bf16.tsv" "$IN")
     row "scoring $LINES WikiText-2 $kind, oe --precision bf16" "$oe_b" "$(jget "$W/torch-score-$kind.json" 'd["scoring"]')"
     { grep '^precision' "$W/oe-score-$kind-bf16.txt" || true; } | sed 's/^/[bench_torch]   /' >&2
-    "$PY" - "$W/oe-score-$kind-bf16.tsv" "$W/oe-score-$kind.tsv" <<'EOF' >&2
-import sys
-import numpy as np
-a = np.genfromtxt(sys.argv[1], delimiter="\t", skip_header=1, usecols=(2, 4))
-b = np.genfromtxt(sys.argv[2], delimiter="\t", skip_header=1, usecols=(2, 4))
-ca = [l.split("\t")[3] for l in open(sys.argv[1]).read().splitlines()[1:]]
-cb = [l.split("\t")[3] for l in open(sys.argv[2]).read().splitlines()[1:]]
-agree = np.mean([x == y for x, y in zip(ca, cb)])
-d = np.abs(a[:, 0] - b[:, 0])
-print(f"[bench_torch]   bf16 scores vs oe float32, all {len(a)} texts: max |diff| {d.max():.2e}, "
-      f"mean {d.mean():.2e}; classes agree on {100 * agree:.3f}%")
-EOF
+    "$PY" experiments/scores_moved.py "bf16 scores vs oe float32" "$W/oe-score-$kind-bf16.tsv" \
+      "$W/oe-score-$kind.tsv" | sed 's/^/[bench_torch]   /' >&2
   fi
 done
 
