@@ -104,6 +104,18 @@ fn score_files(m: &LoadedModel, files: &[PathBuf], opts: &ScoreOptions) -> Rows 
     rows
 }
 
+/// `texts` reversed and rotated left by `rot`, written to `dir/shuffled.txt` (no final newline);
+/// with the permutation (`perm[pos]` = the text at line `pos + 1`).
+fn shuffled(dir: &Path, texts: &[String], rot: usize) -> (PathBuf, Vec<usize>) {
+    let mut perm: Vec<usize> = (0..texts.len()).collect();
+    perm.reverse();
+    perm.rotate_left(rot);
+    let path = dir.join("shuffled.txt");
+    let lines: Vec<&str> = perm.iter().map(|&i| texts[i].as_str()).collect();
+    write(&path, lines.join("\n"));
+    (path, perm)
+}
+
 #[test]
 fn scores_do_not_depend_on_the_batch_and_order_is_kept() {
     let m = load();
@@ -124,17 +136,7 @@ fn scores_do_not_depend_on_the_batch_and_order_is_kept() {
         // input order
         assert!(a.0.iter().enumerate().all(|(i, r)| r.1 == i as u64 + 1));
         // shuffled file
-        let mut perm: Vec<usize> = (0..600).collect();
-        perm.reverse();
-        perm.rotate_left(77);
-        let shuffled = dir.path().join("shuffled.txt");
-        write(
-            &shuffled,
-            perm.iter()
-                .map(|&i| texts[i].as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        );
+        let (shuffled, perm) = shuffled(dir.path(), &texts, 77);
         let b = score_files(&m, &[shuffled], &opts);
         for (pos, &i) in perm.iter().enumerate() {
             assert_eq!(
@@ -208,12 +210,7 @@ fn bf16_scores_are_batch_invariant_close_to_float32_and_reported() {
         (check.max_abs_score_diff - max).abs() < 1e-12,
         "{check:?} vs {max}"
     );
-    let mut perm: Vec<usize> = (0..300).collect();
-    perm.reverse();
-    perm.rotate_left(41);
-    let shuffled = dir.path().join("shuffled.txt");
-    let lines: Vec<&str> = perm.iter().map(|&i| texts[i].as_str()).collect();
-    write(&shuffled, lines.join("\n"));
+    let (shuffled, perm) = shuffled(dir.path(), &texts, 41);
     let b = score_files(&m, &[shuffled], &opts);
     for (pos, &i) in perm.iter().enumerate() {
         assert_eq!(

@@ -61,10 +61,7 @@ impl Bf16Matrix {
     /// Packs `b` `[k, n]`, row-major.
     ///
     /// # Panics
-    /// When `b` is shorter than `k · n`.
-    ///
-    /// # Panics
-    /// When the CPU cannot run [`gemm_bf16`] ([`supported`]).
+    /// When `b` is shorter than `k · n`, or when the CPU cannot run [`gemm_bf16`] ([`supported`]).
     pub fn new(k: usize, n: usize, b: &[f32]) -> Self {
         assert!(b.len() >= k * n);
         assert!(supported(), "Bf16Matrix needs AVX512_BF16");

@@ -244,7 +244,7 @@ impl GruClassifier {
                     "--precision bf16 runs on the CPU only (the model is on a GPU)".into(),
                 ));
             }
-            if !oe_kernels::bf16::supported() {
+            if !p.available() {
                 return Err(OeError::Config(
                     "--precision bf16 needs a CPU with AVX-512 BF16 instructions (avx512_bf16 in \
                      /proc/cpuinfo); this one lacks them: use the default float32"

@@ -211,16 +211,12 @@ impl TextModel {
     /// bfloat16 runs on the CPU GRU only, on CPUs with AVX512_BF16: anything else is an error
     /// naming why.
     pub fn set_precision(&self, p: Precision) -> Result<()> {
-        match (self, p) {
-            (_, Precision::Float32) => {
-                if let TextModel::Gru(g) = self {
-                    g.set_precision(p)?;
-                }
-                Ok(())
-            }
-            (TextModel::Gru(g), Precision::Bf16) => g.set_precision(p),
-            (m, Precision::Bf16) => Err(OeError::Config(format!(
-                "--precision bf16 runs on the CPU GRU only, not on the {} model",
+        match self {
+            TextModel::Gru(g) => g.set_precision(p),
+            _ if p == Precision::Float32 => Ok(()),
+            m => Err(OeError::Config(format!(
+                "--precision {} runs on the CPU GRU only, not on the {} model",
+                p.name(),
                 m.kind_name()
             ))),
         }

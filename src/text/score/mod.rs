@@ -153,6 +153,26 @@ pub struct Scored {
     pub prob: f32,
 }
 
+/// Each of the first `n` rows' score, predicted class and its probability: `logits` `[≥ n, C]`
+/// float32, `scores` `[≥ n]`.
+fn scored_rows(logits: &Tensor, scores: &Tensor, n: i64) -> Vec<Scored> {
+    let (prob, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
+    let cpu = |t: &Tensor| t.narrow(0, 0, n).to_device(Device::Cpu).contiguous();
+    let scores = Vec::<f32>::try_from(&cpu(scores)).expect("float scores");
+    let classes = Vec::<i64>::try_from(&cpu(&class)).expect("int64 classes");
+    let probs = Vec::<f32>::try_from(&cpu(&prob)).expect("float probabilities");
+    scores
+        .into_iter()
+        .zip(classes)
+        .zip(probs)
+        .map(|((score, class), prob)| Scored {
+            score,
+            class: class as u32,
+            prob,
+        })
+        .collect()
+}
+
 struct Slot {
     source: u32,
     line: u64,
@@ -190,8 +210,6 @@ pub struct Engine<'m> {
     pub precision_check: Option<PrecisionCheck>,
     /// The batch the GRU computes on its threads while the caller goes on ([`Engine::settle`]).
     inflight: Option<InFlight>,
-    /// In [`Engine::flush`]: batches run on the caller's thread.
-    flushing: bool,
 }
 
 /// A batch being computed on the fused GRU's threads: its texts' sequence numbers and where its
@@ -223,9 +241,9 @@ impl PrecisionCheck {
     /// Texts scored both ways.
     pub const LIMIT: u64 = 2048;
 
-    fn add(&mut self, got: &[(f32, i64, f32)], want: &[(f32, i64, f32)]) {
+    fn add(&mut self, got: &[Scored], want: &[Scored]) {
         for (g, w) in got.iter().zip(want) {
-            let d = (g.0 as f64 - w.0 as f64).abs();
+            let d = (g.score as f64 - w.score as f64).abs();
             // NaN (a score that is not finite either way) counts as the largest move.
             self.max_abs_score_diff = if d.is_nan() {
                 f64::INFINITY
@@ -233,8 +251,10 @@ impl PrecisionCheck {
                 self.max_abs_score_diff.max(d)
             };
             self.sum_abs_score_diff += if d.is_nan() { 0.0 } else { d };
-            self.max_abs_prob_diff = self.max_abs_prob_diff.max((g.2 as f64 - w.2 as f64).abs());
-            self.class_changes += u64::from(g.1 != w.1);
+            self.max_abs_prob_diff = self
+                .max_abs_prob_diff
+                .max((g.prob as f64 - w.prob as f64).abs());
+            self.class_changes += u64::from(g.class != w.class);
             self.texts += 1;
         }
         self.mean_abs_score_diff = self.sum_abs_score_diff / self.texts.max(1) as f64;
@@ -326,7 +346,6 @@ impl<'m> Engine<'m> {
             rows_computed: 0,
             precision_check: None,
             inflight: None,
-            flushing: false,
         }
     }
 
@@ -356,29 +375,18 @@ impl<'m> Engine<'m> {
         let (_, logits) =
             f.rx.recv()
                 .expect("the GRU's batch job panicked (see the message above)");
-        let (scores, classes, probs) = tch::no_grad(|| {
+        let out = tch::no_grad(|| {
             let logits = logits.to_kind(Kind::Float);
             let scores = self.score.compute(&logits);
-            let (prob, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
-            let cpu = |t: Tensor| t.to_device(Device::Cpu).contiguous();
-            (
-                Vec::<f32>::try_from(&cpu(scores)).expect("float scores"),
-                Vec::<i64>::try_from(&cpu(class)).expect("int64 classes"),
-                Vec::<f32>::try_from(&cpu(prob)).expect("float probabilities"),
-            )
+            scored_rows(&logits, &scores, f.seqs.len() as i64)
         });
-        self.fill(&f.seqs, &scores, &classes, &probs);
+        self.fill(&f.seqs, &out);
     }
 
     /// Records the results of the texts `seqs` (sequence numbers, in batch order).
-    fn fill(&mut self, seqs: &[u64], scores: &[f32], classes: &[i64], probs: &[f32]) {
-        for (i, seq) in seqs.iter().enumerate() {
-            let slot = &mut self.ring[(seq - self.base) as usize];
-            slot.out = Some(Scored {
-                score: scores[i],
-                class: classes[i] as u32,
-                prob: probs[i],
-            });
+    fn fill(&mut self, seqs: &[u64], out: &[Scored]) {
+        for (seq, &o) in seqs.iter().zip(out) {
+            self.ring[(seq - self.base) as usize].out = Some(o);
         }
     }
 
@@ -421,21 +429,23 @@ impl<'m> Engine<'m> {
             self.mixed_tokens += len;
         }
         if full || self.mixed_tokens >= self.mixed_budget() {
-            self.run(key);
+            self.run(key, true);
         }
         while self.ring.len() > self.max_pending {
             match self.ring.front() {
                 Some(s) if s.out.is_none() => {
                     let k = s.key;
-                    self.run(k);
+                    self.run(k, true);
                 }
                 _ => break,
             }
         }
     }
 
-    /// Runs one batch (at most `rows_for(key)` texts) of the bucket `key`.
-    fn run(&mut self, key: usize) {
+    /// Runs one batch (at most `rows_for(key)` texts) of the bucket `key`. With `overlap`, a batch
+    /// the GRU's threads can compute is left in flight while this thread goes on ([`Engine::settle`];
+    /// [`Engine::flush`] has nothing to overlap with).
+    fn run(&mut self, key: usize, overlap: bool) {
         let rows = self.rows_for(key);
         let budget = self.mixed_budget();
         let Some(bucket) = self.buckets.get_mut(&key).filter(|b| !b.is_empty()) else {
@@ -477,7 +487,7 @@ impl<'m> Engine<'m> {
         // Texts of every length with a logit score: the GRU computes this batch on its threads
         // while this thread records the previous one (the same operations as below, so the same
         // bits).
-        if self.mixed_lengths && self.stored.is_none() && !self.checking() && !self.flushing {
+        if overlap && self.mixed_lengths && self.stored.is_none() && !self.checking() {
             if let Some(rx) = self
                 .model
                 .outputs_alone_job(&seqs)
@@ -563,16 +573,10 @@ impl<'m> Engine<'m> {
                         (logits.narrow(0, 0, n), scores)
                     }
                 };
-                let (prob, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
-                let to_cpu = |t: Tensor| t.narrow(0, 0, n).to_device(Device::Cpu).contiguous();
-                let (scores, class, prob) = (to_cpu(scores), to_cpu(class), to_cpu(prob));
-                let scores = Vec::<f32>::try_from(&scores).expect("float scores");
-                let classes = Vec::<i64>::try_from(&class).expect("int64 classes");
-                let probs = Vec::<f32>::try_from(&prob).expect("float probabilities");
-                (scores, classes, probs)
+                scored_rows(&logits, &scores, n)
             })
         };
-        let (scores, classes, probs) = compute();
+        let out = compute();
         self.batches += 1;
         self.rows_computed += rows as u64;
         if let Some(check) = self
@@ -584,24 +588,14 @@ impl<'m> Engine<'m> {
             let reduced = self.model.precision();
             let back = self.model.set_precision(crate::device::Precision::Float32);
             if back.is_ok() {
-                let (s32, c32, p32) = compute();
+                let want = compute();
                 let _ = self.model.set_precision(reduced);
-                let zip = |s: &[f32], c: &[i64], p: &[f32]| -> Vec<(f32, i64, f32)> {
-                    s.iter()
-                        .zip(c)
-                        .zip(p)
-                        .map(|((&s, &c), &p)| (s, c, p))
-                        .collect()
-                };
-                let room = (PrecisionCheck::LIMIT - check.texts) as usize;
-                let got = zip(&scores, &classes, &probs);
-                let want = zip(&s32, &c32, &p32);
-                let k = room.min(got.len());
-                check.add(&got[..k], &want[..k]);
+                let k = ((PrecisionCheck::LIMIT - check.texts) as usize).min(out.len());
+                check.add(&out[..k], &want[..k]);
             }
         }
         let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
-        self.fill(&seqs, &scores, &classes, &probs);
+        self.fill(&seqs, &out);
     }
 
     /// Runs every queued text (at the end of the input).
@@ -611,13 +605,11 @@ impl<'m> Engine<'m> {
         // Nothing follows these batches to overlap with: run them here (a service's lone batch
         // then costs no hand-over to another thread).
         self.settle();
-        self.flushing = true;
         for k in keys {
             while self.buckets.get(&k).is_some_and(|b| !b.is_empty()) {
-                self.run(k);
+                self.run(k, false);
             }
         }
-        self.flushing = false;
     }
 
     /// Hands out finished texts in input order: `(source, line, result)`.
