@@ -167,6 +167,38 @@ fn minilm_sentence_embeddings_match_reference() {
     }
 }
 
+/// The batch-invariant CPU encoder (`bert_cpu`, scoring's and serving's path) on the pretrained
+/// MiniLM: the independent float64 reference's embeddings, libtorch's within 1e-5, and each
+/// sentence's bits the same alone as packed with the others.
+#[test]
+fn minilm_packed_cpu_encoder_matches_reference_and_is_batch_invariant() {
+    let Some(dir) = model_dir() else { return };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = BertClassifier::from_pretrained(&vs.root(), &dir, &BertClassifierConfig::default(), 2)
+        .unwrap();
+    m.freeze_for_inference();
+    let pen = [oe::detect::FeatureSource::Penultimate];
+    let (emb, logits) = m.features_and_logits_alone(&IDS, &pen).unwrap();
+    assert_eq!(emb.size(), [4, 384]);
+    let batch = BertBatch::right_padded(&IDS, oe::text::models::bert::BERT_PAD_ID, None, Device::Cpu);
+    let (lt_emb, lt_logits) = tch::no_grad(|| m.features_and_logits(&batch, false));
+    let d = (&emb - &lt_emb).abs().max().double_value(&[]);
+    assert!(d < 1e-5, "packed vs libtorch embeddings differ by {d}");
+    let d = (&logits - &lt_logits).abs().max().double_value(&[]);
+    assert!(d < 1e-5, "packed vs libtorch logits differ by {d}");
+    for i in 0..4 {
+        let r = row(&emb, i as i64);
+        for (j, (g, w)) in r.iter().zip(FIRST8[i]).enumerate() {
+            assert!((g - w).abs() < 1e-4, "sentence {i} dim {j}: {g} vs {w}");
+        }
+        let norm = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - NORMS[i]).abs() < 1e-4, "sentence {i} norm {norm}");
+        let (alone, alone_l) = m.features_and_logits_alone(&IDS[i..i + 1], &pen).unwrap();
+        assert!(alone.equal(&emb.narrow(0, i as i64, 1)), "sentence {i} alone");
+        assert!(alone_l.equal(&logits.narrow(0, i as i64, 1)), "sentence {i} alone");
+    }
+}
+
 #[test]
 fn minilm_classifier_loads_with_or_without_bert_prefix_and_trains() {
     let Some(dir) = model_dir() else { return };
@@ -349,7 +381,8 @@ fn minilm_trains_baseline_and_oe_into_self_contained_model_directories() {
     let all = oe::text::score::score_texts(&m, &texts, &opts).unwrap();
     for (i, t) in texts.iter().enumerate() {
         let one = oe::text::score::score_texts(&m, std::slice::from_ref(t), &opts).unwrap();
-        assert!((one[0].score - all[i].score).abs() < 1e-5, "text {i}");
+        // The packed CPU encoder: the same bits alone as in a batch.
+        assert_eq!(one[0].score.to_bits(), all[i].score.to_bits(), "text {i}");
         assert!(one[0].score.is_finite());
     }
     let pre = oe::text::score::Preprocess::of(&m.config);

@@ -284,3 +284,6 @@ pub fn adam_step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &[f3
     assert!(p.len() == g.len() && p.len() == m.len() && p.len() == v.len());
     dispatch!(adam_kernel(p, g, m, v, c))
 }
+
+// After the macros above, which it uses.
+pub mod encoder;

@@ -502,6 +502,9 @@ pub struct BertClassifier {
     pub bert: BertModel,
     head: nn::Linear,
     cfg: BertClassifierConfig,
+    /// Host copies of the weights for batch-invariant CPU inference
+    /// ([`BertClassifier::freeze_for_inference`]); dropped when the model trains.
+    frozen: std::cell::RefCell<Option<std::rc::Rc<super::bert_cpu::Frozen>>>,
 }
 
 impl BertClassifier {
@@ -530,6 +533,7 @@ impl BertClassifier {
             bert,
             head,
             cfg: cfg.clone(),
+            frozen: Default::default(),
         }
     }
 
@@ -555,6 +559,10 @@ impl BertClassifier {
     /// Penultimate features (the mean-pooled encoder output, `[B, H]`) and logits (`[B, classes]`).
     /// `train` switches dropout on.
     pub fn features_and_logits(&self, batch: &BertBatch, train: bool) -> (Tensor, Tensor) {
+        if train {
+            // The weights are about to change.
+            self.frozen.borrow_mut().take();
+        }
         let hidden = self
             .bert
             .forward(&batch.input_ids, &batch.attention_mask, train);
@@ -566,6 +574,39 @@ impl BertClassifier {
             pooled_in.apply(&self.head)
         };
         (pooled, logits)
+    }
+
+    /// Whether the packed, batch-invariant CPU encoder runs ([`super::bert_cpu`]): the weights are
+    /// float32 on the CPU.
+    pub fn packed_on_cpu(&self) -> bool {
+        self.head.ws.device() == Device::Cpu && self.head.ws.kind() == Kind::Float
+    }
+
+    /// Fixes the weights for inference: copies them to host buffers for [`super::bert_cpu`] (on the
+    /// CPU only). A training forward drops the copy again.
+    pub fn freeze_for_inference(&self) {
+        if self.packed_on_cpu() && self.frozen.borrow().is_none() {
+            let f = tch::no_grad(|| super::bert_cpu::Frozen::new(self));
+            *self.frozen.borrow_mut() = Some(std::rc::Rc::new(f));
+        }
+    }
+
+    /// Features of each of `sources` `[B, S·H]` (as [`BertClassifier::features_at`]) and logits
+    /// `[B, classes]` of `seqs` (token ids with `[CLS]`/`[SEP]`, any lengths up to the position
+    /// table, as the scorer cuts them; no padding between them), each row bit for bit what its text gets alone ([`super::bert_cpu`]). `None` unless
+    /// frozen on the CPU ([`BertClassifier::freeze_for_inference`]).
+    pub fn features_and_logits_alone(
+        &self,
+        seqs: &[&[i64]],
+        sources: &[FeatureSource],
+    ) -> Option<(Tensor, Tensor)> {
+        let f = self.frozen.borrow().clone()?;
+        Some(f.features_and_logits(seqs, sources))
+    }
+
+    /// Whether [`BertClassifier::features_and_logits_alone`] runs.
+    pub fn scores_rows_alone(&self) -> bool {
+        self.frozen.borrow().is_some()
     }
 
     /// The classification head: weights `[classes, hidden]`, bias `[classes]`.

@@ -5,6 +5,7 @@
 //! come from [`TextModel::features`].
 
 pub mod bert;
+pub mod bert_cpu;
 pub mod gru;
 pub mod gru_cpu;
 pub mod transformer;
@@ -202,8 +203,10 @@ impl TextModel {
     /// Tells the model its weights are final (loaded for inference): the CPU GRU then precomputes
     /// its first layer's input projections ([`GruClassifier::freeze_for_inference`]).
     pub fn freeze_for_inference(&self) {
-        if let TextModel::Gru(g) = self {
-            g.freeze_for_inference();
+        match self {
+            TextModel::Gru(g) => g.freeze_for_inference(),
+            TextModel::Pretrained(b) => b.freeze_for_inference(),
+            TextModel::Transformer(_) => {}
         }
     }
 
@@ -257,9 +260,14 @@ impl TextModel {
     }
 
     /// Whether [`TextModel::outputs_alone`] runs: texts of any lengths in one batch, each row's
-    /// result exactly its result alone (the CPU GRU's batch-invariant inference).
+    /// result exactly its result alone (the CPU GRU's or the CPU BERT encoder's batch-invariant
+    /// inference).
     pub fn scores_rows_alone(&self) -> bool {
-        matches!(self, TextModel::Gru(m) if m.packed_on_cpu())
+        match self {
+            TextModel::Gru(m) => m.packed_on_cpu(),
+            TextModel::Pretrained(m) => m.scores_rows_alone(),
+            TextModel::Transformer(_) => false,
+        }
     }
 
     /// Features of each of `sources` `[batch, S·d]` and logits `[batch, classes]` of `seqs` (any
@@ -270,8 +278,10 @@ impl TextModel {
         seqs: &[&[i64]],
         sources: &[crate::detect::FeatureSource],
     ) -> Option<(Tensor, Tensor)> {
-        let TextModel::Gru(m) = self else {
-            return None;
+        let m = match self {
+            TextModel::Gru(m) => m,
+            TextModel::Pretrained(b) => return b.features_and_logits_alone(seqs, sources),
+            TextModel::Transformer(_) => return None,
         };
         let (f, l) = m.features_and_logits_alone(seqs)?;
         if sources.len() <= 1 {

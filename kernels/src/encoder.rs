@@ -1,0 +1,239 @@
+//! Row-wise pieces of a BERT encoder layer for `oe`'s batch-invariant CPU inference
+//! (`oe::text::models::bert_cpu`, which documents the layer and tests it against libtorch's):
+//! residual LayerNorm, GELU and one text's multi-head self-attention.
+//!
+//! Every function works on one row (or one text's rows) at a time in a fixed order of operations,
+//! so a row's result never depends on the other rows of a batch; each is compiled for AVX-512,
+//! AVX2 and a portable target with the same IEEE operations in the same order (no fused
+//! multiply-adds unless written as such), so the copies give the same bits.
+
+use crate::exp_f32;
+
+// Abramowitz & Stegun, Handbook of Mathematical Functions (1964), formula 7.1.26:
+// erf(x) = 1 − (a1·t + a2·t² + a3·t³ + a4·t⁴ + a5·t⁵)·e^(−x²), t = 1 / (1 + p·x), x ≥ 0,
+// absolute error at most 1.5e-7.
+const ERF_P: f32 = 0.327_591_1;
+const ERF_A: [f32; 5] = [
+    0.254_829_592,
+    -0.284_496_736,
+    1.421_413_741,
+    -1.453_152_027,
+    1.061_405_429,
+];
+
+/// erf(x) in float32 (A&S 7.1.26 with [`exp_f32`]; absolute error below 2e-7 over the reals),
+/// branch-free so that loops over it vectorise.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + ERF_P * a);
+    let poly = ((((ERF_A[4] * t + ERF_A[3]) * t + ERF_A[2]) * t + ERF_A[1]) * t + ERF_A[0]) * t;
+    let y = 1.0 - poly * exp_f32(-(a * a));
+    // Sign of x without a branch (erf is odd).
+    f32::from_bits(y.to_bits() | (x.to_bits() & 0x8000_0000))
+}
+
+/// GELU with the exact (erf) form, in place: `x ← x/2 · (1 + erf(x/√2))`.
+pub fn gelu_erf(x: &mut [f32]) {
+    dispatch!(gelu_erf_k(x))
+}
+
+kernel!(gelu_erf_k, fn(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        let u = *v;
+        *v = 0.5 * u * (1.0 + erf(u * std::f32::consts::FRAC_1_SQRT_2));
+    }
+});
+
+/// GELU with the tanh approximation, in place:
+/// `x ← x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`.
+pub fn gelu_tanh(x: &mut [f32]) {
+    dispatch!(gelu_tanh_k(x))
+}
+
+kernel!(gelu_tanh_k, fn(x: &mut [f32]) {
+    const C: f32 = 0.797_884_56; // √(2/π)
+    for v in x.iter_mut() {
+        let u = *v;
+        *v = 0.5 * u * (1.0 + crate::tanh(C * (u + 0.044_715 * u * u * u)));
+    }
+});
+
+/// ReLU in place.
+pub fn relu(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = v.max(0.0);
+    }
+}
+
+/// Residual LayerNorm of `rows` rows of width `h`, in place: `y ← LN(y + res) · g + b` with the
+/// mean and the (biased) variance of each row summed in order, as two passes.
+///
+/// # Panics
+/// When a slice is shorter than `rows · h` (`g`, `b`: `h`).
+pub fn add_layer_norm(y: &mut [f32], res: Option<&[f32]>, g: &[f32], b: &[f32], h: usize, eps: f32) {
+    assert!(g.len() >= h && b.len() >= h && y.len() % h.max(1) == 0);
+    if let Some(r) = res {
+        assert!(r.len() >= y.len());
+    }
+    dispatch!(add_layer_norm_k(y, res, g, b, h, eps))
+}
+
+kernel!(add_layer_norm_k, fn(y: &mut [f32], res: Option<&[f32]>, g: &[f32], b: &[f32], h: usize, eps: f32) {
+    if h == 0 {
+        return;
+    }
+    for (i, row) in y.chunks_exact_mut(h).enumerate() {
+        if let Some(r) = res {
+            for (v, &x) in row.iter_mut().zip(&r[i * h..(i + 1) * h]) {
+                *v += x;
+            }
+        }
+        let mean = row.iter().sum::<f32>() / h as f32;
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, &gg), &bb) in row.iter_mut().zip(&g[..h]).zip(&b[..h]) {
+            *v = (*v - mean) * inv * gg + bb;
+        }
+    }
+});
+
+/// One text's multi-head self-attention over all its tokens (no mask: every key is a real token).
+/// `qkv` `[len, 3·h]` holds each token's query, key and value projections side by side (heads of
+/// `h / heads` columns each); `ctx` `[len, h]` receives, for each token and head,
+/// `Σ_j softmax_j(scale · q·k_j) · v_j`. `scores` is scratch space of at least `len` floats.
+///
+/// # Panics
+/// When a slice is shorter than its shape says, or `h` is not a multiple of `heads`.
+pub fn attention(
+    qkv: &[f32],
+    len: usize,
+    h: usize,
+    heads: usize,
+    scale: f32,
+    ctx: &mut [f32],
+    scores: &mut [f32],
+) {
+    assert!(heads > 0 && h % heads == 0);
+    assert!(qkv.len() >= len * 3 * h && ctx.len() >= len * h && scores.len() >= len);
+    dispatch!(attention_k(qkv, len, h, heads, scale, ctx, scores))
+}
+
+kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, scale: f32, ctx: &mut [f32], scores: &mut [f32]) {
+    let dh = h / heads;
+    let w = 3 * h;
+    for hd in 0..heads {
+        let (qo, ko, vo) = (hd * dh, h + hd * dh, 2 * h + hd * dh);
+        for i in 0..len {
+            let q = &qkv[i * w + qo..i * w + qo + dh];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores[..len].iter_mut().enumerate() {
+                let k = &qkv[j * w + ko..j * w + ko + dh];
+                let mut dot = 0.0f32;
+                for (a, b) in q.iter().zip(k) {
+                    dot += a * b;
+                }
+                *s = dot * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0.0f32;
+            for s in scores[..len].iter_mut() {
+                *s = exp_f32(*s - max);
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            let out = &mut ctx[i * h + qo..i * h + qo + dh];
+            out.fill(0.0);
+            for (j, &p) in scores[..len].iter().enumerate() {
+                let v = &qkv[j * w + vo..j * w + vo + dh];
+                let p = p * inv;
+                for (o, &x) in out.iter_mut().zip(v) {
+                    *o += p * x;
+                }
+            }
+        }
+    }
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// erf against values from the series erf(x) = 2/√π Σ (−1)ⁿ x^(2n+1) / (n! (2n+1)), summed
+    /// in f64 here (an independent computation), over [−4, 4].
+    #[test]
+    fn erf_matches_the_series() {
+        let series = |x: f64| {
+            let mut term = x;
+            let mut sum = x;
+            for n in 1..200 {
+                term *= -x * x / n as f64;
+                sum += term / (2 * n + 1) as f64;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        };
+        for i in -400..=400 {
+            let x = i as f64 / 100.0;
+            let got = erf(x as f32) as f64;
+            assert!((got - series(x)).abs() < 3e-7, "erf({x}) = {got}, series {}", series(x));
+        }
+        assert_eq!(erf(0.0), 0.0);
+        assert_eq!(erf(20.0), 1.0);
+        assert_eq!(erf(-20.0), -1.0);
+    }
+
+    #[test]
+    fn layer_norm_rows_are_normalised_and_independent() {
+        let h = 5;
+        let mut y: Vec<f32> = (0..3 * h).map(|i| (i * i % 7) as f32 - 2.0).collect();
+        let res: Vec<f32> = (0..3 * h).map(|i| i as f32 * 0.1).collect();
+        let g = vec![1.0; h];
+        let b = vec![0.0; h];
+        let mut alone = y[h..2 * h].to_vec();
+        add_layer_norm(&mut y, Some(&res), &g, &b, h, 1e-12);
+        add_layer_norm(&mut alone, Some(&res[h..2 * h]), &g, &b, h, 1e-12);
+        assert_eq!(&y[h..2 * h], &alone[..]);
+        for row in y.chunks(h) {
+            let m: f32 = row.iter().sum::<f32>() / h as f32;
+            let v: f32 = row.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / h as f32;
+            assert!(m.abs() < 1e-6 && (v - 1.0).abs() < 1e-5, "{m} {v}");
+        }
+    }
+
+    /// Attention against the definition in f64 on a small random case.
+    #[test]
+    fn attention_is_softmax_weighted_values() {
+        let (len, h, heads) = (4, 6, 2);
+        let qkv: Vec<f32> = (0..len * 3 * h)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let mut ctx = vec![0.0; len * h];
+        let mut scratch = vec![0.0; len];
+        attention(&qkv, len, h, heads, 0.5, &mut ctx, &mut scratch);
+        let dh = h / heads;
+        for hd in 0..heads {
+            for i in 0..len {
+                let s: Vec<f64> = (0..len)
+                    .map(|j| {
+                        (0..dh)
+                            .map(|d| {
+                                qkv[i * 3 * h + hd * dh + d] as f64
+                                    * qkv[j * 3 * h + h + hd * dh + d] as f64
+                            })
+                            .sum::<f64>()
+                            * 0.5
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for d in 0..dh {
+                    let want: f64 = (0..len)
+                        .map(|j| (s[j] - m).exp() / z * qkv[j * 3 * h + 2 * h + hd * dh + d] as f64)
+                        .sum();
+                    let got = ctx[i * h + hd * dh + d] as f64;
+                    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+                }
+            }
+        }
+    }
+}
