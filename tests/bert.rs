@@ -180,7 +180,8 @@ fn minilm_packed_cpu_encoder_matches_reference_and_is_batch_invariant() {
     let pen = [oe::detect::FeatureSource::Penultimate];
     let (emb, logits) = m.features_and_logits_alone(&IDS, &pen).unwrap();
     assert_eq!(emb.size(), [4, 384]);
-    let batch = BertBatch::right_padded(&IDS, oe::text::models::bert::BERT_PAD_ID, None, Device::Cpu);
+    let batch =
+        BertBatch::right_padded(&IDS, oe::text::models::bert::BERT_PAD_ID, None, Device::Cpu);
     let (lt_emb, lt_logits) = tch::no_grad(|| m.features_and_logits(&batch, false));
     let d = (&emb - &lt_emb).abs().max().double_value(&[]);
     assert!(d < 1e-5, "packed vs libtorch embeddings differ by {d}");
@@ -194,8 +195,14 @@ fn minilm_packed_cpu_encoder_matches_reference_and_is_batch_invariant() {
         let norm = r.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!((norm - NORMS[i]).abs() < 1e-4, "sentence {i} norm {norm}");
         let (alone, alone_l) = m.features_and_logits_alone(&IDS[i..i + 1], &pen).unwrap();
-        assert!(alone.equal(&emb.narrow(0, i as i64, 1)), "sentence {i} alone");
-        assert!(alone_l.equal(&logits.narrow(0, i as i64, 1)), "sentence {i} alone");
+        assert!(
+            alone.equal(&emb.narrow(0, i as i64, 1)),
+            "sentence {i} alone"
+        );
+        assert!(
+            alone_l.equal(&logits.narrow(0, i as i64, 1)),
+            "sentence {i} alone"
+        );
     }
 }
 

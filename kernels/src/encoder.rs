@@ -71,7 +71,14 @@ pub fn relu(x: &mut [f32]) {
 ///
 /// # Panics
 /// When a slice is shorter than `rows · h` (`g`, `b`: `h`).
-pub fn add_layer_norm(y: &mut [f32], res: Option<&[f32]>, g: &[f32], b: &[f32], h: usize, eps: f32) {
+pub fn add_layer_norm(
+    y: &mut [f32],
+    res: Option<&[f32]>,
+    g: &[f32],
+    b: &[f32],
+    h: usize,
+    eps: f32,
+) {
     assert!(g.len() >= h && b.len() >= h && y.len() % h.max(1) == 0);
     if let Some(r) = res {
         assert!(r.len() >= y.len());
@@ -175,7 +182,11 @@ mod tests {
         for i in -400..=400 {
             let x = i as f64 / 100.0;
             let got = erf(x as f32) as f64;
-            assert!((got - series(x)).abs() < 3e-7, "erf({x}) = {got}, series {}", series(x));
+            assert!(
+                (got - series(x)).abs() < 3e-7,
+                "erf({x}) = {got}, series {}",
+                series(x)
+            );
         }
         assert_eq!(erf(0.0), 0.0);
         assert_eq!(erf(20.0), 1.0);

@@ -42,7 +42,8 @@ fn parse_threshold(s: &str) -> std::result::Result<Threshold, String> {
 }
 
 /// `oe-text score`. On the CPU, `--threads 0` (the default) gives libtorch half the cores
-/// ([`crate::text::score::default_score_threads`]).
+/// ([`crate::text::score::default_score_threads`]) for a transformer; the GRU and MiniLM's packed
+/// encoder take every core for their own worker threads.
 #[derive(Args, Clone, Debug)]
 pub struct ScoreArgs {
     /// A model directory written by `oe-text train` (its baseline/ or oe/ folder).

@@ -1058,9 +1058,12 @@ pub fn default_score_threads() -> usize {
 pub fn run_score(req: &ScoreRequest) -> Result<ScoreOutcome> {
     let mut m = LoadedModel::load(&req.model_dir, req.device)?;
     m.set_precision(req.precision)?;
-    // (The GRU takes its worker threads when it is built: `gru_cpu::adopt_torch_threads`.)
-    let gru = matches!(m.model, crate::text::models::TextModel::Gru(_));
-    if req.default_threads && m.vs.device() == tch::Device::Cpu && !gru {
+    // (The GRU takes its worker threads when it is built: `gru_cpu::adopt_torch_threads`; MiniLM's
+    // packed CPU encoder takes libtorch's thread count, every core by default, for its own workers:
+    // its inference costs far more than reading and tokenising.)
+    let own_workers =
+        matches!(m.model, crate::text::models::TextModel::Gru(_)) || m.model.scores_rows_alone();
+    if req.default_threads && m.vs.device() == tch::Device::Cpu && !own_workers {
         tch::set_num_threads(default_score_threads() as i32);
     }
     let inputs = if req.inputs.is_empty() {

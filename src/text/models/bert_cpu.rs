@@ -105,7 +105,12 @@ impl Frozen {
                 .get(name)
                 .unwrap_or_else(|| panic!("BERT variable {name} (built by BertModel::new)"))
         };
-        let ln = |pre: &str| (host(get(&format!("{pre}.weight"))), host(get(&format!("{pre}.bias"))));
+        let ln = |pre: &str| {
+            (
+                host(get(&format!("{pre}.weight"))),
+                host(get(&format!("{pre}.bias"))),
+            )
+        };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let p = format!("encoder.layer.{i}");
@@ -204,7 +209,14 @@ impl Frozen {
             }
         }
         par_blocks(&mut x, h, &|_, rows| {
-            oe_kernels::encoder::add_layer_norm(rows, None, &self.emb_ln.0, &self.emb_ln.1, h, self.eps)
+            oe_kernels::encoder::add_layer_norm(
+                rows,
+                None,
+                &self.emb_ln.0,
+                &self.emb_ln.1,
+                h,
+                self.eps,
+            )
         });
         self.tap(0, &x, &starts, seqs, taps, &mut tap_out);
 
@@ -279,7 +291,14 @@ impl Frozen {
             Some(&l.attn_out_b),
             &mut a,
         );
-        oe_kernels::encoder::add_layer_norm(&mut a, Some(xb), &l.attn_ln.0, &l.attn_ln.1, h, self.eps);
+        oe_kernels::encoder::add_layer_norm(
+            &mut a,
+            Some(xb),
+            &l.attn_ln.0,
+            &l.attn_ln.1,
+            h,
+            self.eps,
+        );
         let mut f = vec![0.0f32; rows * inter];
         oe_kernels::gemm(rows, h, inter, &a, &l.inter, Some(&l.inter_b), &mut f);
         match self.act {
@@ -339,7 +358,11 @@ impl Frozen {
 
     /// Features of each of `sources` concatenated `[n, S·H]` and logits `[n, C]`, as
     /// [`BertClassifier::features_at`] defines them, each row what its text gets alone.
-    pub fn features_and_logits(&self, seqs: &[&[i64]], sources: &[FeatureSource]) -> (Tensor, Tensor) {
+    pub fn features_and_logits(
+        &self,
+        seqs: &[&[i64]],
+        sources: &[FeatureSource],
+    ) -> (Tensor, Tensor) {
         let layers = self.layers.len();
         let mut taps: Vec<(usize, Pool)> = Vec::new();
         for s in sources {
@@ -360,9 +383,9 @@ impl Frozen {
             .map(|s| {
                 let v = match *s {
                     FeatureSource::Penultimate => o.pooled.clone(),
-                    FeatureSource::Layer { layer, pool } => {
-                        find(layer, pool).cloned().unwrap_or_else(|| vec![0.0; n * h])
-                    }
+                    FeatureSource::Layer { layer, pool } => find(layer, pool)
+                        .cloned()
+                        .unwrap_or_else(|| vec![0.0; n * h]),
                     FeatureSource::LayerMean { pool } => {
                         let mut m = vec![0.0f32; n * h];
                         for l in 1..=layers {
@@ -487,7 +510,11 @@ mod tests {
     }
 
     /// libtorch's forward, one text at a time (right-padded batch of one: no padding at all).
-    fn reference(m: &BertClassifier, seqs: &[Vec<i64>], sources: &[FeatureSource]) -> (Tensor, Tensor) {
+    fn reference(
+        m: &BertClassifier,
+        seqs: &[Vec<i64>],
+        sources: &[FeatureSource],
+    ) -> (Tensor, Tensor) {
         let (f, l): (Vec<Tensor>, Vec<Tensor>) = seqs
             .iter()
             .map(|s| {
@@ -518,20 +545,40 @@ mod tests {
             let refs: Vec<&[i64]> = seqs.iter().map(Vec::as_slice).collect();
             let sources = [
                 FeatureSource::Penultimate,
-                FeatureSource::Layer { layer: 0, pool: Pool::Mean },
-                FeatureSource::Layer { layer: 1, pool: Pool::Cls },
+                FeatureSource::Layer {
+                    layer: 0,
+                    pool: Pool::Mean,
+                },
+                FeatureSource::Layer {
+                    layer: 1,
+                    pool: Pool::Cls,
+                },
                 FeatureSource::LayerMean { pool: Pool::Mean },
             ];
             let (f, l) = frozen.features_and_logits(&refs, &sources);
             let (rf, rl) = reference(&m, &seqs, &sources);
             assert_eq!(f.size(), rf.size());
-            assert!(max_diff(&f, &rf) < 1e-5, "{act:?} features differ by {}", max_diff(&f, &rf));
-            assert!(max_diff(&l, &rl) < 1e-5, "{act:?} logits differ by {}", max_diff(&l, &rl));
+            assert!(
+                max_diff(&f, &rf) < 1e-5,
+                "{act:?} features differ by {}",
+                max_diff(&f, &rf)
+            );
+            assert!(
+                max_diff(&l, &rl) < 1e-5,
+                "{act:?} logits differ by {}",
+                max_diff(&l, &rl)
+            );
             // Each text alone, and the batch reversed: the same bits.
             for (i, s) in refs.iter().enumerate() {
                 let (fa, la) = frozen.features_and_logits(&[s], &sources);
-                assert!(fa.equal(&f.narrow(0, i as i64, 1)), "{act:?} text {i}: features");
-                assert!(la.equal(&l.narrow(0, i as i64, 1)), "{act:?} text {i}: logits");
+                assert!(
+                    fa.equal(&f.narrow(0, i as i64, 1)),
+                    "{act:?} text {i}: features"
+                );
+                assert!(
+                    la.equal(&l.narrow(0, i as i64, 1)),
+                    "{act:?} text {i}: logits"
+                );
             }
             let rev: Vec<&[i64]> = refs.iter().rev().copied().collect();
             let (fr, _) = frozen.features_and_logits(&rev, &sources);
