@@ -277,6 +277,41 @@ fn minilm_speed() {
         let _ = tch::no_grad(|| clf.logits(&batch, false));
     }
     let fwd = t0.elapsed().as_secs_f64() / reps as f64;
+    // The packed CPU encoder (scoring's and serving's path) on the same batch, and one 12-token
+    // sentence each way.
+    clf.freeze_for_inference();
+    let rows: Vec<Vec<i64>> = (0..b)
+        .map(|i| Vec::<i64>::try_from(batch.input_ids.get(i)).unwrap())
+        .collect();
+    let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+    let pen = [oe::detect::FeatureSource::Penultimate];
+    let time = |f: &dyn Fn()| {
+        f();
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        t0.elapsed().as_secs_f64() / reps as f64
+    };
+    let packed = time(&|| {
+        clf.features_and_logits_alone(&refs, &pen).unwrap();
+    });
+    let one = &refs[0][..12];
+    let one_batch = BertBatch::right_padded(&[one], 0, None, Device::Cpu);
+    let lt_one = time(&|| {
+        tch::no_grad(|| clf.logits(&one_batch, false));
+    });
+    let packed_one = time(&|| {
+        clf.features_and_logits_alone(&[one], &pen).unwrap();
+    });
+    println!(
+        "packed CPU encoder: batch {:.3} s ({:.0} sentences/s, libtorch {:.0}); one 12-token sentence {:.2} ms (libtorch {:.2} ms)",
+        packed,
+        b as f64 / packed,
+        b as f64 / fwd,
+        packed_one * 1e3,
+        lt_one * 1e3
+    );
     let mut opt = nn::Adam::default().build(&vs, 2e-5).unwrap();
     let t0 = Instant::now();
     for _ in 0..reps {

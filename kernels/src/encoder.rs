@@ -108,7 +108,12 @@ kernel!(add_layer_norm_k, fn(y: &mut [f32], res: Option<&[f32]>, g: &[f32], b: &
 /// One text's multi-head self-attention over all its tokens (no mask: every key is a real token).
 /// `qkv` `[len, 3·h]` holds each token's query, key and value projections side by side (heads of
 /// `h / heads` columns each); `ctx` `[len, h]` receives, for each token and head,
-/// `Σ_j softmax_j(scale · q·k_j) · v_j`. `scores` is scratch space of at least `len` floats.
+/// `Σ_j softmax_j(scale · q·k_j) · v_j`. `scratch` holds at least `len · (h / heads + 1)` floats.
+///
+/// Each score `q·k_j` is one chain of multiply-adds over the head's dimensions in order (kept
+/// separate, not fused), computed for 16 keys at a time from the head's keys transposed into
+/// `scratch`; the softmax and the weighted sum run in a fixed order too, so a text's result
+/// depends on its own tokens only.
 ///
 /// # Panics
 /// When a slice is shorter than its shape says, or `h` is not a multiple of `heads`.
@@ -119,39 +124,51 @@ pub fn attention(
     heads: usize,
     scale: f32,
     ctx: &mut [f32],
-    scores: &mut [f32],
+    scratch: &mut [f32],
 ) {
     assert!(heads > 0 && h % heads == 0);
-    assert!(qkv.len() >= len * 3 * h && ctx.len() >= len * h && scores.len() >= len);
-    dispatch!(attention_k(qkv, len, h, heads, scale, ctx, scores))
+    let dh = h / heads;
+    assert!(qkv.len() >= len * 3 * h && ctx.len() >= len * h && scratch.len() >= len * (dh + 1));
+    dispatch!(attention_k(qkv, len, h, heads, scale, ctx, scratch))
 }
 
-kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, scale: f32, ctx: &mut [f32], scores: &mut [f32]) {
+kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, scale: f32, ctx: &mut [f32], scratch: &mut [f32]) {
     let dh = h / heads;
     let w = 3 * h;
+    let (kt, scores) = scratch.split_at_mut(len * dh);
+    let scores = &mut scores[..len];
     for hd in 0..heads {
         let (qo, ko, vo) = (hd * dh, h + hd * dh, 2 * h + hd * dh);
+        // This head's keys transposed: kt[d][j].
+        for j in 0..len {
+            for d in 0..dh {
+                kt[d * len + j] = qkv[j * w + ko + d];
+            }
+        }
         for i in 0..len {
             let q = &qkv[i * w + qo..i * w + qo + dh];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores[..len].iter_mut().enumerate() {
-                let k = &qkv[j * w + ko..j * w + ko + dh];
-                let mut dot = 0.0f32;
-                for (a, b) in q.iter().zip(k) {
-                    dot += a * b;
+            scores.fill(0.0);
+            for (d, &qd) in q.iter().enumerate() {
+                for (s, &k) in scores.iter_mut().zip(&kt[d * len..(d + 1) * len]) {
+                    *s += qd * k;
                 }
-                *s = dot * scale;
+            }
+            let mut max = f32::NEG_INFINITY;
+            for s in scores.iter_mut() {
+                *s *= scale;
                 max = max.max(*s);
             }
-            let mut sum = 0.0f32;
-            for s in scores[..len].iter_mut() {
+            for s in scores.iter_mut() {
                 *s = exp_f32(*s - max);
-                sum += *s;
+            }
+            let mut sum = 0.0f32;
+            for &s in scores.iter() {
+                sum += s;
             }
             let inv = 1.0 / sum;
             let out = &mut ctx[i * h + qo..i * h + qo + dh];
             out.fill(0.0);
-            for (j, &p) in scores[..len].iter().enumerate() {
+            for (j, &p) in scores.iter().enumerate() {
                 let v = &qkv[j * w + vo..j * w + vo + dh];
                 let p = p * inv;
                 for (o, &x) in out.iter_mut().zip(v) {
@@ -219,7 +236,7 @@ mod tests {
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
         let mut ctx = vec![0.0; len * h];
-        let mut scratch = vec![0.0; len];
+        let mut scratch = vec![0.0; len * (h / heads + 1)];
         attention(&qkv, len, h, heads, 0.5, &mut ctx, &mut scratch);
         let dh = h / heads;
         for hd in 0..heads {

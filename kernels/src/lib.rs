@@ -21,6 +21,7 @@
 
 pub mod bf16;
 pub mod gemm;
+pub mod packed;
 pub use gemm::gemm;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;

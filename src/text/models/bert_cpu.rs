@@ -4,9 +4,10 @@
 //! libtorch's matrix products (MKL) give a row other bits below about 16 rows, so scoring a lone
 //! MiniLM text through libtorch needed filler rows, and texts could share a batch only when they
 //! had the same length. Here the encoder runs on host buffers with `oe_kernels`:
-//! - every linear layer is [`oe_kernels::gemm`] over all tokens of the batch (one fused
-//!   multiply-add chain per output, the same whatever the number of rows), the query, key and
-//!   value projections as one product `[N, H] · [H, 3H]`;
+//! - every linear layer is [`oe_kernels::gemm`]'s product over all tokens of the batch (one fused
+//!   multiply-add chain per output, the same whatever the number of rows; the weights packed in
+//!   column panels once, [`oe_kernels::packed`]), the query, key and value projections as one
+//!   product `[N, H] · [H, 3H]`;
 //! - self-attention runs per text over that text's tokens only ([`oe_kernels::encoder::attention`]),
 //!   so no key is padding and nothing crosses texts (libtorch masks padded keys with −1e9, whose
 //!   exponential underflows to exactly 0: the same function);
@@ -22,23 +23,24 @@
 
 use super::bert::{BertClassifier, HiddenAct};
 use crate::detect::{FeatureSource, Pool};
+use oe_kernels::packed::{gemm_packed, PackedB};
 use tch::{Kind, Tensor};
 
 /// One encoder layer's weights, transposed for `x · W` products.
 #[derive(Debug)]
 struct Layer {
     /// `[H, 3H]`: query, key and value side by side; bias `[3H]`.
-    qkv: Vec<f32>,
+    qkv: PackedB,
     qkv_b: Vec<f32>,
     /// `[H, H]`, bias `[H]`.
-    attn_out: Vec<f32>,
+    attn_out: PackedB,
     attn_out_b: Vec<f32>,
     attn_ln: (Vec<f32>, Vec<f32>),
     /// `[H, I]`, bias `[I]`.
-    inter: Vec<f32>,
+    inter: PackedB,
     inter_b: Vec<f32>,
     /// `[I, H]`, bias `[H]`.
-    out: Vec<f32>,
+    out: PackedB,
     out_b: Vec<f32>,
     out_ln: (Vec<f32>, Vec<f32>),
 }
@@ -77,6 +79,12 @@ fn host(t: &Tensor) -> Vec<f32> {
 /// `w` `[out, in]` (a `torch.nn.Linear` weight) as `[in, out]`, row-major.
 fn transposed(w: &Tensor) -> Vec<f32> {
     host(&w.detach().tr())
+}
+
+/// `w` `[out, in]` transposed and packed for [`oe_kernels::packed::gemm_packed`].
+fn packed(w: &Tensor) -> PackedB {
+    let (o, i) = w.size2().expect("a linear layer's weight is [out, in]");
+    PackedB::new(i as usize, o as usize, &transposed(w))
 }
 
 /// What [`Frozen::run`] returns for a batch of `n` texts.
@@ -128,14 +136,14 @@ impl Frozen {
                 qkv_b.extend(b("attention.self.key"));
                 qkv_b.extend(b("attention.self.value"));
                 Layer {
-                    qkv: transposed(&qkv_w),
+                    qkv: packed(&qkv_w),
                     qkv_b,
-                    attn_out: transposed(w("attention.output.dense")),
+                    attn_out: packed(w("attention.output.dense")),
                     attn_out_b: b("attention.output.dense"),
                     attn_ln: ln(&format!("{p}.attention.output.LayerNorm")),
-                    inter: transposed(w("intermediate.dense")),
+                    inter: packed(w("intermediate.dense")),
                     inter_b: b("intermediate.dense"),
-                    out: transposed(w("output.dense")),
+                    out: packed(w("output.dense")),
                     out_b: b("output.dense"),
                     out_ln: ln(&format!("{p}.output.LayerNorm")),
                 }
@@ -227,10 +235,8 @@ impl Frozen {
             // Query, key and value of every token: one product.
             par_blocks(&mut qkv, 3 * h, &|r0, out| {
                 let rows = out.len() / (3 * h);
-                oe_kernels::gemm(
+                gemm_packed(
                     rows,
-                    h,
-                    3 * h,
                     &x[r0 * h..(r0 + rows) * h],
                     &l.qkv,
                     Some(&l.qkv_b),
@@ -240,7 +246,7 @@ impl Frozen {
             // Attention within each text.
             par_texts(&mut ctx, h, &starts, &|t, out| {
                 let len = starts[t + 1] - starts[t];
-                let mut scores = vec![0.0f32; len];
+                let mut scratch = vec![0.0f32; len * (h / self.heads + 1)];
                 oe_kernels::encoder::attention(
                     &qkv[starts[t] * 3 * h..starts[t + 1] * 3 * h],
                     len,
@@ -248,7 +254,7 @@ impl Frozen {
                     self.heads,
                     scale,
                     out,
-                    &mut scores,
+                    &mut scratch,
                 );
             });
             // Output projection, residual LayerNorm, feed-forward, residual LayerNorm, block by
@@ -282,15 +288,8 @@ impl Frozen {
         let (h, inter) = (self.h, self.inter);
         let rows = xb.len() / h;
         let mut a = vec![0.0f32; rows * h];
-        oe_kernels::gemm(
-            rows,
-            h,
-            h,
-            &ctx[r0 * h..(r0 + rows) * h],
-            &l.attn_out,
-            Some(&l.attn_out_b),
-            &mut a,
-        );
+        let ctx = &ctx[r0 * h..(r0 + rows) * h];
+        gemm_packed(rows, ctx, &l.attn_out, Some(&l.attn_out_b), &mut a);
         oe_kernels::encoder::add_layer_norm(
             &mut a,
             Some(xb),
@@ -300,13 +299,13 @@ impl Frozen {
             self.eps,
         );
         let mut f = vec![0.0f32; rows * inter];
-        oe_kernels::gemm(rows, h, inter, &a, &l.inter, Some(&l.inter_b), &mut f);
+        gemm_packed(rows, &a, &l.inter, Some(&l.inter_b), &mut f);
         match self.act {
             HiddenAct::Gelu => oe_kernels::encoder::gelu_erf(&mut f),
             HiddenAct::GeluNew => oe_kernels::encoder::gelu_tanh(&mut f),
             HiddenAct::Relu => oe_kernels::encoder::relu(&mut f),
         }
-        oe_kernels::gemm(rows, inter, h, &f, &l.out, Some(&l.out_b), xb);
+        gemm_packed(rows, &f, &l.out, Some(&l.out_b), xb);
         oe_kernels::encoder::add_layer_norm(xb, Some(&a), &l.out_ln.0, &l.out_ln.1, h, self.eps);
     }
 
