@@ -111,6 +111,9 @@ mod x86 {
     use super::{PackedB, PANEL};
     use std::arch::x86_64::*;
 
+    /// Rows of a panel to prefetch ahead.
+    const PREFETCH: usize = 12;
+
     /// Rows `r0..r0 + R` of one panel (columns `j0..j0 + PANEL`, the stores masked to `n`).
     #[target_feature(enable = "avx512f")]
     #[inline]
@@ -128,6 +131,14 @@ mod x86 {
         let mut acc = [[_mm512_setzero_ps(); 3]; R];
         for p in 0..k {
             let row = panel.add(p * PANEL);
+            // The panel's rows PREFETCH steps ahead (three cache lines a row): a panel is read
+            // from memory by the first block of rows, which the hardware prefetcher alone does
+            // not keep up with (a 25-row forward over MiniLM's 42 MB of weights ran at half the
+            // warm speed). Past the panel's end it stays inside the allocation or is harmless.
+            let ahead = row.wrapping_add(PREFETCH * PANEL) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
             let bv = [
                 _mm512_loadu_ps(row),
                 _mm512_loadu_ps(row.add(16)),
@@ -278,5 +289,34 @@ mod timing {
                 f / tg / 1e9
             );
         }
+        // A MiniLM forward's weights (6 layers, 42 MB) for a 25-token text, products in turn.
+        let m = 25;
+        let shapes = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
+        let layers: Vec<Vec<super::PackedB>> = (0..6)
+            .map(|_| {
+                shapes
+                    .iter()
+                    .map(|&(k, n)| super::PackedB::new(k, n, &vec![0.01; k * n]))
+                    .collect()
+            })
+            .collect();
+        let a = vec![0.1f32; m * 1536];
+        let mut c = vec![0.0f32; m * 1536];
+        let reps = 50;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            for l in &layers {
+                for b in l {
+                    super::gemm_packed(m, &a, b, None, &mut c);
+                }
+            }
+        }
+        let t = t0.elapsed().as_secs_f64() / reps as f64;
+        let f: f64 = shapes.iter().map(|&(k, n)| 2.0 * (m * k * n) as f64).sum::<f64>() * 6.0;
+        println!(
+            "forward of {m} rows over 42 MB of weights: {:.2} ms, {:.1} GFLOP/s",
+            t * 1e3,
+            f / t / 1e9
+        );
     }
 }
