@@ -113,6 +113,8 @@ mod x86 {
 
     /// Rows of a panel to prefetch ahead.
     const PREFETCH: usize = 12;
+    /// Rows of a panel to prefetch into L2, further ahead.
+    const PREFETCH_FAR: usize = 64;
 
     /// Rows `r0..r0 + R` of one panel (columns `j0..j0 + PANEL`, the stores masked to `n`).
     #[target_feature(enable = "avx512f")]
@@ -139,6 +141,10 @@ mod x86 {
             _mm_prefetch::<_MM_HINT_T0>(ahead);
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
+            let far = row.wrapping_add(PREFETCH_FAR * PANEL) as *const i8;
+            _mm_prefetch::<_MM_HINT_T1>(far);
+            _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(128));
             let bv = [
                 _mm512_loadu_ps(row),
                 _mm512_loadu_ps(row.add(16)),
