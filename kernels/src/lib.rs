@@ -1,5 +1,7 @@
 //! Element-wise GRU kernels on `f32` slices, for `oe`'s fused CPU GRU (`oe::text::models::gru_cpu`,
-//! which documents the equations and tests these kernels against libtorch's GRU).
+//! which documents the equations and tests these kernels against libtorch's GRU), and the
+//! batch-invariant products ([`gemm`], [`packed`], [`bf16`]) and encoder pieces ([`encoder`]) of
+//! its CPU inference for the GRU and MiniLM (`oe::text::models::bert_cpu`).
 //!
 //! A crate of its own so that the root `Cargo.toml` can optimise it in debug builds: unoptimised,
 //! these loops run tens of times slower, and `cargo run` (a debug build) trains with them. It has
