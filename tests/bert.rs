@@ -294,15 +294,15 @@ fn minilm_speed() {
         t0.elapsed().as_secs_f64() / reps as f64
     };
     let packed = time(&|| {
-        clf.features_and_logits_alone(&refs, &pen).unwrap();
+        let _ = clf.features_and_logits_alone(&refs, &pen).unwrap();
     });
     let one = &refs[0][..12];
     let one_batch = BertBatch::right_padded(&[one], 0, None, Device::Cpu);
     let lt_one = time(&|| {
-        tch::no_grad(|| clf.logits(&one_batch, false));
+        let _ = tch::no_grad(|| clf.logits(&one_batch, false));
     });
     let packed_one = time(&|| {
-        clf.features_and_logits_alone(&[one], &pen).unwrap();
+        let _ = clf.features_and_logits_alone(&[one], &pen).unwrap();
     });
     println!(
         "packed CPU encoder: batch {:.3} s ({:.0} sentences/s, libtorch {:.0}); one 12-token sentence {:.2} ms (libtorch {:.2} ms)",

@@ -79,7 +79,7 @@ pub fn add_layer_norm(
     h: usize,
     eps: f32,
 ) {
-    assert!(g.len() >= h && b.len() >= h && y.len() % h.max(1) == 0);
+    assert!(g.len() >= h && b.len() >= h && y.len().is_multiple_of(h.max(1)));
     if let Some(r) = res {
         assert!(r.len() >= y.len());
     }
@@ -126,7 +126,7 @@ pub fn attention(
     ctx: &mut [f32],
     scratch: &mut [f32],
 ) {
-    assert!(heads > 0 && h % heads == 0);
+    assert!(heads > 0 && h.is_multiple_of(heads));
     let dh = h / heads;
     assert!(qkv.len() >= len * 3 * h && ctx.len() >= len * h && scratch.len() >= len * (dh + 1));
     dispatch!(attention_k(qkv, len, h, heads, scale, ctx, scratch))

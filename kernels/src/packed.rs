@@ -318,7 +318,11 @@ mod timing {
             }
         }
         let t = t0.elapsed().as_secs_f64() / reps as f64;
-        let f: f64 = shapes.iter().map(|&(k, n)| 2.0 * (m * k * n) as f64).sum::<f64>() * 6.0;
+        let f: f64 = shapes
+            .iter()
+            .map(|&(k, n)| 2.0 * (m * k * n) as f64)
+            .sum::<f64>()
+            * 6.0;
         println!(
             "forward of {m} rows over 42 MB of weights: {:.2} ms, {:.1} GFLOP/s",
             t * 1e3,
