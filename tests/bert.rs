@@ -427,6 +427,18 @@ fn minilm_trains_baseline_and_oe_into_self_contained_model_directories() {
         assert_eq!(one[0].score.to_bits(), all[i].score.to_bits(), "text {i}");
         assert!(one[0].score.is_finite());
     }
+    // The service: concurrent clients with requests of random sizes get exactly what `oe-text
+    // score` (another process, another thread count) wrote, texts of every length sharing
+    // micro-batches in MiniLM's packed encoder.
+    let base = &out.dirs[0].1;
+    let all = crate::serve::texts(60, 3);
+    let want = crate::serve::reference(base, &all, d);
+    let s = crate::serve::server(base, |r| {
+        r.max_batch = 32;
+        r.max_wait = std::time::Duration::from_millis(20);
+    });
+    crate::serve::concurrent_clients_get_the_same_bits(&s.addr.to_string(), &all, &want);
+    s.stop().unwrap();
     let pre = oe::text::score::Preprocess::of(&m.config);
     let (ids, long) = pre.encode(&m.vocab, &texts[2]);
     assert!(long);

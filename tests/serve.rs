@@ -51,7 +51,7 @@ const WORDS: &[&str] = &[
 ];
 
 /// `n` single-line texts of 1..=30 words (a few longer than the model's 16 tokens).
-fn texts(n: usize, seed: u64) -> Vec<String> {
+pub(crate) fn texts(n: usize, seed: u64) -> Vec<String> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut next = || {
         x ^= x << 13;
@@ -72,7 +72,11 @@ fn texts(n: usize, seed: u64) -> Vec<String> {
 
 /// What `oe-text score --threshold auto --p-values` writes for each text: (score, class, prob,
 /// p_value, is_ood), as strings parsed to numbers.
-fn reference(m: &Path, texts: &[String], dir: &Path) -> Vec<(f32, String, f32, f64, bool)> {
+pub(crate) fn reference(
+    m: &Path,
+    texts: &[String],
+    dir: &Path,
+) -> Vec<(f32, String, f32, f64, bool)> {
     let input = dir.join("ref.txt");
     std::fs::write(&input, texts.join("\n") + "\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_oe-text"))
@@ -111,7 +115,7 @@ fn reference(m: &Path, texts: &[String], dir: &Path) -> Vec<(f32, String, f32, f
         .collect()
 }
 
-fn server(m: &Path, f: impl FnOnce(&mut ServeRequest)) -> oe::text::serve::Server {
+pub(crate) fn server(m: &Path, f: impl FnOnce(&mut ServeRequest)) -> oe::text::serve::Server {
     let mut req = ServeRequest::new(m.to_path_buf(), Device::Cpu);
     req.addr = "127.0.0.1:0".parse().unwrap();
     f(&mut req);
@@ -177,25 +181,15 @@ fn check_results(v: &serde_json::Value, want: &[&(f32, String, f32, f64, bool)])
     }
 }
 
-#[test]
-fn service_scores_exactly_like_score_in_any_batch() {
-    tch::set_num_threads(1);
-    let d = tempfile::tempdir().unwrap();
-    let m = model(d.path());
-    let all = texts(300, 1);
-    let want = reference(&m, &all, d.path());
-    assert_eq!(want.len(), all.len());
-    let log = d.path().join("requests.jsonl");
-    let s = server(&m, |r| {
-        r.max_batch = 32;
-        r.max_wait = Duration::from_millis(20);
-        r.log = Some(log.clone());
-    });
-    let addr = s.addr.to_string();
-    // 6 concurrent clients, each sending its share in requests of 1..=17 texts.
+/// 6 concurrent clients send their shares of `all` to the service at `addr` in requests of 1..=17
+/// texts; every result must be `want`'s row (what `oe-text score` wrote) bit for bit.
+pub(crate) fn concurrent_clients_get_the_same_bits(
+    addr: &str,
+    all: &[String],
+    want: &[(f32, String, f32, f64, bool)],
+) {
     std::thread::scope(|sc| {
         for c in 0..6usize {
-            let (all, want, addr) = (&all, &want, &addr);
             sc.spawn(move || {
                 let mine: Vec<usize> = (0..all.len()).filter(|i| i % 6 == c).collect();
                 let mut pos = 0;
@@ -214,6 +208,24 @@ fn service_scores_exactly_like_score_in_any_batch() {
             });
         }
     });
+}
+
+#[test]
+fn service_scores_exactly_like_score_in_any_batch() {
+    tch::set_num_threads(1);
+    let d = tempfile::tempdir().unwrap();
+    let m = model(d.path());
+    let all = texts(300, 1);
+    let want = reference(&m, &all, d.path());
+    assert_eq!(want.len(), all.len());
+    let log = d.path().join("requests.jsonl");
+    let s = server(&m, |r| {
+        r.max_batch = 32;
+        r.max_wait = Duration::from_millis(20);
+        r.log = Some(log.clone());
+    });
+    let addr = s.addr.to_string();
+    concurrent_clients_get_the_same_bits(&addr, &all, &want);
     // Batches were shared between clients: the histogram saw batches of more than one request.
     let metrics = ureq::get(&format!("http://{addr}/metrics"))
         .call()
