@@ -198,16 +198,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        // A small LCG: values in [-1, 1).
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_data as data;
 
     /// The definition, one element at a time: `acc ← fma(a[r, p], b[p, j], acc)` from 0, then + bias.
     fn reference(

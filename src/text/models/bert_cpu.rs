@@ -417,17 +417,8 @@ impl Frozen {
 fn pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(tch::get_num_threads().max(1) as usize)
-            .thread_name(|i| format!("oe-bert-{i}"))
-            .build()
-            .unwrap_or_else(|_| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .use_current_thread()
-                    .build()
-                    .expect("a one-thread pool on the current thread")
-            })
+        let threads = tch::get_num_threads().max(1) as usize;
+        super::gru_cpu::worker_pool(threads, "oe-bert", || {})
     })
 }
 

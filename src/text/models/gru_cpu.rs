@@ -619,21 +619,24 @@ impl Gru {
 /// tokenising input on the global pool never delays a batch.
 fn pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(workers())
-            .thread_name(|i| format!("oe-gru-{i}"))
-            .start_handler(|_| tch::set_num_threads(1))
-            .build()
-            .unwrap_or_else(|_| {
-                // No threads to be had: run the jobs on the caller's thread (rayon's fallback).
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .use_current_thread()
-                    .build()
-                    .expect("a one-thread pool on the current thread")
-            })
-    })
+    POOL.get_or_init(|| worker_pool(workers(), "oe-gru", || tch::set_num_threads(1)))
+}
+
+/// A pool of `threads` threads named `{name}-{i}`, each running `start` first; where no threads
+/// can be had, a one-thread pool that runs its jobs on the caller's thread (rayon's fallback).
+pub(crate) fn worker_pool(threads: usize, name: &'static str, start: fn()) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(move |i| format!("{name}-{i}"))
+        .start_handler(move |_| start())
+        .build()
+        .unwrap_or_else(|_| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .use_current_thread()
+                .build()
+                .expect("a one-thread pool on the current thread")
+        })
 }
 
 /// Starts `job` on the fused GRU's pool without gradient tracking and returns at once; the result
