@@ -504,7 +504,7 @@ pub struct BertClassifier {
     cfg: BertClassifierConfig,
     /// Host copies of the weights for batch-invariant CPU inference
     /// ([`BertClassifier::freeze_for_inference`]); dropped when the model trains.
-    frozen: std::cell::RefCell<Option<std::rc::Rc<super::bert_cpu::Frozen>>>,
+    frozen: std::cell::RefCell<Option<std::sync::Arc<super::bert_cpu::Frozen>>>,
 }
 
 impl BertClassifier {
@@ -587,7 +587,7 @@ impl BertClassifier {
     pub fn freeze_for_inference(&self) {
         if self.packed_on_cpu() && self.frozen.borrow().is_none() {
             let f = tch::no_grad(|| super::bert_cpu::Frozen::new(self));
-            *self.frozen.borrow_mut() = Some(std::rc::Rc::new(f));
+            *self.frozen.borrow_mut() = Some(std::sync::Arc::new(f));
         }
     }
 
