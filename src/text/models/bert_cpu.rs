@@ -422,18 +422,24 @@ fn pool() -> &'static rayon::ThreadPool {
     })
 }
 
-/// Rows per block of [`par_blocks`]: large enough to amortise a product's weights, small enough
-/// that a block's feed-forward buffer (`rows · I` floats) stays in cache.
-const BLOCK_ROWS: usize = 128;
+/// Largest block of [`par_blocks`]. Each block reads every weight of a product once (a panel is
+/// then reused from cache by all its rows), so fewer, larger blocks read less; but a block's input
+/// rows (`rows · 1536` floats for the feed-forward's second product) and its feed-forward buffer
+/// should stay in L2 while a panel runs over them.
+const BLOCK_ROWS: usize = 256;
 
-/// Calls `f(first_row, rows)` on blocks of at most [`BLOCK_ROWS`] rows of `buf` (`width` floats a
-/// row), on the worker pool when there is more than one block.
+/// Calls `f(first_row, rows)` on blocks of `buf` (`width` floats a row): as few blocks as there
+/// are workers and none larger than [`BLOCK_ROWS`], all of about equal size, on the worker pool
+/// when there is more than one.
 fn par_blocks(buf: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
     use rayon::prelude::*;
     let rows = buf.len() / width.max(1);
     let workers = pool().current_num_threads();
-    // Enough blocks for every worker, none larger than BLOCK_ROWS.
-    let per = rows.div_ceil(workers.max(1)).clamp(1, BLOCK_ROWS);
+    let blocks = rows
+        .div_ceil(BLOCK_ROWS)
+        .max(workers.max(1))
+        .min(rows.max(1));
+    let per = rows.div_ceil(blocks).max(1);
     if rows <= per || workers == 1 {
         for (i, b) in buf.chunks_mut(per * width).enumerate() {
             f(i * per, b);
