@@ -108,7 +108,7 @@ kernel!(add_layer_norm_k, fn(y: &mut [f32], res: Option<&[f32]>, g: &[f32], b: &
 /// One text's multi-head self-attention over all its tokens (no mask: every key is a real token).
 /// `qkv` `[len, 3·h]` holds each token's query, key and value projections side by side (heads of
 /// `h / heads` columns each); `ctx` `[len, h]` receives, for each token and head,
-/// `Σ_j softmax_j(scale · q·k_j) · v_j`. `scratch` holds at least `len · (h / heads + 1)` floats.
+/// `Σ_j softmax_j(scale · q·k_j) · v_j`. `scratch` holds at least [`attention_scratch`] floats.
 ///
 /// Each score `q·k_j` is one chain of multiply-adds over the head's dimensions in order (kept
 /// separate, not fused), computed for 16 keys at a time from the head's keys transposed into
@@ -127,40 +127,56 @@ pub fn attention(
     scratch: &mut [f32],
 ) {
     assert!(heads > 0 && h.is_multiple_of(heads));
-    let dh = h / heads;
-    assert!(qkv.len() >= len * 3 * h && ctx.len() >= len * h && scratch.len() >= len * (dh + 1));
+    assert!(
+        qkv.len() >= len * 3 * h
+            && ctx.len() >= len * h
+            && scratch.len() >= attention_scratch(len, h, heads)
+    );
     dispatch!(attention_k(qkv, len, h, heads, scale, ctx, scratch))
+}
+
+/// Floats of scratch space [`attention`] needs: the head's keys transposed and one row of scores,
+/// each padded to a multiple of 16 keys (whole vectors; the padding never reaches a result).
+pub fn attention_scratch(len: usize, h: usize, heads: usize) -> usize {
+    len.next_multiple_of(16) * (h / heads.max(1) + 1)
 }
 
 kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, scale: f32, ctx: &mut [f32], scratch: &mut [f32]) {
     let dh = h / heads;
     let w = 3 * h;
-    let (kt, scores) = scratch.split_at_mut(len * dh);
-    let scores = &mut scores[..len];
+    // Keys padded to whole vectors: the padded lanes hold zero keys, are computed alongside and
+    // never read (each lane is its own chain, so the real lanes' bits do not change).
+    let lp = len.next_multiple_of(16);
+    let (kt, scores) = scratch.split_at_mut(lp * dh);
+    let scores = &mut scores[..lp];
+    kt.fill(0.0);
     for hd in 0..heads {
         let (qo, ko, vo) = (hd * dh, h + hd * dh, 2 * h + hd * dh);
         // This head's keys transposed: kt[d][j].
         for j in 0..len {
             for d in 0..dh {
-                kt[d * len + j] = qkv[j * w + ko + d];
+                kt[d * lp + j] = qkv[j * w + ko + d];
             }
         }
         for i in 0..len {
             let q = &qkv[i * w + qo..i * w + qo + dh];
             scores.fill(0.0);
             for (d, &qd) in q.iter().enumerate() {
-                for (s, &k) in scores.iter_mut().zip(&kt[d * len..(d + 1) * len]) {
+                for (s, &k) in scores.iter_mut().zip(&kt[d * lp..(d + 1) * lp]) {
                     *s += qd * k;
                 }
             }
             let mut max = f32::NEG_INFINITY;
             for s in scores.iter_mut() {
                 *s *= scale;
-                max = max.max(*s);
+            }
+            for &s in &scores[..len] {
+                max = max.max(s);
             }
             for s in scores.iter_mut() {
                 *s = exp_f32(*s - max);
             }
+            let scores = &scores[..len];
             let mut sum = 0.0f32;
             for &s in scores.iter() {
                 sum += s;
@@ -236,7 +252,7 @@ mod tests {
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
         let mut ctx = vec![0.0; len * h];
-        let mut scratch = vec![0.0; len * (h / heads + 1)];
+        let mut scratch = vec![0.0; attention_scratch(len, h, heads)];
         attention(&qkv, len, h, heads, 0.5, &mut ctx, &mut scratch);
         let dh = h / heads;
         for hd in 0..heads {

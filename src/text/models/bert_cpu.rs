@@ -246,7 +246,8 @@ impl Frozen {
             // Attention within each text.
             par_texts(&mut ctx, h, &starts, &|t, out| {
                 let len = starts[t + 1] - starts[t];
-                let mut scratch = vec![0.0f32; len * (h / self.heads + 1)];
+                let mut scratch =
+                    vec![0.0f32; oe_kernels::encoder::attention_scratch(len, h, self.heads)];
                 oe_kernels::encoder::attention(
                     &qkv[starts[t] * 3 * h..starts[t + 1] * 3 * h],
                     len,
