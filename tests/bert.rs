@@ -348,7 +348,7 @@ fn tiny_dataset(d: &Path) {
     common::write_splits(
         d,
         &[
-            ("train", rows(48, 0)),
+            ("train", rows(64, 0)),
             ("dev", rows(16, 100)),
             ("test", rows(20, 200)),
         ],
@@ -438,6 +438,50 @@ fn minilm_trains_baseline_and_oe_into_self_contained_model_directories() {
         r.max_wait = std::time::Duration::from_millis(20);
     });
     crate::serve::concurrent_clients_get_the_same_bits(&s.addr.to_string(), &all, &want);
+    // A stored feature detector per request (training fitted them): the scores `oe-text score
+    // --score mahalanobis` writes, bit for bit, with no threshold.
+    let input = d.join("few.txt");
+    std::fs::write(&input, all[..7].join("\n") + "\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oe-text"))
+        .args([
+            "score",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--score",
+            "mahalanobis",
+            "--model",
+        ])
+        .arg(base)
+        .arg(&input)
+        .output()
+        .unwrap();
+    common::check(&out);
+    let want_m: Vec<f32> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
+        .collect();
+    let body = serde_json::json!({"texts": &all[..7], "detector": "mahalanobis"});
+    let resp = ureq::post(&format!("http://{}/v1/score", s.addr))
+        .send_bytes(&serde_json::to_vec(&body).unwrap())
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let resp: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(resp["score"], "mahalanobis");
+    assert!(resp["threshold"].is_null());
+    let got: Vec<f32> = resp["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(got.len(), 7);
+    for (g, w) in got.iter().zip(&want_m) {
+        assert_eq!(g.to_bits(), w.to_bits(), "mahalanobis {g} vs {w}");
+    }
     s.stop().unwrap();
     let pre = oe::text::score::Preprocess::of(&m.config);
     let (ids, long) = pre.encode(&m.vocab, &texts[2]);

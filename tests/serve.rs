@@ -294,10 +294,27 @@ fn limits_bad_input_and_token_get_their_status_and_a_json_error() {
             422,
             "score",
         ),
+        // A detector this model directory does not store, by either name.
         (
             b"{\"texts\": [\"ok\"], \"score\": \"knn\"}".to_vec(),
             422,
             "score",
+        ),
+        (
+            b"{\"texts\": [\"ok\"], \"detector\": \"mahalanobis\"}".to_vec(),
+            422,
+            "detector",
+        ),
+        (
+            b"{\"texts\": [\"ok\"], \"score\": \"msp\", \"detector\": \"energy\"}".to_vec(),
+            422,
+            "detector",
+        ),
+        // A misspelt field is refused rather than ignored (it would silently give MSP).
+        (
+            b"{\"texts\": [\"ok\"], \"detectr\": \"knn\"}".to_vec(),
+            422,
+            "detectr",
         ),
         (score_body(&vec!["x".to_string(); 6]), 413, "texts"),
         (score_body(&["y".repeat(51)]), 413, "texts[0]"),

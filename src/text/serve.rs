@@ -2,10 +2,11 @@
 //!
 //! API (JSON, versioned under `/v1`):
 //! - `POST /v1/score` with `{"texts": ["...", ...], "score": "msp"}` (`score` optional: any logit
-//!   score; default the service's `--score`) returns `{"score", "threshold", "results": [{"score",
-//!   "class", "prob", "is_ood", "p_value"}, ...]}`, one result per text in order. `is_ood` is
-//!   `score > threshold` at the threshold `oe-text calibrate` stored for that score (`null` when
-//!   there is none); `p_value` is the conformal p-value against the stored validation scores.
+//!   score, or a feature detector stored in the model directory, also as `"detector"`; default the
+//!   service's `--score`) returns `{"score", "threshold", "results": [{"score", "class", "prob",
+//!   "is_ood", "p_value"}, ...]}`, one result per text in order. `is_ood` is `score > threshold` at
+//!   the threshold `oe-text calibrate` stored for that score (`null` when there is none, as for
+//!   feature detectors); `p_value` is the conformal p-value against the stored validation scores.
 //! - `GET /v1/model`: what is loaded (dataset, labels, model, method, detectors, thresholds, the
 //!   weights' sha256). `GET /healthz` (the process is up), `GET /readyz` (the model is loaded and
 //!   the inference loop runs), `GET /metrics` (Prometheus text format).
@@ -18,7 +19,8 @@
 //!
 //! Limits: at most `queue` requests admitted at once (then 503 with `Retry-After`), a maximum body
 //! size (413), texts per request (413) and bytes per text (413), invalid JSON or UTF-8 (400), a
-//! request that is not `{"texts": [strings]}` or names an unknown score (422); every error is a JSON
+//! request that is not `{"texts": [strings]}`, has a field the API does not know, or names an
+//! unknown score or a detector the model directory does not store (422); every error is a JSON
 //! object `{"error", "field"}`. With a token, every route but `/healthz` and `/readyz` needs
 //! `Authorization: Bearer <token>` (401). The service stops on the shutdown signal it is given
 //! (the binary: SIGTERM or Ctrl-C): it stops accepting, finishes requests in flight, and returns.
@@ -29,7 +31,7 @@
 //! requests. `oe-text monitor --window-secs` reads it.
 
 use crate::detect::conformal::Conformal;
-use crate::detect::Score;
+use crate::detect::{Detector, FeatureDetector, Score};
 use crate::error::{OeError, Result};
 use crate::text::calibrate::Calibration;
 use crate::text::model_dir::LoadedModel;
@@ -120,7 +122,7 @@ impl ServeRequest {
 /// Work for the inference thread.
 struct Job {
     texts: Vec<String>,
-    score: Score,
+    score: Detector,
     reply: tokio::sync::oneshot::Sender<std::result::Result<Vec<Scored>, String>>,
 }
 
@@ -207,6 +209,8 @@ struct Shared {
     calibrations: Mutex<HashMap<String, Option<Stored>>>,
     /// Class names by index.
     labels: Vec<String>,
+    /// The feature detectors the model directory stores (fitted), which requests may name.
+    detectors: Vec<FeatureDetector>,
     model_info: serde_json::Value,
     /// Lines for the request log's writer thread (one string per request).
     log: Option<mpsc::SyncSender<String>>,
@@ -401,7 +405,17 @@ pub fn run(
         }
         None => (None, None),
     };
+    let detectors = model_info["detectors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d["name"].as_str())
+                .filter_map(|n| FeatureDetector::all().into_iter().find(|f| f.name() == n))
+                .collect()
+        })
+        .unwrap_or_default();
     let shared = Arc::new(Shared {
+        detectors,
         log,
         requests_seen: AtomicU64::new(0),
         jobs: jobs_tx,
@@ -520,7 +534,7 @@ fn inference_loop(
         }
         batch_hist.observe(&BATCH_BUCKETS, n as f64);
         // One scoring pass per score kind; each job gets its own texts' results back in order.
-        let mut by_score: Vec<(Score, Vec<Job>)> = Vec::new();
+        let mut by_score: Vec<(Detector, Vec<Job>)> = Vec::new();
         for j in batch {
             match by_score.iter_mut().find(|(s, _)| *s == j.score) {
                 Some((_, v)) => v.push(j),
@@ -530,7 +544,11 @@ fn inference_loop(
         for (score, group) in by_score {
             let texts: Vec<String> = group.iter().flat_map(|j| j.texts.iter().cloned()).collect();
             let opts = ScoreOptions {
-                score,
+                score: score.logit().unwrap_or_default(),
+                stored: match score {
+                    Detector::Feature(f) => Some(f),
+                    Detector::Logit(_) => None,
+                },
                 ..Default::default()
             };
             match score_texts(&m, &texts, &opts) {
@@ -729,23 +747,67 @@ async fn score_request(
         }
         texts.push(s.to_string());
     }
-    let score = match obj.get("score") {
-        None | Some(serde_json::Value::Null) => req.score,
-        Some(serde_json::Value::String(s)) => s.parse::<Score>().map_err(|e| {
-            unprocessable(
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["texts", "score", "detector"].contains(&k.as_str()))
+    {
+        return Err(unprocessable(
+            "unknown_field",
+            format!(
+                "unknown field `{k}`; a request has `texts` and optionally `score` or `detector`"
+            ),
+            k,
+        ));
+    }
+    let named = |field: &str| -> std::result::Result<Option<Detector>, ApiError> {
+        match obj.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => s
+                .parse::<Detector>()
+                .map(Some)
+                .map_err(|e| unprocessable("unknown_score", e, field)),
+            Some(_) => Err(unprocessable(
                 "unknown_score",
-                format!("{e} (feature detectors are not served)"),
-                "score",
-            )
-        })?,
-        Some(_) => {
-            return Err(unprocessable(
-                "unknown_score",
-                "`score` must be a string".into(),
-                "score",
-            ))
+                format!("`{field}` must be a string"),
+                field,
+            )),
         }
     };
+    let score = match (named("score")?, named("detector")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(unprocessable(
+                "unknown_score",
+                format!("`score` ({a}) and `detector` ({b}) disagree; give one"),
+                "detector",
+            ))
+        }
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => Detector::Logit(req.score),
+    };
+    if let Detector::Feature(f) = score {
+        if !shared.detectors.contains(&f) {
+            let field = if obj.contains_key("detector") {
+                "detector"
+            } else {
+                "score"
+            };
+            return Err(unprocessable(
+                "unknown_score",
+                format!(
+                    "the model directory stores no fitted `{}` detector (fit it with `oe-text eval \
+                     --model DIR --detector {}` or `oe-text tune`); stored: {}",
+                    f.name(),
+                    f.name(),
+                    if shared.detectors.is_empty() {
+                        "none".to_string()
+                    } else {
+                        shared.detectors.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+                    }
+                ),
+                field,
+            ));
+        }
+    }
     if shared.admitted.fetch_add(1, Ordering::SeqCst) >= req.queue {
         shared.admitted.fetch_sub(1, Ordering::SeqCst);
         return Err(ApiError::new(
@@ -843,7 +905,11 @@ async fn score_request(
 }
 
 /// The stored threshold and validation scores of `score` (read once, then kept).
-fn calibration(shared: &Shared, score: &Score) -> (Option<f64>, Option<Arc<Conformal>>) {
+fn calibration(shared: &Shared, score: &Detector) -> (Option<f64>, Option<Arc<Conformal>>) {
+    // Calibrations are stored for logit scores.
+    let Detector::Logit(score) = score else {
+        return (None, None);
+    };
     let mut map = shared
         .calibrations
         .lock()
