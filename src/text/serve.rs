@@ -574,8 +574,8 @@ fn inference_loop(
 fn model_info(m: &LoadedModel) -> Result<serde_json::Value> {
     let weights = m.dir.join(crate::rundir::WEIGHTS_FILE);
     let sha = crate::datasets::fetch::sha256_file(&weights)?;
-    // Stored detectors are listed with their settings (tuned or default); the service scores with
-    // logit scores (as `score`).
+    // Stored (fitted) detectors are listed with their settings (tuned or default); a request may
+    // name any of them, as `score` takes them.
     let detectors: Vec<serde_json::Value> = match &m.detectors {
         Some(d) => crate::detect::FeatureDetector::all()
             .into_iter()
