@@ -502,8 +502,11 @@ pub struct BertClassifier {
     pub bert: BertModel,
     head: nn::Linear,
     cfg: BertClassifierConfig,
-    /// Host copies of the weights for batch-invariant CPU inference
-    /// ([`BertClassifier::freeze_for_inference`]); dropped when the model trains.
+    /// Set by [`BertClassifier::freeze_for_inference`] on the CPU, cleared when the model trains:
+    /// scoring then runs the batch-invariant CPU encoder ([`super::bert_cpu`]).
+    for_inference: std::cell::Cell<bool>,
+    /// That encoder's host copy of the weights, built on first use (evaluation, which keeps
+    /// libtorch's forward, never builds it); dropped when the model trains.
     frozen: std::cell::RefCell<Option<std::sync::Arc<super::bert_cpu::Frozen>>>,
 }
 
@@ -533,6 +536,7 @@ impl BertClassifier {
             bert,
             head,
             cfg: cfg.clone(),
+            for_inference: Default::default(),
             frozen: Default::default(),
         }
     }
@@ -561,6 +565,7 @@ impl BertClassifier {
     pub fn features_and_logits(&self, batch: &BertBatch, train: bool) -> (Tensor, Tensor) {
         if train {
             // The weights are about to change.
+            self.for_inference.set(false);
             self.frozen.borrow_mut().take();
         }
         let hidden = self
@@ -582,31 +587,42 @@ impl BertClassifier {
         self.head.ws.device() == Device::Cpu && self.head.ws.kind() == Kind::Float
     }
 
-    /// Fixes the weights for inference: copies them to host buffers for [`super::bert_cpu`] (on the
-    /// CPU only). A training forward drops the copy again.
+    /// Fixes the weights for inference: on the CPU, scoring then runs [`super::bert_cpu`] (whose
+    /// host copy of the weights is made on first use, [`BertClassifier::frozen`]). A training
+    /// forward undoes it.
     pub fn freeze_for_inference(&self) {
-        if self.packed_on_cpu() && self.frozen.borrow().is_none() {
-            let f = tch::no_grad(|| super::bert_cpu::Frozen::new(self));
-            *self.frozen.borrow_mut() = Some(std::sync::Arc::new(f));
+        self.for_inference.set(self.packed_on_cpu());
+    }
+
+    /// The host copy of the weights for [`super::bert_cpu`], made now if it was not yet; `None`
+    /// unless frozen for inference on the CPU ([`BertClassifier::freeze_for_inference`]).
+    pub fn frozen(&self) -> Option<std::sync::Arc<super::bert_cpu::Frozen>> {
+        if !self.for_inference.get() {
+            return None;
         }
+        let mut slot = self.frozen.borrow_mut();
+        let f = slot.get_or_insert_with(|| {
+            std::sync::Arc::new(tch::no_grad(|| super::bert_cpu::Frozen::new(self)))
+        });
+        Some(f.clone())
     }
 
     /// Features of each of `sources` `[B, S·H]` (as [`BertClassifier::features_at`]) and logits
     /// `[B, classes]` of `seqs` (token ids with `[CLS]`/`[SEP]`, any lengths up to the position
-    /// table, as the scorer cuts them; no padding between them), each row bit for bit what its text gets alone ([`super::bert_cpu`]). `None` unless
-    /// frozen on the CPU ([`BertClassifier::freeze_for_inference`]).
+    /// table, as the scorer cuts them; no padding between them), each row bit for bit what its
+    /// text gets alone ([`super::bert_cpu`]). `None` unless frozen for inference on the CPU
+    /// ([`BertClassifier::freeze_for_inference`]).
     pub fn features_and_logits_alone(
         &self,
         seqs: &[&[i64]],
         sources: &[FeatureSource],
     ) -> Option<(Tensor, Tensor)> {
-        let f = self.frozen.borrow().clone()?;
-        Some(f.features_and_logits(seqs, sources))
+        Some(self.frozen()?.features_and_logits(seqs, sources))
     }
 
     /// Whether [`BertClassifier::features_and_logits_alone`] runs.
     pub fn scores_rows_alone(&self) -> bool {
-        self.frozen.borrow().is_some()
+        self.for_inference.get()
     }
 
     /// The classification head: weights `[classes, hidden]`, bias `[classes]`.

@@ -201,7 +201,8 @@ pub enum TextModel {
 
 impl TextModel {
     /// Tells the model its weights are final (loaded for inference): the CPU GRU then precomputes
-    /// its first layer's input projections ([`GruClassifier::freeze_for_inference`]).
+    /// its first layer's input projections ([`GruClassifier::freeze_for_inference`]), and MiniLM
+    /// on the CPU scores with its batch-invariant encoder ([`BertClassifier::freeze_for_inference`]).
     pub fn freeze_for_inference(&self) {
         match self {
             TextModel::Gru(g) => g.freeze_for_inference(),
@@ -222,6 +223,14 @@ impl TextModel {
                 p.name(),
                 m.kind_name()
             ))),
+        }
+    }
+
+    /// Makes now what scoring computes once per set of weights and would otherwise make on its
+    /// first batch (MiniLM's host copy of its weights, [`BertClassifier::frozen`]).
+    pub fn prepare_inference(&self) {
+        if let TextModel::Pretrained(b) = self {
+            let _ = b.frozen();
         }
     }
 

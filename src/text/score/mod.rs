@@ -659,9 +659,11 @@ fn mixes_lengths(m: &LoadedModel) -> bool {
     m.config.in_fix_len.is_none() && m.model.scores_rows_alone()
 }
 
-/// Runs the batch-size check ([`probe_free_rows`]) for `opts` now (a service does it before it
-/// reports ready, so that no request pays for it) and returns its result.
+/// Runs the batch-size check ([`probe_free_rows`]) for `opts` and makes what the model computes
+/// once for inference ([`TextModel::prepare_inference`]) now (a service does it before it reports
+/// ready, so that no request pays for it) and returns the check's result.
 pub fn prepare(m: &LoadedModel, opts: &ScoreOptions) -> Option<FreeRows> {
+    m.model.prepare_inference();
     if mixes_lengths(m) {
         return None;
     }
