@@ -347,7 +347,7 @@ pub fn run(
 ) -> Result<()> {
     req.validate()?;
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(req.queue);
-    let (loaded_tx, loaded_rx) = mpsc::channel::<Result<serde_json::Value>>();
+    let (loaded_tx, loaded_rx) = mpsc::channel::<Result<Loaded>>();
     let batch_metrics: Arc<Histogram> = Arc::new(Histogram::default());
     // libtorch's (OpenMP) thread count is per thread: the inference thread takes the caller's
     // (`--threads`), or it would run with one thread per core and spin against the HTTP workers.
@@ -360,7 +360,10 @@ pub fn run(
             inference_loop(&req, jobs_rx, loaded_tx, &hist)
         })
     };
-    let mut model_info = loaded_rx
+    let Loaded {
+        info: mut model_info,
+        detectors,
+    } = loaded_rx
         .recv()
         .map_err(|_| OeError::Data("the inference thread stopped while loading".into()))??;
     // The stored calibrations, read once: for `/v1/model` and for the requests.
@@ -405,15 +408,6 @@ pub fn run(
         }
         None => (None, None),
     };
-    let detectors = model_info["detectors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d["name"].as_str())
-                .filter_map(|n| FeatureDetector::all().into_iter().find(|f| f.name() == n))
-                .collect()
-        })
-        .unwrap_or_default();
     let shared = Arc::new(Shared {
         detectors,
         log,
@@ -481,10 +475,18 @@ fn router(shared: Arc<Shared>, batches: Arc<Histogram>) -> Router {
 }
 
 /// Loads the model, reports what is loaded, then scores batches of jobs until every sender is gone.
+/// What the inference thread reports once the model is loaded.
+struct Loaded {
+    /// `GET /v1/model`'s body (without `thresholds`).
+    info: serde_json::Value,
+    /// The feature detectors the model directory stores ([`stored_detectors`]).
+    detectors: Vec<FeatureDetector>,
+}
+
 fn inference_loop(
     req: &ServeRequest,
     jobs: mpsc::Receiver<Job>,
-    loaded: mpsc::Sender<Result<serde_json::Value>>,
+    loaded: mpsc::Sender<Result<Loaded>>,
     batch_hist: &Histogram,
 ) -> Result<()> {
     let m = match LoadedModel::load(&req.model_dir, req.device).and_then(|mut m| {
@@ -493,10 +495,11 @@ fn inference_loop(
         // The batch-size check runs now, before the service reports ready.
         let free = crate::text::score::prepare(&m, &ScoreOptions::default());
         info["batch_free_from"] = serde_json::json!(free.map(|f| f.to_string()));
-        Ok((m, info))
+        let detectors = stored_detectors(&m);
+        Ok((m, Loaded { info, detectors }))
     }) {
-        Ok((m, info)) => {
-            let _ = loaded.send(Ok(info));
+        Ok((m, l)) => {
+            let _ = loaded.send(Ok(l));
             m
         }
         Err(e) => {
@@ -570,6 +573,17 @@ fn inference_loop(
     Ok(())
 }
 
+/// The feature detectors `m`'s directory stores (fitted), which requests may name.
+fn stored_detectors(m: &LoadedModel) -> Vec<FeatureDetector> {
+    match &m.detectors {
+        Some(d) => FeatureDetector::all()
+            .into_iter()
+            .filter(|f| d.has(*f))
+            .collect(),
+        None => vec![],
+    }
+}
+
 /// `GET /v1/model`'s body (its `thresholds` are added by [`run`]).
 fn model_info(m: &LoadedModel) -> Result<serde_json::Value> {
     let weights = m.dir.join(crate::rundir::WEIGHTS_FILE);
@@ -577,9 +591,8 @@ fn model_info(m: &LoadedModel) -> Result<serde_json::Value> {
     // Stored (fitted) detectors are listed with their settings (tuned or default); a request may
     // name any of them, as `score` takes them.
     let detectors: Vec<serde_json::Value> = match &m.detectors {
-        Some(d) => crate::detect::FeatureDetector::all()
+        Some(d) => stored_detectors(m)
             .into_iter()
-            .filter(|f| d.has(*f))
             .map(|f| {
                 serde_json::json!({
                     "name": f.name(),
