@@ -368,9 +368,9 @@ cmd_start() {
         --pid-file="$STATE/run/munged.pid" \
         --seed-file="$STATE/munge/munge.seed"
     # shellcheck disable=SC2016  # evaluated later, on purpose
-    wait_for '[[ -S "$SOCKET" ]] || ! daemon_alive munged' 10 || true
-    if ! { [[ -S "$SOCKET" ]] && daemon_alive munged; }; then
-        start_failed "munged did not create $SOCKET"
+    wait_for '[[ -S "$SOCKET" ]] || ! child_alive "${CHILD[munged]}"' 10 || true
+    if ! [[ -S "$SOCKET" ]] || ! child_alive "${CHILD[munged]}"; then
+        start_failed "munged did not create $SOCKET ($(child_alive "${CHILD[munged]}" && echo "still running" || child_end "${CHILD[munged]}"))"
     fi
 
     # -c: start from a clean state; -i: ignore unreadable state files.
