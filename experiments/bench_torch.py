@@ -184,6 +184,7 @@ def cmd_score(a):
     model = ClfGRU(run["vocab_size"], len(labels), pad, m["embedding_dim"], m["hidden"], m["layers"])
     load_weights(model, f"{a.run}/model.safetensors")
     model.eval()
+    t1 = time.perf_counter()
     with open(a.input, encoding="utf-8") as f:
         lines = f.read().split("\n")
     if lines and lines[-1] == "":
@@ -212,7 +213,8 @@ def cmd_score(a):
         f.write("source\tline\tscore\tclass\tprob\n")
         for i in range(len(ids)):
             f.write(f"{a.input}\t{i + 1}\t{float(score[i])!r}\t{labels[cls[i]]}\t{float(prob[i])!r}\n")
-    print(json.dumps({"scoring": time.perf_counter() - t0, "texts": len(ids),
+    t2 = time.perf_counter()
+    print(json.dumps({"scoring": t2 - t0, "scoring_after_load": t2 - t1, "texts": len(ids),
                       "threads": torch.get_num_threads()}))
 
 

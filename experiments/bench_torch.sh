@@ -107,10 +107,16 @@ for kind in sentences paragraphs; do
   [ -f "$M/model.safetensors" ] || { say "scoring needs the SST model (run with sst)"; break; }
   say "scoring $LINES $kind ($(wc -w < "$IN") words)"
   # shellcheck disable=SC2086
-  oe_s=$(wall "$W/oe-score-$kind.txt" "$BIN" score --model "$M" --device cpu ${OE_ARGS:-} --quiet --output "$W/oe-score-$kind.tsv" "$IN")
+  oe_s=$(wall "$W/oe-score-$kind.txt" "$BIN" score --model "$M" --device cpu ${OE_ARGS:-} --output "$W/oe-score-$kind.tsv" "$IN")
   "$PY" experiments/bench_torch.py score --run "$M" --output "$W/torch-score-$kind.tsv" "$IN" \
     > "$W/torch-score-$kind.json"
-  row "scoring $LINES WikiText-2 $kind" "$oe_s" "$(jget "$W/torch-score-$kind.json" 'd["scoring"]')"
+  row "scoring $LINES WikiText-2 $kind (oe: the whole process; PyTorch: from loading the model, not import torch)" \
+    "$oe_s" "$(jget "$W/torch-score-$kind.json" 'd["scoring"]')"
+  # Both after loading the model: reading, tokenising, scoring and writing the TSV (oe: its
+  # summary's time).
+  oe_in=$(sed -nE 's/^[0-9]+ sources, ([0-9.]+) s,.*/\1/p' "$W/oe-score-$kind.txt")
+  row "scoring $LINES WikiText-2 $kind, in-process (both after loading the model)" \
+    "$oe_in" "$(jget "$W/torch-score-$kind.json" 'd["scoring_after_load"]')"
   "$PY" experiments/scores_moved.py "scores, oe vs PyTorch" "$W/oe-score-$kind.tsv" "$W/torch-score-$kind.tsv" \
     | sed 's/^/[bench_torch]   /' >&2
   if [ "$BF16" = 1 ]; then

@@ -309,3 +309,51 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod timing {
+    /// Timing, not a check: `cargo test --release -p oe-kernels -- --ignored --nocapture`.
+    /// The GRU's shapes: a step's hidden product (rows of a worker's part × 128 × 384) and the
+    /// second layer's input projection over a part's tokens.
+    #[test]
+    #[ignore]
+    fn gru_shapes_gflops() {
+        for &(m, k, n) in &[
+            (8, 128, 384),
+            (32, 128, 384),
+            (64, 128, 384),
+            (128, 128, 384),
+            (3300, 128, 384),
+        ] {
+            // 64-byte aligned, as libtorch's tensors are (unaligned 64-byte loads split lines).
+            let (a0, b0, mut c0) = (
+                crate::test_data(m * k + 16, 1),
+                crate::test_data(k * n + 16, 2),
+                vec![0.0f32; m * n + 16],
+            );
+            let al = |v: &[f32]| v.as_ptr().align_offset(64);
+            let a = &a0[al(&a0)..][..m * k];
+            let b = &b0[al(&b0)..][..k * n];
+            let ca = al(&c0);
+            let c = &mut c0[ca..][..m * n];
+            let pb = crate::packed::PackedB::new(k, n, b);
+            let reps = (200_000 / m).max(20);
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                super::gemm(m, k, n, a, b, None, c);
+            }
+            let tg = t0.elapsed().as_secs_f64() / reps as f64;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                crate::packed::gemm_packed(m, a, &pb, None, c);
+            }
+            let tp = t0.elapsed().as_secs_f64() / reps as f64;
+            let f = 2.0 * (m * k * n) as f64;
+            println!(
+                "{m}x{k}x{n}: plain {:.1} GFLOP/s, packed {:.1} GFLOP/s",
+                f / tg / 1e9,
+                f / tp / 1e9
+            );
+        }
+    }
+}

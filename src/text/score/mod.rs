@@ -975,7 +975,7 @@ pub struct ScoreSummary {
 impl ScoreSummary {
     pub fn render(&self) -> String {
         let mut s = format!(
-            "{}\n{} sources, {:.1} s, {:.0} lines/s, {} batches ({:.1}% filler rows; {})",
+            "{}\n{} sources, {:.2} s, {:.0} lines/s, {} batches ({:.1}% filler rows; {})",
             self.counts.summary(),
             self.sources,
             self.seconds,
