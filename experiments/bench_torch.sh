@@ -108,8 +108,11 @@ for kind in sentences paragraphs; do
   say "scoring $LINES $kind ($(wc -w < "$IN") words)"
   # shellcheck disable=SC2086
   oe_s=$(wall "$W/oe-score-$kind.txt" "$BIN" score --model "$M" --device cpu ${OE_ARGS:-} --output "$W/oe-score-$kind.tsv" "$IN")
-  "$PY" experiments/bench_torch.py score --run "$M" --output "$W/torch-score-$kind.tsv" "$IN" \
-    > "$W/torch-score-$kind.json"
+  # Its wall time is the last line on stderr (after anything Python prints there).
+  py_s=$({ /usr/bin/time -f %e "$PY" experiments/bench_torch.py score --run "$M" \
+    --output "$W/torch-score-$kind.tsv" "$IN" > "$W/torch-score-$kind.json"; } 2>&1 | tail -1)
+  row "scoring $LINES WikiText-2 $kind, whole processes (oe: libtorch's start-up included; PyTorch: import torch included)" \
+    "$oe_s" "$py_s"
   row "scoring $LINES WikiText-2 $kind (oe: the whole process; PyTorch: from loading the model, not import torch)" \
     "$oe_s" "$(jget "$W/torch-score-$kind.json" 'd["scoring"]')"
   # Both after loading the model: reading, tokenising, scoring and writing the TSV (oe: its

@@ -17,7 +17,9 @@ pub const PANEL: usize = 48;
 pub struct PackedB {
     k: usize,
     n: usize,
-    data: Vec<f32>,
+    /// The panels start at `buf[start]`, a 64-byte boundary (see [`PackedB::panels`]).
+    buf: Vec<f32>,
+    start: usize,
 }
 
 impl PackedB {
@@ -28,7 +30,13 @@ impl PackedB {
     pub fn new(k: usize, n: usize, b: &[f32]) -> Self {
         assert!(b.len() >= k * n);
         let panels = n.div_ceil(PANEL);
-        let mut data = vec![0.0f32; panels * k * PANEL];
+        let len = panels * k * PANEL;
+        // A large allocation is 16 bytes past a page boundary (the allocator's header), so every
+        // 64-byte load of a panel row would straddle two cache lines: start the panels on a
+        // 64-byte boundary instead.
+        let mut buf = vec![0.0f32; len + 16];
+        let start = buf.as_ptr().align_offset(64).min(16);
+        let data = &mut buf[start..start + len];
         for pi in 0..panels {
             let j0 = pi * PANEL;
             let w = PANEL.min(n - j0);
@@ -37,7 +45,12 @@ impl PackedB {
                 dst.copy_from_slice(&b[p * n + j0..p * n + j0 + w]);
             }
         }
-        Self { k, n, data }
+        Self { k, n, buf, start }
+    }
+
+    /// The panels, `ceil(n / PANEL)` × `[k, PANEL]`, 64-byte aligned.
+    fn panels(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.n.div_ceil(PANEL) * self.k * PANEL]
     }
 
     /// Rows `k` (the inner dimension).
@@ -83,7 +96,7 @@ pub fn gemm_packed(m: usize, a: &[f32], b: &PackedB, bias: Option<&[f32]>, c: &m
 #[inline(always)]
 fn portable(m: usize, a: &[f32], b: &PackedB, bias: Option<&[f32]>, c: &mut [f32]) {
     let (k, n) = (b.k, b.n);
-    for (pi, panel) in b.data.chunks_exact(k * PANEL).enumerate() {
+    for (pi, panel) in b.panels().chunks_exact(k * PANEL).enumerate() {
         let j0 = pi * PANEL;
         let w = PANEL.min(n - j0);
         for r in 0..m {
@@ -184,7 +197,7 @@ mod x86 {
         let (a, cp) = (a.as_ptr(), c.as_mut_ptr());
         let bias = bias.map(<[f32]>::as_ptr);
         for pi in 0..n.div_ceil(PANEL) {
-            let panel = b.data.as_ptr().add(pi * k * PANEL);
+            let panel = b.panels().as_ptr().add(pi * k * PANEL);
             let j0 = pi * PANEL;
             // Register blocks of 8 × 48 outputs (24 accumulators), then 4 and 1 rows.
             let mut r = 0;
@@ -215,6 +228,15 @@ mod tests {
     use super::*;
 
     use crate::test_data as data;
+
+    /// Panels start on a 64-byte boundary (a cache line), whatever the allocation's alignment.
+    #[test]
+    fn panels_are_cache_line_aligned() {
+        for &(k, n) in &[(384, 1152), (7, 5), (1536, 384)] {
+            let pb = PackedB::new(k, n, &data(k * n, 1));
+            assert_eq!(pb.panels().as_ptr() as usize % 64, 0, "{k}x{n}");
+        }
+    }
 
     /// The packed product gives `gemm`'s bits (itself pinned to the element-wise definition) in
     /// every copy, for row counts hitting each register block and panel widths with a remainder.
