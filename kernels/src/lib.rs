@@ -347,6 +347,10 @@ pub(crate) fn test_data(len: usize, seed: u32) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     /// The AVX-512 step (`step512`) gives the portable kernel's bits, with and without the tape,
     /// for H with every block size (8, 4 and 1 blocks of 16) and the portable kernel's own
     /// remainder lanes (H not a multiple of 16: the dispatch's path), on inputs from ±0.5 to
@@ -385,7 +389,6 @@ mod tests {
                     });
                     let got =
                         run(&|gh, out, g| super::step_forward(h, &gi, gh, &bh, &hp, out, g, keep));
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&got.1),
                         bits(&want.1),
@@ -405,10 +408,7 @@ mod tests {
             }
         }
     }
-}
 
-#[cfg(test)]
-mod table_tests {
     /// Reading the projections from a table by id gives the bits of the gathered rows.
     #[test]
     fn table_rows_give_the_gathered_bits() {
@@ -436,7 +436,6 @@ mod table_tests {
             );
             let (mut gh_b, mut out_b) = (gh0.clone(), vec![0.0; rows * h]);
             super::step_forward_table(h, &table, &ids, &mut gh_b, &bh, &hp, &mut out_b);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&out_a), bits(&out_b), "h {h}");
         }
     }
