@@ -135,10 +135,105 @@ pub fn attention(
     dispatch!(attention_k(qkv, len, h, heads, scale, ctx, scratch))
 }
 
-/// Floats of scratch space [`attention`] needs: the head's keys transposed and one row of scores,
-/// each padded to a multiple of 16 keys (whole vectors; the padding never reaches a result).
+/// Floats of scratch space [`attention`] needs: the head's keys transposed and [`QROWS`] rows of
+/// scores, each padded to a multiple of 16 keys (whole vectors; the padding never reaches a
+/// result).
 pub fn attention_scratch(len: usize, h: usize, heads: usize) -> usize {
-    len.next_multiple_of(16) * (h / heads.max(1) + 1)
+    len.next_multiple_of(16) * (h / heads.max(1) + QROWS)
+}
+
+/// Query rows [`attention`] computes together: their chains (dot products, max, sum, weighted
+/// values) are independent, so interleaving them hides each chain's latency; each row's own
+/// operations and their order are those of one row alone, so are its bits.
+pub const QROWS: usize = 4;
+
+/// Rows `i0..i0 + R` of one head's attention (see [`attention_k`]): `kt` the head's keys
+/// transposed `[dh, lp]`, `scores` `[R, lp]` scratch, `(qo, vo)` the head's query and value
+/// offsets in a `qkv` row, `w = 3H`.
+#[inline(always)]
+// The loops over keys run outside the loops over rows on purpose: one step of every row's chain,
+// then the next step.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+fn attention_rows<const R: usize>(
+    qkv: &[f32],
+    (len, lp, w, h, dh): (usize, usize, usize, usize, usize),
+    (qo, vo): (usize, usize),
+    i0: usize,
+    scale: f32,
+    kt: &[f32],
+    scores: &mut [f32],
+    ctx: &mut [f32],
+) {
+    let (rows, _) = scores.split_at_mut(R * lp);
+    let mut sc: [&mut [f32]; R] = {
+        let mut it = rows.chunks_exact_mut(lp);
+        std::array::from_fn(|_| it.next().expect("R rows of scores"))
+    };
+    let q: [&[f32]; R] = std::array::from_fn(|r| &qkv[(i0 + r) * w + qo..(i0 + r) * w + qo + dh]);
+    for s in sc.iter_mut() {
+        s.fill(0.0);
+    }
+    for d in 0..dh {
+        let k = &kt[d * lp..(d + 1) * lp];
+        for r in 0..R {
+            let qd = q[r][d];
+            for (s, &kv) in sc[r].iter_mut().zip(k) {
+                *s += qd * kv;
+            }
+        }
+    }
+    let mut max = [f32::NEG_INFINITY; R];
+    for s in sc.iter_mut() {
+        for x in s.iter_mut() {
+            *x *= scale;
+        }
+    }
+    for j in 0..len {
+        for r in 0..R {
+            max[r] = max[r].max(sc[r][j]);
+        }
+    }
+    for (s, &m) in sc.iter_mut().zip(&max) {
+        for x in s.iter_mut() {
+            *x = exp_f32(*x - m);
+        }
+    }
+    let mut sum = [0.0f32; R];
+    for j in 0..len {
+        for r in 0..R {
+            sum[r] += sc[r][j];
+        }
+    }
+    let inv: [f32; R] = std::array::from_fn(|r| 1.0 / sum[r]);
+    let mut out = [[0.0f32; 128]; R];
+    let dh_acc = dh.min(128);
+    if dh_acc == dh {
+        for j in 0..len {
+            let v = &qkv[j * w + vo..j * w + vo + dh];
+            for r in 0..R {
+                let p = sc[r][j] * inv[r];
+                for (o, &x) in out[r][..dh].iter_mut().zip(v) {
+                    *o += p * x;
+                }
+            }
+        }
+        for (r, o) in out.iter().enumerate() {
+            ctx[(i0 + r) * h + qo..(i0 + r) * h + qo + dh].copy_from_slice(&o[..dh]);
+        }
+    } else {
+        // Heads wider than 128: straight into `ctx`, one row after the other.
+        for r in 0..R {
+            let o = &mut ctx[(i0 + r) * h + qo..(i0 + r) * h + qo + dh];
+            o.fill(0.0);
+            for j in 0..len {
+                let v = &qkv[j * w + vo..j * w + vo + dh];
+                let p = sc[r][j] * inv[r];
+                for (o, &x) in o.iter_mut().zip(v) {
+                    *o += p * x;
+                }
+            }
+        }
+    }
 }
 
 kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, scale: f32, ctx: &mut [f32], scratch: &mut [f32]) {
@@ -148,8 +243,8 @@ kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, scale: 
     // never read (each lane is its own chain, so the real lanes' bits do not change).
     let lp = len.next_multiple_of(16);
     let (kt, scores) = scratch.split_at_mut(lp * dh);
-    let scores = &mut scores[..lp];
     kt.fill(0.0);
+    let dims = (len, lp, w, h, dh);
     for hd in 0..heads {
         let (qo, ko, vo) = (hd * dh, h + hd * dh, 2 * h + hd * dh);
         // This head's keys transposed: kt[d][j].
@@ -158,39 +253,14 @@ kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, scale: 
                 kt[d * lp + j] = qkv[j * w + ko + d];
             }
         }
-        for i in 0..len {
-            let q = &qkv[i * w + qo..i * w + qo + dh];
-            scores.fill(0.0);
-            for (d, &qd) in q.iter().enumerate() {
-                for (s, &k) in scores.iter_mut().zip(&kt[d * lp..(d + 1) * lp]) {
-                    *s += qd * k;
-                }
-            }
-            let mut max = f32::NEG_INFINITY;
-            for s in scores.iter_mut() {
-                *s *= scale;
-            }
-            for &s in &scores[..len] {
-                max = max.max(s);
-            }
-            for s in scores.iter_mut() {
-                *s = exp_f32(*s - max);
-            }
-            let scores = &scores[..len];
-            let mut sum = 0.0f32;
-            for &s in scores.iter() {
-                sum += s;
-            }
-            let inv = 1.0 / sum;
-            let out = &mut ctx[i * h + qo..i * h + qo + dh];
-            out.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let v = &qkv[j * w + vo..j * w + vo + dh];
-                let p = p * inv;
-                for (o, &x) in out.iter_mut().zip(v) {
-                    *o += p * x;
-                }
-            }
+        let mut i = 0;
+        while i + QROWS <= len {
+            attention_rows::<QROWS>(qkv, dims, (qo, vo), i, scale, kt, scores, ctx);
+            i += QROWS;
+        }
+        while i < len {
+            attention_rows::<1>(qkv, dims, (qo, vo), i, scale, kt, scores, ctx);
+            i += 1;
         }
     }
 });
@@ -241,6 +311,87 @@ mod tests {
             let m: f32 = row.iter().sum::<f32>() / h as f32;
             let v: f32 = row.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / h as f32;
             assert!(m.abs() < 1e-6 && (v - 1.0).abs() < 1e-5, "{m} {v}");
+        }
+    }
+
+    /// One query row at a time, each chain in order: the kernel as it was before it interleaved
+    /// [`QROWS`] rows (its bits are what `oe-text score` printed for MiniLM then).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_one_row_at_a_time(
+        qkv: &[f32],
+        len: usize,
+        h: usize,
+        heads: usize,
+        scale: f32,
+        ctx: &mut [f32],
+    ) {
+        let (dh, w, lp) = (h / heads, 3 * h, len.next_multiple_of(16));
+        let mut kt = vec![0.0f32; lp * dh];
+        let mut scores = vec![0.0f32; lp];
+        for hd in 0..heads {
+            let (qo, ko, vo) = (hd * dh, h + hd * dh, 2 * h + hd * dh);
+            for j in 0..len {
+                for d in 0..dh {
+                    kt[d * lp + j] = qkv[j * w + ko + d];
+                }
+            }
+            for i in 0..len {
+                let q = &qkv[i * w + qo..i * w + qo + dh];
+                scores.fill(0.0);
+                for (d, &qd) in q.iter().enumerate() {
+                    for (s, &k) in scores.iter_mut().zip(&kt[d * lp..(d + 1) * lp]) {
+                        *s += qd * k;
+                    }
+                }
+                let mut max = f32::NEG_INFINITY;
+                for s in scores.iter_mut() {
+                    *s *= scale;
+                }
+                for &s in &scores[..len] {
+                    max = max.max(s);
+                }
+                for s in scores.iter_mut() {
+                    *s = exp_f32(*s - max);
+                }
+                let mut sum = 0.0f32;
+                for &s in &scores[..len] {
+                    sum += s;
+                }
+                let inv = 1.0 / sum;
+                let out = &mut ctx[i * h + qo..i * h + qo + dh];
+                out.fill(0.0);
+                for (j, &p) in scores[..len].iter().enumerate() {
+                    let p = p * inv;
+                    for (o, &x) in out.iter_mut().zip(&qkv[j * w + vo..j * w + vo + dh]) {
+                        *o += p * x;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows interleaved or one at a time, the same bits: every length around the [`QROWS`]
+    /// blocks and the 16-key vectors, heads of 32 (MiniLM's) and of 160 (wider than the
+    /// accumulators kept in registers), in the dispatched and the portable kernel.
+    #[test]
+    fn interleaved_rows_give_each_row_its_own_bits() {
+        for &(h, heads) in &[(64, 2), (320, 2)] {
+            for len in [1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 22, 33] {
+                let qkv: Vec<f32> = crate::test_data(len * 3 * h, len as u32)
+                    .iter()
+                    .map(|x| 3.0 * x)
+                    .collect();
+                let mut want = vec![f32::NAN; len * h];
+                attention_one_row_at_a_time(&qkv, len, h, heads, 0.17, &mut want);
+                let mut scratch = vec![0.0; attention_scratch(len, h, heads)];
+                let mut got = vec![f32::NAN; len * h];
+                attention(&qkv, len, h, heads, 0.17, &mut got, &mut scratch);
+                let same = |x: &[f32]| x.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same(&got), "h {h}, len {len}: dispatched");
+                let mut port = vec![f32::NAN; len * h];
+                attention_k::portable(&qkv, len, h, heads, 0.17, &mut port, &mut scratch);
+                assert!(same(&port), "h {h}, len {len}: portable");
+            }
         }
     }
 

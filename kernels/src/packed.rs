@@ -4,8 +4,10 @@
 //!
 //! The row-major `b` `[k, n]` is read by [`crate::gemm`] with a stride of `n` floats per step, one
 //! page per row of `b`, and again for every block of rows; here each panel of [`PANEL`] columns is
-//! `[k, PANEL]` contiguous (the last one zero-padded), and every block of rows runs over a panel
-//! while it is in cache. **Each output is the same chain of fused multiply-adds as
+//! `[k, PANEL]` contiguous (the last one zero-padded), and the register blocks of up to 32 rows run
+//! over a panel chunk by chunk of 128 steps, each chunk while it is in L1, the next chunk
+//! prefetched meanwhile. For a few rows (one short text: the weights are read once per product,
+//! from L3 or memory) that overlap, and the huge pages [`PackedB::new_all`] asks for, matter most. **Each output is the same chain of fused multiply-adds as
 //! [`crate::gemm`]** (from 0 in increasing `p`, the bias added once at the end), so the results are
 //! the same bits as `gemm`'s and a row's result never depends on the other rows.
 
@@ -13,13 +15,20 @@
 pub const PANEL: usize = 48;
 
 /// `b` `[k, n]` packed into `ceil(n / PANEL)` panels of `[k, PANEL]`.
+///
+/// The panels live in a [`Buffer`], which [`PackedB::new_all`] shares between many matrices.
 #[derive(Clone, Debug)]
 pub struct PackedB {
     k: usize,
     n: usize,
-    /// The panels start at `buf[start]`, a 64-byte boundary (see [`PackedB::panels`]).
-    buf: Vec<f32>,
+    /// The panels are `mem[start..start + ceil(n / PANEL) · k · PANEL]`, `start` a 64-byte boundary.
+    mem: std::sync::Arc<Buffer>,
     start: usize,
+}
+
+/// Floats of `(k, n)`'s panels.
+fn panels_len(k: usize, n: usize) -> usize {
+    n.div_ceil(PANEL) * k * PANEL
 }
 
 impl PackedB {
@@ -28,29 +37,60 @@ impl PackedB {
     /// # Panics
     /// When `b` is shorter than `k · n`.
     pub fn new(k: usize, n: usize, b: &[f32]) -> Self {
-        assert!(b.len() >= k * n);
-        let panels = n.div_ceil(PANEL);
-        let len = panels * k * PANEL;
-        // A large allocation is 16 bytes past a page boundary (the allocator's header), so every
-        // 64-byte load of a panel row would straddle two cache lines: start the panels on a
-        // 64-byte boundary instead.
-        let mut buf = vec![0.0f32; len + 16];
-        let start = buf.as_ptr().align_offset(64).min(16);
-        let data = &mut buf[start..start + len];
-        for pi in 0..panels {
-            let j0 = pi * PANEL;
-            let w = PANEL.min(n - j0);
-            for p in 0..k {
-                let dst = &mut data[(pi * k + p) * PANEL..(pi * k + p) * PANEL + w];
-                dst.copy_from_slice(&b[p * n + j0..p * n + j0 + w]);
+        Self::new_all(&[(k, n, b)]).remove(0)
+    }
+
+    /// Packs several row-major matrices `(k, n, b)` into one allocation, each starting on a
+    /// 64-byte boundary (a cache line: otherwise every 64-byte load of a panel row would straddle
+    /// two). An allocation of 2 MiB or more is 2 MiB-aligned and asks Linux for transparent huge
+    /// pages (`madvise(MADV_HUGEPAGE)`) before it is written: a forward over MiniLM's 42 MB of
+    /// weights for one short text otherwise crosses 10,000 4 KiB pages, one TLB miss each, and
+    /// ran 1.4x slower (6.0–7.2 against 4.1–4.5 ms in `packed_and_plain_gflops`). Where huge
+    /// pages are off or not available the pages are ordinary ones: the same results, only slower.
+    ///
+    /// # Panics
+    /// When a `b` is shorter than its `k · n`.
+    pub fn new_all(mats: &[(usize, usize, &[f32])]) -> Vec<Self> {
+        Self::pack(mats, true)
+    }
+
+    /// [`PackedB::new_all`], with huge pages asked for only when `huge`.
+    fn pack(mats: &[(usize, usize, &[f32])], huge: bool) -> Vec<Self> {
+        let mut offsets = Vec::with_capacity(mats.len());
+        let mut len = 0usize;
+        for &(k, n, b) in mats {
+            assert!(b.len() >= k * n);
+            offsets.push(len);
+            len += panels_len(k, n).next_multiple_of(16);
+        }
+        let mut mem = Buffer::zeroed(len, huge);
+        let data = mem.as_mut_slice();
+        for (&(k, n, b), &off) in mats.iter().zip(&offsets) {
+            let data = &mut data[off..off + panels_len(k, n)];
+            for pi in 0..n.div_ceil(PANEL) {
+                let j0 = pi * PANEL;
+                let w = PANEL.min(n - j0);
+                for p in 0..k {
+                    let dst = &mut data[(pi * k + p) * PANEL..(pi * k + p) * PANEL + w];
+                    dst.copy_from_slice(&b[p * n + j0..p * n + j0 + w]);
+                }
             }
         }
-        Self { k, n, buf, start }
+        let mem = std::sync::Arc::new(mem);
+        mats.iter()
+            .zip(offsets)
+            .map(|(&(k, n, _), start)| Self {
+                k,
+                n,
+                mem: mem.clone(),
+                start,
+            })
+            .collect()
     }
 
     /// The panels, `ceil(n / PANEL)` × `[k, PANEL]`, 64-byte aligned.
     fn panels(&self) -> &[f32] {
-        &self.buf[self.start..self.start + self.n.div_ceil(PANEL) * self.k * PANEL]
+        &self.mem.as_slice()[self.start..self.start + panels_len(self.k, self.n)]
     }
 
     /// Rows `k` (the inner dimension).
@@ -61,6 +101,82 @@ impl PackedB {
     /// Columns `n`.
     pub fn n(&self) -> usize {
         self.n
+    }
+}
+
+/// An owned, zero-initialised `f32` buffer aligned to 64 bytes, or to 2 MiB (with transparent huge
+/// pages asked for, on Linux) from 2 MiB up; see [`PackedB::new_all`].
+struct Buffer {
+    ptr: std::ptr::NonNull<f32>,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: `Buffer` owns its allocation like a `Vec<f32>`; it is only written through `&mut self`.
+unsafe impl Send for Buffer {}
+// SAFETY: as above: shared references only read.
+unsafe impl Sync for Buffer {}
+
+impl Buffer {
+    const HUGE: usize = 2 << 20;
+
+    /// `len` zeros; from 2 MiB up with huge pages asked for when `huge`.
+    fn zeroed(len: usize, huge: bool) -> Self {
+        let bytes = (len.max(1) * 4).next_multiple_of(64);
+        let (bytes, align) = if huge && bytes >= Self::HUGE {
+            (bytes.next_multiple_of(Self::HUGE), Self::HUGE)
+        } else {
+            (bytes, 64)
+        };
+        let layout =
+            std::alloc::Layout::from_size_align(bytes, align).expect("a valid buffer layout");
+        // SAFETY: `layout` has a non-zero size.
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        #[cfg(target_os = "linux")]
+        if align == Self::HUGE {
+            // Best effort: without huge pages (disabled, or none free) the pages are 4 KiB ones.
+            // SAFETY: the range is this allocation, page-aligned; the advice changes no contents.
+            unsafe { libc::madvise(raw.cast(), bytes, libc::MADV_HUGEPAGE) };
+        }
+        // Written only now, after the advice, so that the first touch faults in huge pages.
+        // SAFETY: `raw` is valid for `bytes` bytes; zero bits are a valid `f32` (0.0).
+        unsafe { std::ptr::write_bytes(raw, 0, bytes) };
+        Self {
+            ptr: ptr.cast(),
+            len,
+            layout,
+        }
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        // SAFETY: `ptr` is valid for `len` initialised floats while `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`, and `&mut self` is the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) }
+    }
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Buffer({} floats, {}-byte aligned)",
+            self.len,
+            self.layout.align()
+        )
     }
 }
 
@@ -126,38 +242,58 @@ mod x86 {
 
     /// Rows of a panel to prefetch ahead.
     const PREFETCH: usize = 12;
-    /// Rows of a panel to prefetch into L2, further ahead.
-    const PREFETCH_FAR: usize = 64;
+    /// Rows of a panel (`k` steps) per chunk: 128 × 192 bytes = 24 KB, which stays in L1 while
+    /// every register block of a row group runs over it.
+    const KC: usize = 128;
+    /// Rows per group: the accumulators of a group's blocks wait in a 6 KB buffer between chunks.
+    const GROUP: usize = 32;
 
-    /// Rows `r0..r0 + R` of one panel (columns `j0..j0 + PANEL`, the stores masked to `n`).
+    /// Steps `p0..p1` of rows `r0..r0 + R` over one panel (columns `j0..j0 + PANEL`). The
+    /// accumulators start at zero when `p0 == 0`, else from `acc_in` (`[R, PANEL]`, stored there by
+    /// the previous chunk: a float32 store and load are exact, so each output is still one chain
+    /// of fused multiply-adds from 0 in increasing `p`). After the last step (`p1 == k`) the bias
+    /// is added and the rows are stored to `c` (masked to `n`), else back to `acc_in`. `PF`: issue
+    /// the panel prefetches (the first block of a chunk reads the panel from memory; the others
+    /// find it in L1).
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const R: usize>(
-        k: usize,
-        n: usize,
+    unsafe fn block<const R: usize, const PF: bool>(
+        (k, n): (usize, usize),
+        (p0, p1): (usize, usize),
         a: *const f32,
         panel: *const f32,
         bias: Option<*const f32>,
         c: *mut f32,
-        r0: usize,
-        j0: usize,
+        (r0, j0): (usize, usize),
+        acc_in: *mut f32,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 3]; R];
-        for p in 0..k {
+        if p0 > 0 {
+            for (r, accr) in acc.iter_mut().enumerate() {
+                for (v, x) in accr.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(acc_in.add(r * PANEL + 16 * v));
+                }
+            }
+        }
+        for p in p0..p1 {
             let row = panel.add(p * PANEL);
-            // The panel's rows PREFETCH steps ahead (three cache lines a row): a panel is read
-            // from memory by the first block of rows, which the hardware prefetcher alone does
-            // not keep up with (a 25-row forward over MiniLM's 42 MB of weights ran at half the
-            // warm speed). Past the panel's end it stays inside the allocation or is harmless.
-            let ahead = row.wrapping_add(PREFETCH * PANEL) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(ahead);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
-            let far = row.wrapping_add(PREFETCH_FAR * PANEL) as *const i8;
-            _mm_prefetch::<_MM_HINT_T1>(far);
-            _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64));
-            _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(128));
+            if PF {
+                // The panel's rows PREFETCH steps ahead (three cache lines a row): the hardware
+                // prefetcher alone does not keep up with a panel read from memory. Past the
+                // panel's end it reads the next panel, or stays harmless.
+                let ahead = row.wrapping_add(PREFETCH * PANEL) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
+                // And the next chunk (the rest of the panel, then the next panel: they follow in
+                // memory) into L2, KC steps ahead, so that it streams in while this chunk's other
+                // blocks compute from L1 rather than after them.
+                let far = row.wrapping_add(KC * PANEL) as *const i8;
+                _mm_prefetch::<_MM_HINT_T1>(far);
+                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(128));
+            }
             let bv = [
                 _mm512_loadu_ps(row),
                 _mm512_loadu_ps(row.add(16)),
@@ -169,6 +305,14 @@ mod x86 {
                     accr[v] = _mm512_fmadd_ps(x, bv[v], accr[v]);
                 }
             }
+        }
+        if p1 < k {
+            for (r, accr) in acc.iter().enumerate() {
+                for (v, x) in accr.iter().enumerate() {
+                    _mm512_storeu_ps(acc_in.add(r * PANEL + 16 * v), *x);
+                }
+            }
+            return;
         }
         for v in 0..3 {
             let j = j0 + 16 * v;
@@ -191,27 +335,50 @@ mod x86 {
         }
     }
 
+    /// Register blocks of `rows` rows: `ceil(rows / 8)` blocks of near-equal size (22 rows: 8, 7,
+    /// 7 rather than 8, 8, 4, 1, 1; a block of fewer than 3 rows waits on its accumulators'
+    /// latency), as `(first row, rows)`.
+    fn blocks(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+        let nb = rows.div_ceil(8).max(1);
+        let (base, extra) = (rows / nb, rows % nb);
+        (0..nb).scan(0, move |r, b| {
+            let len = base + usize::from(b < extra);
+            let out = (*r, len);
+            *r += len;
+            Some(out)
+        })
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn packed512(m: usize, a: &[f32], b: &PackedB, bias: Option<&[f32]>, c: &mut [f32]) {
         let (k, n) = (b.k, b.n);
         let (a, cp) = (a.as_ptr(), c.as_mut_ptr());
         let bias = bias.map(<[f32]>::as_ptr);
+        let mut acc = [0.0f32; GROUP * PANEL];
         for pi in 0..n.div_ceil(PANEL) {
             let panel = b.panels().as_ptr().add(pi * k * PANEL);
             let j0 = pi * PANEL;
-            // Register blocks of 8 × 48 outputs (24 accumulators), then 4 and 1 rows.
-            let mut r = 0;
-            while r + 8 <= m {
-                block::<8>(k, n, a, panel, bias, cp, r, j0);
-                r += 8;
-            }
-            while r + 4 <= m {
-                block::<4>(k, n, a, panel, bias, cp, r, j0);
-                r += 4;
-            }
-            while r < m {
-                block::<1>(k, n, a, panel, bias, cp, r, j0);
-                r += 1;
+            // Rows in groups; each group runs over the panel chunk by chunk, every block of the
+            // group over a chunk while it is in L1.
+            for g0 in (0..m).step_by(GROUP) {
+                let g = GROUP.min(m - g0);
+                for p0 in (0..k).step_by(KC) {
+                    let p1 = (p0 + KC).min(k);
+                    for (i, (r, len)) in blocks(g).enumerate() {
+                        let acc = acc.as_mut_ptr().add(r * PANEL);
+                        let args = ((k, n), (p0, p1), a, panel, bias, cp, (g0 + r, j0), acc);
+                        macro_rules! go {
+                            ($($rows:literal)*) => {
+                                match (len, i == 0) {
+                                    $(($rows, true) => block::<$rows, true>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, false) => block::<$rows, false>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),)*
+                                    _ => unreachable!("blocks are 1 to 8 rows"),
+                                }
+                            };
+                        }
+                        go!(1 2 3 4 5 6 7 8);
+                    }
+                }
             }
         }
     }
@@ -232,9 +399,45 @@ mod tests {
     /// Panels start on a 64-byte boundary (a cache line), whatever the allocation's alignment.
     #[test]
     fn panels_are_cache_line_aligned() {
-        for &(k, n) in &[(384, 1152), (7, 5), (1536, 384)] {
+        let shapes = [(384, 1152), (7, 5), (1536, 384), (3, 17)];
+        for &(k, n) in &shapes {
             let pb = PackedB::new(k, n, &data(k * n, 1));
             assert_eq!(pb.panels().as_ptr() as usize % 64, 0, "{k}x{n}");
+        }
+        // Packed together (2 MiB-aligned from 2 MiB up): every matrix's panels on a line too.
+        let bs: Vec<Vec<f32>> = shapes.iter().map(|&(k, n)| data(k * n, 2)).collect();
+        let mats: Vec<(usize, usize, &[f32])> = shapes
+            .iter()
+            .zip(&bs)
+            .map(|(&(k, n), b)| (k, n, b.as_slice()))
+            .collect();
+        let all = PackedB::new_all(&mats);
+        assert_eq!(all[0].panels().as_ptr() as usize % (2 << 20), 0);
+        for (pb, &(k, n)) in all.iter().zip(&shapes) {
+            assert_eq!(pb.panels().as_ptr() as usize % 64, 0, "{k}x{n} in new_all");
+        }
+    }
+
+    /// Matrices packed together give the same products as each packed alone: the same panels
+    /// (padding columns zero), whatever their neighbours.
+    #[test]
+    fn packed_together_or_alone_give_the_same_bits() {
+        let shapes = [(13, 100), (64, 48), (7, 5)];
+        let bs: Vec<Vec<f32>> = shapes.iter().map(|&(k, n)| data(k * n, 5)).collect();
+        let mats: Vec<(usize, usize, &[f32])> = shapes
+            .iter()
+            .zip(&bs)
+            .map(|(&(k, n), b)| (k, n, b.as_slice()))
+            .collect();
+        for (pb, &(k, n, b)) in PackedB::new_all(&mats).iter().zip(&mats) {
+            assert_eq!((pb.k(), pb.n()), (k, n));
+            let alone = PackedB::new(k, n, b);
+            assert_eq!(pb.panels(), alone.panels(), "{k}x{n}");
+            let a = data(9 * k, 6);
+            let (mut x, mut y) = (vec![0.0; 9 * n], vec![1.0; 9 * n]);
+            gemm_packed(9, &a, pb, None, &mut x);
+            gemm_packed(9, &a, &alone, None, &mut y);
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()));
         }
     }
 
@@ -345,35 +548,42 @@ mod timing {
         // A MiniLM forward's weights (6 layers, 42 MB) for a 25-token text, products in turn.
         let m = 25;
         let shapes = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
-        let layers: Vec<Vec<super::PackedB>> = (0..6)
-            .map(|_| {
+        let weights: Vec<Vec<f32>> = (0..6)
+            .flat_map(|l| {
                 shapes
                     .iter()
-                    .map(|&(k, n)| super::PackedB::new(k, n, &vec![0.01; k * n]))
-                    .collect()
+                    .map(move |&(k, n)| crate::test_data(k * n, 10 + l))
             })
+            .collect();
+        let mats: Vec<(usize, usize, &[f32])> = (0..24)
+            .map(|i| (shapes[i % 4].0, shapes[i % 4].1, weights[i].as_slice()))
             .collect();
         let a = vec![0.1f32; m * 1536];
         let mut c = vec![0.0f32; m * 1536];
-        let reps = 50;
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            for l in &layers {
-                for b in l {
-                    super::gemm_packed(m, &a, b, None, &mut c);
-                }
-            }
-        }
-        let t = t0.elapsed().as_secs_f64() / reps as f64;
         let f: f64 = shapes
             .iter()
             .map(|&(k, n)| 2.0 * (m * k * n) as f64)
             .sum::<f64>()
             * 6.0;
-        println!(
-            "forward of {m} rows over 42 MB of weights: {:.2} ms, {:.1} GFLOP/s",
-            t * 1e3,
-            f / t / 1e9
-        );
+        // Alternately, so that both see the same machine: one allocation with huge pages (as
+        // `bert_cpu` packs), and the same without.
+        for round in 0..4 {
+            let huge = round % 2 == 0;
+            let packed = super::PackedB::pack(&mats, huge);
+            let reps = 50;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                for b in &packed {
+                    super::gemm_packed(m, &a, b, None, &mut c);
+                }
+            }
+            let t = t0.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "forward of {m} rows over 42 MB of weights, huge pages {}: {:.2} ms, {:.1} GFLOP/s",
+                if huge { "asked" } else { "not asked" },
+                t * 1e3,
+                f / t / 1e9
+            );
+        }
     }
 }

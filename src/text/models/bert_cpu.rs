@@ -84,10 +84,10 @@ fn transposed(w: &Tensor) -> Vec<f32> {
     host(&w.detach().tr())
 }
 
-/// `w` `[out, in]` transposed and packed for [`oe_kernels::packed::gemm_packed`].
-fn packed(w: &Tensor) -> PackedB {
+/// `w` `[out, in]` transposed, with its shape `(in, out)`: a matrix for [`PackedB::new_all`].
+fn to_pack(w: &Tensor) -> (usize, usize, Vec<f32>) {
     let (o, i) = w.size2().expect("a linear layer's weight is [out, in]");
-    PackedB::new(i as usize, o as usize, &transposed(w))
+    (i as usize, o as usize, transposed(w))
 }
 
 /// What [`Frozen::run`] returns for a batch of `n` texts.
@@ -122,35 +122,60 @@ impl Frozen {
                 host(get(&format!("{pre}.bias"))),
             )
         };
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                let p = format!("encoder.layer.{i}");
-                let w = |rel: &str| get(&format!("{p}.{rel}.weight"));
-                let b = |rel: &str| host(get(&format!("{p}.{rel}.bias")));
-                let qkv_w = Tensor::cat(
-                    &[
-                        w("attention.self.query"),
-                        w("attention.self.key"),
-                        w("attention.self.value"),
-                    ],
-                    0,
-                );
-                let mut qkv_b = b("attention.self.query");
-                qkv_b.extend(b("attention.self.key"));
-                qkv_b.extend(b("attention.self.value"));
-                Layer {
-                    qkv: packed(&qkv_w),
+        // Every layer's four weight matrices, packed together into one allocation (huge pages:
+        // see `PackedB::new_all`), in layer order.
+        let mut mats = Vec::new();
+        let mut rest = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let w = |rel: &str| get(&format!("{p}.{rel}.weight"));
+            let b = |rel: &str| host(get(&format!("{p}.{rel}.bias")));
+            let qkv_w = Tensor::cat(
+                &[
+                    w("attention.self.query"),
+                    w("attention.self.key"),
+                    w("attention.self.value"),
+                ],
+                0,
+            );
+            let mut qkv_b = b("attention.self.query");
+            qkv_b.extend(b("attention.self.key"));
+            qkv_b.extend(b("attention.self.value"));
+            mats.push(to_pack(&qkv_w));
+            mats.push(to_pack(w("attention.output.dense")));
+            mats.push(to_pack(w("intermediate.dense")));
+            mats.push(to_pack(w("output.dense")));
+            rest.push((
+                qkv_b,
+                b("attention.output.dense"),
+                ln(&format!("{p}.attention.output.LayerNorm")),
+                b("intermediate.dense"),
+                b("output.dense"),
+                ln(&format!("{p}.output.LayerNorm")),
+            ));
+        }
+        let views: Vec<(usize, usize, &[f32])> = mats
+            .iter()
+            .map(|(k, n, b)| (*k, *n, b.as_slice()))
+            .collect();
+        let mut packed = PackedB::new_all(&views).into_iter();
+        let mut next = || packed.next().expect("four packed matrices a layer");
+        let layers = rest
+            .into_iter()
+            .map(
+                |(qkv_b, attn_out_b, attn_ln, inter_b, out_b, out_ln)| Layer {
+                    qkv: next(),
                     qkv_b,
-                    attn_out: packed(w("attention.output.dense")),
-                    attn_out_b: b("attention.output.dense"),
-                    attn_ln: ln(&format!("{p}.attention.output.LayerNorm")),
-                    inter: packed(w("intermediate.dense")),
-                    inter_b: b("intermediate.dense"),
-                    out: packed(w("output.dense")),
-                    out_b: b("output.dense"),
-                    out_ln: ln(&format!("{p}.output.LayerNorm")),
-                }
-            })
+                    attn_out: next(),
+                    attn_out_b,
+                    attn_ln,
+                    inter: next(),
+                    inter_b,
+                    out: next(),
+                    out_b,
+                    out_ln,
+                },
+            )
             .collect();
         let (hw, hb) = m.head();
         let h = cfg.hidden_size as usize;
