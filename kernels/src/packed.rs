@@ -245,6 +245,12 @@ mod x86 {
     /// Rows of a panel (`k` steps) per chunk: 128 × 192 bytes = 24 KB, which stays in L1 while
     /// every register block of a row group runs over it.
     const KC: usize = 128;
+    /// Which prefetches a register block issues ([`block`]'s `PF`).
+    const NONE: u8 = 0;
+    const ALL: u8 = 1;
+    const LINE0: u8 = 2;
+    const LINE1: u8 = 3;
+    const LINE2: u8 = 4;
     /// Rows per group: the accumulators of a group's blocks wait in a 6 KB buffer between chunks.
     const GROUP: usize = 32;
 
@@ -258,7 +264,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const R: usize, const PF: bool>(
+    unsafe fn block<const R: usize, const PF: u8>(
         (k, n): (usize, usize),
         (p0, p1): (usize, usize),
         a: *const f32,
@@ -278,20 +284,28 @@ mod x86 {
         }
         for p in p0..p1 {
             let row = panel.add(p * PANEL);
-            if PF {
-                // The panel's rows PREFETCH steps ahead (three cache lines a row): the hardware
-                // prefetcher alone does not keep up with a panel read from memory. Past the
-                // panel's end it reads the next panel, or stays harmless.
+            if PF == ALL || PF == LINE0 {
+                // The panel's rows PREFETCH steps ahead (three cache lines a row), from L2 (or
+                // memory) into L1.
                 let ahead = row.wrapping_add(PREFETCH * PANEL) as *const i8;
                 _mm_prefetch::<_MM_HINT_T0>(ahead);
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
-                // And the next chunk (the rest of the panel, then the next panel: they follow in
-                // memory) into L2, KC steps ahead, so that it streams in while this chunk's other
-                // blocks compute from L1 rather than after them.
-                let far = row.wrapping_add(KC * PANEL) as *const i8;
+            }
+            // The next chunk (the rest of the panel, then the next panel: they follow in memory)
+            // into L2, KC steps ahead, so that it streams in while this chunk is computed from L1
+            // rather than after it: one of its rows' three lines in each of the first three
+            // blocks (spread over their time), or all three in the first block when it is alone.
+            let far = row.wrapping_add(KC * PANEL) as *const i8;
+            if PF == ALL {
                 _mm_prefetch::<_MM_HINT_T1>(far);
                 _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(128));
+            } else if PF == LINE0 {
+                _mm_prefetch::<_MM_HINT_T1>(far);
+            } else if PF == LINE1 {
+                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64));
+            } else if PF == LINE2 {
                 _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(128));
             }
             let bv = [
@@ -364,14 +378,25 @@ mod x86 {
                 let g = GROUP.min(m - g0);
                 for p0 in (0..k).step_by(KC) {
                     let p1 = (p0 + KC).min(k);
+                    let nb = g.div_ceil(8);
                     for (i, (r, len)) in blocks(g).enumerate() {
+                        let pf = match (i, nb >= 3) {
+                            (0, false) => ALL,
+                            (0, true) => LINE0,
+                            (1, true) => LINE1,
+                            (2, true) => LINE2,
+                            _ => NONE,
+                        };
                         let acc = acc.as_mut_ptr().add(r * PANEL);
                         let args = ((k, n), (p0, p1), a, panel, bias, cp, (g0 + r, j0), acc);
                         macro_rules! go {
                             ($($rows:literal)*) => {
-                                match (len, i == 0) {
-                                    $(($rows, true) => block::<$rows, true>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, false) => block::<$rows, false>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),)*
+                                match (len, pf) {
+                                    $(($rows, ALL) => block::<$rows, ALL>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, LINE0) => block::<$rows, LINE0>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, LINE1) => block::<$rows, LINE1>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, LINE2) => block::<$rows, LINE2>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, _) => block::<$rows, NONE>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),)*
                                     _ => unreachable!("blocks are 1 to 8 rows"),
                                 }
                             };
@@ -546,7 +571,10 @@ mod timing {
             true,
         );
         // A MiniLM forward's weights (6 layers, 42 MB) for a 25-token text, products in turn.
-        let m = 25;
+        let m: usize = std::env::var("OE_M")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(25);
         let shapes = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
         let weights: Vec<Vec<f32>> = (0..6)
             .flat_map(|l| {
