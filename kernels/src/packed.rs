@@ -369,13 +369,14 @@ mod x86 {
         let (a, cp) = (a.as_ptr(), c.as_mut_ptr());
         let bias = bias.map(<[f32]>::as_ptr);
         let mut acc = [0.0f32; GROUP * PANEL];
-        for pi in 0..n.div_ceil(PANEL) {
-            let panel = b.panels().as_ptr().add(pi * k * PANEL);
-            let j0 = pi * PANEL;
-            // Rows in groups; each group runs over the panel chunk by chunk, every block of the
-            // group over a chunk while it is in L1.
-            for g0 in (0..m).step_by(GROUP) {
-                let g = GROUP.min(m - g0);
+        // Rows in groups; each group runs over every panel in memory order, chunk by chunk, every
+        // block of the group over a chunk while it is in L1 (the group's rows of `a` stay in
+        // L1 or L2 meanwhile).
+        for g0 in (0..m).step_by(GROUP) {
+            let g = GROUP.min(m - g0);
+            for pi in 0..n.div_ceil(PANEL) {
+                let panel = b.panels().as_ptr().add(pi * k * PANEL);
+                let j0 = pi * PANEL;
                 for p0 in (0..k).step_by(KC) {
                     let p1 = (p0 + KC).min(k);
                     let nb = g.div_ceil(8);
