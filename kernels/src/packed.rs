@@ -245,12 +245,25 @@ mod x86 {
     /// Rows of a panel (`k` steps) per chunk: 128 × 192 bytes = 24 KB, which stays in L1 while
     /// every register block of a row group runs over it.
     const KC: usize = 128;
-    /// Which prefetches a register block issues ([`block`]'s `PF`).
-    const NONE: u8 = 0;
-    const ALL: u8 = 1;
-    const LINE0: u8 = 2;
-    const LINE1: u8 = 3;
-    const LINE2: u8 = 4;
+    /// What a register block prefetches ([`block`]'s `PF`): bit `i < 3`, line `i` of each row
+    /// of the next chunk into L2; [`T0`], this chunk's rows ahead into L1.
+    const T0: u8 = 8;
+
+    /// `PF` of block `i` of `nb` in a chunk: the first block brings this chunk into L1 and, with
+    /// the second and third, the next chunk into L2, one line of its rows each (all three when
+    /// it is alone; two and one for two blocks).
+    fn prefetches(i: usize, nb: usize) -> u8 {
+        match (nb, i) {
+            (1, _) => T0 | 0b111,
+            (2, 0) => T0 | 0b011,
+            (2, _) => 0b100,
+            (_, 0) => T0 | 0b001,
+            (_, 1) => 0b010,
+            (_, 2) => 0b100,
+            _ => 0,
+        }
+    }
+
     /// Rows per group: the accumulators of a group's blocks wait in a 6 KB buffer between chunks.
     const GROUP: usize = 32;
 
@@ -284,7 +297,7 @@ mod x86 {
         }
         for p in p0..p1 {
             let row = panel.add(p * PANEL);
-            if PF == ALL || PF == LINE0 {
+            if PF & T0 != 0 {
                 // The panel's rows PREFETCH steps ahead (three cache lines a row), from L2 (or
                 // memory) into L1.
                 let ahead = row.wrapping_add(PREFETCH * PANEL) as *const i8;
@@ -294,19 +307,13 @@ mod x86 {
             }
             // The next chunk (the rest of the panel, then the next panel: they follow in memory)
             // into L2, KC steps ahead, so that it streams in while this chunk is computed from L1
-            // rather than after it: one of its rows' three lines in each of the first three
-            // blocks (spread over their time), or all three in the first block when it is alone.
+            // rather than after it; its rows' three lines are shared out between the first
+            // blocks of the chunk (spread over their time, see `prefetches`).
             let far = row.wrapping_add(KC * PANEL) as *const i8;
-            if PF == ALL {
-                _mm_prefetch::<_MM_HINT_T1>(far);
-                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64));
-                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(128));
-            } else if PF == LINE0 {
-                _mm_prefetch::<_MM_HINT_T1>(far);
-            } else if PF == LINE1 {
-                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64));
-            } else if PF == LINE2 {
-                _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(128));
+            for line in 0..3 {
+                if PF & (1 << line) != 0 {
+                    _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64 * line));
+                }
             }
             let bv = [
                 _mm512_loadu_ps(row),
@@ -381,23 +388,18 @@ mod x86 {
                     let p1 = (p0 + KC).min(k);
                     let nb = g.div_ceil(8);
                     for (i, (r, len)) in blocks(g).enumerate() {
-                        let pf = match (i, nb >= 3) {
-                            (0, false) => ALL,
-                            (0, true) => LINE0,
-                            (1, true) => LINE1,
-                            (2, true) => LINE2,
-                            _ => NONE,
-                        };
+                        let pf = prefetches(i, nb);
                         let acc = acc.as_mut_ptr().add(r * PANEL);
                         let args = ((k, n), (p0, p1), a, panel, bias, cp, (g0 + r, j0), acc);
                         macro_rules! go {
                             ($($rows:literal)*) => {
                                 match (len, pf) {
-                                    $(($rows, ALL) => block::<$rows, ALL>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, LINE0) => block::<$rows, LINE0>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, LINE1) => block::<$rows, LINE1>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, LINE2) => block::<$rows, LINE2>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, _) => block::<$rows, NONE>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),)*
+                                    $(($rows, 0b1111) => block::<$rows, 0b1111>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, 0b1011) => block::<$rows, 0b1011>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, 0b1001) => block::<$rows, 0b1001>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, 0b0010) => block::<$rows, 0b0010>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, 0b0100) => block::<$rows, 0b0100>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                                      ($rows, _) => block::<$rows, 0>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),)*
                                     _ => unreachable!("blocks are 1 to 8 rows"),
                                 }
                             };
