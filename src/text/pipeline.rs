@@ -255,8 +255,11 @@ pub fn load_ood_inputs(
         text_column: text.text_column.clone(),
         label_column: None,
     };
+    // In parallel (IMDB's archive is inflated on one thread while the other sets are read), in
+    // the order given.
+    use rayon::prelude::*;
     names
-        .iter()
+        .par_iter()
         .map(|n| {
             let s = data::load_ood(n, root, &ood_text)?;
             Ok(OodInput {
@@ -827,7 +830,7 @@ pub struct EvalOutcome {
 /// the results into the model directory.
 pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome> {
     let needs_detectors = matches!(req.eval.detector, crate::detect::Detector::Feature(_));
-    let (mut m, ind, data_root) = match &req.source {
+    let (mut m, ind, data_root, ood) = match &req.source {
         EvalSource::ModelDir(dir) => {
             let m = LoadedModel::load(dir, req.device)?;
             let root = req
@@ -836,8 +839,19 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
                 .unwrap_or_else(|| rundir::resolve_recorded(&m.config.header.data_root, dir));
             let in_dataset = rundir::resolve_recorded_dataset(&m.config.header.in_dataset, dir);
             obs.status(&format!("loading {in_dataset} from {}", root.display()));
-            let ind = data::load_in_distribution(&in_dataset, &root, &m.config.text)?;
-            (m, ind, root)
+            // The in-distribution and the OOD sets are read at the same time.
+            let (ind, ood) = rayon::join(
+                || data::load_in_distribution(&in_dataset, &root, &m.config.text),
+                || {
+                    load_ood_inputs(
+                        req.ood_sets.as_deref(),
+                        &m.config.header.in_dataset,
+                        &root,
+                        &m.config.text,
+                    )
+                },
+            );
+            (m, ind?, root, Some(ood?))
         }
         EvalSource::Weights {
             file,
@@ -852,7 +866,7 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
             let (m, ind) = import_weights(
                 file, in_dataset, &root, &req.text, *method, out_dir, req.device,
             )?;
-            (m, ind, root)
+            (m, ind, root, None)
         }
     };
     let data_root = &data_root;
@@ -862,12 +876,15 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
         m.fit_detectors(&ind.train, None)?;
     }
     let method = req.method.unwrap_or_else(|| m.config.method_label());
-    let ood = load_ood_inputs(
-        req.ood_sets.as_deref(),
-        &m.config.header.in_dataset,
-        data_root,
-        &m.config.text,
-    )?;
+    let ood = match ood {
+        Some(ood) => ood,
+        None => load_ood_inputs(
+            req.ood_sets.as_deref(),
+            &m.config.header.in_dataset,
+            data_root,
+            &m.config.text,
+        )?,
+    };
     let val = load_validation(req.eval.val_ood.as_deref(), &ind, data_root, &m.config.text)?;
     let t_eval = std::time::Instant::now();
     let (report, results_dir) =

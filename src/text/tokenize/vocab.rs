@@ -6,13 +6,13 @@
 //! byte order of UTF-8, i.e. Rust's `str` order), at most `max_size` non-special tokens, `min_freq` = 1.
 
 use crate::error::{OeError, Result};
+use rustc_hash::FxHashMap as HashMap;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::path::Path;
 
 /// Counts tokens and sorts them by the torchtext rule: frequency descending, ties in string order.
 fn sorted_by_frequency<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str, usize)> {
-    let mut counts: HashMap<&'a str, usize> = HashMap::new();
+    let mut counts: HashMap<&'a str, usize> = HashMap::default();
     for t in items {
         *counts.entry(t).or_insert(0) += 1;
     }
@@ -35,6 +35,9 @@ struct WordVocabRepr {
 #[serde(try_from = "WordVocabRepr", into = "WordVocabRepr")]
 pub struct WordVocab {
     tokens: Vec<String>,
+    /// Token → id, with rustc-hash's FxHash rather than SipHash: every token of every text is looked
+    /// up here (scoring and evaluation tokenise millions), and the keys are the vocabulary's own,
+    /// so a hash that resists chosen keys buys nothing.
     index: HashMap<String, i64>,
 }
 
@@ -91,7 +94,7 @@ impl WordVocab {
                 "a word vocabulary must start with `<unk>`, `<pad>`".into(),
             ));
         }
-        let mut index = HashMap::with_capacity(tokens.len());
+        let mut index = HashMap::with_capacity_and_hasher(tokens.len(), Default::default());
         for (i, t) in tokens.iter().enumerate() {
             if index.insert(t.clone(), i as i64).is_some() {
                 return Err(OeError::Data(format!(
