@@ -340,8 +340,9 @@ pub struct ServeArgs {
     /// A file holding a bearer token that every route but /healthz and /readyz then requires.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// HTTP worker threads (inference runs on its own thread; --threads sets libtorch's).
-    #[arg(long, default_value_t = 2)]
+    /// HTTP worker threads (inference runs on its own thread; --threads sets libtorch's). Default:
+    /// the cores beside the inference thread's, 1 to 4.
+    #[arg(long, default_value_t = crate::text::serve::default_http_threads())]
     pub http_threads: usize,
     /// Append one JSON line per scored text to this file (time, request, score kind, score, class,
     /// prob, is_ood, p_value; never the text): the input of `oe-text monitor --window-secs`.

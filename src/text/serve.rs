@@ -93,7 +93,7 @@ impl ServeRequest {
             max_texts: 1024,
             max_text_bytes: 64 << 10,
             token: None,
-            threads: 2,
+            threads: default_http_threads(),
             device,
             log: None,
             precision: Default::default(),
@@ -299,6 +299,15 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
+}
+
+/// HTTP worker threads by default: the cores beside the inference thread's, 1 to 4. On 2 cores a
+/// second worker only added thread switches (`experiments/bench_serve.sh`, GRU, one text at a
+/// time: 976-990 texts/s with 2 workers, 1,117-1,124 with 1; MiniLM unchanged).
+pub fn default_http_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .clamp(1, 4)
 }
 
 /// Starts the service on its own threads; returns once it listens (or failed to start).
