@@ -363,7 +363,6 @@ mod tests {
 
     /// One query row at a time, each chain in order: the kernel as it was before it interleaved
     /// [`QROWS`] rows (its bits are what `oe-text score` printed for MiniLM then).
-    #[allow(clippy::too_many_arguments)]
     fn attention_one_row_at_a_time(
         qkv: &[f32],
         len: usize,

@@ -547,7 +547,8 @@ mod timing {
         }
     }
 
-    /// Timing, not a check: `cargo test --release -p oe-kernels -- --ignored --nocapture`.
+    /// Timing, not a check: `cargo test --release -p oe-kernels -- --ignored --nocapture`
+    /// (`OE_M=N` sets the rows of the MiniLM forward).
     #[test]
     #[ignore]
     fn packed_and_plain_gflops() {
@@ -573,7 +574,8 @@ mod timing {
             ],
             true,
         );
-        // A MiniLM forward's weights (6 layers, 42 MB) for a 25-token text, products in turn.
+        // A MiniLM forward's weights (6 layers, 42 MB) for a 25-token text (`OE_M` rows if set),
+        // products in turn.
         let m: usize = std::env::var("OE_M")
             .ok()
             .and_then(|v| v.parse().ok())
