@@ -50,23 +50,23 @@ impl PackedB {
     ///
     /// # Panics
     /// When a `b` is shorter than its `k · n`.
-    pub fn new_all(mats: &[(usize, usize, &[f32])]) -> Vec<Self> {
+    pub fn new_all<B: AsRef<[f32]>>(mats: &[(usize, usize, B)]) -> Vec<Self> {
         Self::pack(mats, true)
     }
 
     /// [`PackedB::new_all`], with huge pages asked for only when `huge`.
-    fn pack(mats: &[(usize, usize, &[f32])], huge: bool) -> Vec<Self> {
+    fn pack<B: AsRef<[f32]>>(mats: &[(usize, usize, B)], huge: bool) -> Vec<Self> {
         let mut offsets = Vec::with_capacity(mats.len());
         let mut len = 0usize;
-        for &(k, n, b) in mats {
-            assert!(b.len() >= k * n);
+        for &(k, n, ref b) in mats {
+            assert!(b.as_ref().len() >= k * n);
             offsets.push(len);
             len += panels_len(k, n).next_multiple_of(16);
         }
         let mut mem = Buffer::zeroed(len, huge);
         let data = mem.as_mut_slice();
-        for (&(k, n, b), &off) in mats.iter().zip(&offsets) {
-            let data = &mut data[off..off + panels_len(k, n)];
+        for (&(k, n, ref b), &off) in mats.iter().zip(&offsets) {
+            let (b, data) = (b.as_ref(), &mut data[off..off + panels_len(k, n)]);
             for pi in 0..n.div_ceil(PANEL) {
                 let j0 = pi * PANEL;
                 let w = PANEL.min(n - j0);
@@ -276,17 +276,20 @@ mod x86 {
     /// find it in L1).
     #[target_feature(enable = "avx512f")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const R: usize, const PF: u8>(
-        (k, n): (usize, usize),
-        (p0, p1): (usize, usize),
-        a: *const f32,
-        panel: *const f32,
-        bias: Option<*const f32>,
-        c: *mut f32,
-        (r0, j0): (usize, usize),
-        acc_in: *mut f32,
-    ) {
+    unsafe fn block<const R: usize, const PF: u8>(t: Tile) {
+        let Tile {
+            k,
+            n,
+            p0,
+            p1,
+            a,
+            panel,
+            bias,
+            c,
+            r0,
+            j0,
+            acc: acc_in,
+        } = t;
         let mut acc = [[_mm512_setzero_ps(); 3]; R];
         if p0 > 0 {
             for (r, accr) in acc.iter_mut().enumerate() {
@@ -356,11 +359,33 @@ mod x86 {
         }
     }
 
-    /// Register blocks of `rows` rows: `ceil(rows / 8)` blocks of near-equal size (22 rows: 8, 7,
+    /// What one call of [`block`] works on: `a` `[m, k]`, one panel at columns `j0..` of `c`
+    /// `[m, n]`, steps `p0..p1`, rows from `r0`, and its accumulators' place between chunks.
+    #[derive(Clone, Copy)]
+    struct Tile {
+        k: usize,
+        n: usize,
+        p0: usize,
+        p1: usize,
+        a: *const f32,
+        panel: *const f32,
+        bias: Option<*const f32>,
+        c: *mut f32,
+        r0: usize,
+        j0: usize,
+        acc: *mut f32,
+    }
+
+    /// Register blocks in a group of `rows` rows: one per 8 rows or part of it.
+    fn block_count(rows: usize) -> usize {
+        rows.div_ceil(8).max(1)
+    }
+
+    /// Register blocks of `rows` rows: [`block_count`] blocks of near-equal size (22 rows: 8, 7,
     /// 7 rather than 8, 8, 4, 1, 1; a block of fewer than 3 rows waits on its accumulators'
     /// latency), as `(first row, rows)`.
     fn blocks(rows: usize) -> impl Iterator<Item = (usize, usize)> {
-        let nb = rows.div_ceil(8).max(1);
+        let nb = block_count(rows);
         let (base, extra) = (rows / nb, rows % nb);
         (0..nb).scan(0, move |r, b| {
             let len = base + usize::from(b < extra);
@@ -386,20 +411,31 @@ mod x86 {
                 let j0 = pi * PANEL;
                 for p0 in (0..k).step_by(KC) {
                     let p1 = (p0 + KC).min(k);
-                    let nb = g.div_ceil(8);
+                    let nb = block_count(g);
                     for (i, (r, len)) in blocks(g).enumerate() {
                         let pf = prefetches(i, nb);
-                        let acc = acc.as_mut_ptr().add(r * PANEL);
-                        let args = ((k, n), (p0, p1), a, panel, bias, cp, (g0 + r, j0), acc);
+                        let t = Tile {
+                            k,
+                            n,
+                            p0,
+                            p1,
+                            a,
+                            panel,
+                            bias,
+                            c: cp,
+                            r0: g0 + r,
+                            j0,
+                            acc: acc.as_mut_ptr().add(r * PANEL),
+                        };
                         macro_rules! go {
                             ($($rows:literal)*) => {
                                 match (len, pf) {
-                                    $(($rows, 0b1111) => block::<$rows, 0b1111>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, 0b1011) => block::<$rows, 0b1011>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, 0b1001) => block::<$rows, 0b1001>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, 0b0010) => block::<$rows, 0b0010>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, 0b0100) => block::<$rows, 0b0100>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                                      ($rows, _) => block::<$rows, 0>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),)*
+                                    $(($rows, 0b1111) => block::<$rows, 0b1111>(t),
+                                      ($rows, 0b1011) => block::<$rows, 0b1011>(t),
+                                      ($rows, 0b1001) => block::<$rows, 0b1001>(t),
+                                      ($rows, 0b0010) => block::<$rows, 0b0010>(t),
+                                      ($rows, 0b0100) => block::<$rows, 0b0100>(t),
+                                      ($rows, _) => block::<$rows, 0>(t),)*
                                     _ => unreachable!("blocks are 1 to 8 rows"),
                                 }
                             };
@@ -433,11 +469,9 @@ mod tests {
             assert_eq!(pb.panels().as_ptr() as usize % 64, 0, "{k}x{n}");
         }
         // Packed together (2 MiB-aligned from 2 MiB up): every matrix's panels on a line too.
-        let bs: Vec<Vec<f32>> = shapes.iter().map(|&(k, n)| data(k * n, 2)).collect();
-        let mats: Vec<(usize, usize, &[f32])> = shapes
+        let mats: Vec<_> = shapes
             .iter()
-            .zip(&bs)
-            .map(|(&(k, n), b)| (k, n, b.as_slice()))
+            .map(|&(k, n)| (k, n, data(k * n, 2)))
             .collect();
         let all = PackedB::new_all(&mats);
         assert_eq!(all[0].panels().as_ptr() as usize % (2 << 20), 0);
@@ -451,13 +485,12 @@ mod tests {
     #[test]
     fn packed_together_or_alone_give_the_same_bits() {
         let shapes = [(13, 100), (64, 48), (7, 5)];
-        let bs: Vec<Vec<f32>> = shapes.iter().map(|&(k, n)| data(k * n, 5)).collect();
-        let mats: Vec<(usize, usize, &[f32])> = shapes
+        let mats: Vec<_> = shapes
             .iter()
-            .zip(&bs)
-            .map(|(&(k, n), b)| (k, n, b.as_slice()))
+            .map(|&(k, n)| (k, n, data(k * n, 5)))
             .collect();
-        for (pb, &(k, n, b)) in PackedB::new_all(&mats).iter().zip(&mats) {
+        for (pb, (k, n, b)) in PackedB::new_all(&mats).iter().zip(&mats) {
+            let (k, n) = (*k, *n);
             assert_eq!((pb.k(), pb.n()), (k, n));
             let alone = PackedB::new(k, n, b);
             assert_eq!(pb.panels(), alone.panels(), "{k}x{n}");
@@ -581,15 +614,12 @@ mod timing {
             .and_then(|v| v.parse().ok())
             .unwrap_or(25);
         let shapes = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
-        let weights: Vec<Vec<f32>> = (0..6)
+        let mats: Vec<_> = (0..6)
             .flat_map(|l| {
                 shapes
                     .iter()
-                    .map(move |&(k, n)| crate::test_data(k * n, 10 + l))
+                    .map(move |&(k, n)| (k, n, crate::test_data(k * n, 10 + l)))
             })
-            .collect();
-        let mats: Vec<(usize, usize, &[f32])> = (0..24)
-            .map(|i| (shapes[i % 4].0, shapes[i % 4].1, weights[i].as_slice()))
             .collect();
         let a = vec![0.1f32; m * 1536];
         let mut c = vec![0.0f32; m * 1536];

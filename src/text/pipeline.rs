@@ -830,6 +830,10 @@ pub struct EvalOutcome {
 /// the results into the model directory.
 pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome> {
     let needs_detectors = matches!(req.eval.detector, crate::detect::Detector::Feature(_));
+    // The OOD sets for a model of `in_dataset` with its text options.
+    let load_ood = |in_dataset: &str, text: &TextOptions, root: &Path| {
+        load_ood_inputs(req.ood_sets.as_deref(), in_dataset, root, text)
+    };
     let (mut m, ind, data_root, ood) = match &req.source {
         EvalSource::ModelDir(dir) => {
             let m = LoadedModel::load(dir, req.device)?;
@@ -840,16 +844,10 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
             let in_dataset = rundir::resolve_recorded_dataset(&m.config.header.in_dataset, dir);
             obs.status(&format!("loading {in_dataset} from {}", root.display()));
             // The in-distribution and the OOD sets are read at the same time.
+            let (header, text) = (&m.config.header, &m.config.text);
             let (ind, ood) = rayon::join(
-                || data::load_in_distribution(&in_dataset, &root, &m.config.text),
-                || {
-                    load_ood_inputs(
-                        req.ood_sets.as_deref(),
-                        &m.config.header.in_dataset,
-                        &root,
-                        &m.config.text,
-                    )
-                },
+                || data::load_in_distribution(&in_dataset, &root, text),
+                || load_ood(&header.in_dataset, text, &root),
             );
             (m, ind?, root, Some(ood?))
         }
@@ -878,12 +876,7 @@ pub fn run_eval(req: &EvalRequest, obs: &mut dyn Observer) -> Result<EvalOutcome
     let method = req.method.unwrap_or_else(|| m.config.method_label());
     let ood = match ood {
         Some(ood) => ood,
-        None => load_ood_inputs(
-            req.ood_sets.as_deref(),
-            &m.config.header.in_dataset,
-            data_root,
-            &m.config.text,
-        )?,
+        None => load_ood(&m.config.header.in_dataset, &m.config.text, data_root)?,
     };
     let val = load_validation(req.eval.val_ood.as_deref(), &ind, data_root, &m.config.text)?;
     let t_eval = std::time::Instant::now();

@@ -154,11 +154,7 @@ impl Frozen {
                 ln(&format!("{p}.output.LayerNorm")),
             ));
         }
-        let views: Vec<(usize, usize, &[f32])> = mats
-            .iter()
-            .map(|(k, n, b)| (*k, *n, b.as_slice()))
-            .collect();
-        let mut packed = PackedB::new_all(&views).into_iter();
+        let mut packed = PackedB::new_all(&mats).into_iter();
         let mut next = || packed.next().expect("four packed matrices a layer");
         let layers = rest
             .into_iter()
