@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Throughput and latency of `oe-text serve` beside an equivalent Python service (PyTorch + Starlette
-# on uvicorn, experiments/serve_torch.py) serving the same GRU weights and vocabulary, measured one
+# on uvicorn, experiments/serve_torch.py) serving the same weights (GRU or MiniLM), measured one
 # after the other on this machine with the same closed-loop client (experiments/serve_load.py),
-# at several concurrency levels. Both use one libtorch thread for inference.
+# at several concurrency levels, for each thread setting in OE_BENCH_THREADS (default "all 1"):
+#   all: each service at its own default, every core (`oe-text serve` without --threads, PyTorch's
+#        torch.get_num_threads() default), which is what a user who runs either as written gets;
+#   N:   N libtorch threads each (`--threads N`, torch.set_num_threads(N)).
 #
 # usage: experiments/bench_serve.sh MODEL_DIR TEXTS_FILE [BIN] [PYTHONPATH] [SECONDS]
 #   MODEL_DIR: an oe GRU model directory (e.g. made by `oe-text eval --weights .../sst-baseline.safetensors
 #              --in sst --method baseline --out DIR`); TEXTS_FILE: one text per line;
 #   BIN: the oe-text binary (default target/release/oe-text); PYTHONPATH: where torch, uvicorn,
 #   starlette and safetensors are importable (default: the system's).
-# Environment: OE_SERVE_ARGS, extra flags for `oe-text serve` (e.g. "--precision bf16").
+# Environment: OE_SERVE_ARGS, extra flags for `oe-text serve` (e.g. "--precision bf16");
+# OE_BENCH_THREADS, the thread settings (above).
 set -euo pipefail
 model=$1; texts=$2; bin=${3:-target/release/oe-text}; pyp=${4:-}; secs=${5:-8}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,20 +21,25 @@ port_oe=18481; port_py=18482
 rss() { ps -o rss= -p "$1" | awk '{printf "%.0f", $1/1024}'; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.2; done; return 1; }
 
-# shellcheck disable=SC2086
-"$bin" serve --model "$model" --addr 127.0.0.1:$port_oe --threads 1 --device cpu ${OE_SERVE_ARGS:-} 2>/dev/null &
-oe_pid=$!
-PYTHONPATH=$pyp python3 "$here/serve_torch.py" "$model" $port_py 1 &
-py_pid=$!
-trap 'kill $oe_pid $py_pid 2>/dev/null || true' EXIT
-wait_port $port_oe; wait_port $port_py
-echo "service,concurrency,texts_per_request,texts_per_s,p50_ms,p99_ms,errors,rss_mb"
-for c in 1 4 16; do
-  for k in 1 16; do
-    for svc in oe py; do
-      if [ $svc = oe ]; then port=$port_oe; pid=$oe_pid; else port=$port_py; pid=$py_pid; fi
-      r=$(python3 "$here/serve_load.py" "http://127.0.0.1:$port/v1/score" "$texts" $c $k "$secs")
-      echo "$r" | python3 -c "import json,sys; d=json.load(sys.stdin); print(','.join(str(x) for x in ['$svc', d['concurrency'], d['texts_per_request'], d['texts_per_s'], d['p50_ms'], d['p99_ms'], d['errors'], '$(rss $pid)']))"
+echo "threads,service,concurrency,texts_per_request,texts_per_s,p50_ms,p99_ms,errors,rss_mb"
+for threads in ${OE_BENCH_THREADS:-all 1}; do
+  if [ "$threads" = all ]; then oe_threads=(); py_threads=0; else oe_threads=(--threads "$threads"); py_threads=$threads; fi
+  # shellcheck disable=SC2086
+  "$bin" serve --model "$model" --addr 127.0.0.1:$port_oe "${oe_threads[@]}" --device cpu ${OE_SERVE_ARGS:-} 2>/dev/null &
+  oe_pid=$!
+  PYTHONPATH=$pyp python3 "$here/serve_torch.py" "$model" $port_py "$py_threads" &
+  py_pid=$!
+  trap 'kill $oe_pid $py_pid 2>/dev/null || true' EXIT
+  wait_port $port_oe; wait_port $port_py
+  for c in 1 4 16; do
+    for k in 1 16; do
+      for svc in oe py; do
+        if [ $svc = oe ]; then port=$port_oe; pid=$oe_pid; else port=$port_py; pid=$py_pid; fi
+        r=$(python3 "$here/serve_load.py" "http://127.0.0.1:$port/v1/score" "$texts" $c $k "$secs")
+        echo "$r" | python3 -c "import json,sys; d=json.load(sys.stdin); print(','.join(str(x) for x in ['$threads', '$svc', d['concurrency'], d['texts_per_request'], d['texts_per_s'], d['p50_ms'], d['p99_ms'], d['errors'], '$(rss $pid)']))"
+      done
     done
   done
+  kill $oe_pid $py_pid 2>/dev/null || true
+  wait $oe_pid $py_pid 2>/dev/null || true
 done

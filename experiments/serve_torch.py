@@ -7,7 +7,7 @@ fine-tuned MiniLM (`--model minilm`: a BERT encoder written here with torch.nn.f
 pooling over the tokens and the linear head; tokenised with the `tokenizers` package from the
 model directory's tokenizer.json, cut to max_len ids keeping [SEP]).
 
-usage: python3 serve_torch.py MODEL_DIR PORT THREADS
+usage: python3 serve_torch.py MODEL_DIR PORT THREADS   (THREADS 0: PyTorch's default, every core)
 """
 import json
 import sys
@@ -21,7 +21,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 model_dir, port, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-torch.set_num_threads(threads)
+if threads > 0:
+    torch.set_num_threads(threads)
 cfg = json.load(open(f"{model_dir}/run.json"))
 labels = cfg["labels"]
 pretrained = cfg["model"].get("type") == "pretrained"

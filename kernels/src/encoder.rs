@@ -126,13 +126,33 @@ pub fn attention(
     ctx: &mut [f32],
     scratch: &mut [f32],
 ) {
-    assert!(heads > 0 && h.is_multiple_of(heads));
+    attention_heads(qkv, len, h, heads, 0..heads, scale, ctx, scratch)
+}
+
+/// [`attention`] for the heads `hs` only: writes their columns of `ctx` and no other (so tasks
+/// that take different heads of one text can run at the same time, each on its own `ctx`); each
+/// head's result is the same bits as [`attention`]'s.
+///
+/// # Panics
+/// As [`attention`], and when `hs` goes past `heads`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_heads(
+    qkv: &[f32],
+    len: usize,
+    h: usize,
+    heads: usize,
+    hs: std::ops::Range<usize>,
+    scale: f32,
+    ctx: &mut [f32],
+    scratch: &mut [f32],
+) {
+    assert!(heads > 0 && h.is_multiple_of(heads) && hs.end <= heads);
     assert!(
         qkv.len() >= len * 3 * h
             && ctx.len() >= len * h
             && scratch.len() >= attention_scratch(len, h, heads)
     );
-    dispatch!(attention_k(qkv, len, h, heads, scale, ctx, scratch))
+    dispatch!(attention_k(qkv, len, h, heads, hs, scale, ctx, scratch))
 }
 
 /// Floats of scratch space [`attention`] needs: the head's keys transposed and [`QROWS`] rows of
@@ -283,7 +303,7 @@ fn key_block<const R: usize, const NB: usize>(
     }
 }
 
-kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, scale: f32, ctx: &mut [f32], scratch: &mut [f32]) {
+kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, hs: std::ops::Range<usize>, scale: f32, ctx: &mut [f32], scratch: &mut [f32]) {
     let dh = h / heads;
     let w = 3 * h;
     // Keys padded to whole vectors: the padded lanes hold zero keys, are computed alongside and
@@ -292,7 +312,7 @@ kernel!(attention_k, fn(qkv: &[f32], len: usize, h: usize, heads: usize, scale: 
     let (kt, scores) = scratch.split_at_mut(lp * dh);
     kt.fill(0.0);
     let dims = (len, lp, w, h, dh);
-    for hd in 0..heads {
+    for hd in hs {
         let (qo, ko, vo) = (hd * dh, h + hd * dh, 2 * h + hd * dh);
         // This head's keys transposed: kt[d][j].
         for j in 0..len {
@@ -435,8 +455,23 @@ mod tests {
                 let same = |x: &[f32]| x.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same(&got), "h {h}, len {len}: dispatched");
                 let mut port = vec![f32::NAN; len * h];
-                attention_k::portable(&qkv, len, h, heads, 0.17, &mut port, &mut scratch);
+                attention_k::portable(&qkv, len, h, heads, 0..heads, 0.17, &mut port, &mut scratch);
                 assert!(same(&port), "h {h}, len {len}: portable");
+                // Head by head into one buffer (as tasks sharing a text's heads do): the same.
+                let mut split = vec![f32::NAN; len * h];
+                for hd in 0..heads {
+                    attention_heads(
+                        &qkv,
+                        len,
+                        h,
+                        heads,
+                        hd..hd + 1,
+                        0.17,
+                        &mut split,
+                        &mut scratch,
+                    );
+                }
+                assert!(same(&split), "h {h}, len {len}: head by head");
             }
         }
     }

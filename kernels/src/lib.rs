@@ -28,6 +28,7 @@ pub mod gemm;
 pub mod packed;
 #[cfg(target_arch = "x86_64")]
 mod step512;
+pub mod team;
 pub use gemm::gemm;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;

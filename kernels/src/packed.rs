@@ -186,33 +186,114 @@ impl std::fmt::Debug for Buffer {
 /// # Panics
 /// When a slice is shorter than its shape says.
 pub fn gemm_packed(m: usize, a: &[f32], b: &PackedB, bias: Option<&[f32]>, c: &mut [f32]) {
+    check(m, a, b, bias, c);
+    // SAFETY: the lengths are checked; `c` is borrowed mutably for the whole call.
+    unsafe { panels(m, a, b, bias, c.as_mut_ptr(), 0..b.n.div_ceil(PANEL)) }
+}
+
+/// An element-wise function [`gemm_packed_part`] applies to its outputs.
+pub type Epilogue<'a> = &'a dyn Fn(&mut [f32]);
+
+/// Part `part` of `parts` of [`gemm_packed`]'s product, for a team of threads that each take one
+/// (see [`crate::team`]): all `m` rows over the part's share of the panels (columns), written to
+/// `c` `[m, n]`, then `epilogue` (if any) on those columns row by row while they are in cache (an
+/// element-wise activation). Each thread then reads only its share of the weights, which is what
+/// splits one short text's products across cores (a few rows: every weight is read once per
+/// product; a thread given part of the rows would read all of them). Each output is the same
+/// chain of operations as [`gemm_packed`]'s, so the bits are the same whatever `parts`. Returns
+/// the part's columns.
+///
+/// # Safety
+/// No other thread reads `c`, or writes the part's columns of it, during the call.
+///
+/// # Panics
+/// When a slice is shorter than its shape says, or `part >= parts`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_packed_part(
+    m: usize,
+    a: &[f32],
+    b: &PackedB,
+    bias: Option<&[f32]>,
+    c: &crate::team::SharedBuf<'_>,
+    part: usize,
+    parts: usize,
+    epilogue: Option<Epilogue<'_>>,
+) -> std::ops::Range<usize> {
+    assert!(part < parts);
+    assert!(a.len() >= m * b.k && c.len() >= m * b.n);
+    if let Some(bias) = bias {
+        assert!(bias.len() >= b.n);
+    }
+    let (n, np) = (b.n, b.n.div_ceil(PANEL));
+    let (p0, p1) = (np * part / parts, np * (part + 1) / parts);
+    let (j0, j1) = (p0 * PANEL, (p1 * PANEL).min(n));
+    // SAFETY: the lengths are checked; the part's columns are this thread's (the caller's).
+    unsafe { panels(m, a, b, bias, c.as_mut_ptr(), p0..p1) };
+    if let Some(f) = epilogue {
+        for r in 0..m {
+            // SAFETY: as above: row `r`'s columns `j0..j1` are this part's alone.
+            f(unsafe { c.write(r * n + j0..r * n + j1) });
+        }
+    }
+    j0..j1
+}
+
+/// The shape checks of [`gemm_packed`].
+fn check(m: usize, a: &[f32], b: &PackedB, bias: Option<&[f32]>, c: &[f32]) {
     let (k, n) = (b.k, b.n);
     assert!(a.len() >= m * k && c.len() >= m * n);
     if let Some(bias) = bias {
         assert!(bias.len() >= n);
     }
-    if m == 0 || n == 0 {
+}
+
+/// Columns of panels `ps` of `c` `[m, n]` (`n = b.n()`), in the best copy the CPU runs.
+///
+/// # Safety
+/// `a` holds `m · k` floats, `bias` (if any) `n`; `c` is valid for writes of `m · n` floats and
+/// nothing else reads or writes those panels' columns meanwhile.
+unsafe fn panels(
+    m: usize,
+    a: &[f32],
+    b: &PackedB,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ps: std::ops::Range<usize>,
+) {
+    if m == 0 || b.n == 0 || ps.is_empty() {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above); the slices' lengths are checked.
-            return unsafe { x86::packed512(m, a, b, bias, c) };
+            // SAFETY: the CPU has AVX-512F (checked just above); the rest is the caller's.
+            return unsafe { x86::packed512(m, a, b, bias, c, ps) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above); the slices' lengths are checked.
-            return unsafe { x86::packed256(m, a, b, bias, c) };
+            // SAFETY: the CPU has AVX2 and FMA (checked just above); the rest is the caller's.
+            return unsafe { x86::packed256(m, a, b, bias, c, ps) };
         }
     }
-    portable(m, a, b, bias, c)
+    // SAFETY: the caller's.
+    unsafe { portable(m, a, b, bias, c, ps) }
 }
 
 /// Panel by panel, row by row: `acc[j] ← fma(a[r, p], panel[p, j], acc[j])` for p in order.
+///
+/// # Safety
+/// As [`panels`].
 #[inline(always)]
-fn portable(m: usize, a: &[f32], b: &PackedB, bias: Option<&[f32]>, c: &mut [f32]) {
+unsafe fn portable(
+    m: usize,
+    a: &[f32],
+    b: &PackedB,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ps: std::ops::Range<usize>,
+) {
     let (k, n) = (b.k, b.n);
-    for (pi, panel) in b.panels().chunks_exact(k * PANEL).enumerate() {
+    for pi in ps {
+        let panel = &b.panels()[pi * k * PANEL..(pi + 1) * k * PANEL];
         let j0 = pi * PANEL;
         let w = PANEL.min(n - j0);
         for r in 0..m {
@@ -222,7 +303,8 @@ fn portable(m: usize, a: &[f32], b: &PackedB, bias: Option<&[f32]>, c: &mut [f32
                     *y = x.mul_add(v, *y);
                 }
             }
-            let out = &mut c[r * n + j0..r * n + j0 + w];
+            // SAFETY: row `r`'s columns `j0..j0 + w` lie within `c` `[m, n]` (the caller's).
+            let out = unsafe { std::slice::from_raw_parts_mut(c.add(r * n + j0), w) };
             match bias {
                 Some(bias) => {
                     for ((o, &y), &bb) in out.iter_mut().zip(&acc).zip(&bias[j0..j0 + w]) {
@@ -395,18 +477,39 @@ mod x86 {
         })
     }
 
+    /// Row groups of `m` rows: as few as hold at most [`GROUP`] rows, of near-equal size (33
+    /// rows: 17 and 16, rather than 32 and a lone row that would stream every weight again for
+    /// itself), as `(first row, rows)`.
+    fn groups(m: usize) -> impl Iterator<Item = (usize, usize)> {
+        let ng = m.div_ceil(GROUP).max(1);
+        let (base, extra) = (m / ng, m % ng);
+        (0..ng).scan(0, move |r, g| {
+            let len = base + usize::from(g < extra);
+            let out = (*r, len);
+            *r += len;
+            Some(out)
+        })
+    }
+
+    /// Panels `ps` of the product (see [`super::panels`] for the contract).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn packed512(m: usize, a: &[f32], b: &PackedB, bias: Option<&[f32]>, c: &mut [f32]) {
+    pub unsafe fn packed512(
+        m: usize,
+        a: &[f32],
+        b: &PackedB,
+        bias: Option<&[f32]>,
+        cp: *mut f32,
+        ps: std::ops::Range<usize>,
+    ) {
         let (k, n) = (b.k, b.n);
-        let (a, cp) = (a.as_ptr(), c.as_mut_ptr());
+        let a = a.as_ptr();
         let bias = bias.map(<[f32]>::as_ptr);
         let mut acc = [0.0f32; GROUP * PANEL];
-        // Rows in groups; each group runs over every panel in memory order, chunk by chunk, every
+        // Rows in groups; each group runs over its panels in memory order, chunk by chunk, every
         // block of the group over a chunk while it is in L1 (the group's rows of `a` stay in
         // L1 or L2 meanwhile).
-        for g0 in (0..m).step_by(GROUP) {
-            let g = GROUP.min(m - g0);
-            for pi in 0..n.div_ceil(PANEL) {
+        for (g0, g) in groups(m) {
+            for pi in ps.clone() {
                 let panel = b.panels().as_ptr().add(pi * k * PANEL);
                 let j0 = pi * PANEL;
                 for p0 in (0..k).step_by(KC) {
@@ -449,8 +552,16 @@ mod x86 {
 
     /// [`super::portable`] compiled for AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn packed256(m: usize, a: &[f32], b: &PackedB, bias: Option<&[f32]>, c: &mut [f32]) {
-        super::portable(m, a, b, bias, c)
+    pub unsafe fn packed256(
+        m: usize,
+        a: &[f32],
+        b: &PackedB,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ps: std::ops::Range<usize>,
+    ) {
+        // SAFETY: the caller's.
+        unsafe { super::portable(m, a, b, bias, c, ps) }
     }
 }
 
@@ -512,6 +623,8 @@ mod tests {
             (21, 33, 48),
             (9, 7, 5),
             (8, 16, 97),
+            (33, 20, 60),
+            (70, 9, 50),
         ] {
             let a = data(m * k, 1);
             let b = data(k * n, 2);
@@ -525,15 +638,86 @@ mod tests {
                 let same = |x: &[f32]| x.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
                 assert!(same(&got), "{m}x{k}x{n} dispatched");
                 let mut port = vec![f32::NAN; m * n];
-                portable(m, &a, &pb, bias, &mut port);
+                // SAFETY: `port` holds `m · n` floats, borrowed mutably for the call.
+                unsafe { portable(m, &a, &pb, bias, port.as_mut_ptr(), 0..n.div_ceil(PANEL)) };
                 assert!(same(&port), "{m}x{k}x{n} portable");
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     let mut got = vec![f32::NAN; m * n];
                     // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                    unsafe { x86::packed256(m, &a, &pb, bias, &mut got) };
+                    unsafe {
+                        x86::packed256(m, &a, &pb, bias, got.as_mut_ptr(), 0..n.div_ceil(PANEL))
+                    };
                     assert!(same(&got), "{m}x{k}x{n} AVX2");
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod part_tests {
+    use super::*;
+    use crate::team::{Barrier, SharedBuf};
+    use crate::test_data as data;
+
+    /// Split between a team of threads by columns, with an element-wise epilogue: the bits of
+    /// `gemm_packed` followed by the epilogue over the whole output, for teams of 1 to 6 (more
+    /// threads than panels included) and shapes with a partial last panel.
+    #[test]
+    fn split_by_columns_gives_the_same_bits() {
+        let square = |x: &mut [f32]| x.iter_mut().for_each(|v| *v = *v * *v - 1.0);
+        for &(m, k, n) in &[(1, 384, 1152), (25, 40, 200), (3, 7, 5), (40, 16, 97)] {
+            let (a, b, bias) = (data(m * k, 1), data(k * n, 2), data(n, 3));
+            let pb = PackedB::new(k, n, &b);
+            let mut want = vec![0.0; m * n];
+            gemm_packed(m, &a, &pb, Some(&bias), &mut want);
+            square(&mut want);
+            for parts in 1..=6 {
+                let mut got = vec![f32::NAN; m * n];
+                let mut covered = vec![];
+                {
+                    let c = SharedBuf::new(&mut got);
+                    let barrier = Barrier::new(parts);
+                    std::thread::scope(|s| {
+                        let handles: Vec<_> = (0..parts)
+                            .map(|part| {
+                                let (a, pb, bias, c, barrier) = (&a, &pb, &bias, &c, &barrier);
+                                s.spawn(move || {
+                                    // SAFETY: each thread writes its own columns; nobody reads
+                                    // `c` until the scope ends.
+                                    let cols = unsafe {
+                                        gemm_packed_part(
+                                            m,
+                                            a,
+                                            pb,
+                                            Some(bias),
+                                            c,
+                                            part,
+                                            parts,
+                                            Some(&square),
+                                        )
+                                    };
+                                    barrier.wait();
+                                    cols
+                                })
+                            })
+                            .collect();
+                        for hd in handles {
+                            covered.push(hd.join().expect("a part"));
+                        }
+                    });
+                }
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "{m}x{k}x{n} in {parts} parts");
+                let widths: usize = covered.iter().map(|r| r.len()).sum();
+                assert_eq!(
+                    widths, n,
+                    "{m}x{k}x{n}: the parts' columns cover the output once"
+                );
             }
         }
     }
@@ -628,6 +812,42 @@ mod timing {
             .map(|&(k, n)| 2.0 * (m * k * n) as f64)
             .sum::<f64>()
             * 6.0;
+        // Split between a team of `OE_TEAM` threads (2 unless set) by columns, a barrier after
+        // each product, as `bert_cpu` runs a short batch.
+        let team: usize = std::env::var("OE_TEAM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        let packed = super::PackedB::pack(&mats, true);
+        for _ in 0..3 {
+            let reps = 50;
+            let mut c = vec![0.0f32; m * 1536];
+            let barrier = crate::team::Barrier::new(team);
+            let shared = crate::team::SharedBuf::new(&mut c);
+            let t0 = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for part in 0..team {
+                    let (a, packed, shared, barrier) = (&a, &packed, &shared, &barrier);
+                    s.spawn(move || {
+                        for _ in 0..reps {
+                            for b in packed {
+                                // SAFETY: each thread writes its own columns; nobody reads `c`.
+                                unsafe {
+                                    super::gemm_packed_part(m, a, b, None, shared, part, team, None)
+                                };
+                                barrier.wait();
+                            }
+                        }
+                    });
+                }
+            });
+            let t = t0.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "forward of {m} rows by a team of {team}: {:.2} ms, {:.1} GFLOP/s",
+                t * 1e3,
+                f / t / 1e9
+            );
+        }
         // Alternately, so that both see the same machine: one allocation with huge pages (as
         // `bert_cpu` packs), and the same without.
         for round in 0..4 {

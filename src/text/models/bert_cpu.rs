@@ -13,9 +13,12 @@
 //!   exponential underflows to exactly 0: the same function);
 //! - residual LayerNorm and GELU are row-wise kernels.
 //!
-//! The batch's rows are split over a pool of worker threads (libtorch's intra-op thread count,
-//! `--threads`) in contiguous blocks; a row's operations do not depend on the split, so neither do
-//! its bits. The results agree with libtorch's forward within float rounding: the tests pin the
+//! The work is split over a pool of worker threads (libtorch's intra-op thread count, `--threads`):
+//! a batch's rows in contiguous blocks, or, for a batch too short to give every worker a row group
+//! of its own (one short text, as a service scores one request at a time), every step of every
+//! layer between the workers as a team (products by columns, attention by heads, LayerNorms by
+//! rows; [`Frozen::layers_by_team`]). An element's operations do not depend on the split, so
+//! neither do its bits. The results agree with libtorch's forward within float rounding: the tests pin the
 //! pooled states of every layer, the penultimate features and the logits within 1e-5 of libtorch on
 //! a random encoder (three activations), and the pretrained MiniLM's sentence embeddings within
 //! 1e-4 of an independent float64 implementation's (`experiments/minilm_reference.py`) and 1e-5 of
@@ -26,7 +29,7 @@
 
 use super::bert::{BertClassifier, HiddenAct};
 use crate::detect::{FeatureSource, Pool};
-use oe_kernels::packed::{gemm_packed, PackedB};
+use oe_kernels::packed::{gemm_packed, gemm_packed_part, PackedB};
 use tch::{Kind, Tensor};
 
 /// One encoder layer's weights, transposed for `x · W` products.
@@ -205,7 +208,6 @@ impl Frozen {
     /// When a text is longer than the position table or holds an id outside the vocabulary (the
     /// tokenizer never produces either).
     pub fn run(&self, seqs: &[&[i64]], taps: &[(usize, Pool)]) -> Outputs {
-        let h = self.h;
         let pad = [self.pad_id];
         let texts: Vec<&[i64]> = seqs
             .iter()
@@ -222,6 +224,26 @@ impl Frozen {
             );
             starts.push(starts.last().copied().unwrap_or(0) + t.len());
         }
+        let n_tok = *starts.last().unwrap_or(&0);
+        // A batch too short for every worker to get a row group of its own (one short text, as a
+        // service scores one request at a time) is split by columns instead, inside the pool.
+        let workers = pool().current_num_threads();
+        let team = (workers > 1 && n_tok < COLUMN_SPLIT_ROWS * workers).then(pool);
+        self.forward(&texts, &starts, seqs, taps, team)
+    }
+
+    /// [`Frozen::run`]'s forward over `texts` (none empty; text `t` has rows
+    /// `starts[t]..starts[t + 1]`). With a `team`, its threads run the layers together (see
+    /// [`Frozen::layers_by_team`]); else the rows are split in blocks over the worker pool.
+    fn forward(
+        &self,
+        texts: &[&[i64]],
+        starts: &[usize],
+        seqs: &[&[i64]],
+        taps: &[(usize, Pool)],
+        team: Option<&rayon::ThreadPool>,
+    ) -> Outputs {
+        let h = self.h;
         let n_tok = *starts.last().unwrap_or(&0);
         let n = texts.len();
         let mut tap_out: Vec<Vec<f32>> = taps.iter().map(|_| vec![0.0; n * h]).collect();
@@ -250,12 +272,20 @@ impl Frozen {
                 self.eps,
             )
         });
-        self.tap(0, &x, &starts, seqs, taps, &mut tap_out);
+        self.tap(0, &x, starts, seqs, taps, &mut tap_out);
 
         let mut qkv = vec![0.0f32; n_tok * 3 * h];
         let mut ctx = vec![0.0f32; n_tok * h];
         let scale = 1.0 / ((h / self.heads) as f32).sqrt();
-        for (li, l) in self.layers.iter().enumerate() {
+        if let Some(team) = team {
+            self.layers_by_team(team, &mut x, starts, seqs, taps, &mut tap_out);
+        }
+        let layers = if team.is_some() {
+            &[][..]
+        } else {
+            &self.layers[..]
+        };
+        for (li, l) in layers.iter().enumerate() {
             // Query, key and value of every token: one product.
             par_blocks(&mut qkv, 3 * h, &|r0, out| {
                 let rows = out.len() / (3 * h);
@@ -268,7 +298,7 @@ impl Frozen {
                 );
             });
             // Attention within each text.
-            par_texts(&mut ctx, h, &starts, &|t, out| {
+            par_texts(&mut ctx, h, starts, &|t, out| {
                 let len = starts[t + 1] - starts[t];
                 let mut scratch =
                     vec![0.0f32; oe_kernels::encoder::attention_scratch(len, h, self.heads)];
@@ -285,10 +315,10 @@ impl Frozen {
             // Output projection, residual LayerNorm, feed-forward, residual LayerNorm, block by
             // block of rows (the feed-forward's wide buffer stays one block's size).
             par_blocks(&mut x, h, &|r0, xb| self.block_tail(l, &ctx, r0, xb));
-            self.tap(li + 1, &x, &starts, seqs, taps, &mut tap_out);
+            self.tap(li + 1, &x, starts, seqs, taps, &mut tap_out);
         }
 
-        let pooled = self.pool(&x, &starts, seqs, Pool::Mean);
+        let pooled = self.pool(&x, starts, seqs, Pool::Mean);
         let mut logits = vec![0.0f32; n * self.classes];
         oe_kernels::gemm(
             n,
@@ -325,13 +355,138 @@ impl Frozen {
         );
         let mut f = vec![0.0f32; rows * inter];
         gemm_packed(rows, &a, &l.inter, Some(&l.inter_b), &mut f);
-        match self.act {
-            HiddenAct::Gelu => oe_kernels::encoder::gelu_erf(&mut f),
-            HiddenAct::GeluNew => oe_kernels::encoder::gelu_tanh(&mut f),
-            HiddenAct::Relu => oe_kernels::encoder::relu(&mut f),
-        }
+        self.activation(&mut f);
         gemm_packed(rows, &f, &l.out, Some(&l.out_b), xb);
         oe_kernels::encoder::add_layer_norm(xb, Some(&a), &l.out_ln.0, &l.out_ln.1, h, self.eps);
+    }
+
+    /// The feed-forward's activation, element-wise in place.
+    fn activation(&self, f: &mut [f32]) {
+        match self.act {
+            HiddenAct::Gelu => oe_kernels::encoder::gelu_erf(f),
+            HiddenAct::GeluNew => oe_kernels::encoder::gelu_tanh(f),
+            HiddenAct::Relu => oe_kernels::encoder::relu(f),
+        }
+    }
+
+    /// The encoder layers over `x` `[N, H]` (the embeddings' output, overwritten with the last
+    /// layer's), run by all threads of `team` at once, each its share of every step, with a
+    /// spinning barrier between steps ([`oe_kernels::team`]): the products split by columns
+    /// ([`gemm_packed_part`]: each thread reads its share of the weights, for all rows), the
+    /// attention by heads, the LayerNorms by rows. For a short batch (one text, as a service
+    /// scores one request at a time) the other ways to split cost more: by rows, each thread
+    /// would read all the weights for a few rows; a fork-join per step put a thread to sleep and
+    /// woke it about 40 times per forward. Each element gets the same operations as in the split
+    /// by rows, so the same bits.
+    fn layers_by_team(
+        &self,
+        team: &rayon::ThreadPool,
+        x: &mut [f32],
+        starts: &[usize],
+        seqs: &[&[i64]],
+        taps: &[(usize, Pool)],
+        tap_out: &mut [Vec<f32>],
+    ) {
+        use oe_kernels::encoder::{add_layer_norm, attention_heads, attention_scratch};
+        use oe_kernels::team::{Barrier, SharedBuf};
+        let (h, inter, heads, eps) = (self.h, self.inter, self.heads, self.eps);
+        let n_tok = x.len() / h;
+        let scale = 1.0 / ((h / heads) as f32).sqrt();
+        let (mut qkv, mut ctx) = (vec![0.0f32; n_tok * 3 * h], vec![0.0f32; n_tok * h]);
+        let (mut a, mut f) = (vec![0.0f32; n_tok * h], vec![0.0f32; n_tok * inter]);
+        let (xs, qs) = (SharedBuf::new(x), SharedBuf::new(&mut qkv));
+        let (cs, as_, fs) = (
+            SharedBuf::new(&mut ctx),
+            SharedBuf::new(&mut a),
+            SharedBuf::new(&mut f),
+        );
+        let parts = team.current_num_threads();
+        let barrier = Barrier::new(parts);
+        let tap_out = std::sync::Mutex::new(tap_out);
+        let act = |v: &mut [f32]| self.activation(v);
+        // Every step below: each thread writes only its own part of one buffer (columns, heads
+        // or rows), reads only buffers nobody writes in that step, and the barrier after the
+        // step makes the writes visible before anyone reads them.
+        team.broadcast(|b| {
+            let _guard = barrier.guard();
+            let w = b.index();
+            let (r0, r1) = (n_tok * w / parts, n_tok * (w + 1) / parts);
+            let hs = heads * w / parts..heads * (w + 1) / parts;
+            let (c0, c1) = (hs.start * (h / heads), hs.end * (h / heads));
+            for (li, l) in self.layers.iter().enumerate() {
+                // SAFETY (each `unsafe` block): the rule above.
+                unsafe {
+                    gemm_packed_part(
+                        n_tok,
+                        xs.read(),
+                        &l.qkv,
+                        Some(&l.qkv_b),
+                        &qs,
+                        w,
+                        parts,
+                        None,
+                    )
+                };
+                barrier.wait();
+                for t in 0..starts.len() - 1 {
+                    let (s0, s1) = (starts[t], starts[t + 1]);
+                    let len = s1 - s0;
+                    let mut out = vec![0.0f32; len * h];
+                    let mut scratch = vec![0.0f32; attention_scratch(len, h, heads)];
+                    let q = unsafe { &qs.read()[s0 * 3 * h..s1 * 3 * h] };
+                    attention_heads(q, len, h, heads, hs.clone(), scale, &mut out, &mut scratch);
+                    for r in 0..len {
+                        let row = (s0 + r) * h;
+                        unsafe { cs.write(row + c0..row + c1) }
+                            .copy_from_slice(&out[r * h + c0..r * h + c1]);
+                    }
+                }
+                barrier.wait();
+                let out_b = Some(&l.attn_out_b[..]);
+                unsafe {
+                    gemm_packed_part(n_tok, cs.read(), &l.attn_out, out_b, &as_, w, parts, None)
+                };
+                barrier.wait();
+                let (g, bb) = (&l.attn_ln.0, &l.attn_ln.1);
+                let res = unsafe { &xs.read()[r0 * h..r1 * h] };
+                add_layer_norm(
+                    unsafe { as_.write(r0 * h..r1 * h) },
+                    Some(res),
+                    g,
+                    bb,
+                    h,
+                    eps,
+                );
+                barrier.wait();
+                let (inter_b, act) = (
+                    Some(&l.inter_b[..]),
+                    Some(&act as oe_kernels::packed::Epilogue),
+                );
+                unsafe {
+                    gemm_packed_part(n_tok, as_.read(), &l.inter, inter_b, &fs, w, parts, act)
+                };
+                barrier.wait();
+                let out_b = Some(&l.out_b[..]);
+                unsafe { gemm_packed_part(n_tok, fs.read(), &l.out, out_b, &xs, w, parts, None) };
+                barrier.wait();
+                let (g, bb) = (&l.out_ln.0, &l.out_ln.1);
+                let res = unsafe { &as_.read()[r0 * h..r1 * h] };
+                add_layer_norm(
+                    unsafe { xs.write(r0 * h..r1 * h) },
+                    Some(res),
+                    g,
+                    bb,
+                    h,
+                    eps,
+                );
+                barrier.wait();
+                // The next step only reads `x` too: the taps need no barrier of their own.
+                if w == 0 && taps.iter().any(|&(tl, _)| tl == li + 1) {
+                    let mut out = tap_out.lock().unwrap_or_else(|e| e.into_inner());
+                    self.tap(li + 1, unsafe { xs.read() }, starts, seqs, taps, &mut out);
+                }
+            }
+        });
     }
 
     /// Each text's `pool` of the states `x` `[N, H]`: the mean over its tokens (summed in order),
@@ -446,6 +601,12 @@ fn pool() -> &'static rayon::ThreadPool {
         super::gru_cpu::worker_pool(threads, "oe-bert", || {})
     })
 }
+
+/// Fewest rows a worker gets from a batch's split by rows; a shorter batch is split by columns
+/// ([`Frozen::run`]). The packed product runs groups of up to 32 rows over every weight it reads:
+/// below that, a worker given part of the rows would read all the weights for fewer rows, where
+/// one given part of the columns reads only its share of them for all the rows.
+const COLUMN_SPLIT_ROWS: usize = 32;
 
 /// Largest block of [`par_blocks`]. Each block reads every weight of a product once (a panel is
 /// then reused from cache by all its rows), so fewer, larger blocks read less; but a block's input
@@ -604,6 +765,88 @@ mod tests {
             let rev: Vec<&[i64]> = refs.iter().rev().copied().collect();
             let (fr, _) = frozen.features_and_logits(&rev, &sources);
             assert!(fr.flip([0]).equal(&f));
+        }
+    }
+
+    /// The forward by a team (what a short batch gets on several workers) gives the bits of the
+    /// split by rows, whatever the team's size (more threads than heads included), on pools of
+    /// its own so that the team runs whatever the machine's cores.
+    #[test]
+    fn split_by_columns_gives_the_bits_of_split_by_rows() {
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = BertClassifier::new(&vs.root(), &tiny(), &BertClassifierConfig::default(), 3);
+        let frozen = Frozen::new(&m);
+        let seqs = texts();
+        let taps = [(0, Pool::Mean), (1, Pool::Cls), (2, Pool::Mean)];
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for batch in [&seqs[0..1], &seqs[4..5], &seqs[32..33], &seqs[1..4]] {
+            let refs: Vec<&[i64]> = batch.iter().map(Vec::as_slice).collect();
+            let starts: Vec<usize> = std::iter::once(0)
+                .chain(refs.iter().scan(0, |n, t| {
+                    *n += t.len();
+                    Some(*n)
+                }))
+                .collect();
+            let rows = frozen.forward(&refs, &starts, &refs, &taps, None);
+            for threads in [2, 3, 4] {
+                let team = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("a thread pool");
+                let split = frozen.forward(&refs, &starts, &refs, &taps, Some(&team));
+                let what = format!("{} texts, a team of {threads}", refs.len());
+                assert_eq!(bits(&split.logits), bits(&rows.logits), "{what}: logits");
+                assert_eq!(bits(&split.pooled), bits(&rows.pooled), "{what}: pooled");
+                for (a, b) in split.taps.iter().zip(&rows.taps) {
+                    assert_eq!(bits(a), bits(b), "{what}: taps");
+                }
+            }
+        }
+    }
+
+    /// Timing, not a check: a MiniLM-sized encoder (6 layers, 384 wide, 12 heads) over one text
+    /// of `OE_LEN` tokens (31 unless set), as a service scores a lone request, on the pool of
+    /// libtorch's threads (`OE_THREADS`, or the default):
+    /// `cargo test --release --lib -- --ignored --nocapture minilm_one_text_ms`.
+    #[test]
+    #[ignore]
+    fn minilm_one_text_ms() {
+        if let Some(t) = std::env::var("OE_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            tch::set_num_threads(t);
+        }
+        let len: usize = std::env::var("OE_LEN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(31);
+        let bc = BertConfig {
+            vocab_size: 1000,
+            hidden_size: 384,
+            num_hidden_layers: 6,
+            num_attention_heads: 12,
+            intermediate_size: 1536,
+            max_position_embeddings: 512,
+            ..Default::default()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = BertClassifier::new(&vs.root(), &bc, &BertClassifierConfig::default(), 6);
+        let frozen = Frozen::new(&m);
+        let text: Vec<i64> = (0..len as i64).map(|i| 1 + (i * 37) % 999).collect();
+        for round in 0..5 {
+            let reps = 200;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(frozen.run(&[&text], &[]));
+            }
+            let t = t0.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "round {round}: {len} tokens on {} workers: {:.3} ms",
+                pool().current_num_threads(),
+                t * 1e3
+            );
         }
     }
 
