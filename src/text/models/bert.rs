@@ -591,7 +591,16 @@ impl BertClassifier {
     /// host copy of the weights is made on first use, [`BertClassifier::frozen`]). A training
     /// forward undoes it.
     pub fn freeze_for_inference(&self) {
-        self.for_inference.set(self.packed_on_cpu());
+        let cpu = self.packed_on_cpu();
+        self.for_inference.set(cpu);
+        if cpu {
+            // The encoder runs on oe's workers (libtorch's thread count, taken once, as the CPU
+            // GRU takes it); libtorch's own OpenMP pool becomes one thread on this thread, so the
+            // small operations left to it (the head's softmax over a batch) do not start OpenMP
+            // workers that then spin for a while against the encoder's (a service at 4
+            // concurrent requests lost 10% of its CPU to that).
+            super::gru_cpu::adopt_torch_threads();
+        }
     }
 
     /// The host copy of the weights for [`super::bert_cpu`], made now if it was not yet; `None`

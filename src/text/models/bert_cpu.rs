@@ -593,11 +593,14 @@ impl Frozen {
     }
 }
 
-/// Worker threads: libtorch's intra-op thread count (`--threads`) when the pool is first used.
+/// Worker threads: the count the CPU kernels took from libtorch when a model was frozen for
+/// inference ([`super::gru_cpu::adopt_torch_threads`]), else libtorch's intra-op thread count
+/// (`--threads`) when the pool is first used.
 fn pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        let threads = tch::get_num_threads().max(1) as usize;
+        let threads = super::gru_cpu::adopted_workers()
+            .unwrap_or_else(|| tch::get_num_threads().max(1) as usize);
         super::gru_cpu::worker_pool(threads, "oe-bert", || {})
     })
 }

@@ -610,6 +610,11 @@ pub fn release_torch_threads() {
     }
 }
 
+/// The worker count [`set_workers`] or [`adopt_torch_threads`] set, if either ran.
+pub fn adopted_workers() -> Option<usize> {
+    Some(WORKERS.load(std::sync::atomic::Ordering::Relaxed)).filter(|&n| n > 0)
+}
+
 /// The fused GRU's worker threads ([`set_workers`]; one when never set).
 pub fn workers() -> usize {
     WORKERS.load(std::sync::atomic::Ordering::Relaxed).max(1)
