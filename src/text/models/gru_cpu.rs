@@ -372,8 +372,6 @@ fn run_layer(
     let hdim = w[1].size()[1] as usize;
     let h3 = 3 * hdim;
     let (n_all, mp) = (pack.total(), pack.max_pad);
-    let w_ih_t = w[0].tr();
-    let w_hh_t = w[1].tr();
     let b_hh = Buf::from(&w[3]);
     let bh = b_hh.slice();
     // Inference: the batch-invariant product, over contiguous transposed weights.
@@ -384,21 +382,25 @@ fn run_layer(
             (Buf(i), Buf(h))
         }
     });
-    // `gh[..rows] = hp[..rows] · W_hhᵀ` (libtorch's product with a tape).
-    let hidden_product = |hp: &Tensor, gh: &Tensor, rows: usize| match &inv {
-        Some((_, wh)) => {
-            let (a, mut o) = (Buf(hp.shallow_clone()), Buf(gh.shallow_clone()));
-            gemm_rows(
-                &a.slice()[..rows * hdim],
-                rows,
-                wh,
-                wb.map(|w| &w[1]),
-                None,
-                &mut o.slice_mut()[..rows * h3],
-            );
-        }
+    // libtorch's transposed views, for the products with a tape only (one call each).
+    let w_hh_t = inv.is_none().then(|| w[1].tr());
+    // Rows `d0..d0 + rows` of `gh` = rows `s0..s0 + rows` of `hp` · W_hhᵀ (libtorch's product with
+    // a tape). Inference works on the buffers' slices: a tensor view per step cost more than the
+    // step's arithmetic for one short text (each view is a libtorch call with autograd metadata).
+    let hidden_product = |hp: &Buf, s0: usize, gh: &mut Buf, d0: usize, rows: usize| match &inv {
+        Some((_, wh)) => gemm_rows(
+            &hp.slice()[s0 * hdim..(s0 + rows) * hdim],
+            rows,
+            wh,
+            wb.map(|w| &w[1]),
+            None,
+            &mut gh.slice_mut()[d0 * h3..(d0 + rows) * h3],
+        ),
         None => {
-            let _ = hp.mm_out(gh, &w_hh_t);
+            let w_hh_t = w_hh_t
+                .as_ref()
+                .expect("W_hhᵀ without the inference weights");
+            let _ = hp.rows(s0, rows).mm_out(&gh.rows(d0, rows), w_hh_t);
         }
     };
     // Inference reuses this thread's buffers (slots per layer); a tape keeps its own.
@@ -437,6 +439,7 @@ fn run_layer(
                     gip
                 }
                 None => {
+                    let w_ih_t = w[0].tr();
                     let _ = w[2].addmm_out(&gi.0, x, &w_ih_t);
                     Buf(w[2].addmm(xp, &w_ih_t))
                 }
@@ -463,7 +466,7 @@ fn run_layer(
     if pad == PadSteps::Run && mp > 0 {
         for k in 0..mp {
             let gk = if keep { k } else { 0 };
-            hidden_product(&p.rows(k, 1), &ghp.rows(gk, 1), 1);
+            hidden_product(&p, k, &mut ghp, gk, 1);
             let gi_s = &gip.slice()[k * h3..(k + 1) * h3];
             let gh_s = &mut ghp.slice_mut()[gk * h3..(gk + 1) * h3];
             let ps = p.slice_mut();
@@ -500,7 +503,7 @@ fn run_layer(
         if !keep && t > 0 && n_prev == n {
             // Every row continues: read the previous states where the last step wrote them.
             let po = pack.off[t - 1];
-            hidden_product(&out.rows(po, n), &gh.rows(0, n), n);
+            hidden_product(&out, po, &mut gh, 0, n);
             let gh_s = &mut gh.slice_mut()[..n * h3];
             let (before, after) = out.slice_mut().split_at_mut(o * hdim);
             let hp_s = &before[po * hdim..(po + n) * hdim];
@@ -539,7 +542,7 @@ fn run_layer(
                 }
             }
         }
-        hidden_product(&hp.rows(base, n), &gh.rows(base, n), n);
+        hidden_product(&hp, base, &mut gh, base, n);
         let mut none = [];
         let gates_s: &mut [f32] = if keep {
             &mut gates.slice_mut()[o * h3..(o + n) * h3]
