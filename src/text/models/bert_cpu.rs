@@ -413,6 +413,12 @@ impl Frozen {
             let (r0, r1) = (n_tok * w / parts, n_tok * (w + 1) / parts);
             let hs = heads * w / parts..heads * (w + 1) / parts;
             let (c0, c1) = (hs.start * (h / heads), hs.end * (h / heads));
+            // This thread's rows of `y ← LN(y + res) · g + b`.
+            let ln_rows = |y: &SharedBuf, res: &SharedBuf, (g, b): &(Vec<f32>, Vec<f32>)| {
+                // SAFETY: the rule above (a LayerNorm step writes `y`'s rows, reads `res`).
+                let res = unsafe { &res.read()[r0 * h..r1 * h] };
+                add_layer_norm(unsafe { y.write(r0 * h..r1 * h) }, Some(res), g, b, h, eps);
+            };
             for (li, l) in self.layers.iter().enumerate() {
                 // SAFETY (each `unsafe` block): the rule above.
                 unsafe {
@@ -447,16 +453,7 @@ impl Frozen {
                     gemm_packed_part(n_tok, cs.read(), &l.attn_out, out_b, &as_, w, parts, None)
                 };
                 barrier.wait();
-                let (g, bb) = (&l.attn_ln.0, &l.attn_ln.1);
-                let res = unsafe { &xs.read()[r0 * h..r1 * h] };
-                add_layer_norm(
-                    unsafe { as_.write(r0 * h..r1 * h) },
-                    Some(res),
-                    g,
-                    bb,
-                    h,
-                    eps,
-                );
+                ln_rows(&as_, &xs, &l.attn_ln);
                 barrier.wait();
                 let (inter_b, act) = (
                     Some(&l.inter_b[..]),
@@ -469,16 +466,7 @@ impl Frozen {
                 let out_b = Some(&l.out_b[..]);
                 unsafe { gemm_packed_part(n_tok, fs.read(), &l.out, out_b, &xs, w, parts, None) };
                 barrier.wait();
-                let (g, bb) = (&l.out_ln.0, &l.out_ln.1);
-                let res = unsafe { &as_.read()[r0 * h..r1 * h] };
-                add_layer_norm(
-                    unsafe { xs.write(r0 * h..r1 * h) },
-                    Some(res),
-                    g,
-                    bb,
-                    h,
-                    eps,
-                );
+                ln_rows(&xs, &as_, &l.out_ln);
                 barrier.wait();
                 // The next step only reads `x` too: the taps need no barrier of their own.
                 if w == 0 && taps.iter().any(|&(tl, _)| tl == li + 1) {
