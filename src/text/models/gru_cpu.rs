@@ -56,36 +56,60 @@ use oe_kernels::{sigmoid, tanh};
 // ---------------------------------------------------------------------------------------------
 // Buffers.
 
-/// A float32 CPU buffer: a libtorch tensor for the matrix products and a slice for the gates.
-struct Buf(Tensor);
+/// A float32 CPU buffer: a contiguous libtorch tensor for the matrix products and a slice for the
+/// gates. Its data pointer, length and last dimension are read from libtorch once, when it is
+/// made: one short text takes ~50 steps per layer, each reading several slices, and each libtorch
+/// call (`numel`, `data_ptr`, `size`) cost more than the step's arithmetic.
+#[derive(Debug)]
+struct Buf {
+    t: Tensor,
+    ptr: *mut f32,
+    len: usize,
+    /// Size of the last dimension (the row width of a matrix).
+    cols: usize,
+}
+
+// SAFETY: `ptr` points into `t`'s storage, which `t` (a `Send` tensor) owns; a `&Buf` hands out
+// only shared slices and `slice_mut` takes `&mut self`, as a `Vec<f32>` would.
+unsafe impl Send for Buf {}
+unsafe impl Sync for Buf {}
 
 impl Buf {
+    /// Wraps a contiguous float32 CPU tensor (what every constructor below makes).
+    fn new(t: Tensor) -> Self {
+        debug_assert!(
+            t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous(),
+            "Buf needs a contiguous float32 CPU tensor"
+        );
+        let len = t.numel();
+        let cols = t.size().last().map_or(1, |&c| c.max(0) as usize);
+        let ptr = if len == 0 {
+            std::ptr::NonNull::<f32>::dangling().as_ptr()
+        } else {
+            t.data_ptr() as *mut f32
+        };
+        Buf { t, ptr, len, cols }
+    }
     fn zeros(shape: &[i64]) -> Self {
-        Buf(Tensor::zeros(shape, (Kind::Float, Device::Cpu)))
+        Buf::new(Tensor::zeros(shape, (Kind::Float, Device::Cpu)))
     }
     /// Uninitialised: for buffers that are written before they are read.
     fn empty(shape: &[i64]) -> Self {
-        Buf(Tensor::empty(shape, (Kind::Float, Device::Cpu)))
+        Buf::new(Tensor::empty(shape, (Kind::Float, Device::Cpu)))
     }
     /// The rows `[start, start + n)` along the first dimension, as a tensor view.
     fn rows(&self, start: usize, n: usize) -> Tensor {
-        self.0.narrow(0, start as i64, n as i64)
+        self.t.narrow(0, start as i64, n as i64)
     }
     fn slice(&self) -> &[f32] {
-        if self.0.numel() == 0 {
-            return &[];
-        }
-        // SAFETY: the tensor is a contiguous float32 CPU tensor we allocated (or checked in
-        // `from`), alive as long as `self`; no mutable slice of it exists at the same time
-        // (`slice_mut` takes `&mut self`).
-        unsafe { std::slice::from_raw_parts(self.0.data_ptr() as *const f32, self.0.numel()) }
+        // SAFETY: `ptr` and `len` describe the contiguous float32 storage of `t` (checked in
+        // `new`), alive as long as `self`; no mutable slice of it exists at the same time
+        // (`slice_mut` takes `&mut self`). Empty: a dangling, aligned pointer.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
     fn slice_mut(&mut self) -> &mut [f32] {
-        if self.0.numel() == 0 {
-            return &mut [];
-        }
         // SAFETY: as in `slice`; `&mut self` makes this the only view for its lifetime.
-        unsafe { std::slice::from_raw_parts_mut(self.0.data_ptr() as *mut f32, self.0.numel()) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
     /// An uninitialised buffer of `shape` from this thread's scratch `slot` (kept between calls and
     /// grown when too small): for inference, whose buffers die with the call. Allocating and
@@ -103,12 +127,23 @@ impl Buf {
             if !s[slot].defined() || s[slot].numel() < need.max(1) as usize {
                 s[slot] = Tensor::empty([need.max(1) + need / 4], (Kind::Float, Device::Cpu));
             }
-            Buf(s[slot].narrow(0, 0, need).view(shape))
+            Buf::new(s[slot].narrow(0, 0, need).view(shape))
         })
     }
-    /// A contiguous float32 CPU copy (or the tensor itself when it already is one).
+    /// A contiguous float32 CPU copy (or another handle on the tensor when it already is one:
+    /// checking costs no libtorch operation, converting costs three).
     fn from(t: &Tensor) -> Self {
-        Buf(t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous())
+        if t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous() {
+            return Buf::new(t.shallow_clone());
+        }
+        Buf::new(t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous())
+    }
+    /// Another handle on the same storage.
+    fn shallow(&self) -> Self {
+        Buf {
+            t: self.t.shallow_clone(),
+            ..*self
+        }
     }
 }
 
@@ -127,7 +162,8 @@ fn gemm_rows(
     match bf16 {
         Some(b) => oe_kernels::bf16::gemm_bf16(rows, a, b, bias, out),
         None => {
-            let (k, n) = (bt.0.size()[0] as usize, bt.0.size()[1] as usize);
+            let n = bt.cols;
+            let k = bt.len / n.max(1);
             oe_kernels::gemm(rows, k, n, a, bt.slice(), bias, out);
         }
     }
@@ -135,9 +171,10 @@ fn gemm_rows(
 
 pub use oe_kernels::bf16::Bf16Matrix;
 
-/// What inference needs besides the weights, fixed while they do not change: the transposed
-/// weights per layer (`W_ihᵀ [in, 3H]`, `W_hhᵀ [H, 3H]`, contiguous) and the first layer's input
-/// projection of every vocabulary entry ([`input_table`]).
+/// What inference needs besides the weights, fixed while they do not change: per layer the
+/// transposed weights and the biases as contiguous buffers ([`FrozenLayer`]), and the first
+/// layer's input projection of every vocabulary entry ([`input_table`]). Made once, they cost a
+/// lone text's inference no libtorch call.
 ///
 /// With [`Frozen::with_bf16`], also those transposed weights rounded to bfloat16 and packed for
 /// [`oe_kernels::bf16::gemm_bf16`]: inference then multiplies in bfloat16 (opt-in, reduced
@@ -145,17 +182,17 @@ pub use oe_kernels::bf16::Bf16Matrix;
 #[derive(Debug)]
 pub struct Frozen {
     pub table: Tensor,
-    transposed: Vec<[Tensor; 2]>,
+    layers: Vec<FrozenLayer>,
     bf16: Option<std::sync::Arc<Vec<[Bf16Matrix; 2]>>>,
 }
 
 impl Frozen {
     pub fn new(embedding: &Tensor, layers: &[LayerWeights]) -> Self {
-        let transposed: Vec<[Tensor; 2]> = layers.iter().map(transposed).collect();
-        let table = table_of(embedding, &transposed[0][0], &layers[0][2]);
+        let layers: Vec<FrozenLayer> = layers.iter().map(FrozenLayer::new).collect();
+        let table = table_of(embedding, &layers[0].wi.t, &layers[0].b_ih.t);
         Self {
             table,
-            transposed,
+            layers,
             bf16: None,
         }
     }
@@ -165,12 +202,12 @@ impl Frozen {
     pub fn with_bf16(mut self) -> Self {
         let pack = |t: &Tensor| {
             let (k, n) = (t.size()[0] as usize, t.size()[1] as usize);
-            Bf16Matrix::new(k, n, Buf(t.shallow_clone()).slice())
+            Bf16Matrix::new(k, n, Buf::new(t.shallow_clone()).slice())
         };
         let packed = self
-            .transposed
+            .layers
             .iter()
-            .map(|[i, h]| [pack(i), pack(h)])
+            .map(|f| [pack(&f.wi.t), pack(&f.wh.t)])
             .collect();
         self.bf16 = Some(std::sync::Arc::new(packed));
         self
@@ -185,13 +222,42 @@ impl Frozen {
     pub fn shallow_clone_with(&self, bf16: bool) -> Self {
         Self {
             table: self.table.shallow_clone(),
-            transposed: shallow_layers(&self.transposed),
+            layers: self.layers.iter().map(FrozenLayer::shallow).collect(),
             bf16: if bf16 { self.bf16.clone() } else { None },
         }
     }
 
     pub fn shallow_clone(&self) -> Self {
         self.shallow_clone_with(true)
+    }
+}
+
+/// One layer's weights for inference: `W_ihᵀ [in, 3H]`, `W_hhᵀ [H, 3H]`, `b_ih [3H]`, `b_hh [3H]`,
+/// contiguous float32.
+#[derive(Debug)]
+struct FrozenLayer {
+    wi: Buf,
+    wh: Buf,
+    b_ih: Buf,
+    b_hh: Buf,
+}
+
+impl FrozenLayer {
+    fn new(w: &LayerWeights) -> Self {
+        let [wi, wh] = transposed(w).map(Buf::new);
+        let [b_ih, b_hh] = tch::no_grad(|| {
+            [2, 3].map(|i| Buf::new(w[i].detach().to_kind(Kind::Float).contiguous()))
+        });
+        Self { wi, wh, b_ih, b_hh }
+    }
+
+    fn shallow(&self) -> Self {
+        Self {
+            wi: self.wi.shallow(),
+            wh: self.wh.shallow(),
+            b_ih: self.b_ih.shallow(),
+            b_hh: self.b_hh.shallow(),
+        }
     }
 }
 
@@ -356,12 +422,13 @@ impl Projections<'_> {
 
 /// One layer's forward pass over a packed batch. With `keep` (only for [`Input::X`]), what the
 /// backward pass needs. `layer` numbers its scratch buffers.
-/// `wt`: the layer's transposed weights (inference only; [`Frozen`]); `wb`: their bfloat16 copies,
+/// `wt`: the layer's frozen weights (inference only; [`Frozen`]); `wb`: the transposed weights'
+/// bfloat16 copies,
 /// when inference multiplies in bfloat16.
 #[allow(clippy::too_many_arguments)]
 fn run_layer(
     w: &LayerWeights,
-    wt: Option<&[Tensor; 2]>,
+    wt: Option<&FrozenLayer>,
     wb: Option<&[Bf16Matrix; 2]>,
     input: Input,
     pack: &Packing,
@@ -372,23 +439,33 @@ fn run_layer(
     let hdim = w[1].size()[1] as usize;
     let h3 = 3 * hdim;
     let (n_all, mp) = (pack.total(), pack.max_pad);
-    let b_hh = Buf::from(&w[3]);
-    let bh = b_hh.slice();
-    // Inference: the batch-invariant product, over contiguous transposed weights.
-    let inv = (!keep).then(|| match wt {
-        Some([i, h]) => (Buf(i.shallow_clone()), Buf(h.shallow_clone())),
-        None => {
-            let [i, h] = transposed(w);
-            (Buf(i), Buf(h))
+    // Inference: the batch-invariant product, over contiguous transposed weights (the frozen
+    // ones, or made here).
+    let made;
+    let frozen: Option<&FrozenLayer> = match (keep, wt) {
+        (true, _) => None,
+        (false, Some(f)) => Some(f),
+        (false, None) => {
+            made = FrozenLayer::new(w);
+            Some(&made)
         }
-    });
+    };
+    let b_hh_own;
+    let bh = match frozen {
+        Some(f) => f.b_hh.slice(),
+        None => {
+            b_hh_own = Buf::from(&w[3]);
+            b_hh_own.slice()
+        }
+    };
+    let inv = frozen.map(|f| (&f.wi, &f.wh, &f.b_ih));
     // libtorch's transposed views, for the products with a tape only (one call each).
     let w_hh_t = inv.is_none().then(|| w[1].tr());
     // Rows `d0..d0 + rows` of `gh` = rows `s0..s0 + rows` of `hp` · W_hhᵀ (libtorch's product with
     // a tape). Inference works on the buffers' slices: a tensor view per step cost more than the
     // step's arithmetic for one short text (each view is a libtorch call with autograd metadata).
     let hidden_product = |hp: &Buf, s0: usize, gh: &mut Buf, d0: usize, rows: usize| match &inv {
-        Some((_, wh)) => gemm_rows(
+        Some((_, wh, _)) => gemm_rows(
             &hp.slice()[s0 * hdim..(s0 + rows) * hdim],
             rows,
             wh,
@@ -415,8 +492,7 @@ fn run_layer(
         Input::X(x, xp) => {
             let mut gi = buf(0, &[n_all as i64, h3 as i64]);
             let gip = match &inv {
-                Some((wi, _)) => {
-                    let b_ih = Buf::from(&w[2]);
+                Some((wi, _, b_ih)) => {
                     let (xb, xpb) = (Buf::from(x), Buf::from(xp));
                     let wib = wb.map(|w| &w[0]);
                     gemm_rows(
@@ -440,8 +516,8 @@ fn run_layer(
                 }
                 None => {
                     let w_ih_t = w[0].tr();
-                    let _ = w[2].addmm_out(&gi.0, x, &w_ih_t);
-                    Buf(w[2].addmm(xp, &w_ih_t))
+                    let _ = w[2].addmm_out(&gi.t, x, &w_ih_t);
+                    Buf::new(w[2].addmm(xp, &w_ih_t))
                 }
             };
             (
@@ -452,8 +528,8 @@ fn run_layer(
             )
         }
         Input::Table(table, ids, gip) => (
-            Projections::Table(Buf(table.shallow_clone()), ids),
-            Buf(gip),
+            Projections::Table(Buf::new(table.shallow_clone()), ids),
+            Buf::new(gip),
             None,
             None,
         ),
@@ -560,7 +636,7 @@ fn run_layer(
         gh,
         gates,
         xp: x_pad.expect("a tape needs the layer's inputs"),
-        p: Buf(p.0.shallow_clone()),
+        p: Buf::new(p.t.shallow_clone()),
         ghp,
         gatesp,
     });
@@ -742,17 +818,17 @@ fn table_of(embedding: &Tensor, wi_t: &Tensor, b_ih: &Tensor) -> Tensor {
     tch::no_grad(|| {
         let e = Buf::from(&embedding.detach());
         let b = Buf::from(&b_ih.detach());
-        let (v, h3) = (e.0.size()[0], wi_t.size()[1]);
+        let (v, h3) = (e.t.size()[0], wi_t.size()[1]);
         let mut t = Buf::empty(&[v, h3]);
         gemm_rows(
             e.slice(),
             v as usize,
-            &Buf(wi_t.shallow_clone()),
+            &Buf::new(wi_t.shallow_clone()),
             None,
             Some(b.slice()),
             t.slice_mut(),
         );
-        t.0
+        t.t
     })
 }
 
@@ -761,9 +837,9 @@ fn table_of(embedding: &Tensor, wi_t: &Tensor, b_ih: &Tensor) -> Tensor {
 pub fn linear_rows(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
     tch::no_grad(|| {
         let xb = Buf::from(x);
-        let wt = Buf(w.detach().tr().to_kind(Kind::Float).contiguous());
+        let wt = Buf::new(w.detach().tr().to_kind(Kind::Float).contiguous());
         let bb = Buf::from(&b.detach());
-        let (rows, c) = (xb.0.size()[0], wt.0.size()[1]);
+        let (rows, c) = (xb.t.size()[0], wt.t.size()[1]);
         let mut out = Buf::empty(&[rows, c]);
         gemm_rows(
             xb.slice(),
@@ -773,7 +849,7 @@ pub fn linear_rows(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
             Some(bb.slice()),
             out.slice_mut(),
         );
-        out.0
+        out.t
     })
 }
 
@@ -847,11 +923,16 @@ impl Gru {
             Some(_) if !keep => Tensor::new(), // the first layer reads the table
             _ => embedding.index_select(0, &tok).contiguous(), // [N, E]
         };
-        let mut x_pad = embedding
-            .get(pad_id)
-            .unsqueeze(0)
-            .expand([mp, e], false)
-            .contiguous(); // [max_pad, E]
+        let reads_table = table.is_some() && !keep;
+        let mut x_pad = if reads_table {
+            Tensor::new() // the first layer reads the table; later layers the layer below's P
+        } else {
+            embedding
+                .get(pad_id)
+                .unsqueeze(0)
+                .expand([mp, e], false)
+                .contiguous() // [max_pad, E]
+        };
         let mut tapes = Vec::new();
         let mut top = None;
         for (l, w) in layers.iter().enumerate() {
@@ -859,20 +940,25 @@ impl Gru {
                 Some(tb) if l == 0 && !keep => Input::Table(
                     tb,
                     &table_ids,
-                    tb.get(pad_id)
-                        .unsqueeze(0)
-                        .expand([mp, tb.size()[1]], false)
-                        .contiguous(),
+                    if mp == 0 {
+                        // No pad steps (a lone text, or texts of one length): nothing to read.
+                        Tensor::zeros([0, tb.size()[1]], (Kind::Float, Device::Cpu))
+                    } else {
+                        tb.get(pad_id)
+                            .unsqueeze(0)
+                            .expand([mp, tb.size()[1]], false)
+                            .contiguous()
+                    },
                 ),
                 _ => Input::X(&x, &x_pad),
             };
-            let wt = self.frozen.as_ref().map(|f| &f.transposed[l]);
+            let wt = self.frozen.as_ref().map(|f| &f.layers[l]);
             let wb = match (&self.frozen, keep) {
                 (Some(f), false) => f.bf16.as_ref().map(|b| &b[l]),
                 _ => None,
             };
             let lo = run_layer(w, wt, wb, input, &pack, pad, keep, l);
-            x = lo.out.0.shallow_clone();
+            x = lo.out.t.shallow_clone();
             x_pad = lo.p.rows(1, pack.max_pad);
             if let Some(t) = lo.tape {
                 tapes.push(t);
@@ -882,7 +968,27 @@ impl Gru {
         let (out, p) = top.expect("at least one layer");
         // Rows with real tokens end at the last step's packed rows; empty rows at P[T] (all pads).
         let n_last = pack.n[steps - 1];
-        let hdim = out.0.size()[1];
+        if !keep {
+            // Inference: copy each row's last state into place (the same values as the views,
+            // concatenation and gather below, without their libtorch calls).
+            let hd = out.cols;
+            let (o, ps) = (out.slice(), p.slice());
+            let mut last = vec![0f32; b * hd];
+            for (i, &row) in pack.order.iter().enumerate() {
+                let src = if i < n_last {
+                    let r = pack.off[steps - 1] + i;
+                    &o[r * hd..(r + 1) * hd]
+                } else {
+                    match pad {
+                        PadSteps::Run => &ps[steps * hd..(steps + 1) * hd],
+                        PadSteps::Skip => continue, // zeros
+                    }
+                };
+                last[row * hd..(row + 1) * hd].copy_from_slice(src);
+            }
+            return (Tensor::from_slice(&last).view([b as i64, hd as i64]), None);
+        }
+        let hdim = out.t.size()[1];
         let mut parts = vec![out.rows(pack.off[steps - 1], n_last)];
         if n_last < b {
             let end = match pad {
@@ -944,7 +1050,7 @@ impl Gru {
             let (dxl, dxp, g) = layer_backward(t, w, pack, pad, &mut dout, &mut dp);
             grads.push(g);
             if l > 0 {
-                dout = Buf(dxl);
+                dout = Buf::new(dxl);
                 dp = Buf::zeros(&[mp + 1, hdim]);
                 if mp > 0 {
                     dp.rows(1, pack.max_pad).copy_(&dxp);
@@ -1022,12 +1128,12 @@ fn layer_backward(
             let _ = dp.rows(s, 1).g_add_(&add);
         }
     }
-    let sum0 = |b: &Buf| b.0.sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
-    let mut d_w_hh = dgh.0.tr().mm(&t.hp.0);
+    let sum0 = |b: &Buf| b.t.sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
+    let mut d_w_hh = dgh.t.tr().mm(&t.hp.t);
     let mut d_b_hh = sum0(&dgh);
-    let mut d_w_ih = dgi.0.tr().mm(&t.x);
+    let mut d_w_ih = dgi.t.tr().mm(&t.x);
     let mut d_b_ih = sum0(&dgi);
-    let dx = dgi.0.mm(&w[0]);
+    let dx = dgi.t.mm(&w[0]);
     let mp = pack.max_pad;
     let in_dim = w[0].size()[1];
     let mut dxp = Tensor::zeros([mp as i64, in_dim], (Kind::Float, Device::Cpu));
@@ -1049,14 +1155,14 @@ fn layer_backward(
                     d1.slice_mut(),
                 );
             }
-            let prev = d1.0.addmm(&dghp.rows(k, 1), &w[1]);
+            let prev = d1.t.addmm(&dghp.rows(k, 1), &w[1]);
             let _ = dp.rows(k, 1).g_add_(&prev);
         }
-        d_w_hh += dghp.0.tr().mm(&t.p.rows(0, mp));
+        d_w_hh += dghp.t.tr().mm(&t.p.rows(0, mp));
         d_b_hh += sum0(&dghp);
-        d_w_ih += dgip.0.tr().mm(&t.xp);
+        d_w_ih += dgip.t.tr().mm(&t.xp);
         d_b_ih += sum0(&dgip);
-        dxp = dgip.0.mm(&w[0]);
+        dxp = dgip.t.mm(&w[0]);
     }
     (dx, dxp, [d_w_ih, d_w_hh, d_b_ih, d_b_hh])
 }
