@@ -11,7 +11,8 @@
 #   MODEL_DIR: an oe GRU model directory (e.g. made by `oe-text eval --weights .../sst-baseline.safetensors
 #              --in sst --method baseline --out DIR`); TEXTS_FILE: one text per line;
 #   BIN: the oe-text binary (default target/release/oe-text); PYTHONPATH: where torch, uvicorn,
-#   starlette and safetensors are importable (default: the system's).
+#   starlette and safetensors (and tokenizers, for a MiniLM directory) are importable (default: the
+#   system's).
 # Environment: OE_SERVE_ARGS, extra flags for `oe-text serve` (e.g. "--precision bf16");
 # OE_BENCH_THREADS, the thread settings (above).
 set -euo pipefail
