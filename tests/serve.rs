@@ -413,6 +413,28 @@ fn a_full_queue_answers_503_with_retry_after() {
     s.stop().unwrap();
 }
 
+/// One text at a time with nothing else admitted: the GRU's service scores it on the HTTP worker
+/// instead of the inference thread (`Shared::inline`); the bits must not change, nor the batches
+/// of requests that arrive together.
+#[test]
+fn lone_texts_scored_on_the_http_worker_get_the_same_bits() {
+    tch::set_num_threads(1);
+    let d = tempfile::tempdir().unwrap();
+    let m = model(d.path());
+    let all = texts(120, 5);
+    let want = reference(&m, &all, d.path());
+    let s = server(&m, |_| {});
+    let addr = s.addr.to_string();
+    for (t, w) in all.iter().zip(&want).take(60) {
+        let (st, v, _) = post(&addr, &score_body(std::slice::from_ref(t)), None);
+        assert_eq!(st, 200, "{v}");
+        check_results(&v, &[w]);
+    }
+    // Lone and concurrent requests mixed: some run inline, others in batches.
+    concurrent_clients_get_the_same_bits(&addr, &all, &want);
+    s.stop().unwrap();
+}
+
 #[test]
 fn load_test_has_no_errors_and_every_answer_is_right() {
     tch::set_num_threads(1);

@@ -200,6 +200,17 @@ impl Stored {
 /// What the handlers share.
 struct Shared {
     jobs: mpsc::SyncSender<Job>,
+    /// The model: the inference thread scores batches with it, and (with `inline`) a request of
+    /// one text that arrives while nothing else is admitted is scored on its HTTP worker.
+    model: Arc<Mutex<LoadedModel>>,
+    /// Whether lone one-text requests are scored on the HTTP worker: for the GRU, whose text costs
+    /// about what handing it to the inference thread and back costs (the two wake-ups were ~30%
+    /// of that thread's time per request). Not for MiniLM (a text costs ~4 ms: the HTTP worker
+    /// would stop admitting others meanwhile, and they would lose their batches) nor for requests
+    /// of several texts (the same reason).
+    inline: bool,
+    /// Batch sizes, for `/metrics`.
+    batches: Arc<Histogram>,
     admitted: AtomicUsize,
     /// False once shutdown has begun (requests in flight are still answered).
     ready: AtomicBool,
@@ -372,6 +383,8 @@ pub fn run(
     let Loaded {
         info: mut model_info,
         detectors,
+        model,
+        inline,
     } = loaded_rx
         .recv()
         .map_err(|_| OeError::Data("the inference thread stopped while loading".into()))??;
@@ -418,6 +431,9 @@ pub fn run(
         None => (None, None),
     };
     let shared = Arc::new(Shared {
+        model,
+        inline,
+        batches: batch_metrics.clone(),
         detectors,
         log,
         requests_seen: AtomicU64::new(0),
@@ -430,8 +446,15 @@ pub fn run(
         labels,
         model_info,
     });
+    // The HTTP workers score lone requests: the inference thread's libtorch setting on them too
+    // (one OpenMP thread where the model runs its own workers).
+    let worker_torch_threads = match crate::text::models::gru_cpu::adopted_workers() {
+        Some(n) if n > 1 => 1,
+        _ => torch_threads,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(req.threads)
+        .on_thread_start(move || tch::set_num_threads(worker_torch_threads))
         .enable_all()
         .build()
         .map_err(|e| OeError::Data(format!("starting the HTTP runtime: {e}")))?;
@@ -490,6 +513,9 @@ struct Loaded {
     info: serde_json::Value,
     /// The feature detectors the model directory stores ([`stored_detectors`]).
     detectors: Vec<FeatureDetector>,
+    model: Arc<Mutex<LoadedModel>>,
+    /// [`Shared::inline`].
+    inline: bool,
 }
 
 fn inference_loop(
@@ -505,7 +531,17 @@ fn inference_loop(
         let free = crate::text::score::prepare(&m, &ScoreOptions::default());
         info["batch_free_from"] = serde_json::json!(free.map(|f| f.to_string()));
         let detectors = stored_detectors(&m);
-        Ok((m, Loaded { info, detectors }))
+        let inline = matches!(m.model, crate::text::models::TextModel::Gru(_));
+        let m = Arc::new(Mutex::new(m));
+        Ok((
+            m.clone(),
+            Loaded {
+                info,
+                detectors,
+                model: m,
+                inline,
+            },
+        ))
     }) {
         Ok((m, l)) => {
             let _ = loaded.send(Ok(l));
@@ -553,17 +589,10 @@ fn inference_loop(
                 None => by_score.push((j.score, vec![j])),
             }
         }
+        let m = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (score, group) in by_score {
             let texts: Vec<String> = group.iter().flat_map(|j| j.texts.iter().cloned()).collect();
-            let opts = ScoreOptions {
-                score: score.logit().unwrap_or_default(),
-                stored: match score {
-                    Detector::Feature(f) => Some(f),
-                    Detector::Logit(_) => None,
-                },
-                ..Default::default()
-            };
-            match score_texts(&m, &texts, &opts) {
+            match score_with(&m, score, &texts) {
                 Ok(all) => {
                     let mut it = all.into_iter();
                     for j in group {
@@ -580,6 +609,19 @@ fn inference_loop(
         }
     }
     Ok(())
+}
+
+/// `texts` scored by `score` exactly as `oe-text score` scores them.
+fn score_with(m: &LoadedModel, score: Detector, texts: &[String]) -> Result<Vec<Scored>> {
+    let opts = ScoreOptions {
+        score: score.logit().unwrap_or_default(),
+        stored: match score {
+            Detector::Feature(f) => Some(f),
+            Detector::Logit(_) => None,
+        },
+        ..Default::default()
+    };
+    score_texts(m, texts, &opts)
 }
 
 /// The feature detectors `m`'s directory stores (fitted), which requests may name.
@@ -843,31 +885,25 @@ async fn score_request(
     }
     let _slot = Admission(&shared.admitted);
     let n = texts.len();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    shared
-        .jobs
-        .try_send(Job {
-            texts,
-            score,
-            reply: tx,
-        })
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_full",
-                "the inference queue is full; retry later",
-            )
-        })?;
-    let scored = rx
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the inference thread stopped",
-            )
-        })?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    // One text alone (nothing else admitted, no `--max-wait-ms` to wait for others), on a model
+    // that scores it faster than a hand-off ([`Shared::inline`]): scored here, on the model the
+    // inference thread is then not using. Same function, same bits.
+    let alone = shared.inline
+        && n == 1
+        && req.max_wait.is_zero()
+        && shared.admitted.load(Ordering::SeqCst) == 1;
+    let inline = match alone.then(|| shared.model.try_lock().ok()).flatten() {
+        Some(m) => {
+            shared.batches.observe(&BATCH_BUCKETS, n as f64);
+            Some(score_with(&m, score, &texts).map_err(|e| e.to_string()))
+        }
+        None => None,
+    };
+    let scored = match inline {
+        Some(r) => r,
+        None => queue(shared, texts, score).await?,
+    }
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     let (threshold, conformal) = calibration(shared, &score);
     let mut flagged = 0u64;
     // One object per text: the float32 score and probability as `oe-text score` writes them, the
@@ -924,6 +960,36 @@ async fn score_request(
         "threshold": threshold,
         "results": results,
     }))
+}
+
+/// Hands `texts` to the inference thread's queue and waits for their results.
+async fn queue(
+    shared: &Shared,
+    texts: Vec<String>,
+    score: Detector,
+) -> std::result::Result<std::result::Result<Vec<Scored>, String>, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    shared
+        .jobs
+        .try_send(Job {
+            texts,
+            score,
+            reply: tx,
+        })
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                "the inference queue is full; retry later",
+            )
+        })?;
+    rx.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the inference thread stopped",
+        )
+    })
 }
 
 /// The stored threshold and validation scores of `score` (read once, then kept).
