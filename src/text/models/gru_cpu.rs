@@ -917,39 +917,23 @@ impl Gru {
             _ => Vec::new(),
         };
         let tok = Tensor::from_slice(&packed);
-        let e = embedding.size()[1];
         let mp = pack.max_pad as i64;
-        let mut x = match table {
-            Some(_) if !keep => Tensor::new(), // the first layer reads the table
-            _ => embedding.index_select(0, &tok).contiguous(), // [N, E]
-        };
-        let reads_table = table.is_some() && !keep;
-        let mut x_pad = if reads_table {
-            Tensor::new() // the first layer reads the table; later layers the layer below's P
-        } else {
-            embedding
-                .get(pad_id)
-                .unsqueeze(0)
-                .expand([mp, e], false)
-                .contiguous() // [max_pad, E]
+        // The first layer's inputs: the tokens' embeddings `[N, E]` and the pad steps' `[max_pad,
+        // E]`, or nothing when it reads the table. Later layers read the layer below's outputs.
+        let (mut x, mut x_pad) = match table {
+            Some(_) if !keep => (Tensor::new(), Tensor::new()),
+            _ => (
+                embedding.index_select(0, &tok).contiguous(),
+                pad_rows(embedding, pad_id, mp),
+            ),
         };
         let mut tapes = Vec::new();
         let mut top = None;
         for (l, w) in layers.iter().enumerate() {
             let input = match table {
-                Some(tb) if l == 0 && !keep => Input::Table(
-                    tb,
-                    &table_ids,
-                    if mp == 0 {
-                        // No pad steps (a lone text, or texts of one length): nothing to read.
-                        Tensor::zeros([0, tb.size()[1]], (Kind::Float, Device::Cpu))
-                    } else {
-                        tb.get(pad_id)
-                            .unsqueeze(0)
-                            .expand([mp, tb.size()[1]], false)
-                            .contiguous()
-                    },
-                ),
+                Some(tb) if l == 0 && !keep => {
+                    Input::Table(tb, &table_ids, pad_rows(tb, pad_id, mp))
+                }
                 _ => Input::X(&x, &x_pad),
             };
             let wt = self.frozen.as_ref().map(|f| &f.layers[l]);
@@ -1010,6 +994,18 @@ impl Gru {
         });
         (last, tape)
     }
+}
+
+/// Row `pad_id` of `t` `[V, D]` repeated `mp` times, contiguous `[mp, D]` (the pad steps' inputs).
+/// With no pad steps (a lone text, or texts of one length), one libtorch call instead of four.
+fn pad_rows(t: &Tensor, pad_id: i64, mp: i64) -> Tensor {
+    if mp == 0 {
+        return Tensor::zeros([0, t.size()[1]], (t.kind(), t.device()));
+    }
+    t.get(pad_id)
+        .unsqueeze(0)
+        .expand([mp, t.size()[1]], false)
+        .contiguous()
 }
 
 /// Gradients of the GRU's parameters: the embedding `[V, E]` and per layer
