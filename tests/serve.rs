@@ -30,6 +30,38 @@ fn model(dir: &Path) -> PathBuf {
     m
 }
 
+/// A GRU model directory trained here (1 epoch on generated reviews, calibrated for MSP on its
+/// dev split), in `dir/run/baseline`: the model kind whose lone texts `serve` scores on the HTTP
+/// worker (the committed fixture is a transformer).
+fn gru_model(dir: &Path) -> PathBuf {
+    use oe::text::models::{GruConfig, ModelConfig};
+    use oe::text::pipeline::{run_train, TrainRequest};
+    use oe::text::train::TrainConfig;
+    let sentence = |i: u64| common::sentence(i, 777, 16);
+    let csv = |n: usize, off: usize| common::labelled_csv(n, off, sentence);
+    std::fs::write(dir.join("train.csv"), csv(96, 0)).unwrap();
+    std::fs::write(dir.join("test.csv"), csv(24, 1000)).unwrap();
+    std::fs::write(dir.join("dev.csv"), csv(40, 2000)).unwrap();
+    std::fs::write(dir.join("ood.txt"), "a question about rivers ?\n".repeat(8)).unwrap();
+    let req = TrainRequest {
+        oe_corpus: None,
+        baseline: TrainConfig {
+            epochs: 1,
+            ..Default::default()
+        },
+        calibrate_tpr: Some(0.9),
+        ..common::request(
+            dir,
+            &dir.join("run"),
+            ModelConfig::Gru(GruConfig::default()),
+            TrainConfig::default(),
+            1,
+        )
+    };
+    run_train(&req, &mut oe::train::Silent).unwrap();
+    dir.join("run").join("baseline")
+}
+
 const WORDS: &[&str] = &[
     "good",
     "great",
@@ -420,7 +452,7 @@ fn a_full_queue_answers_503_with_retry_after() {
 fn lone_texts_scored_on_the_http_worker_get_the_same_bits() {
     tch::set_num_threads(1);
     let d = tempfile::tempdir().unwrap();
-    let m = model(d.path());
+    let m = gru_model(d.path());
     let all = texts(120, 5);
     let want = reference(&m, &all, d.path());
     let s = server(&m, |_| {});
@@ -430,6 +462,13 @@ fn lone_texts_scored_on_the_http_worker_get_the_same_bits() {
         assert_eq!(st, 200, "{v}");
         check_results(&v, &[w]);
     }
+    // One request at a time, nothing else admitted: every one of them took the inline path.
+    let metrics = ureq::get(&format!("http://{addr}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(metrics.contains("oe_inline_texts_total 60\n"), "{metrics}");
     // Lone and concurrent requests mixed: some run inline, others in batches.
     concurrent_clients_get_the_same_bits(&addr, &all, &want);
     s.stop().unwrap();

@@ -136,6 +136,8 @@ struct Metrics {
     latency: Histogram,
     /// Log lines dropped because the log writer fell behind.
     log_dropped: AtomicU64,
+    /// Texts scored on their HTTP worker instead of the inference thread ([`Shared::inline`]).
+    inline_texts: AtomicU64,
 }
 
 const LATENCY_BUCKETS: [f64; 11] = [
@@ -895,6 +897,10 @@ async fn score_request(
     let inline = match alone.then(|| shared.model.try_lock().ok()).flatten() {
         Some(m) => {
             shared.batches.observe(&BATCH_BUCKETS, n as f64);
+            shared
+                .metrics
+                .inline_texts
+                .fetch_add(n as u64, Ordering::Relaxed);
             Some(score_with(&m, score, &texts).map_err(|e| e.to_string()))
         }
         None => None,
@@ -1067,6 +1073,11 @@ async fn metrics_handler(
         out,
         "# HELP oe_log_dropped_total Request-log lines dropped because the log writer fell behind.\n# TYPE oe_log_dropped_total counter\noe_log_dropped_total {}",
         m.log_dropped.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP oe_inline_texts_total Texts scored on their HTTP worker (a lone one-text request; GRU models) rather than by the inference thread.\n# TYPE oe_inline_texts_total counter\noe_inline_texts_total {}",
+        m.inline_texts.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         out,
