@@ -373,8 +373,8 @@ impl Frozen {
 
     /// The encoder layers over `x` `[N, H]` (the embeddings' output, overwritten with the last
     /// layer's), run by as many threads as `team` has at once (the caller and the rest from
-    /// `team`, [`run_team`]: one thread fewer to wake per forward), each its share of every step, with a
-    /// spinning barrier between steps ([`oe_kernels::team`]): the products split by columns
+    /// `team`, [`run_team`]: one thread fewer to wake per forward), each its share of every step,
+    /// with a spinning barrier between steps ([`oe_kernels::team`]): the products split by columns
     /// ([`gemm_packed_part`]: each thread reads its share of the weights, for all rows), the
     /// attention by heads, the LayerNorms by rows. For a short batch (one text, as a service
     /// scores one request at a time) the other ways to split cost more: by rows, each thread
