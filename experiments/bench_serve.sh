@@ -13,10 +13,9 @@
 # usage: experiments/bench_serve.sh MODEL_DIR TEXTS_FILE [BIN] [PYTHONPATH] [SECONDS]
 #   MODEL_DIR: an oe GRU model directory (e.g. made by `oe-text eval --weights .../sst-baseline.safetensors
 #              --in sst --method baseline --out DIR`); TEXTS_FILE: one text per line;
-#   BIN: the oe-text binary (default target/release/oe-text); SECONDS: each service's measured
-#   time per cell (default 8); PYTHONPATH: where torch, uvicorn,
+#   BIN: the oe-text binary (default target/release/oe-text); PYTHONPATH: where torch, uvicorn,
 #   starlette and safetensors (and tokenizers, for a MiniLM directory) are importable (default: the
-#   system's).
+#   system's); SECONDS: each service's measured time per cell (default 8).
 # Environment: OE_SERVE_ARGS, extra flags for `oe-text serve` (e.g. "--precision bf16");
 # OE_BENCH_THREADS, the thread settings (above).
 set -euo pipefail
@@ -49,7 +48,6 @@ rss = os.environ['OE_RSS'].split()
 for svc, line, mb in zip(['oe', 'py'], sys.stdin.read().splitlines(), rss):
     d = json.loads(line)
     print(','.join(str(x) for x in ['$threads', svc, d['concurrency'], d['texts_per_request'], d['texts_per_s'], d['p50_ms'], d['p99_ms'], d['errors'], mb]))"
-
     done
   done
   kill $oe_pid $py_pid 2>/dev/null || true

@@ -30,38 +30,6 @@ fn model(dir: &Path) -> PathBuf {
     m
 }
 
-/// A GRU model directory trained here (1 epoch on generated reviews, calibrated for MSP on its
-/// dev split), in `dir/run/baseline`: the model kind whose lone texts `serve` scores on the HTTP
-/// worker (the committed fixture is a transformer).
-fn gru_model(dir: &Path) -> PathBuf {
-    use oe::text::models::{GruConfig, ModelConfig};
-    use oe::text::pipeline::{run_train, TrainRequest};
-    use oe::text::train::TrainConfig;
-    let sentence = |i: u64| common::sentence(i, 777, 16);
-    let csv = |n: usize, off: usize| common::labelled_csv(n, off, sentence);
-    std::fs::write(dir.join("train.csv"), csv(96, 0)).unwrap();
-    std::fs::write(dir.join("test.csv"), csv(24, 1000)).unwrap();
-    std::fs::write(dir.join("dev.csv"), csv(40, 2000)).unwrap();
-    std::fs::write(dir.join("ood.txt"), "a question about rivers ?\n".repeat(8)).unwrap();
-    let req = TrainRequest {
-        oe_corpus: None,
-        baseline: TrainConfig {
-            epochs: 1,
-            ..Default::default()
-        },
-        calibrate_tpr: Some(0.9),
-        ..common::request(
-            dir,
-            &dir.join("run"),
-            ModelConfig::Gru(GruConfig::default()),
-            TrainConfig::default(),
-            1,
-        )
-    };
-    run_train(&req, &mut oe::train::Silent).unwrap();
-    dir.join("run").join("baseline")
-}
-
 const WORDS: &[&str] = &[
     "good",
     "great",
@@ -165,6 +133,15 @@ fn start(
     (d, s, addr)
 }
 
+/// `GET /metrics`'s body (with the bearer `token`, if any).
+fn metrics(addr: &str, token: Option<&str>) -> String {
+    let mut r = ureq::get(&format!("http://{addr}/metrics"));
+    if let Some(t) = token {
+        r = r.set("Authorization", &format!("Bearer {t}"));
+    }
+    r.call().unwrap().into_string().unwrap()
+}
+
 /// POSTs `body` to `/v1/score`; returns (status, JSON body, Retry-After).
 fn post(addr: &str, body: &[u8], token: Option<&str>) -> (u16, serde_json::Value, Option<String>) {
     let mut r = ureq::post(&format!("http://{addr}/v1/score"))
@@ -259,11 +236,7 @@ fn service_scores_exactly_like_score_in_any_batch() {
     let addr = s.addr.to_string();
     concurrent_clients_get_the_same_bits(&addr, &all, &want);
     // Batches were shared between clients: the histogram saw batches of more than one request.
-    let metrics = ureq::get(&format!("http://{addr}/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&addr, None);
     assert!(metrics.contains("oe_texts_total 300"), "{metrics}");
     assert!(metrics.contains("oe_requests_total{route=\"/v1/score\",status=\"200\"}"));
     assert!(metrics.contains("oe_batch_texts_count"));
@@ -405,12 +378,7 @@ fn limits_bad_input_and_token_get_their_status_and_a_json_error() {
     assert_eq!(info["weights_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(info["thresholds"][0]["score"], "msp");
     assert_eq!(info["thresholds"][0]["p_values"], true);
-    let metrics = ureq::get(&format!("http://{addr}/metrics"))
-        .set("Authorization", "Bearer s3cret-token")
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&addr, Some("s3cret-token"));
     assert!(
         metrics.contains("oe_errors_total{kind=\"too_many_texts\"} 1"),
         "{metrics}"
@@ -452,7 +420,9 @@ fn a_full_queue_answers_503_with_retry_after() {
 fn lone_texts_scored_on_the_http_worker_get_the_same_bits() {
     tch::set_num_threads(1);
     let d = tempfile::tempdir().unwrap();
-    let m = gru_model(d.path());
+    // A GRU (the committed fixture is a transformer, for which the inline path is off).
+    crate::scoring::dataset(d.path(), true);
+    let m = crate::scoring::train(d.path(), None);
     let all = texts(120, 5);
     let want = reference(&m, &all, d.path());
     let s = server(&m, |_| {});
@@ -463,11 +433,7 @@ fn lone_texts_scored_on_the_http_worker_get_the_same_bits() {
         check_results(&v, &[w]);
     }
     // One request at a time, nothing else admitted: every one of them took the inline path.
-    let metrics = ureq::get(&format!("http://{addr}/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&addr, None);
     assert!(metrics.contains("oe_inline_texts_total 60\n"), "{metrics}");
     // Lone and concurrent requests mixed: some run inline, others in batches.
     concurrent_clients_get_the_same_bits(&addr, &all, &want);
