@@ -1,14 +1,17 @@
 """Closed-loop load on one or more scoring services: C client threads, each sending requests of K
-texts (drawn from a file) one after the other. Prints one JSON line per service: texts/s,
-requests/s, p50 / p99 latency (ms), errors.
+texts (drawn from a file) one after the other. Prints one JSON line per cell and service: texts/s,
+requests/s, p50 / p99 latency (ms), errors, and each round's texts/s.
 
-usage: python3 serve_load.py URL[,URL...] TEXTS_FILE CONCURRENCY TEXTS_PER_REQUEST SECONDS [ROUNDS [WARMUP]]
+usage: python3 serve_load.py URL[,URL...] TEXTS_FILE C[,C...] K[,K...] SECONDS [ROUNDS [WARMUP]]
 
-With several URLs (comma-separated) the services take turns: each gets WARMUP seconds of load
-that is not counted (default 0), then ROUNDS rounds (default 1) in which each service in turn gets
-SECONDS / ROUNDS seconds. A service's figures pool its latencies and texts over all its turns, so
-a slow spell of the machine (this client shares its cores) weighs on every service alike instead
-of on whichever one it happened to fall on.
+A cell is one (C, K) pair; several C and K values make every pair a cell. With several URLs
+(comma-separated) the services take turns: each gets WARMUP seconds of load per cell that is not
+counted (default 0), then ROUNDS rounds (default 1); in each round every cell in turn gives each
+service in turn SECONDS / ROUNDS seconds. A service's figures for a cell pool its latencies and
+texts over all its turns. So a slow spell of the machine (this client shares its cores) weighs on
+every service alike instead of on whichever one it happened to fall on, and with several cells a
+cell's turns are spread over the whole run rather than one stretch of it: its figures are the
+run's average, and `round_texts_per_s` shows how far they moved from round to round.
 """
 import json
 import sys
@@ -17,14 +20,16 @@ import time
 import urllib.request
 
 urls = sys.argv[1].split(",")
-path, conc, k, secs = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+path, secs = sys.argv[2], float(sys.argv[5])
+cells = [(int(c), int(k)) for c in sys.argv[3].split(",") for k in sys.argv[4].split(",")]
 rounds = int(sys.argv[6]) if len(sys.argv) > 6 else 1
 warmup = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
 texts = [l.rstrip("\n") for l in open(path, encoding="utf-8") if l.strip()]
 
 
-def phase(url, secs, offset):
-    """C clients on `url` for `secs` seconds: (latencies in s, errors, wall seconds)."""
+def phase(url, conc, k, secs, offset):
+    """`conc` clients sending `k` texts a request to `url` for `secs` seconds: (latencies in s,
+    errors, wall seconds)."""
     lat, errors, lock = [], [0], threading.Lock()
     stop = time.time() + secs
 
@@ -58,21 +63,23 @@ def phase(url, secs, offset):
 
 
 if warmup > 0:
-    for url in urls:
-        phase(url, warmup, 0)
-totals = {url: ([], 0, 0.0) for url in urls}
+    for conc, k in cells:
+        for url in urls:
+            phase(url, conc, k, warmup, 0)
+totals = {(cell, url): ([], 0, 0.0, []) for cell in cells for url in urls}
 for r in range(rounds):
-    for url in urls:
-        lat, err, wall = phase(url, secs / rounds, r * 104729)
-        l0, e0, w0 = totals[url]
-        totals[url] = (l0 + lat, e0 + err, w0 + wall)
-for url in urls:
-    lat, errors, wall = totals[url]
+    for cell in cells:
+        for url in urls:
+            lat, err, wall = phase(url, *cell, secs / rounds, r * 104729)
+            l0, e0, w0, per = totals[(cell, url)]
+            totals[(cell, url)] = (l0 + lat, e0 + err, w0 + wall, per + [round(len(lat) * cell[1] / wall, 1)])
+for (conc, k), url in totals:
+    lat, errors, wall, per = totals[((conc, k), url)]
     lat.sort()
     q = lambda f: 1000 * lat[min(len(lat) - 1, int(f * len(lat)))] if lat else float("nan")
     out = {"concurrency": conc, "texts_per_request": k, "requests": len(lat),
            "texts_per_s": round(len(lat) * k / wall, 1), "p50_ms": round(q(0.5), 2),
-           "p99_ms": round(q(0.99), 2), "errors": errors}
+           "p99_ms": round(q(0.99), 2), "errors": errors, "round_texts_per_s": per}
     if len(urls) > 1:
         out["url"] = url
     print(json.dumps(out))
