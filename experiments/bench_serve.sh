@@ -20,10 +20,12 @@
 #   starlette and safetensors (and tokenizers, for a MiniLM directory) are importable (default: the
 #   system's); SECONDS: each service's measured time per cell (default 8).
 # Environment: OE_SERVE_ARGS, extra flags for `oe-text serve` (e.g. "--precision bf16");
-# OE_BENCH_THREADS, the thread settings (above).
+# OE_BENCH_THREADS, the thread settings (above); OE_BENCH_CONNECTION, `keep` (default: each client
+# keeps its connection open, as a caller's connection pool does) or `new` (a connection per
+# request); OE_BENCH_ROUNDS, OE_BENCH_WARMUP (above).
 set -euo pipefail
 model=$1; texts=$2; bin=${3:-target/release/oe-text}; pyp=${4:-}; secs=${5:-8}
-rounds=${OE_BENCH_ROUNDS:-4}; warmup=${OE_BENCH_WARMUP:-1}
+rounds=${OE_BENCH_ROUNDS:-4}; warmup=${OE_BENCH_WARMUP:-1}; conn=${OE_BENCH_CONNECTION:-keep}
 here=$(cd "$(dirname "$0")" && pwd)
 port_oe=18481; port_py=18482
 # Peak resident memory (VmHWM) in MB.
@@ -44,7 +46,7 @@ for threads in ${OE_BENCH_THREADS:-all 1}; do
   # turns in order, so that a slow spell of this machine weighs on both services alike and a
   # cell's turns are spread over the whole run.
   r=$(python3 "$here/serve_load.py" "http://127.0.0.1:$port_oe/v1/score,http://127.0.0.1:$port_py/v1/score" \
-      "$texts" 1,4,16 1,16 "$secs" "$rounds" "$warmup")
+      "$texts" 1,4,16 1,16 "$secs" "$rounds" "$warmup" "$conn")
   echo "$r" | OE_RSS="$(rss $oe_pid) $(rss $py_pid)" python3 -c "
 import json, os, sys
 rss = dict(zip(['oe', 'py'], os.environ['OE_RSS'].split()))
