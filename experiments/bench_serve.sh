@@ -50,8 +50,9 @@ for threads in ${OE_BENCH_THREADS:-all 1}; do
   echo "$r" | OE_RSS="$(rss $oe_pid) $(rss $py_pid)" python3 -c "
 import json, os, sys
 rss = dict(zip(['oe', 'py'], os.environ['OE_RSS'].split()))
-for i, line in enumerate(sys.stdin.read().splitlines()):
-    d, svc = json.loads(line), ['oe', 'py'][i % 2]
+for line in sys.stdin.read().splitlines():
+    d = json.loads(line)
+    svc = 'oe' if d['url'].startswith('http://127.0.0.1:$port_oe/') else 'py'
     rounds = ';'.join(str(x) for x in d['round_texts_per_s'])
     print(','.join(str(x) for x in ['$threads', svc, d['concurrency'], d['texts_per_request'], d['texts_per_s'], d['p50_ms'], d['p99_ms'], d['errors'], rss[svc], rounds]))"
   kill $oe_pid $py_pid 2>/dev/null || true

@@ -42,7 +42,6 @@ def phase(url, conc, k, secs, offset):
     errors, wall seconds)."""
     lat, errors, lock = [], [0], threading.Lock()
     stop = time.time() + secs
-
     u = urllib.parse.urlsplit(url)
 
     def client(c):
